@@ -1,0 +1,339 @@
+"""Differentiable siamese augmentation (DSA).
+
+DSA (Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation",
+ICML 2021) augments the real and the synthetic batch with the *same* random
+transform, and every transform is differentiable w.r.t. the pixels, so gradients
+reach the synthetic images through the augmentation. The math and parameter ranges
+follow the reference code (VICO-UoE/DatasetCondensation and
+GeorgeCazenavette/mtt-distillation, ``utils.py``: ``ParamDiffAug``/``DiffAugment``);
+this is an independent, vectorised implementation.
+
+Sampling is separated from applying:
+
+* :func:`sample_dsa` draws a :class:`DSADraw` (plain tensors) from an explicit
+  ``torch.Generator``; it depends only on sizes, never on pixel values, and never
+  touches the global RNG.
+* :func:`apply_dsa` applies a draw to a batch. "Siamese" is simply applying one
+  draw to several batches (:func:`siamese`). A JAX backend can replay a draw.
+
+Strategy and mode
+    The strategy is a ``_``-separated list of transform groups from
+    ``color, crop, cutout, flip, scale, rotate`` (``'none'`` or ``''`` = identity;
+    the reference has no ``noise`` group in DSA, so neither do we). ``color`` is
+    brightness, then saturation, then contrast. Mode ``'S'`` (the reference
+    default) applies ONE group chosen uniformly at random per draw; mode ``'M'``
+    applies every group in strategy order.
+
+Once per batch vs per image
+    By default every parameter (including the group chosen in mode ``'S'``) is drawn
+    ONCE per batch and shared by every image (the reference's siamese/"batchmode"
+    semantics); such a draw broadcasts to any batch size. ``per_image=True`` draws
+    everything independently per image, the group choice included, so a per-image
+    draw of B images is distributed like B independent single-image draws (and
+    :func:`cat_draws` builds one from per-image generators, for per-view labels).
+    Note the reference's non-batch mode shares the group across the call; ours
+    does not. A per-image draw only applies to a batch of the same size.
+
+Transforms and ranges (defaults of :class:`DSAConfig` = the reference's values)
+    flip        mirror along the width with probability ``prob_flip`` (0.5).
+    scale       sampling grid scaled by sx (width), sy (height), each uniform in
+                [1/ratio_scale, ratio_scale] (1.2); bilinear, zero padding.
+    rotate      angle uniform in [-ratio_rotate, ratio_rotate] degrees (15);
+                sampling-grid matrix [[cos, -sin], [sin, cos]]; bilinear, zeros.
+                Scale and rotate use ``affine_grid``/``grid_sample`` with
+                ``align_corners=True`` (as MTT does).
+    crop        integer translation (dy, dx), each uniform in {-s..s} with
+                s = int(size * ratio_crop_pad + 0.5) (0.125 -> 4 px at 32);
+                out[i, j] = x[i + dy, j + dx], zero where that falls outside (the
+                reference pads by one zero pixel and clamps, which is the same).
+    cutout      zero a box of int(H*r + 0.5) x int(W*r + 0.5) pixels
+                (r = ratio_cutout, 0.5) centred at (cy, cx), cy uniform in
+                {0 .. H - (box_h % 2)} (likewise cx); the box is clipped at the
+                border, so it may cover less than r^2 of the image.
+    brightness  x + (u - 0.5) * brightness           (u ~ U[0, 1), brightness 1.0)
+    saturation  (x - mean_c) * (u * saturation) + mean_c, mean over channels (2.0)
+    contrast    (x - mean) * (u + contrast) + mean, mean over C, H, W per image (0.5)
+
+Random numbers are consumed in a fixed order whatever the strategy and mode:
+group choice, flip, sx, sy, angle, dy, dx, cy, cx, brightness, saturation,
+contrast (each a vector of n = 1 or batch_size values).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from condense.errors import ConfigError
+
+__all__ = [
+    "GROUPS",
+    "DSAConfig",
+    "DSADraw",
+    "parse_strategy",
+    "sample_dsa",
+    "apply_dsa",
+    "dsa",
+    "siamese",
+    "cat_draws",
+]
+
+GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+
+def parse_strategy(strategy: str) -> tuple[str, ...]:
+    """Split ``'color_crop_cutout'`` into group names; ``'none'``/``''`` -> ``()``."""
+    if not isinstance(strategy, str):
+        raise ConfigError(f"DSA strategy must be a string, got {type(strategy).__name__}")
+    s = strategy.strip()
+    if s.lower() in ("", "none"):
+        return ()
+    names = tuple(s.split("_"))
+    unknown = [n for n in names if n not in GROUPS]
+    if unknown:
+        raise ConfigError(f"unknown DSA transform {unknown[0]!r} in strategy {strategy!r}; "
+                          f"choose from {', '.join(GROUPS)} joined by '_', or 'none'")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"DSA strategy {strategy!r} names a transform twice")
+    return names
+
+
+@dataclass(frozen=True)
+class DSAConfig:
+    """DSA settings; defaults are the reference's ``ParamDiffAug`` values."""
+
+    strategy: str = "color_crop_cutout_flip_scale_rotate"
+    mode: str = "S"
+    prob_flip: float = 0.5
+    ratio_scale: float = 1.2
+    ratio_rotate: float = 15.0
+    ratio_crop_pad: float = 0.125
+    ratio_cutout: float = 0.5
+    brightness: float = 1.0
+    saturation: float = 2.0
+    contrast: float = 0.5
+
+    def __post_init__(self):
+        parse_strategy(self.strategy)
+        if self.mode not in ("S", "M"):
+            raise ConfigError(f"DSA mode must be 'S' (one group per draw) or 'M' (all groups), "
+                              f"got {self.mode!r}")
+        if not 0.0 <= self.prob_flip <= 1.0:
+            raise ConfigError(f"DSA prob_flip must be in [0, 1], got {self.prob_flip}")
+        if not self.ratio_scale >= 1.0:
+            raise ConfigError(f"DSA ratio_scale must be >= 1, got {self.ratio_scale}")
+        for name in ("ratio_rotate", "ratio_crop_pad", "brightness", "saturation", "contrast"):
+            if not getattr(self, name) >= 0.0:
+                raise ConfigError(f"DSA {name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ratio_cutout <= 1.0:
+            raise ConfigError(f"DSA ratio_cutout must be in [0, 1], got {self.ratio_cutout}")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return parse_strategy(self.strategy)
+
+
+@dataclass(frozen=True, eq=False)
+class DSADraw:
+    """One sampled augmentation. Tensor fields have leading size n (1 = per batch).
+
+    ``active[:, g]`` says whether ``groups[g]`` is applied; all other fields hold
+    the final transform parameters (not raw uniforms), so they can be replayed as is.
+    """
+
+    groups: tuple[str, ...]       # strategy groups, in application order
+    image_size: tuple[int, int]   # (H, W) the draw was sampled for
+    cutout_size: tuple[int, int]  # (box_h, box_w) in pixels
+    per_image: bool
+    active: torch.Tensor          # bool [n, len(groups)]
+    flip: torch.Tensor            # bool [n]: mirror along the width
+    scale: torch.Tensor           # float32 [n, 2]: (sx, sy) grid multipliers for width, height
+    rotate: torch.Tensor          # float32 [n]: angle in radians
+    crop: torch.Tensor            # int64 [n, 2]: (dy, dx) translation in pixels
+    cutout: torch.Tensor          # int64 [n, 2]: (cy, cx) box centre
+    brightness: torch.Tensor      # float32 [n]: additive shift
+    saturation: torch.Tensor      # float32 [n]: factor around the channel mean
+    contrast: torch.Tensor        # float32 [n]: factor around the image mean
+
+    @property
+    def n(self) -> int:
+        return int(self.active.shape[0])
+
+    def to(self, device: str | torch.device) -> "DSADraw":
+        return replace(self, **{f.name: getattr(self, f.name).to(device)
+                                for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)})
+
+
+def sample_dsa(config: DSAConfig, batch_size: int, image_shape: Sequence[int],
+               generator: torch.Generator, per_image: bool = False) -> DSADraw:
+    """Draw DSA parameters for a batch of ``batch_size`` images of shape (C, H, W).
+
+    All randomness comes from ``generator``; tensors live on its device. With
+    ``per_image=False`` one set of parameters is drawn for the whole batch.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if len(image_shape) != 3 or min(int(s) for s in image_shape) < 1:
+        raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    groups = config.groups
+    H, W = int(image_shape[1]), int(image_shape[2])
+    n = int(batch_size) if per_image else 1
+    dev = generator.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator, device=dev) * (hi - lo) + lo
+
+    def integers(lo: int, hi: int) -> torch.Tensor:  # inclusive bounds
+        return torch.randint(lo, hi + 1, (n,), generator=generator, device=dev)
+
+    u = torch.rand(n, generator=generator, device=dev)
+    if config.mode == "M":
+        active = torch.ones(n, len(groups), dtype=torch.bool, device=dev)
+    else:
+        choice = (u * len(groups)).long().clamp_(max=max(len(groups) - 1, 0))
+        active = choice[:, None] == torch.arange(len(groups), device=dev)[None, :]
+
+    flip = torch.rand(n, generator=generator, device=dev) < config.prob_flip
+    r = config.ratio_scale
+    scale = torch.stack([uniform(1.0 / r, r), uniform(1.0 / r, r)], dim=1)
+    rotate = uniform(-config.ratio_rotate, config.ratio_rotate) * (math.pi / 180.0)
+    sh, sw = int(H * config.ratio_crop_pad + 0.5), int(W * config.ratio_crop_pad + 0.5)
+    crop = torch.stack([integers(-sh, sh), integers(-sw, sw)], dim=1)
+    ch, cw = int(H * config.ratio_cutout + 0.5), int(W * config.ratio_cutout + 0.5)
+    cutout = torch.stack([integers(0, H - ch % 2), integers(0, W - cw % 2)], dim=1)
+    brightness = (torch.rand(n, generator=generator, device=dev) - 0.5) * config.brightness
+    saturation = torch.rand(n, generator=generator, device=dev) * config.saturation
+    contrast = torch.rand(n, generator=generator, device=dev) + config.contrast
+    return DSADraw(groups=groups, image_size=(H, W), cutout_size=(ch, cw), per_image=bool(per_image),
+                   active=active, flip=flip, scale=scale, rotate=rotate, crop=crop, cutout=cutout,
+                   brightness=brightness, saturation=saturation, contrast=contrast)
+
+
+def cat_draws(draws: Sequence[DSADraw]) -> DSADraw:
+    """Concatenate draws (e.g. single-image draws from per-image generators) into one
+    per-image draw, image i taking the parameters of draw i (per-batch draws count once)."""
+    if not draws:
+        raise ValueError("cat_draws needs at least one draw")
+    d0 = draws[0]
+    for d in draws[1:]:
+        if (d.groups, d.image_size, d.cutout_size) != (d0.groups, d0.image_size, d0.cutout_size):
+            raise ValueError("cat_draws: draws differ in strategy or image size")
+    tensors = {f.name: torch.cat([getattr(d, f.name) for d in draws])
+               for f in fields(d0) if isinstance(getattr(d0, f.name), torch.Tensor)}
+    return replace(d0, per_image=True, **tensors)
+
+
+# --- the transforms; p holds parameters on x's device, leading size n in {1, B} ---
+
+def _col(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    grid = F.affine_grid(theta, [theta.shape[0], C, H, W], align_corners=True)
+    return F.grid_sample(x, grid.expand(B, H, W, 2), mode="bilinear", padding_mode="zeros",
+                         align_corners=True)
+
+
+def _scale(x, p):
+    sx, sy = p.scale[:, 0], p.scale[:, 1]
+    zero = torch.zeros_like(sx)
+    theta = torch.stack([torch.stack([sx, zero, zero], 1), torch.stack([zero, sy, zero], 1)], 1)
+    return _affine(x, theta)
+
+
+def _rotate(x, p):
+    c, s = torch.cos(p.rotate), torch.sin(p.rotate)
+    zero = torch.zeros_like(c)
+    theta = torch.stack([torch.stack([c, -s, zero], 1), torch.stack([s, c, zero], 1)], 1)
+    return _affine(x, theta)
+
+
+def _flip(x, p):
+    return torch.where(_col(p.flip), x.flip(3), x)
+
+
+def _crop(x, p):
+    B, C, H, W = x.shape
+    rows = torch.arange(H, device=x.device)[None, :] + p.crop[:, :1]   # [n, H] source rows
+    cols = torch.arange(W, device=x.device)[None, :] + p.crop[:, 1:]   # [n, W] source cols
+    ok = ((rows >= 0) & (rows < H))[:, None, :, None] & ((cols >= 0) & (cols < W))[:, None, None, :]
+    rows = rows.clamp(0, H - 1)[:, None, :, None].expand(B, C, H, W)
+    cols = cols.clamp(0, W - 1)[:, None, None, :].expand(B, C, H, W)
+    out = x.gather(2, rows).gather(3, cols)
+    return out * ok.to(x.dtype)
+
+
+def _cutout(x, p):
+    B, C, H, W = x.shape
+    (bh, bw) = p.cutout_size
+    top = p.cutout[:, :1] - bh // 2
+    left = p.cutout[:, 1:] - bw // 2
+    r = torch.arange(H, device=x.device)[None, :]
+    c = torch.arange(W, device=x.device)[None, :]
+    in_rows = (r >= top) & (r < top + bh)                              # [n, H]
+    in_cols = (c >= left) & (c < left + bw)                            # [n, W]
+    box = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return x * (~box).to(x.dtype)
+
+
+def _color(x, p):
+    x = x + _col(p.brightness)
+    m = x.mean(dim=1, keepdim=True)
+    x = (x - m) * _col(p.saturation) + m
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - m) * _col(p.contrast) + m
+
+
+_APPLY = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip,
+          "scale": _scale, "rotate": _rotate}
+
+
+def apply_dsa(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
+    """Apply ``draw`` to ``x`` [B, C, H, W]; differentiable w.r.t. ``x``."""
+    if x.dim() != 4:
+        raise ValueError(f"apply_dsa expects a [B, C, H, W] batch, got shape {tuple(x.shape)}")
+    if tuple(x.shape[2:]) != tuple(draw.image_size):
+        raise ValueError(f"DSA draw was sampled for images of size {draw.image_size}, "
+                         f"got {tuple(x.shape[2:])}")
+    if draw.per_image and draw.n != x.shape[0]:
+        raise ValueError(f"per-image DSA draw holds {draw.n} images, batch has {x.shape[0]}")
+    if not draw.per_image and draw.n != 1:
+        raise ValueError(f"per-batch DSA draw must hold one parameter set, holds {draw.n}")
+    if not draw.groups:
+        return x
+    p = draw.to(x.device)
+    p = replace(p, **{k: getattr(p, k).to(x.dtype)
+                      for k in ("scale", "rotate", "brightness", "saturation", "contrast")})
+    active = draw.active.cpu()
+    for g, name in enumerate(draw.groups):
+        on = active[:, g]
+        if bool(on.all()):
+            x = _APPLY[name](x, p)
+        elif bool(on.any()):
+            x = torch.where(_col(p.active[:, g]), _APPLY[name](x, p), x)
+    return x.contiguous()
+
+
+def dsa(x: torch.Tensor, config: DSAConfig, generator: torch.Generator,
+        per_image: bool = False) -> torch.Tensor:
+    """Sample a draw for ``x``'s sizes from ``generator`` and apply it."""
+    return apply_dsa(x, sample_dsa(config, x.shape[0], tuple(x.shape[1:]), generator, per_image))
+
+
+def siamese(xs: Sequence[torch.Tensor], config: DSAConfig, generator: torch.Generator,
+            per_image: bool = False) -> list[torch.Tensor]:
+    """Apply ONE draw to every batch in ``xs`` (e.g. a real and a synthetic batch).
+
+    The batches must share H and W; with ``per_image=True`` also the batch size.
+    """
+    if not xs:
+        return []
+    draw = sample_dsa(config, xs[0].shape[0], tuple(xs[0].shape[1:]), generator, per_image)
+    return [apply_dsa(x, draw) for x in xs]

@@ -1,0 +1,34 @@
+"""Networks (torch): spec strings, a registry, the field's architectures, flat layouts.
+
+    from condense import nets, rng
+    net = nets.build_net("convnet:width=32", channels=1, num_classes=10,
+                         image_size=(28, 28), generator=rng.generator(0))
+    layout = nets.FlatLayout.of(net)            # MTT buffer order for the ConvNet
+    logits = nets.functional_call(net, layout.flatten(net), x)
+
+Built-in architectures: ``convnet``, ``resnet18``, ``vgg11``, ``alexnet``, ``mlp``
+(see their modules for options and the choices made); add your own with
+:func:`register_arch`.
+"""
+from __future__ import annotations
+
+from condense.nets import alexnet, convnet, mlp, resnet, vgg
+from condense.nets.base import Net
+from condense.nets.flat import FlatLayout, functional_call
+from condense.nets.specs import ArchSpec, available_archs, build_net, parse_arch, register_arch
+
+__all__ = [
+    "ArchSpec", "FlatLayout", "Net", "available_archs", "build_net", "functional_call",
+    "parse_arch", "register_arch",
+]
+
+# overwrite=True: re-importing this package (e.g. importlib.reload) must not fail
+for _name, _module, _factory in (
+    ("convnet", convnet, convnet.build_convnet),
+    ("resnet18", resnet, resnet.build_resnet18),
+    ("vgg11", vgg, vgg.build_vgg11),
+    ("alexnet", alexnet, alexnet.build_alexnet),
+    ("mlp", mlp, mlp.build_mlp),
+):
+    register_arch(_name, _factory, _module.DEFAULTS, choices=_module.CHOICES, overwrite=True)
+del _name, _module, _factory

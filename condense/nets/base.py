@@ -1,0 +1,136 @@
+"""What every built-in network shares: the interface, shape arithmetic and norm layers.
+
+Every network built by :func:`condense.nets.build_net` answers three questions about
+an input batch ``x`` of shape ``[B, C, H, W]``:
+
+- ``forward(x)`` -> logits ``[B, K]``;
+- ``embed(x)`` -> penultimate features ``[B, D]`` (what distribution matching compares);
+- ``feature_maps(x)`` -> the output of every stage/block, shallow to deep (what
+  attention matching compares).
+
+The shape arithmetic is done in plain integers before any layer exists, so a network
+that cannot take an input shape fails with an :class:`~condense.errors.ArchError`
+naming the stage where the maps vanish, instead of a matrix-size error at the first
+forward pass.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from condense.errors import ArchError
+
+NORMS = ("instance", "batch", "layer", "none")
+ACTIVATIONS = ("relu", "leakyrelu", "sigmoid", "swish")
+
+
+class Net(nn.Module):
+    """Base class of the built-in networks.
+
+    Attributes: ``num_classes`` (K), ``input_shape`` ((C, H, W) the net was built for),
+    ``embed_dim`` (D, the width of :meth:`embed`) and ``head`` (the final ``Linear``;
+    its name inside the module follows the reference code: ``classifier``, ``fc`` or
+    ``fc_{depth}``).
+    """
+
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    embed_dim: int
+
+    @property
+    def head(self) -> nn.Linear:
+        """The final linear layer: ``forward(x) == head(embed(x))``."""
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: ``[B, C, H, W]`` -> ``[B, D]``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: ``[B, C, H, W]`` -> ``[B, num_classes]``."""
+        return self.head(self.embed(x))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each stage/block, shallow to deep: ``[B, C, H, W]`` -> list."""
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ArchError unless ``x`` is ``[B, *input_shape]``.
+
+        Without this a wrong image size surfaces as a matrix-size error in the classifier.
+        """
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+            want = ", ".join(str(s) for s in self.input_shape)
+            raise ArchError(
+                f"{type(self).__name__} was built for inputs [B, {want}], "
+                f"got a tensor of shape {list(x.shape)}"
+            )
+
+
+def conv_out(size: int, kernel: int, padding: int, stride: int = 1) -> int:
+    """Spatial size after a convolution (same formula as ``nn.Conv2d``)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def shape_str(channels: int, image_size: tuple[int, int]) -> str:
+    """``3x32x32``: how inputs are named in error messages."""
+    return f"{channels}x{image_size[0]}x{image_size[1]}"
+
+
+def require_positive(arch: str, trail: list[tuple[int, int]], what: str, hint: str,
+                     channels: int, image_size: tuple[int, int]) -> None:
+    """Raise ArchError if the last (h, w) in ``trail`` is not positive.
+
+    ``trail`` lists the spatial sizes after each stage so the message can show
+    where the maps vanished.
+    """
+    h, w = trail[-1]
+    if h >= 1 and w >= 1:
+        return
+    path = " -> ".join(f"{a}x{b}" for a, b in trail)
+    raise ArchError(
+        f"{arch} cannot take {shape_str(channels, image_size)} inputs: the feature maps "
+        f"vanish {what} ({path}); {hint}"
+    )
+
+
+def outputs_at(layers: nn.Sequential, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+    """Run ``layers`` on ``x``; return the outputs of the layers at ``indices``."""
+    outs = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i in indices:
+            outs.append(x)
+    return outs
+
+
+def make_norm(kind: str, channels: int, hw: tuple[int, int]) -> nn.Module | None:
+    """The norm layer the DC/MTT family means by ``kind`` (None for ``none``).
+
+    ``instance`` is ``GroupNorm(C, C, affine=True)``, as in the reference code: one
+    group per channel is instance norm with a per-channel affine, and, unlike
+    ``InstanceNorm2d``, has weight and bias in the MTT buffer order. ``layer`` normalises
+    over (C, H, W) with an elementwise affine of that shape, so it needs ``hw``.
+    """
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.LayerNorm([channels, hw[0], hw[1]], elementwise_affine=True)
+    if kind == "none":
+        return None
+    raise ArchError(f"unknown norm '{kind}'; valid: {', '.join(NORMS)}")
+
+
+def make_act(kind: str) -> nn.Module:
+    """An activation module; never in-place, so functional_call and vmap stay valid."""
+    if kind == "relu":
+        return nn.ReLU()
+    if kind == "leakyrelu":
+        return nn.LeakyReLU(negative_slope=0.01)
+    if kind == "sigmoid":
+        return nn.Sigmoid()
+    if kind == "swish":
+        return nn.SiLU()
+    raise ArchError(f"unknown activation '{kind}'; valid: {', '.join(ACTIVATIONS)}")

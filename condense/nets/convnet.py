@@ -1,0 +1,97 @@
+"""The field's ConvNet (DC, DSA, DM, MTT, DataDAM, ...).
+
+``depth`` blocks of: conv 3x3 (``width`` channels, bias) -> norm -> activation ->
+2x2 pool (stride 2), then one ``Linear(width * h * w, num_classes)`` on the flattened
+maps. Options and defaults: ``width=128``, ``depth=3``, ``norm=instance``
+(``GroupNorm(W, W, affine=True)``; also ``batch``, ``layer`` over (C, H, W), ``none``),
+``pool=avg`` (also ``max``, ``none``), ``act=relu`` (also ``leakyrelu``, ``sigmoid``,
+``swish``).
+
+Compatibility with the reference code, kept on purpose:
+
+- For a 1-channel input the first convolution has padding 3, so a 28x28 image gives
+  32x32 maps (the references treat MNIST-like images as 32x32): ConvNet D3 W32 on
+  Fashion-MNIST has 4x4 maps before the classifier and 24,138 parameters.
+- Parameter names and order are the reference's (``features.{i}.weight`` with the
+  same layer indices, then ``classifier``), i.e. per block conv weight, conv bias, norm
+  weight, norm bias, then classifier weight and bias: the order of MTT replay buffers,
+  and reference state dicts load as they are.
+
+Unlike the reference, the map sizes are computed from the real input shape (the
+reference assumes 32x32 unless the height is 28), and a depth at which the maps vanish
+raises ArchError. ``embed`` is the flattened last maps (what DM uses); ``feature_maps``
+is each block's output after pooling.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from condense.nets.base import (Net, conv_out, make_act, make_norm, outputs_at,
+                                 require_positive)
+
+
+class ConvNet(Net):
+    """ConvNet for inputs ``[B, channels, H, W]``; see the module docstring."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], *,
+                 width: int = 128, depth: int = 3, norm: str = "instance",
+                 pool: str = "avg", act: str = "relu") -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.input_shape = (channels, image_size[0], image_size[1])
+        layers: list[nn.Module] = []
+        self._block_ends: list[int] = []
+        h, w = image_size
+        trail = [(h, w)]
+        in_ch = channels
+        for d in range(depth):
+            pad = 3 if channels == 1 and d == 0 else 1
+            h, w = conv_out(h, 3, pad), conv_out(w, 3, pad)
+            layers.append(nn.Conv2d(in_ch, width, kernel_size=3, padding=pad))
+            norm_layer = make_norm(norm, width, (h, w))
+            if norm_layer is not None:
+                layers.append(norm_layer)
+            layers.append(make_act(act))
+            if pool != "none":
+                layers.append(nn.MaxPool2d(2, 2) if pool == "max" else nn.AvgPool2d(2, 2))
+                h, w = h // 2, w // 2
+            trail.append((h, w))
+            require_positive(f"convnet depth {depth}", trail, f"after block {d + 1}",
+                             "use a smaller depth or larger images", channels, image_size)
+            self._block_ends.append(len(layers) - 1)
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.embed_dim = width * h * w
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's output: ``[B, C, H, W]`` -> ``depth`` tensors ``[B, width, h_d, w_d]``."""
+        self.check_input(x)
+        return outputs_at(self.features, x, self._block_ends)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened last maps: ``[B, C, H, W]`` -> ``[B, width * h * w]``."""
+        self.check_input(x)
+        return self.features(x).flatten(1)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The final linear layer."""
+        return self.classifier
+
+
+def build_convnet(channels: int, num_classes: int, image_size: tuple[int, int],
+                  **options) -> ConvNet:
+    """Registry factory for ``convnet``."""
+    return ConvNet(channels, num_classes, image_size, **options)
+
+
+DEFAULTS = {"width": 128, "depth": 3, "norm": "instance", "pool": "avg", "act": "relu"}
+CHOICES = {
+    "width": range(1, 1 << 16),
+    "depth": range(1, 65),
+    "norm": ("instance", "batch", "layer", "none"),
+    "pool": ("avg", "max", "none"),
+    "act": ("relu", "leakyrelu", "sigmoid", "swish"),
+}
