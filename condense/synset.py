@@ -1,0 +1,444 @@
+"""The synthetic-set file: one self-describing, versioned HDF5 file per distilled set.
+
+A set carries everything needed to view it and to train on it: the images in the
+space they were optimised in, the pixel transform that maps them back to [0, 1]
+(normalisation or ZCA, with the ZCA matrices themselves), what the labels mean
+(kind, loss, temperature, view mode) and how they are stored (codec), the learned
+learning rate, the full configuration and provenance. Layout (docs/FORMATS.md):
+
+    /            attrs: format="condense.synset", version, method, dataset, ipc,
+                        num_classes, image_shape, condense_version, created,
+                        config (JSON), provenance (JSON), data (JSON: split facts)
+    /images      float32 [N, C, H, W]
+    /classes     int64 [N]        the class each image was made for
+    /labels/     attrs: kind, loss, temperature, view_mode, view_seed, codec, shape;
+                 datasets written by the codec (codec "none": data)
+    /lr          float64 scalar   (only when a learning rate was learned)
+    /indices     int64 [N]        (only for subsets of the real training set)
+    /transform/  attrs: kind ("normalize" | "zca" | "none"), mean, std, eps, key;
+                 datasets zca_mean [D], zca_whiten [D, D], zca_unwhiten [D, D] for ZCA
+
+Writers go through a temporary file and an atomic rename, so a kill never leaves a
+half-written set under the final name. Readers refuse anything they do not fully
+understand with one :class:`~condense.errors.FormatError` line.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .codecs import get_codec
+from .errors import ConfigError, FormatError
+
+FORMAT_NAME = "condense.synset"
+FORMAT_VERSION = 1
+
+LABEL_KINDS = {"hard": "ce", "probabilities": "kl", "logits": "kl", "regression": "mse"}
+LABEL_LOSSES = ("ce", "kl", "mse")
+VIEW_MODES = ("static", "per-view")
+TRANSFORM_KINDS = ("normalize", "zca", "none")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """What a set's labels mean and how they are stored.
+
+    kind: ``hard`` (int64 [N]), ``probabilities`` or ``logits`` ([N, K], or [V, N, K] with
+    per-view labels), ``regression`` (targets of any trailing shape). ``loss`` is the
+    training loss they need (ce | kl | mse); ``temperature`` divides logits before the
+    softmax; ``view_mode`` is ``static`` (one label per image) or ``per-view`` (one per
+    augmented view, views regenerated from ``view_seed``).
+    """
+
+    kind: str = "hard"
+    loss: str = "ce"
+    temperature: float = 1.0
+    view_mode: str = "static"
+    view_seed: int | None = None
+    codec: str = "none"
+
+    def validate(self) -> None:
+        if self.kind not in LABEL_KINDS:
+            raise FormatError(f"unknown label kind {self.kind!r}; known: {', '.join(LABEL_KINDS)}")
+        if self.loss not in LABEL_LOSSES:
+            raise FormatError(f"unknown label loss {self.loss!r}; known: {', '.join(LABEL_LOSSES)}")
+        if self.kind == "hard" and self.loss != "ce":
+            raise FormatError(f"hard labels train with loss 'ce', not {self.loss!r}")
+        if self.view_mode not in VIEW_MODES:
+            raise FormatError(f"unknown view mode {self.view_mode!r}; known: {', '.join(VIEW_MODES)}")
+        if self.view_mode == "per-view" and self.view_seed is None:
+            raise FormatError("per-view labels need the view_seed that regenerates their views")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise FormatError(f"label temperature must be a positive number, got {self.temperature}")
+        try:
+            get_codec(self.codec)
+        except ConfigError as e:
+            raise FormatError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class PixelTransform:
+    """How stored images relate to [0, 1] pixels.
+
+    ``normalize``: x = (p - mean) / std per channel. ``zca``: x = ZCA(p) with
+    ``zca_mean`` [D], ``zca_whiten`` [D, D] and ``zca_unwhiten`` [D, D] over flattened
+    C*H*W pixels (fitted on [0, 1] training pixels, as MTT does). ``none``: x = p.
+    """
+
+    kind: str = "none"
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    zca_eps: float | None = None
+    zca_key: str | None = None
+    zca_mean: torch.Tensor | None = None
+    zca_whiten: torch.Tensor | None = None
+    zca_unwhiten: torch.Tensor | None = None
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] stored images -> [N, C, H, W] pixels (not clipped)."""
+        if self.kind == "normalize":
+            shape = (1, -1, 1, 1)
+            return x * torch.tensor(self.std, dtype=x.dtype).view(shape) + torch.tensor(self.mean, dtype=x.dtype).view(shape)
+        if self.kind == "zca":
+            flat = x.reshape(x.shape[0], -1) @ self.zca_unwhiten.to(x.dtype) + self.zca_mean.to(x.dtype)
+            return flat.reshape(x.shape)
+        return x
+
+    def from_pixels(self, p: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] pixels in [0, 1] -> the space the images are stored and trained in."""
+        if self.kind == "normalize":
+            shape = (1, -1, 1, 1)
+            return (p - torch.tensor(self.mean, dtype=p.dtype).view(shape)) / torch.tensor(self.std, dtype=p.dtype).view(shape)
+        if self.kind == "zca":
+            flat = (p.reshape(p.shape[0], -1) - self.zca_mean.to(p.dtype)) @ self.zca_whiten.to(p.dtype)
+            return flat.reshape(p.shape)
+        return p
+
+    @classmethod
+    def of_dataset(cls, ds: Any) -> "PixelTransform":
+        """The transform a loaded :class:`condense.data.Dataset` applied to its pixels."""
+        if ds.zca is not None:
+            z = ds.zca
+            return cls(kind="zca", zca_eps=float(z.eps), zca_key=str(z.key), zca_mean=torch.as_tensor(z.mean),
+                       zca_whiten=torch.as_tensor(z.whiten), zca_unwhiten=torch.as_tensor(z.unwhiten))
+        return cls(kind="normalize", mean=tuple(ds.info.mean), std=tuple(ds.info.std))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able identity of the transform (what must match between a set and a run)."""
+        return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std),
+                "zca_eps": self.zca_eps, "zca_key": self.zca_key}
+
+
+@dataclass
+class SynSet:
+    """A synthetic (distilled) training set in memory.
+
+    images: float32 [N, C, H, W] in the space given by ``transform``;
+    classes: int64 [N], the class each image stands for;
+    labels: the decoded labels (int64 [N] for hard labels, float [N, K] or [V, N, K] soft).
+    """
+
+    images: torch.Tensor
+    classes: torch.Tensor
+    labels: torch.Tensor
+    dataset: str
+    num_classes: int
+    method: str
+    label_spec: LabelSpec = field(default_factory=LabelSpec)
+    transform: PixelTransform = field(default_factory=PixelTransform)
+    lr: float | None = None
+    indices: torch.Tensor | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ipc(self) -> int:
+        """Images per class (sets are class-balanced; :meth:`validate` enforces it)."""
+        return int(self.images.shape[0]) // int(self.num_classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    @classmethod
+    def hard(cls, images: torch.Tensor, classes: torch.Tensor, **kw: Any) -> "SynSet":
+        """A set whose labels are its classes (hard labels)."""
+        classes = classes.to(torch.int64)
+        return cls(images=images, classes=classes, labels=classes.clone(), **kw)
+
+    def validate(self) -> None:
+        """Raise FormatError unless shapes, classes and labels are mutually consistent."""
+        self.label_spec.validate()
+        if self.images.ndim != 4:
+            raise FormatError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
+        n = int(self.images.shape[0])
+        if n == 0:
+            raise FormatError("the set holds no images")
+        if tuple(self.classes.shape) != (n,):
+            raise FormatError(f"{n} images but {tuple(self.classes.shape)} class entries")
+        if self.num_classes <= 0:
+            raise FormatError(f"num_classes must be positive, got {self.num_classes}")
+        if int(self.classes.min()) < 0 or int(self.classes.max()) >= self.num_classes:
+            raise FormatError(f"classes must lie in [0, {self.num_classes}), got {int(self.classes.min())}..{int(self.classes.max())}")
+        counts = torch.bincount(self.classes, minlength=self.num_classes)
+        if not bool((counts == counts[0]).all()):
+            raise FormatError(f"the set is not class-balanced: images per class {counts.tolist()}")
+        if not bool(torch.isfinite(self.images).all()):
+            raise FormatError("the images contain NaN or Inf")
+        self._validate_labels(n)
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise FormatError(f"the learned lr must be a positive number, got {self.lr}")
+        if self.indices is not None and tuple(self.indices.shape) != (n,):
+            raise FormatError(f"{n} images but {tuple(self.indices.shape)} source indices")
+        if self.transform.kind not in TRANSFORM_KINDS:
+            raise FormatError(f"unknown pixel transform {self.transform.kind!r}")
+
+    def _validate_labels(self, n: int) -> None:
+        spec, y = self.label_spec, self.labels
+        if spec.kind == "hard":
+            if tuple(y.shape) != (n,) or y.dtype != torch.int64:
+                raise FormatError(f"hard labels must be int64 [{n}], got {y.dtype} {tuple(y.shape)}")
+            if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+                raise FormatError(f"hard labels must lie in [0, {self.num_classes})")
+            return
+        if not y.is_floating_point():
+            raise FormatError(f"{spec.kind} labels must be floating point, got {y.dtype}")
+        image_axis = 1 if spec.view_mode == "per-view" else 0
+        if y.ndim <= image_axis or int(y.shape[image_axis]) != n:
+            raise FormatError(f"{spec.kind} labels of shape {tuple(y.shape)} do not match {n} images ({spec.view_mode} views)")
+        if spec.kind in ("probabilities", "logits") and int(y.shape[-1]) != self.num_classes:
+            raise FormatError(f"{spec.kind} labels have {int(y.shape[-1])} entries per image, expected {self.num_classes}")
+        if not bool(torch.isfinite(y).all()):
+            raise FormatError("the labels contain NaN or Inf")
+
+    def to_pixels(self) -> torch.Tensor:
+        """Images mapped back to [0, 1] pixels (clipped), e.g. for viewing: [N, C, H, W]."""
+        return self.transform.to_pixels(self.images.float()).clamp(0.0, 1.0)
+
+    def storage_bytes(self) -> dict[str, int]:
+        """Bytes stored for images and labels (as encoded by the codec) and their total."""
+        images = int(self.images.numel()) * 4
+        arrays = get_codec(self.label_spec.codec).encode(self.labels)
+        labels = sum(int(a.nbytes) for a in arrays.values())
+        return {"images": images, "labels": labels, "total": images + labels}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the set to ``path`` atomically (temporary file + rename). Returns the path."""
+        self.validate()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            _write(self, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise FormatError(f"cannot write {path}: {e.strerror or e}") from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    def with_labels(self, labels: torch.Tensor, spec: LabelSpec) -> "SynSet":
+        """A copy of this set with other labels (the images are shared, not copied)."""
+        return replace(self, labels=labels, label_spec=spec)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _write(s: SynSet, path: Path) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs.update({
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "method": s.method,
+            "dataset": s.dataset, "ipc": s.ipc, "num_classes": s.num_classes,
+            "image_shape": list(s.image_shape), "condense_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": _json(s.config), "provenance": _json(s.provenance), "data": _json(s.data),
+        })
+        f.create_dataset("images", data=s.images.detach().cpu().float().numpy())
+        f.create_dataset("classes", data=s.classes.detach().cpu().numpy().astype(np.int64))
+        g = f.create_group("labels")
+        spec = s.label_spec
+        g.attrs.update({"kind": spec.kind, "loss": spec.loss, "temperature": spec.temperature,
+                        "view_mode": spec.view_mode, "codec": spec.codec,
+                        "view_seed": -1 if spec.view_seed is None else spec.view_seed,
+                        "shape": list(s.labels.shape)})
+        for name, arr in get_codec(spec.codec).encode(s.labels).items():
+            g.create_dataset(name, data=arr)
+        if s.lr is not None:
+            f.create_dataset("lr", data=float(s.lr))
+        if s.indices is not None:
+            f.create_dataset("indices", data=s.indices.detach().cpu().numpy().astype(np.int64))
+        t = f.create_group("transform")
+        t.attrs.update({"kind": s.transform.kind, "mean": list(s.transform.mean), "std": list(s.transform.std),
+                        "eps": -1.0 if s.transform.zca_eps is None else s.transform.zca_eps,
+                        "key": s.transform.zca_key or ""})
+        if s.transform.kind == "zca":
+            for name in ("zca_mean", "zca_whiten", "zca_unwhiten"):
+                t.create_dataset(name, data=getattr(s.transform, name).detach().cpu().float().numpy())
+
+
+def load_synset(path: str | os.PathLike) -> SynSet:
+    """Read a synthetic-set file written by any condense (format version <= this one's).
+
+    Raises FormatError (one line) for a missing, non-HDF5, truncated, foreign,
+    newer-version or internally inconsistent file.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise FormatError(f"{path} is not a readable HDF5 file (truncated or not a synthetic set)") from None
+    try:
+        with f:
+            return _read(f, path)
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from None
+    except (KeyError, ValueError, TypeError, OSError) as e:
+        raise FormatError(f"{path}: corrupt synthetic-set file ({type(e).__name__}: {e})") from None
+
+
+def _read(f: Any, path: Path) -> SynSet:
+    fmt = f.attrs.get("format")
+    if fmt != FORMAT_NAME:
+        raise FormatError(f"not a condense synthetic set (format attribute {fmt!r})")
+    version = int(f.attrs.get("version", -1))
+    if version < 1 or version > FORMAT_VERSION:
+        raise FormatError(f"synthetic-set format version {version} is not supported "
+                          f"(this condense reads versions 1..{FORMAT_VERSION}; upgrade condense)")
+    for name in ("images", "classes", "labels", "transform"):
+        if name not in f:
+            raise FormatError(f"missing '{name}': the file is corrupt or truncated")
+    g = f["labels"]
+    view_seed = int(g.attrs["view_seed"])
+    spec = LabelSpec(kind=str(g.attrs["kind"]), loss=str(g.attrs["loss"]), temperature=float(g.attrs["temperature"]),
+                     view_mode=str(g.attrs["view_mode"]), view_seed=None if view_seed < 0 else view_seed,
+                     codec=str(g.attrs["codec"]))
+    spec.validate()
+    shape = tuple(int(s) for s in g.attrs["shape"])
+    labels = get_codec(spec.codec).decode({k: g[k][()] for k in g.keys()}, shape)
+    t = f["transform"]
+    kind = str(t.attrs["kind"])
+    zca = {}
+    if kind == "zca":
+        zca = {k: torch.from_numpy(np.asarray(t[k][()], dtype=np.float32)) for k in ("zca_mean", "zca_whiten", "zca_unwhiten")}
+    eps = float(t.attrs["eps"])
+    transform = PixelTransform(kind=kind, mean=tuple(float(v) for v in t.attrs["mean"]),
+                               std=tuple(float(v) for v in t.attrs["std"]),
+                               zca_eps=None if eps < 0 else eps, zca_key=str(t.attrs["key"]) or None, **zca)
+    images = torch.from_numpy(np.asarray(f["images"][()], dtype=np.float32))
+    s = SynSet(
+        images=images,
+        classes=torch.from_numpy(np.asarray(f["classes"][()], dtype=np.int64)),
+        labels=labels, dataset=str(f.attrs["dataset"]), num_classes=int(f.attrs["num_classes"]),
+        method=str(f.attrs["method"]), label_spec=spec, transform=transform,
+        lr=float(f["lr"][()]) if "lr" in f else None,
+        indices=torch.from_numpy(np.asarray(f["indices"][()], dtype=np.int64)) if "indices" in f else None,
+        config=json.loads(f.attrs["config"]), provenance=json.loads(f.attrs["provenance"]),
+        data=json.loads(f.attrs["data"]),
+    )
+    s.validate()
+    if s.ipc != int(f.attrs["ipc"]) or list(s.image_shape) != [int(v) for v in f.attrs["image_shape"]]:
+        raise FormatError("header (ipc, image_shape) disagrees with the stored arrays")
+    if transform.kind == "normalize" and len(transform.mean) != s.image_shape[0]:
+        raise FormatError(f"normalisation has {len(transform.mean)} channels, images have {s.image_shape[0]}")
+    return s
+
+
+# --- the reference repositories' .pt layout ---------------------------------------------------
+
+def export_pt(s: SynSet, path: str | os.PathLike) -> Path:
+    """Write ``{"image_syn", "label_syn", "syn_lr"}`` as MTT/FTD/DATM's evaluation code loads them.
+
+    The images stay in the space they were optimised in (normalised or ZCA-whitened),
+    as the reference code expects; soft labels are exported as their float tensor.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"image_syn": s.images.detach().cpu().float().contiguous(),
+               "label_syn": s.labels.detach().cpu().contiguous()}
+    if s.lr is not None:
+        payload["syn_lr"] = torch.tensor(float(s.lr))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def import_pt(path: str | os.PathLike, *, dataset: str, num_classes: int, image_shape: tuple[int, int, int],
+              transform: PixelTransform, data: dict[str, Any] | None = None) -> SynSet:
+    """Read a reference-layout ``.pt`` set (never unpickling arbitrary objects).
+
+    Accepts a dict with ``image_syn``/``label_syn`` (and optional ``syn_lr``), or the
+    same under ``images``/``labels``/``lr``. Hard labels are int64 [N]; float [N, K]
+    labels are taken as soft logits (DATM's learned labels), the images' classes then
+    following the reference layout (class by class, ``ipc`` images each). The caller supplies the
+    dataset and its pixel transform, which the .pt layout does not carry.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for unsafe or corrupt files
+        raise FormatError(f"{path}: not a weights-only tensor file ({type(e).__name__}); refusing to unpickle it") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path}: expected a dict with 'image_syn' and 'label_syn', got {type(obj).__name__}")
+    images = obj.get("image_syn", obj.get("images"))
+    labels = obj.get("label_syn", obj.get("labels"))
+    lr = obj.get("syn_lr", obj.get("lr"))
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise FormatError(f"{path}: needs tensors 'image_syn' and 'label_syn' (found keys {sorted(obj)})")
+    images = images.float()
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
+        raise FormatError(f"{path}: images of shape {tuple(images.shape)} do not fit {dataset} ([N, {', '.join(map(str, image_shape))}])")
+    if labels.is_floating_point():
+        if labels.ndim != 2:
+            raise FormatError(f"{path}: soft labels must be [N, K], got {tuple(labels.shape)}")
+        if images.shape[0] % num_classes:
+            raise FormatError(f"{path}: {images.shape[0]} images cannot be {num_classes} equal classes")
+        # The reference repositories store images class by class (c * ipc ... (c + 1) * ipc - 1).
+        classes = torch.arange(num_classes).repeat_interleave(images.shape[0] // num_classes)
+        s = SynSet(images=images, classes=classes, labels=labels.float(), dataset=dataset, num_classes=num_classes,
+                   method="imported", label_spec=LabelSpec(kind="logits", loss="kl"), transform=transform)
+    else:
+        s = SynSet.hard(images, labels.long(), dataset=dataset, num_classes=num_classes, method="imported",
+                        transform=transform)
+    if lr is not None:
+        s.lr = float(torch.as_tensor(lr).reshape(-1)[0])
+    s.data = dict(data or {})
+    s.provenance = {"imported_from": str(path), "sha256": file_sha256(path)}
+    try:
+        s.validate()
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from None
+    return s
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, streamed (provenance of inputs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
