@@ -1,2 +1,11 @@
-"""condense: dataset distillation that works, is fast, is tested and reports honest numbers."""
+"""condense: dataset distillation that works, is fast, is tested and reports honest numbers.
+
+Top-level names are the ones a notebook needs first; everything else lives in its
+module (``condense.data``, ``condense.nets``, ``condense.augment``, ...).
+"""
 __version__ = "0.1.0"
+
+from .synset import LabelSpec, SynSet, load_synset  # noqa: E402
+from .train import TrainProtocol, evaluate, evaluate_synset  # noqa: E402
+
+__all__ = ["LabelSpec", "SynSet", "TrainProtocol", "evaluate", "evaluate_synset", "load_synset", "__version__"]

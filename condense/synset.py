@@ -37,6 +37,8 @@ import torch
 
 from . import __version__
 from .codecs import get_codec
+from .data.transform import TRANSFORM_KINDS, PixelTransform
+from .data.zca import ZCA
 from .errors import ConfigError, FormatError
 
 FORMAT_NAME = "condense.synset"
@@ -45,7 +47,6 @@ FORMAT_VERSION = 1
 LABEL_KINDS = {"hard": "ce", "probabilities": "kl", "logits": "kl", "regression": "mse"}
 LABEL_LOSSES = ("ce", "kl", "mse")
 VIEW_MODES = ("static", "per-view")
-TRANSFORM_KINDS = ("normalize", "zca", "none")
 
 
 @dataclass(frozen=True)
@@ -83,59 +84,6 @@ class LabelSpec:
             get_codec(self.codec)
         except ConfigError as e:
             raise FormatError(str(e)) from None
-
-
-@dataclass(frozen=True)
-class PixelTransform:
-    """How stored images relate to [0, 1] pixels.
-
-    ``normalize``: x = (p - mean) / std per channel. ``zca``: x = ZCA(p) with
-    ``zca_mean`` [D], ``zca_whiten`` [D, D] and ``zca_unwhiten`` [D, D] over flattened
-    C*H*W pixels (fitted on [0, 1] training pixels, as MTT does). ``none``: x = p.
-    """
-
-    kind: str = "none"
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    zca_eps: float | None = None
-    zca_key: str | None = None
-    zca_mean: torch.Tensor | None = None
-    zca_whiten: torch.Tensor | None = None
-    zca_unwhiten: torch.Tensor | None = None
-
-    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C, H, W] stored images -> [N, C, H, W] pixels (not clipped)."""
-        if self.kind == "normalize":
-            shape = (1, -1, 1, 1)
-            return x * torch.tensor(self.std, dtype=x.dtype).view(shape) + torch.tensor(self.mean, dtype=x.dtype).view(shape)
-        if self.kind == "zca":
-            flat = x.reshape(x.shape[0], -1) @ self.zca_unwhiten.to(x.dtype) + self.zca_mean.to(x.dtype)
-            return flat.reshape(x.shape)
-        return x
-
-    def from_pixels(self, p: torch.Tensor) -> torch.Tensor:
-        """[N, C, H, W] pixels in [0, 1] -> the space the images are stored and trained in."""
-        if self.kind == "normalize":
-            shape = (1, -1, 1, 1)
-            return (p - torch.tensor(self.mean, dtype=p.dtype).view(shape)) / torch.tensor(self.std, dtype=p.dtype).view(shape)
-        if self.kind == "zca":
-            flat = (p.reshape(p.shape[0], -1) - self.zca_mean.to(p.dtype)) @ self.zca_whiten.to(p.dtype)
-            return flat.reshape(p.shape)
-        return p
-
-    @classmethod
-    def of_dataset(cls, ds: Any) -> "PixelTransform":
-        """The transform a loaded :class:`condense.data.Dataset` applied to its pixels."""
-        if ds.zca is not None:
-            z = ds.zca
-            return cls(kind="zca", zca_eps=float(z.eps), zca_key=str(z.key), zca_mean=torch.as_tensor(z.mean),
-                       zca_whiten=torch.as_tensor(z.whiten), zca_unwhiten=torch.as_tensor(z.unwhiten))
-        return cls(kind="normalize", mean=tuple(ds.info.mean), std=tuple(ds.info.std))
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-able identity of the transform (what must match between a set and a run)."""
-        return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std),
-                "zca_eps": self.zca_eps, "zca_key": self.zca_key}
 
 
 @dataclass
@@ -200,8 +148,13 @@ class SynSet:
             raise FormatError(f"the learned lr must be a positive number, got {self.lr}")
         if self.indices is not None and tuple(self.indices.shape) != (n,):
             raise FormatError(f"{n} images but {tuple(self.indices.shape)} source indices")
-        if self.transform.kind not in TRANSFORM_KINDS:
-            raise FormatError(f"unknown pixel transform {self.transform.kind!r}")
+        t = self.transform
+        if t.kind not in TRANSFORM_KINDS:
+            raise FormatError(f"unknown pixel transform {t.kind!r}")
+        if t.kind == "normalize" and not (len(t.mean) == len(t.std) == self.image_shape[0]):
+            raise FormatError(f"normalisation has {len(t.mean)} means and {len(t.std)} stds for {self.image_shape[0]} channels")
+        if t.kind == "zca" and (t.zca is None or t.zca.dim != self.images[0].numel()):
+            raise FormatError("the ZCA transform does not fit the images' size")
 
     def _validate_labels(self, n: int) -> None:
         spec, y = self.label_spec, self.labels
@@ -283,12 +236,12 @@ def _write(s: SynSet, path: Path) -> None:
         if s.indices is not None:
             f.create_dataset("indices", data=s.indices.detach().cpu().numpy().astype(np.int64))
         t = f.create_group("transform")
+        z = s.transform.zca
         t.attrs.update({"kind": s.transform.kind, "mean": list(s.transform.mean), "std": list(s.transform.std),
-                        "eps": -1.0 if s.transform.zca_eps is None else s.transform.zca_eps,
-                        "key": s.transform.zca_key or ""})
-        if s.transform.kind == "zca":
-            for name in ("zca_mean", "zca_whiten", "zca_unwhiten"):
-                t.create_dataset(name, data=getattr(s.transform, name).detach().cpu().float().numpy())
+                        "eps": -1.0 if z is None else z.eps, "key": "" if z is None else z.key})
+        if z is not None:
+            for name, arr in (("zca_mean", z.mean), ("zca_whiten", z.whiten), ("zca_unwhiten", z.unwhiten)):
+                t.create_dataset(name, data=arr.detach().cpu().float().numpy())
 
 
 def load_synset(path: str | os.PathLike) -> SynSet:
@@ -336,13 +289,12 @@ def _read(f: Any, path: Path) -> SynSet:
     labels = get_codec(spec.codec).decode({k: g[k][()] for k in g.keys()}, shape)
     t = f["transform"]
     kind = str(t.attrs["kind"])
-    zca = {}
+    zca = None
     if kind == "zca":
-        zca = {k: torch.from_numpy(np.asarray(t[k][()], dtype=np.float32)) for k in ("zca_mean", "zca_whiten", "zca_unwhiten")}
-    eps = float(t.attrs["eps"])
+        arrays = [torch.from_numpy(np.asarray(t[k][()], dtype=np.float32)) for k in ("zca_mean", "zca_whiten", "zca_unwhiten")]
+        zca = ZCA(*arrays, eps=float(t.attrs["eps"]), key=str(t.attrs["key"]))
     transform = PixelTransform(kind=kind, mean=tuple(float(v) for v in t.attrs["mean"]),
-                               std=tuple(float(v) for v in t.attrs["std"]),
-                               zca_eps=None if eps < 0 else eps, zca_key=str(t.attrs["key"]) or None, **zca)
+                               std=tuple(float(v) for v in t.attrs["std"]), zca=zca)
     images = torch.from_numpy(np.asarray(f["images"][()], dtype=np.float32))
     s = SynSet(
         images=images,
@@ -357,8 +309,6 @@ def _read(f: Any, path: Path) -> SynSet:
     s.validate()
     if s.ipc != int(f.attrs["ipc"]) or list(s.image_shape) != [int(v) for v in f.attrs["image_shape"]]:
         raise FormatError("header (ipc, image_shape) disagrees with the stored arrays")
-    if transform.kind == "normalize" and len(transform.mean) != s.image_shape[0]:
-        raise FormatError(f"normalisation has {len(transform.mean)} channels, images have {s.image_shape[0]}")
     return s
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from condense.data import ZCA
+from condense.data.transform import PixelTransform
 from condense.errors import FormatError
-from condense.synset import (FORMAT_VERSION, LabelSpec, PixelTransform, SynSet, export_pt, import_pt,
-                             load_synset)
+from condense.synset import FORMAT_VERSION, LabelSpec, SynSet, export_pt, import_pt, load_synset
 
 NORM = PixelTransform(kind="normalize", mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
@@ -50,14 +51,14 @@ def test_zca_transform_round_trip_and_pixels(tmp_path):
     d = 3 * 8 * 8
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
     whiten = (q @ torch.diag(torch.linspace(0.5, 2.0, d, dtype=torch.float64)) @ q.T)
-    zca = PixelTransform(kind="zca", zca_eps=0.1, zca_key="abc", zca_mean=torch.full((d,), 0.3),
-                         zca_whiten=whiten.float(), zca_unwhiten=torch.linalg.inv(whiten).float())
+    zca = PixelTransform(kind="zca", zca=ZCA(torch.full((d,), 0.3), whiten.float(), torch.linalg.inv(whiten).float(),
+                                             eps=0.1, key="abc"))
     pixels = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     s = SynSet.hard(zca.from_pixels(pixels), torch.arange(3).repeat_interleave(2), dataset="toy", num_classes=3,
                     method="test", transform=zca)
     s.save(tmp_path / "z.h5")
     back = load_synset(tmp_path / "z.h5")
-    assert torch.equal(back.transform.zca_whiten, zca.zca_whiten)
+    assert torch.equal(back.transform.zca.whiten, zca.zca.whiten) and back.transform.zca.key == "abc"
     torch.testing.assert_close(back.to_pixels(), pixels, atol=1e-4, rtol=0)
 
 

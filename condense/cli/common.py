@@ -1,0 +1,48 @@
+"""Helpers every subcommand shares: presets + flag overrides, seeds, devices."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, TypeVar
+
+import torch
+
+from ..config import make_config, preset_section
+from ..errors import ConfigError
+
+C = TypeVar("C")
+
+
+def add_preset_flag(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--preset", metavar="NAME",
+                   help=f"a shipped preset (e.g. fashion-mnist/smoke) or a YAML file; its '{command}' section "
+                        "sets the defaults and any flag given overrides it")
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, section: str) -> C:
+    """Defaults of ``cls`` < the preset's section < the flags the user typed (flags default to None)."""
+    preset = preset_section(args.preset, section) if getattr(args, "preset", None) else None
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return make_config(cls, preset, flags, where=f"preset {args.preset!r}" if preset is not None else "")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1' or None (= cuda if available, else cpu), refused if absent."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but no CUDA GPU is available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} does not exist: {torch.cuda.device_count()} GPU(s) here")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r} (use cpu, cuda or cuda:N)")
+    return device
+
+
+def describe(cfg: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())

@@ -1,0 +1,68 @@
+"""``condense``: one entry point, one small module per subcommand.
+
+The CLI only parses, calls and prints. Errors a user can fix are printed as one line
+with a non-zero exit; a traceback appears only with ``--debug``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from .. import __version__
+from ..errors import CondenseError
+from . import convert, datasets, pending, run, show
+
+EPILOG = """examples:
+  condense datasets                          what is available, and where
+  condense run                               the embedded quick start on Fashion-MNIST (CPU, minutes)
+  condense show runs/quickstart/random_ipc10.h5 --out grid.png
+  condense convert set.h5 set.pt             export to the reference repositories' .pt layout
+
+Add --debug anywhere to see full tracebacks. `condense COMMAND --help` shows each command's flags."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="condense", description="Dataset distillation: record experts, synthesize tiny sets, evaluate them honestly.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"condense {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (pending.BUFFER, pending.SYNTH, pending.LABELS, pending.EVAL, run, show, datasets, convert):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_unknown_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except CondenseError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"condense {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"condense {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal bug: say so in one line, keep the traceback for --debug
+        if debug:
+            traceback.print_exc()
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"condense {args.command}: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Pictures users look at before they read: PNG grids of synthetic images."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLike, *,
+              class_names: Sequence[str] | None = None, max_per_class: int = 10, title: str = "") -> Path:
+    """Save a PNG with one row per class and up to ``max_per_class`` images per row.
+
+    pixels: [N, C, H, W] in [0, 1] (C = 1 or 3); classes: int64 [N].
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_classes = int(classes.max()) + 1 if classes.numel() else 0
+    rows = [torch.nonzero(classes == c).flatten()[:max_per_class] for c in range(num_classes)]
+    cols = max((len(r) for r in rows), default=1)
+    h, w = pixels.shape[-2:]
+    scale = 0.9 * max(1.0, 28 / max(h, w))
+    fig, axes = plt.subplots(num_classes, cols, squeeze=False,
+                             figsize=(1.5 + cols * scale * w / 28, 0.4 + num_classes * scale * h / 28))
+    for c, idx in enumerate(rows):
+        for j in range(cols):
+            ax = axes[c][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(idx):
+                img = pixels[idx[j]].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                          vmin=0, vmax=1, interpolation="nearest")
+            if j == 0:
+                name = class_names[c] if class_names and c < len(class_names) else str(c)
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,76 @@
+"""Presets and configuration layering."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from condense.config import load_preset, make_config, preset_names, preset_section
+from condense.errors import ConfigError
+from condense.smoke import SmokeConfig
+from condense.stats import summarize
+
+# Which dataclass validates each preset section; a new command adds its row.
+SECTIONS = {"run": SmokeConfig}
+
+
+@dataclass
+class Cfg:
+    name: str = "a"
+    steps: int = 3
+    lr: float = 0.1
+    flag: bool = False
+    sizes: list[int] = field(default_factory=lambda: [1])
+    maybe: float | None = None
+
+
+def test_layers_later_wins_and_none_means_unset():
+    cfg = make_config(Cfg, {"steps": 5, "lr": 1}, {"steps": None, "name": "b"})
+    assert (cfg.name, cfg.steps, cfg.lr) == ("b", 5, 1.0)
+    assert isinstance(cfg.lr, float)
+    assert make_config(Cfg, {"maybe": 2}).maybe == 2.0
+
+
+def test_unknown_key_and_wrong_type_are_refused():
+    with pytest.raises(ConfigError, match="unknown option 'stpes'"):
+        make_config(Cfg, {"stpes": 5})
+    with pytest.raises(ConfigError, match="'steps' must be int"):
+        make_config(Cfg, {"steps": "many"})
+    with pytest.raises(ConfigError, match="'flag' must be bool"):
+        make_config(Cfg, {"flag": "yes"})
+    with pytest.raises(ConfigError, match="'sizes' must be int"):
+        make_config(Cfg, {"sizes": [1, 2.5]})
+
+
+def test_dashes_in_keys_are_accepted():
+    assert make_config(SmokeConfig, {"data-root": "/x"}).data_root == "/x"
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_loads_and_validates(name):
+    data = load_preset(name)
+    assert data.get("description") and data.get("source"), "presets say what they are and where values come from"
+    sections = [k for k in data if k not in ("description", "source")]
+    assert sections, "a preset configures at least one command"
+    for section in sections:
+        assert section in SECTIONS, f"no config class registered for section {section!r}"
+        make_config(SECTIONS[section], preset_section(name, section), where=name).validate()
+
+
+def test_unknown_preset_and_missing_section(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'nope/x'"):
+        load_preset("nope/x")
+    with pytest.raises(ConfigError, match="no 'synth' section"):
+        preset_section("fashion-mnist/smoke", "synth")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_preset(str(bad))
+
+
+def test_summarize_against_hand_computation():
+    s = summarize([70.0, 72.0, 74.0])
+    assert s["mean"] == pytest.approx(72.0)
+    assert s["std"] == pytest.approx((8 / 3) ** 0.5)
+    # t(0.975, 2) = 4.302652729911275; sample std = 2
+    assert s["ci95"] == pytest.approx(4.302652729911275 * 2 / 3 ** 0.5)

@@ -1,0 +1,104 @@
+"""The one training loop and evaluate(): losses, schedule, determinism, learning on toy data."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from condense.data import load_dataset
+from condense.errors import ConfigError
+from condense.nets import build_net
+from condense.rng import generator
+from condense.synset import LabelSpec, SynSet
+from condense.train import TrainProtocol, evaluate, evaluate_synset, label_loss, lr_at, train_model
+
+torch.set_num_threads(1)  # determinism claims hold at a fixed thread count
+ARCH = "convnet:width=16"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_dataset("toy")
+
+
+def test_label_losses_against_naive_formulas():
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    assert torch.allclose(label_loss(logits, y, LabelSpec()), F.cross_entropy(logits, y))
+    t = 2.0
+    p = torch.softmax(targets / t, 1)
+    naive = sum(float((p[i] * (p[i].log() - torch.log_softmax(logits[i] / t, 0))).sum()) for i in range(5)) / 5 * t * t
+    kl = label_loss(logits, targets, LabelSpec(kind="logits", loss="kl", temperature=t))
+    assert float(kl) == pytest.approx(naive, rel=1e-5)
+    assert float(label_loss(targets, targets, LabelSpec(kind="logits", loss="kl", temperature=t))) == pytest.approx(0, abs=1e-6)
+    probs = label_loss(logits, p, LabelSpec(kind="probabilities", loss="kl", temperature=t))
+    assert float(probs) == pytest.approx(naive, rel=1e-5)
+    assert torch.allclose(label_loss(logits, targets, LabelSpec(kind="regression", loss="mse")), F.mse_loss(logits, targets))
+
+
+def test_lr_schedule_decays_at_half():
+    p = TrainProtocol(epochs=10)
+    assert [lr_at(p, 1.0, e) for e in range(10)] == [1.0] * 5 + [pytest.approx(0.1)] * 5
+
+
+def test_protocol_validation():
+    for bad in (dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(decay_at=2.0)):
+        with pytest.raises(ConfigError):
+            TrainProtocol(**bad).validate()
+
+
+def test_training_lowers_the_loss_and_calls_back(toy):
+    model = build_net(ARCH, 3, 4, (16, 16), generator=generator(0))
+    seen = []
+    losses = train_model(model, toy.x_train, toy.y_train, TrainProtocol(epochs=6, batch_size=32), seed=0,
+                         on_epoch=lambda e, m, l: seen.append((e, l)))
+    assert [e for e, _ in seen] == list(range(6)) and [l for _, l in seen] == losses
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_evaluate_is_deterministic_and_leaves_global_rng_alone(toy):
+    proto = TrainProtocol(epochs=5, batch_size=32)
+    state = torch.get_rng_state()
+    a = evaluate(toy.x_train, toy.y_train, ARCH, proto, seed=1, test=(toy.x_test, toy.y_test), num_classes=4)
+    b = evaluate(toy.x_train, toy.y_train, ARCH, proto, seed=1, test=(toy.x_test, toy.y_test), num_classes=4)
+    assert torch.equal(state, torch.get_rng_state())
+    assert a == b
+    assert a > 0.6, "a few epochs on the toy training set should beat chance (0.25) clearly"
+
+
+def test_runs_and_seeds_give_different_networks(toy):
+    proto = TrainProtocol(epochs=1, batch_size=64, dsa=True)
+    weights = []
+    for seed, run in ((0, 0), (0, 1), (1, 0)):
+        model = build_net(ARCH, 3, 4, (16, 16), generator=generator(seed, run, 0, 0, 0))
+        train_model(model, toy.x_train, toy.y_train, proto, seed=seed, run=run)
+        weights.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+def test_soft_labels_train_and_differ_from_hard(toy):
+    idx = torch.arange(0, 40)
+    images, classes = toy.x_train[idx], toy.y_train[idx]
+    logits = 3 * F.one_hot(classes, 4).float() + torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    proto = TrainProtocol(epochs=5, batch_size=16)
+    test = (toy.x_test, toy.y_test)
+    hard = SynSet.hard(images, classes, dataset="toy", num_classes=4, method="t")
+    soft = hard.with_labels(logits, LabelSpec(kind="logits", loss="kl", temperature=2.0))
+    model_h = build_net(ARCH, 3, 4, (16, 16), generator=generator(0))
+    model_s = build_net(ARCH, 3, 4, (16, 16), generator=generator(0))
+    train_model(model_h, images, classes, proto, seed=0)
+    train_model(model_s, images, logits, proto, seed=0, label_spec=soft.label_spec)
+    assert not torch.equal(model_h.classifier.weight, model_s.classifier.weight)
+    assert 0.0 <= evaluate_synset(soft, ARCH, proto, 0, test=test) <= 1.0
+
+
+def test_learned_lr_is_used_unless_overridden(toy):
+    s = SynSet.hard(toy.x_train[:8], toy.y_train[:8].sort().values, dataset="toy", num_classes=4, method="t")
+    s.classes = s.labels = torch.arange(4).repeat_interleave(2)
+    proto = TrainProtocol(epochs=2, batch_size=8, dsa=False)
+    test = (toy.x_test, toy.y_test)
+    base = evaluate_synset(s, ARCH, proto, 0, test=test)
+    s.lr = 10.0  # absurd on purpose: if it is used, training diverges and accuracy changes
+    assert evaluate_synset(s, ARCH, proto, 0, test=test) != base
+    assert evaluate_synset(s, ARCH, TrainProtocol(epochs=2, batch_size=8, dsa=False, lr=0.01), 0, test=test) == base
