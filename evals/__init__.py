@@ -1,0 +1,1 @@
+"""Layer 4: training fresh networks on synthetic sets; executors; reports (see docs/ARCHITECTURE.md)."""
