@@ -577,7 +577,7 @@ def test_svhn_mat_loader(tmp_path):
         y = (np.arange(n) % 10 + 1).reshape(n, 1).astype(np.uint8)  # 1..10, 10 means digit 0
         scipy_io.savemat(tmp_path / name, {"X": x, "y": y})
         if name.startswith("train"):
-            x_train, y_train = x, y
+            x_train = x
     raw = load_raw("svhn", tmp_path)
     assert raw.x_train.shape == (30, 3, 32, 32) and raw.x_test.shape == (10, 3, 32, 32)
     assert raw.y_train.tolist() == [(i % 10 + 1) % 10 for i in range(30)]

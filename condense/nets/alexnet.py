@@ -14,18 +14,19 @@ pooling stages.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from condense.nets.base import Net, conv_out, make_norm, outputs_at, require_positive
+from condense.nets.base import SequentialConvNet, conv_out, make_norm, require_positive
 
 # (out_channels, kernel, padding or None for the first layer's rule, pool after)
 _LAYERS = ((128, 5, None, True), (192, 5, 2, True), (256, 3, 1, False),
            (192, 3, 1, False), (192, 3, 1, True))
 
 
-class AlexNet(Net):
+class AlexNet(SequentialConvNet):
     """AlexNet for inputs ``[B, channels, H, W]``; see the module docstring."""
+
+    head_name = "fc"
 
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], *,
                  norm: str = "none") -> None:
@@ -57,21 +58,6 @@ class AlexNet(Net):
         self.features = nn.Sequential(*layers)
         self.embed_dim = in_ch * h * w
         self.fc = nn.Linear(self.embed_dim, num_classes)
-
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each pooling stage's output: ``[B, C, H, W]`` -> 3 tensors ``[B, c_i, h_i, w_i]``."""
-        self.check_input(x)
-        return outputs_at(self.features, x, self._stage_ends)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened last maps: ``[B, C, H, W]`` -> ``[B, 192 * h * w]``."""
-        self.check_input(x)
-        return self.features(x).flatten(1)
-
-    @property
-    def head(self) -> nn.Linear:
-        """The final linear layer."""
-        return self.fc
 
 
 def build_alexnet(channels: int, num_classes: int, image_size: tuple[int, int],

@@ -67,6 +67,33 @@ class Net(nn.Module):
             )
 
 
+
+class SequentialConvNet(Net):
+    """A net whose body is ``self.features`` (an ``nn.Sequential`` of conv stages) followed by
+    one linear head on the flattened last maps (ConvNet, VGG, AlexNet).
+
+    Subclasses fill ``features``, ``_stage_ends`` (indices in ``features`` whose outputs are
+    the stage outputs) and name their head as the reference code does (``head_name``).
+    """
+
+    head_name = "classifier"
+    features: nn.Sequential
+    _stage_ends: list[int]
+
+    @property
+    def head(self) -> nn.Linear:
+        return getattr(self, self.head_name)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each stage's output: ``[B, C, H, W]`` -> one ``[B, c_i, h_i, w_i]`` per stage."""
+        self.check_input(x)
+        return outputs_at(self.features, x, self._stage_ends)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened last maps: ``[B, C, H, W]`` -> ``[B, embed_dim]``."""
+        self.check_input(x)
+        return self.features(x).flatten(1)
+
 def conv_out(size: int, kernel: int, padding: int, stride: int = 1) -> int:
     """Spatial size after a convolution (same formula as ``nn.Conv2d``)."""
     return (size + 2 * padding - kernel) // stride + 1

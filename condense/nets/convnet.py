@@ -24,14 +24,13 @@ is each block's output after pooling.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from condense.nets.base import (Net, conv_out, make_act, make_norm, outputs_at,
+from condense.nets.base import (SequentialConvNet, conv_out, make_act, make_norm,
                                  require_positive)
 
 
-class ConvNet(Net):
+class ConvNet(SequentialConvNet):
     """ConvNet for inputs ``[B, channels, H, W]``; see the module docstring."""
 
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], *,
@@ -41,7 +40,7 @@ class ConvNet(Net):
         self.num_classes = num_classes
         self.input_shape = (channels, image_size[0], image_size[1])
         layers: list[nn.Module] = []
-        self._block_ends: list[int] = []
+        self._stage_ends: list[int] = []
         h, w = image_size
         trail = [(h, w)]
         in_ch = channels
@@ -59,26 +58,11 @@ class ConvNet(Net):
             trail.append((h, w))
             require_positive(f"convnet depth {depth}", trail, f"after block {d + 1}",
                              "use a smaller depth or larger images", channels, image_size)
-            self._block_ends.append(len(layers) - 1)
+            self._stage_ends.append(len(layers) - 1)
             in_ch = width
         self.features = nn.Sequential(*layers)
         self.embed_dim = width * h * w
         self.classifier = nn.Linear(self.embed_dim, num_classes)
-
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each block's output: ``[B, C, H, W]`` -> ``depth`` tensors ``[B, width, h_d, w_d]``."""
-        self.check_input(x)
-        return outputs_at(self.features, x, self._block_ends)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened last maps: ``[B, C, H, W]`` -> ``[B, width * h * w]``."""
-        self.check_input(x)
-        return self.features(x).flatten(1)
-
-    @property
-    def head(self) -> nn.Linear:
-        """The final linear layer."""
-        return self.classifier
 
 
 def build_convnet(channels: int, num_classes: int, image_size: tuple[int, int],

@@ -16,15 +16,14 @@ flattened last maps; ``feature_maps`` is the output of each of the five pooling 
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from condense.nets.base import Net, conv_out, make_norm, outputs_at, require_positive
+from condense.nets.base import SequentialConvNet, conv_out, make_norm, require_positive
 
 CFG_VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-class VGG(Net):
+class VGG(SequentialConvNet):
     """VGG for inputs ``[B, channels, H, W]``; see the module docstring."""
 
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], *,
@@ -58,21 +57,6 @@ class VGG(Net):
         self.features = nn.Sequential(*layers)
         self.embed_dim = in_ch * h * w
         self.classifier = nn.Linear(self.embed_dim, num_classes)
-
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each pooling stage's output: ``[B, C, H, W]`` -> 5 tensors ``[B, c_i, h_i, w_i]``."""
-        self.check_input(x)
-        return outputs_at(self.features, x, self._stage_ends)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened last maps: ``[B, C, H, W]`` -> ``[B, 512 * h * w]``."""
-        self.check_input(x)
-        return self.features(x).flatten(1)
-
-    @property
-    def head(self) -> nn.Linear:
-        """The final linear layer."""
-        return self.classifier
 
 
 def build_vgg11(channels: int, num_classes: int, image_size: tuple[int, int],
