@@ -16,7 +16,7 @@ quickstart: setup
 	condense run
 
 test: setup
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -m "not slow" --nbmake tests notebooks
 
 bench: setup
-	$(PYTHON) -m pytest -q -m slow benchmarks
+	$(PYTHON) benchmarks/bench_foundation.py

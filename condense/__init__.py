@@ -5,6 +5,10 @@ module (``condense.data``, ``condense.nets``, ``condense.augment``, ...).
 """
 __version__ = "0.1.0"
 
+from .perf import tune_cpu_allocator  # noqa: E402
+
+tune_cpu_allocator()
+
 from .synset import LabelSpec, SynSet, load_synset  # noqa: E402
 from .train import TrainProtocol, evaluate, evaluate_synset  # noqa: E402
 
