@@ -63,6 +63,20 @@ def test_smoke_job_writes_sets_grids_and_results(smoke_run):
     assert results["config"]["epochs"] == 3, "flags override the preset"
 
 
+def test_same_seed_reproduces_the_numbers_exactly(smoke_run, tmp_path):
+    argv = ["run", "--preset", "toy/smoke", "--runs", "2", "--epochs", "3", "--ipc", "2", "--device", "cpu"]
+    assert main(argv + ["--out", str(tmp_path / "again")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "other"), "--seed", "5"]) == 0
+    first = json.loads((smoke_run / "results.json").read_text())["results"][0]
+    again = json.loads((tmp_path / "again" / "results.json").read_text())["results"][0]
+    other = json.loads((tmp_path / "other" / "results.json").read_text())["results"][0]
+    assert again["accs"] == first["accs"]
+    assert torch.equal(load_synset(tmp_path / "again" / "random_ipc2.h5").images, load_synset(smoke_run / "random_ipc2.h5").images)
+    assert not torch.equal(load_synset(tmp_path / "other" / "random_ipc2.h5").indices,
+                           load_synset(smoke_run / "random_ipc2.h5").indices)
+    assert other["subset_seeds"] == [5, 6]
+
+
 def test_show_writes_png(smoke_run, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "show", str(smoke_run / "random_ipc2.h5"), "--out", str(tmp_path / "g.png"))
     assert code == 0 and "8 images" in out
@@ -109,3 +123,38 @@ def test_console_script_errors_without_traceback_unless_debug(tmp_path):
     assert plain.stderr.strip().count("\n") == 0 and "not a readable HDF5" in plain.stderr
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_plugins_register_datasets_and_archs_for_the_cli(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_plugin.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "from condense.data import DatasetInfo, register_dataset\n"
+        "from condense.nets import register_arch\n"
+        "def load(root):\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    y = torch.arange(2).repeat(20)\n"
+        "    return torch.rand(40, 1, 8, 8, generator=g), y, torch.rand(10, 1, 8, 8, generator=g), y[:10]\n"
+        "register_dataset('plugin-set', DatasetInfo(name='plugin-set', num_classes=2, channels=1, image_size=(8, 8),\n"
+        "                 mean=(0.5,), std=(0.3,), val_size=4), load, needs_files=False, replace_existing=True)\n"
+        "class Lin(nn.Sequential):\n"
+        "    def __init__(self, channels, num_classes, image_size, hidden):\n"
+        "        super().__init__(nn.Flatten(), nn.Linear(channels * image_size[0] * image_size[1], num_classes))\n"
+        "register_arch('tinylin', Lin, {'hidden': 4}, overwrite=True)\n")
+    from condense.data import datasets
+    from condense.nets import specs
+
+    # Registrations must not leak into other tests: give this test copies of the registries.
+    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
+    monkeypatch.setattr(specs, "_REGISTRY", dict(specs._REGISTRY))
+    monkeypatch.delitem(sys.modules, "my_plugin", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CONDENSE_PLUGINS", "my_plugin")
+    code, out, _ = run_cli(capsys, "datasets")
+    assert code == 0 and "plugin-set" in out
+    code, out, err = run_cli(capsys, "run", "--dataset", "plugin-set", "--arch", "tinylin", "--ipc", "2", "--runs", "1",
+                             "--epochs", "2", "--out", str(tmp_path / "o"), "--device", "cpu")
+    assert code == 0, err
+    monkeypatch.setenv("CONDENSE_PLUGINS", "no_such_plugin_module")
+    code, _, err = run_cli(capsys, "datasets")
+    assert code == 2 and "no_such_plugin_module" in err
