@@ -24,8 +24,9 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
     cols = max((len(r) for r in rows), default=1)
     h, w = pixels.shape[-2:]
     scale = 0.9 * max(1.0, 28 / max(h, w))
-    fig, axes = plt.subplots(num_classes, cols, squeeze=False,
-                             figsize=(1.5 + cols * scale * w / 28, 0.4 + num_classes * scale * h / 28))
+    title_in = 0.35 if title else 0.0  # room for the title, so it never covers the first row
+    height = 0.2 + title_in + num_classes * scale * h / 28
+    fig, axes = plt.subplots(num_classes, cols, squeeze=False, figsize=(1.5 + cols * scale * w / 28, height))
     for c, idx in enumerate(rows):
         for j in range(cols):
             ax = axes[c][j]
@@ -42,7 +43,7 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - title_in / height))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
