@@ -20,7 +20,8 @@ difference, stated so nobody has to discover it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,8 @@ class TrainProtocol:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 256
-    decay_at: float = 0.5  # fraction of the epochs after which lr is multiplied by 0.1
+    decay_at: float = 0.5  # fraction of the epochs after which lr is multiplied by decay_factor (1.0: never)
+    decay_factor: float = 0.1
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     test_batch_size: int = 1024
@@ -59,6 +61,8 @@ class TrainProtocol:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.decay_at <= 1.0:
             raise ConfigError(f"decay_at must be a fraction in [0, 1], got {self.decay_at}")
+        if not self.decay_factor > 0:
+            raise ConfigError(f"decay_factor must be positive, got {self.decay_factor}")
 
 
 def label_loss(logits: torch.Tensor, targets: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
@@ -80,8 +84,41 @@ def label_loss(logits: torch.Tensor, targets: torch.Tensor, spec: LabelSpec) -> 
 
 
 def lr_at(protocol: TrainProtocol, base_lr: float, epoch: int) -> float:
-    """The step size of 0-based ``epoch``: base, then x0.1 from ``decay_at`` of the epochs on."""
-    return base_lr * (0.1 if epoch >= int(protocol.epochs * protocol.decay_at) else 1.0)
+    """The step size of 0-based ``epoch``: base, then x decay_factor from ``decay_at`` of the epochs on."""
+    decayed = protocol.decay_at < 1.0 and epoch >= int(protocol.epochs * protocol.decay_at)
+    return base_lr * (protocol.decay_factor if decayed else 1.0)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training step's data: ``x`` [B, C, H, W] as the network sees it (augmented),
+    ``x_clean`` the same images un-augmented, ``y`` the targets."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_clean: torch.Tensor
+
+
+class StepRule(Protocol):
+    """How one optimisation step is taken: forward, backward(s), ``optimizer.step()``.
+
+    ``loss_fn(logits, y)`` is the set's label loss; returns the step's training loss.
+    Plain SGD is :func:`plain_step`; SAM/GSAM and the smooth-expert regularisers live in
+    :mod:`condense.steps`.
+    """
+
+    def __call__(self, model: nn.Module, batch: Batch, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 optimizer: torch.optim.Optimizer, epoch: int) -> float: ...
+
+
+def plain_step(model: nn.Module, batch: Batch, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               optimizer: torch.optim.Optimizer, epoch: int) -> float:
+    """One plain step: loss on the augmented batch, backward, optimizer step."""
+    loss = loss_fn(model(batch.x), batch.y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 def train_model(
@@ -95,18 +132,21 @@ def train_model(
     lr: float = DEFAULT_LR,
     label_spec: LabelSpec | None = None,
     on_epoch: Callable[[int, nn.Module, float], None] | None = None,
+    step: StepRule = plain_step,
 ) -> list[float]:
     """Train ``model`` in place on ``images`` [N, C, H, W] / ``targets`` ([N] or [N, K]).
 
     Data and model must be on the same device. ``on_epoch(epoch, model, mean_loss)``
     is called after every epoch (the expert recorder snapshots parameters there).
-    Returns the mean training loss of each epoch.
+    ``step`` takes each optimisation step (plain SGD by default; SAM, GSAM and the
+    smooth-expert regularisers plug in here). Returns the mean training loss per epoch.
     """
     protocol.validate()
     spec = label_spec or LabelSpec()
     if spec.view_mode != "static":
         raise ConfigError("per-view labels are not supported by this training loop yet")
     dsa = DSAConfig(strategy=protocol.dsa_strategy) if protocol.dsa else None
+    loss_fn = partial(label_loss, spec=spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum,
                                 weight_decay=protocol.weight_decay)
     n = images.shape[0]
@@ -118,17 +158,14 @@ def train_model(
             group["lr"] = lr_at(protocol, lr, epoch)
         order = torch.randperm(n, generator=generator(seed, run, epoch, 0, STREAM_ORDER)).to(device)
         total, count = 0.0, 0
-        for step, start in enumerate(range(0, n, protocol.batch_size)):
+        for t, start in enumerate(range(0, n, protocol.batch_size)):
             idx = order[start:start + protocol.batch_size]
-            x, y = images[idx], targets[idx]
+            x_clean, y = images[idx], targets[idx]
+            x = x_clean
             if dsa is not None:
-                draw = sample_dsa(dsa, x.shape[0], tuple(x.shape[1:]), generator(seed, run, epoch, step, STREAM_DSA))
+                draw = sample_dsa(dsa, x.shape[0], tuple(x.shape[1:]), generator(seed, run, epoch, t, STREAM_DSA))
                 x = apply_dsa(x, draw)
-            loss = label_loss(model(x), y, spec)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * idx.numel()
+            total += step(model, Batch(x, y, x_clean), loss_fn, optimizer, epoch) * idx.numel()
             count += idx.numel()
         losses.append(total / count)
         if on_epoch is not None:

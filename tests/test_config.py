@@ -8,10 +8,11 @@ import pytest
 from condense.config import load_preset, make_config, preset_names, preset_section
 from condense.errors import ConfigError
 from condense.smoke import SmokeConfig
+from trajectories.record import BufferConfig
 from condense.stats import summarize
 
 # Which dataclass validates each preset section; a new command adds its row.
-SECTIONS = {"run": SmokeConfig}
+SECTIONS = {"run": SmokeConfig, "buffer": BufferConfig}
 
 
 @dataclass

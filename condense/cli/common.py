@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..config import make_config, preset_section
-from ..errors import ConfigError
+from ..jobs import parse_device
 
 C = TypeVar("C")
 
@@ -30,18 +30,7 @@ def resolve_device(name: str | None) -> torch.device:
     """'cpu', 'cuda', 'cuda:1' or None (= cuda if available, else cpu), refused if absent."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but no CUDA GPU is available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name!r} does not exist: {torch.cuda.device_count()} GPU(s) here")
-    elif device.type != "cpu":
-        raise ConfigError(f"unsupported device {name!r} (use cpu, cuda or cuda:N)")
-    return device
+    return parse_device(name)
 
 
 def describe(cfg: Any) -> str:

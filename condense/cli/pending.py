@@ -22,7 +22,6 @@ class Pending:
         raise CondenseError(f"'condense {self.name}' is not available yet: it arrives with {self.arrives_with}")
 
 
-BUFFER = Pending("buffer", "record expert training trajectories into a trajectory store", "the expert-trajectories issue (#8)")
 SYNTH = Pending("synth", "synthesize a small training set (tm, dm, dam, gm, frepo, random, herding, kcenter)",
                 "the trajectory-matching and distribution-matching issues (#9, #10)")
 LABELS = Pending("labels", "make and compress soft labels for a synthetic set", "the soft-label issue (#12)")

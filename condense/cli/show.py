@@ -12,13 +12,15 @@ from ..viz import save_grid
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "show", help="write a PNG grid of a synthetic set",
-        description="Write a PNG grid of a synthetic set: one row per class, images mapped back to pixels "
-                    "with the normalisation/ZCA the file carries.",
+        "show", help="write a PNG grid of a synthetic set, or the curves of a trajectory store",
+        description="For a synthetic-set file: a PNG grid, one row per class, images mapped back to pixels "
+                    "with the normalisation/ZCA the file carries. For a trajectory-store folder: per-expert "
+                    "test accuracy, distance from init and per-epoch step length.",
         epilog="examples:\n  condense show runs/smoke/random_ipc10.h5 --out grid.png\n"
+               "  condense show runs/fmnist/experts --out traj.png\n"
                "  condense show set.h5 --out grid.png --max-per-class 5",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", help="a synthetic-set file (.h5)")
+    p.add_argument("path", help="a synthetic-set file (.h5) or a trajectory-store folder")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--max-per-class", dest="max_per_class", type=int, default=10, help="images per row (default 10)")
     p.set_defaults(handler=handle)
@@ -27,7 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.is_dir():
-        raise CondenseError(f"{path} is a folder; trajectory-store plots arrive with the expert-trajectories issue (#8)")
+        from trajectories import open_store
+        from trajectories.plot import plot_store
+
+        store = open_store(path)
+        out = plot_store(store, args.out)
+        print(f"wrote {out} ({len(store)} experts x {store.epochs} epochs)")
+        return 0
     s = load_synset(path)
     try:
         names = dataset_info(s.dataset).class_names

@@ -1,0 +1,169 @@
+"""The trajectory store: rows in, rows out, crash safety, identity, and the promised errors."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from condense.errors import CondenseError, FormatError
+from condense.nets import FlatLayout, build_net
+from trajectories import open_store
+from trajectories.store import ExpertWriter, expert_path, prepare_store
+
+EPOCHS = 3
+
+
+def meta(**over):
+    net = build_net("convnet:width=4", 3, 4, (16, 16))
+    layout = FlatLayout.of(net)
+    m = {"dataset": "toy", "arch": "convnet:width=4", "layout": layout.to_json(), "n_params": layout.numel,
+         "epochs": EPOCHS, "dtype": "float32", "protocol": {"lr": 0.01}, "config": {"out": "x"}}
+    m.update(over)
+    return m
+
+
+def rows(index: int, n: int) -> torch.Tensor:
+    return torch.randn(EPOCHS + 1, n, generator=torch.Generator().manual_seed(index))
+
+
+def write_expert(folder, index: int) -> torch.Tensor:
+    n = open_store(folder).n_params
+    data = rows(index, n)
+    w = ExpertWriter(folder, index, attrs={"seed": 0})
+    for e in range(EPOCHS + 1):
+        w.write_epoch(e, data[e], test_acc=0.1 * e, train_loss=float("nan") if e == 0 else 1.0 / e)
+    w.finish()
+    return data
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    folder = tmp_path / "store"
+    assert prepare_store(folder, meta(), 3) == [0, 1, 2]
+    return folder
+
+
+def test_rows_round_trip_and_one_row_reads(store_dir):
+    written = [write_expert(store_dir, i) for i in range(3)]
+    store = open_store(store_dir)
+    assert len(store) == 3 and store.epochs == EPOCHS
+    for i, data in enumerate(written):
+        assert torch.equal(store.expert(i), data)
+        assert torch.equal(store.epoch(i, 2), data[2])
+    assert np.allclose(store.test_acc(1), [0, 0.1, 0.2, 0.3])
+    assert np.isnan(store.train_loss(1)[0]) and store.train_loss(1)[2] == 0.5
+    assert [t.shape for t in store] == [(EPOCHS + 1, store.n_params)] * 3
+    with h5py.File(expert_path(store_dir, 0)) as f:
+        assert f["params"].chunks == (1, store.n_params), "one epoch must be one chunk, read alone"
+    assert store.layout == FlatLayout.from_json(meta()["layout"])
+    with pytest.raises(IndexError):
+        store.epoch(0, EPOCHS + 1)
+    with pytest.raises(IndexError):
+        store.expert(3)
+
+
+def test_rows_are_copies_not_aliases(store_dir):
+    live = torch.zeros(open_store(store_dir).n_params)
+    w = ExpertWriter(store_dir, 0)
+    for e in range(EPOCHS + 1):
+        live.fill_(float(e))  # the same tensor, changed in place as training would
+        w.write_epoch(e, live)
+    w.finish()
+    assert open_store(store_dir).expert(0)[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_float16_store(tmp_path):
+    prepare_store(tmp_path / "s", meta(dtype="float16"), 1)
+    data = write_expert(tmp_path / "s", 0)
+    back = open_store(tmp_path / "s").expert(0)
+    assert back.dtype == torch.float32
+    torch.testing.assert_close(back, data, atol=4e-3, rtol=1e-3)
+
+
+def test_unfinished_expert_is_invisible_and_cleaned_on_resume(store_dir):
+    write_expert(store_dir, 0)
+    w = ExpertWriter(store_dir, 1)
+    w.write_epoch(0, rows(1, w.n_params)[0])
+    w.file.flush()  # as if killed here: the temporary file stays behind
+    assert len(open_store(store_dir)) == 1
+    assert list(store_dir.glob(".expert_00001.h5.tmp-*"))
+    assert prepare_store(store_dir, meta(), 3) == [1, 2]
+    assert not list(store_dir.glob(".expert_*")), "stale temporary files are removed on resume"
+    assert len(open_store(store_dir)) == 1
+
+
+def test_finish_requires_every_epoch_and_abort_removes_the_file(store_dir):
+    w = ExpertWriter(store_dir, 0)
+    w.write_epoch(0, rows(0, w.n_params)[0])
+    with pytest.raises(RuntimeError, match="never written"):
+        w.finish()
+    assert not list(store_dir.glob(".expert_*")) and len(open_store(store_dir)) == 0
+
+
+def test_resume_may_add_experts_but_refuses_other_settings(store_dir):
+    write_expert(store_dir, 0)
+    assert prepare_store(store_dir, meta(config={"out": "elsewhere"}), 5) == [1, 2, 3, 4]
+    assert json.loads((store_dir / "manifest.json").read_text())["experts_planned"] == 5
+    with pytest.raises(CondenseError, match=r"differs in: arch.*protocol|differs in: protocol"):
+        prepare_store(store_dir, meta(protocol={"lr": 0.1}), 3)
+    assert len(open_store(store_dir)) == 1, "a refused resume must not touch finished experts"
+
+
+def test_non_store_folder_is_refused(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(CondenseError, match="not empty and not a trajectory store"):
+        prepare_store(tmp_path / "busy", meta(), 1)
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CondenseError, match="cannot write"):
+        prepare_store(tmp_path / "file" / "store", meta(), 1)
+
+
+def test_disk_full_while_writing_keeps_finished_experts(store_dir, monkeypatch):
+    write_expert(store_dir, 0)
+    w = ExpertWriter(store_dir, 1)
+
+    class Full:
+        def __setitem__(self, key, value):
+            raise OSError(28, "No space left on device")
+
+    w.params = Full()
+    with pytest.raises(CondenseError, match="No space left on device"):
+        w.write_epoch(0, torch.zeros(open_store(store_dir).n_params))
+    store = open_store(store_dir)
+    assert len(store) == 1 and not list(store_dir.glob(".expert_*"))
+
+
+def test_bad_stores_give_one_clear_error(tmp_path, store_dir):
+    with pytest.raises(FormatError, match="not a folder"):
+        open_store(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FormatError, match="no manifest.json"):
+        open_store(tmp_path / "empty")
+    manifest = store_dir / "manifest.json"
+    good = manifest.read_text()
+    manifest.write_text("{not json")
+    with pytest.raises(FormatError, match="unreadable manifest"):
+        open_store(store_dir)
+    manifest.write_text(json.dumps(dict(json.loads(good), version=99)))
+    with pytest.raises(FormatError, match="version 99 is not supported"):
+        open_store(store_dir)
+    manifest.write_text(good)
+
+    write_expert(store_dir, 0)
+    path = expert_path(store_dir, 0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(FormatError, match="expert_00000.h5"):
+        open_store(store_dir).epoch(0, 1)
+    path.write_bytes(data)
+    with h5py.File(path, "a") as f:
+        f.attrs["store_key"] = "someone-else"
+    with pytest.raises(FormatError, match="belongs to another store"):
+        open_store(store_dir).expert(0)

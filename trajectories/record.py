@@ -1,0 +1,197 @@
+"""The expert recorder: train networks on real data and save their parameters every epoch.
+
+An expert is trained by :func:`condense.train.train_model` (the one training loop) with
+plain SGD (MTT), SAM/GSAM (FTD's flat experts) or the smooth-expert regularisers (AST),
+and its flat parameters are written after initialisation (row 0) and after every epoch,
+with that epoch's test accuracy and training loss. Experts are independent jobs
+(:mod:`condense.jobs`): ``devices=["cuda:0", "cuda:1"]`` records on both GPUs at once.
+
+Randomness: expert ``i`` of a store with seed ``s`` is the training run ``(s, i)``:
+its init comes from ``(s, i, 0, 0, INIT)``, its batch order and DSA draws from
+``(s, i, epoch, step, ...)``. So an expert is the same whichever worker records it and
+whether or not the run was interrupted (at a fixed thread count).
+
+Resume: rerunning the same command skips finished experts and records the missing
+ones; an expert interrupted mid-way is recorded again from its start.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from condense.data import load_dataset
+from condense.errors import CondenseError, ConfigError
+from condense.jobs import Job, parse_device, run_jobs
+from condense.nets import FlatLayout, build_net, parse_arch
+from condense.rng import generator
+from condense.steps import ExpertRegularizer
+from condense.train import STREAM_INIT, TrainProtocol, accuracy, train_model
+from trajectories.store import DTYPES, ExpertWriter, prepare_store
+
+
+@dataclass
+class BufferConfig:
+    """Everything that defines a store of experts (defaults: MTT's buffer settings)."""
+
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    download: bool = False
+    arch: str = "convnet"
+    experts: int = 5
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    lr_decay_at: float = 1.0  # fraction of the epochs after which lr *= lr_decay_factor; 1.0 = never (MTT)
+    lr_decay_factor: float = 0.1
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    zca: bool = False
+    val_size: int | None = None  # None: the dataset's default validation split
+    limit_train: int | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    flat: str = "none"
+    sam_rho: float = 0.05
+    gsam_alpha: float = 0.4
+    adaptive: bool = False  # ASAM-style perturbation; FTD's code always uses it
+    smooth: bool = False
+    gp_weight: float = 2.0
+    loss_decay: bool = True
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    out: str = "runs/experts"
+
+    def validate(self) -> None:
+        if self.experts <= 0:
+            raise ConfigError(f"--experts must be positive, got {self.experts}")
+        if self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not self.devices:
+            raise ConfigError("--devices needs at least one device")
+        for d in self.devices:
+            parse_device(d)
+        parse_arch(self.arch)
+        self.protocol().validate()
+        self.regularizer().validate()
+
+    def protocol(self) -> TrainProtocol:
+        return TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                             batch_size=self.batch_size, decay_at=self.lr_decay_at, decay_factor=self.lr_decay_factor,
+                             dsa=self.dsa, dsa_strategy=self.dsa_strategy)
+
+    def regularizer(self) -> ExpertRegularizer:
+        return ExpertRegularizer(flat=self.flat, sam_rho=self.sam_rho, gsam_alpha=self.gsam_alpha, adaptive=self.adaptive,
+                                 smooth=self.smooth, gp_weight=self.gp_weight, loss_decay=self.loss_decay)
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, root: str | None, download: bool, zca: bool, val_size: int | None, limit_train: int | None):
+    return load_dataset(name, root, zca=zca, val_size=val_size, limit_train=limit_train, download=download)
+
+
+def dataset_for(cfg: BufferConfig):
+    """The processed dataset of a config (cached per process: workers load it once)."""
+    return _dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.zca, cfg.val_size, cfg.limit_train)
+
+
+def store_metadata(cfg: BufferConfig) -> dict[str, Any]:
+    """What the store's manifest records (its identity: dataset, net, training, data)."""
+    ds = dataset_for(cfg)
+    net = build_net(cfg.arch, ds.info.channels, ds.info.num_classes, ds.info.image_size)
+    layout = FlatLayout.of(net)
+    data = {k: v for k, v in ds.meta.items() if k != "root"}  # the same data found elsewhere is the same data
+    return {
+        "source": "recorded", "dataset": ds.info.name, "num_classes": ds.info.num_classes,
+        "image_shape": list(ds.info.shape), "arch": str(parse_arch(cfg.arch)), "layout": layout.to_json(),
+        "n_params": layout.numel, "epochs": cfg.epochs, "dtype": cfg.dtype, "seed": cfg.seed,
+        "protocol": dataclasses.asdict(cfg.protocol()), "regularizer": cfg.regularizer().describe(),
+        "transform": ds.transform.describe(), "data": data, "config": dataclasses.asdict(cfg),
+    }
+
+
+def record_expert(cfg: dict[str, Any], index: int, folder: str, device: str = "cpu",
+                  on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+    """Train expert ``index`` of the store in ``folder`` and write it (a job function).
+
+    ``on_epoch(epoch, test_acc, train_loss)`` reports progress. Returns a summary dict.
+    """
+    config = BufferConfig(**cfg)
+    ds = dataset_for(config)
+    dev = torch.device(device)
+    c, h, w = ds.info.shape
+    net = build_net(config.arch, c, ds.info.num_classes, (h, w),
+                    generator=generator(config.seed, index, 0, 0, STREAM_INIT)).to(dev)
+    layout = FlatLayout.of(net)
+    x_test, y_test = ds.x_test.to(dev), ds.y_test.to(dev)
+    writer = ExpertWriter(folder, index, attrs={"seed": config.seed, "run": index, "device": device})
+    t0 = time.perf_counter()
+    try:
+        writer.write_epoch(0, layout.flatten(net), accuracy(net, x_test, y_test))
+
+        def snapshot(epoch: int, model: torch.nn.Module, loss: float) -> None:
+            if not math.isfinite(loss):
+                raise CondenseError(f"expert {index} diverged in epoch {epoch} (training loss {loss}); lower --lr")
+            acc = accuracy(model, x_test, y_test)
+            writer.write_epoch(epoch + 1, layout.flatten(model), acc, loss)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, acc, loss)
+
+        train_model(net, ds.x_train.to(dev), ds.y_train.to(dev), config.protocol(), seed=config.seed, run=index,
+                    lr=config.lr, on_epoch=snapshot, step=config.regularizer().step_rule())
+        seconds = time.perf_counter() - t0
+        path = writer.finish(seconds=seconds)
+    except BaseException:
+        writer.abort()
+        raise
+    return {"index": index, "path": str(path), "seconds": seconds,
+            "final_test_acc": float(accuracy(net, x_test, y_test))}
+
+
+def record_store(cfg: BufferConfig, progress: Callable[[str], None] = print, bars: bool = True) -> list[dict[str, Any]]:
+    """Record (or finish recording) the store ``cfg.out``. Returns one summary per new expert."""
+    cfg.validate()
+    todo = prepare_store(cfg.out, store_metadata(cfg), cfg.experts)
+    if not todo:
+        progress(f"{cfg.out}: all {cfg.experts} experts are already recorded")
+        return []
+    progress(f"{cfg.out}: recording experts {todo[0]}..{todo[-1]} ({len(todo)} to go) on {', '.join(cfg.devices)}")
+    from tqdm import tqdm
+
+    cfg_dict = dataclasses.asdict(cfg)
+    summaries, failures = [], []
+    if len(cfg.devices) == 1:
+        # In-process: an epoch-level bar per expert.
+        for i in todo:
+            with tqdm(total=cfg.epochs, desc=f"expert {i}", unit="ep", disable=not bars, leave=False) as bar:
+                def tick(epoch: int, acc: float, loss: float) -> None:
+                    bar.update(1)
+                    bar.set_postfix(test_acc=f"{100 * acc:.1f}%", loss=f"{loss:.3f}")
+
+                s = record_expert(cfg_dict, i, cfg.out, cfg.devices[0], on_epoch=tick)
+            summaries.append(s)
+            progress(f"expert {i}: test acc {100 * s['final_test_acc']:.2f}% after {cfg.epochs} epochs ({s['seconds']:.0f} s)")
+        return summaries
+    jobs = [Job(f"expert {i}", "trajectories.record:record_expert", {"cfg": cfg_dict, "index": i, "folder": cfg.out})
+            for i in todo]
+    with tqdm(total=len(jobs), desc="experts", unit="expert", disable=not bars) as bar:
+        for r in run_jobs(jobs, cfg.devices):
+            bar.update(1)
+            if r.ok:
+                summaries.append(r.value)
+                progress(f"{r.key}: test acc {100 * r.value['final_test_acc']:.2f}% ({r.seconds:.0f} s on {r.device})")
+            else:
+                failures.append(r)
+                progress(f"{r.key} failed on {r.device}: {r.error}")
+    if failures:
+        raise CondenseError(f"{len(failures)} of {len(jobs)} experts failed (first: {failures[0].key}: "
+                            f"{failures[0].error.splitlines()[0]}); the finished ones are kept, rerun to retry")
+    return summaries
