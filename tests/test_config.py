@@ -7,12 +7,13 @@ import pytest
 
 from condense.config import load_preset, make_config, preset_names, preset_section
 from condense.errors import ConfigError
+from condense.methods import get_method
 from condense.smoke import SmokeConfig
 from trajectories.record import BufferConfig
 from condense.stats import summarize
 
 # Which dataclass validates each preset section; a new command adds its row.
-SECTIONS = {"run": SmokeConfig, "buffer": BufferConfig}
+SECTIONS = {"run": SmokeConfig, "buffer": BufferConfig, "synth": None}  # synth: the config of its method
 
 
 @dataclass
@@ -55,7 +56,9 @@ def test_every_shipped_preset_loads_and_validates(name):
     assert sections, "a preset configures at least one command"
     for section in sections:
         assert section in SECTIONS, f"no config class registered for section {section!r}"
-        make_config(SECTIONS[section], preset_section(name, section), where=name).validate()
+        values = dict(preset_section(name, section))
+        cls = SECTIONS[section] or get_method(values.pop("method")).config
+        make_config(cls, values, where=name).validate()
 
 
 def test_unknown_preset_and_missing_section(tmp_path):

@@ -22,7 +22,5 @@ class Pending:
         raise CondenseError(f"'condense {self.name}' is not available yet: it arrives with {self.arrives_with}")
 
 
-SYNTH = Pending("synth", "synthesize a small training set (tm, dm, dam, gm, frepo, random, herding, kcenter)",
-                "the trajectory-matching and distribution-matching issues (#9, #10)")
 LABELS = Pending("labels", "make and compress soft labels for a synthetic set", "the soft-label issue (#12)")
 EVAL = Pending("eval", "evaluate synthetic sets over architectures x seeds", "the evaluation-harness issue (#11)")

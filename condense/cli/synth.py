@@ -1,0 +1,116 @@
+"""``condense synth``: synthesize a small training set with one of the registered methods."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..config import make_config, preset_section
+from ..errors import ConfigError
+from .common import add_preset_flag, describe, resolve_device
+
+EXAMPLES = """examples:
+  condense synth --method tm --dataset fashion-mnist --ipc 10 --trajectories runs/fmnist/experts \\
+      --iters 500 --syn-steps 20 --expert-epochs 2 --max-start-epoch 5 --out runs/fmnist/tm_ipc10.h5
+  condense synth --preset fashion-mnist/tm-ipc1-cpu          the CPU protocol preset
+  condense synth --preset cifar10/tm-ipc10                   published MTT hyper-parameters
+  condense synth ... --memory constant                       exact gradients, memory independent of --syn-steps
+  condense synth ... --ema 0.999                             FTD's moving average of the images
+
+Rerunning the same command resumes from the last checkpoint; the run folder <out>.run/ holds
+config, environment, metrics.csv, image grids and the checkpoint."""
+
+FLAGS: list[tuple[tuple[str, ...], dict]] = [
+    (("--dataset",), dict(help="dataset (default: the experts' dataset)")),
+    (("--data-root",), dict(dest="data_root", help="folder holding the dataset files")),
+    (("--ipc",), dict(type=int, help="images per class (default 1)")),
+    (("--arch",), dict(help="student network (default: the experts' arch; others are refused)")),
+    (("--trajectories",), dict(help="trajectory store recorded by `condense buffer` (tm)")),
+    (("--iters",), dict(type=int, help="synthesis iterations")),
+    (("--syn-steps",), dict(dest="syn_steps", type=int, help="student steps per iteration (tm, default 20)")),
+    (("--expert-epochs",), dict(dest="expert_epochs", type=int, help="expert epochs matched, M (tm, default 2)")),
+    (("--min-start-epoch",), dict(dest="min_start_epoch", type=int, help="lowest start epoch (tm, default 0)")),
+    (("--max-start-epoch",), dict(dest="max_start_epoch", type=int, help="start epochs are < this (tm, default 5)")),
+    (("--batch-syn",), dict(dest="batch_syn", type=int, help="synthetic images per student step (default all)")),
+    (("--lr-img",), dict(dest="lr_img", type=float, help="image learning rate")),
+    (("--lr-lr",), dict(dest="lr_lr", type=float, help="learning rate of the learned step size (published meaning)")),
+    (("--lr-init",), dict(dest="lr_init", type=float, help="initial learned step size (default: the experts' lr)")),
+    (("--init",), dict(help="initial images: real, noise, correct (DATM: ones an expert gets right) or kmeans "
+                            "(AST's representative init) (default real)")),
+    (("--labels",), dict(help="tm labels: hard, expert (TESLA: fixed expert soft labels) or learned (DATM)")),
+    (("--lr-labels",), dict(dest="lr_labels", type=float, help="learning rate of learned labels (DATM lr_y, default 2)")),
+    (("--window-schedule",), dict(dest="window_schedule", help="start-epoch window: fixed, or linear (DATM) from "
+                                                                "--window-start-max to --max-start-epoch")),
+    (("--window-start-max",), dict(dest="window_start_max", type=int, help="linear window: initial upper bound")),
+    (("--window-end-iter",), dict(dest="window_end_iter", type=int, help="linear window: iteration it reaches the max")),
+    (("--balance-loss",), dict(dest="balance_loss", action=argparse.BooleanOptionalAction, default=None,
+                               help="AST's balanced inner loss")),
+    (("--middle-loss",), dict(dest="middle_loss", action=argparse.BooleanOptionalAction, default=None,
+                              help="AST's intermediate matching loss")),
+    (("--weight-perturb",), dict(dest="weight_perturb", action=argparse.BooleanOptionalAction, default=None,
+                                 help="AST's perturbation of the starting conv weights")),
+    (("--dsa",), dict(action=argparse.BooleanOptionalAction, default=None, help="DSA augmentation (default on)")),
+    (("--dsa-strategy",), dict(dest="dsa_strategy", help="DSA transforms")),
+    (("--memory",), dict(help="tm gradients: exact (unrolled graph) or constant (adjoint, memory independent of steps)")),
+    (("--ema",), dict(type=float, help="decay of FTD's moving average of the images (0 = off)")),
+    (("--checkpoint-every",), dict(dest="checkpoint_every", type=int, help="save set + state every N iterations")),
+    (("--eval-every",), dict(dest="eval_every", type=int, help="evaluate on the validation split every N iterations")),
+    (("--eval-epochs",), dict(dest="eval_epochs", type=int, help="training epochs of those evaluations (default 100)")),
+    (("--max-bad-steps",), dict(dest="max_bad_steps", type=int, help="stop after N non-finite steps in a row")),
+    (("--skip-loss-above",), dict(dest="skip_loss_above", type=float, help="skip steps whose loss exceeds this")),
+    (("--seed",), dict(type=int, help="seed (default 0)")),
+    (("--out",), dict(help="synthetic-set file to write (.h5)")),
+    (("--device",), dict(help="cpu, cuda or cuda:N (default: cuda if available)")),
+]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..methods import method_names
+
+    p = sub.add_parser(
+        "synth", help="synthesize a small training set (tm; dm, dam, gm, baselines follow)",
+        description="Synthesize a small training set and write it as a synthetic-set file.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_preset_flag(p, "synth")
+    p.add_argument("--method", help=f"one of: {', '.join(method_names())}")
+    for names, kw in FLAGS:
+        p.add_argument(*names, **kw)
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ..methods import get_method
+    from ..train import TrainProtocol, evaluate_synset
+
+    method = args.method or (preset_section(args.preset, "synth").get("method") if args.preset else None)
+    if not method:
+        raise ConfigError("give --method (e.g. --method tm) or a --preset that names one")
+    entry = get_method(method)
+    fields = {f.name for f in dataclasses.fields(entry.config)}
+    dests = [kw.get("dest") or names[0][2:].replace("-", "_") for names, kw in FLAGS]
+    foreign = [d for d in dests if d not in fields and getattr(args, d) is not None]
+    if foreign:
+        raise ConfigError(f"--{foreign[0].replace('_', '-')} is not an option of method {method}")
+    section = dict(preset_section(args.preset, "synth")) if args.preset else {}
+    section.pop("method", None)  # selects the method above; not a config field
+    flags = {f: getattr(args, f) for f in fields if hasattr(args, f)}
+    cfg = make_config(entry.config, section, flags, where=f"preset {args.preset!r}" if args.preset else "")
+    device = resolve_device(cfg.device)
+    print(f"condense synth --method {method}: {describe(cfg)}")
+
+    evaluate_fn = None
+    if getattr(cfg, "eval_every", 0):
+        protocol = TrainProtocol(epochs=cfg.eval_epochs)
+        holder = {}
+
+        def evaluate_fn(s):  # on the validation split: selection and tuning never see the test set
+            ds = holder.get("ds")
+            if ds is None:
+                from ..data import load_dataset
+
+                ds = holder["ds"] = load_dataset(s.dataset, getattr(cfg, "data_root", None), zca=s.transform.kind == "zca",
+                                                 val_size=s.data.get("val_size"), val_seed=s.data.get("val_seed", 0))
+            return evaluate_synset(s, s.config["arch"], protocol, cfg.seed, test=(ds.x_val, ds.y_val), device=device)
+
+    s = entry.run(cfg, device, evaluate=evaluate_fn)
+    print(f"wrote {cfg.out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else ""))
+    return 0

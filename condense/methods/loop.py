@@ -1,0 +1,263 @@
+"""The synthesis loop every method shares: iterations, NaN guard, checkpoint/resume, progress, logs.
+
+A method plugs in as a :class:`Synthesizer`: it owns its learnable tensors and their
+optimisers, fills their ``.grad`` for iteration ``it`` (all randomness derived from
+``(seed, it, ...)``), and can turn its state into a :class:`~condense.synset.SynSet`.
+The loop does the rest, identically for every method:
+
+- **NaN guard**: a step whose loss or gradients are not finite is skipped; a step that
+  leaves a learnable tensor non-finite (or the learned lr out of range) is rolled back
+  to the state before it. Both are logged; after ``max_bad_steps`` bad steps in a row
+  the run stops with a clear message (the last good state is saved). With
+  ``skip_loss_above`` (DATM) steps whose loss exceeds it are skipped as well.
+- **Checkpoint/resume**: every ``checkpoint_every`` iterations the set is written to
+  ``out`` and the full state (tensors, optimiser momenta, iteration) to the run folder;
+  rerunning the same command continues from there and gives the same set as an
+  uninterrupted run, because iteration ``it`` depends only on (state, seed, it).
+- **Run folder** ``<out>.run/``: ``config.json``, ``env.json`` (versions, git hash),
+  ``metrics.csv`` (one row per iteration), ``grid_XXXXXX.png`` at checkpoints, and the
+  checkpoint itself.
+- **Evaluation** every ``eval_every`` iterations through a callback (methods never
+  import the evaluation harness).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from .. import __version__
+from ..errors import CondenseError
+from ..synset import SynSet
+from ..viz import save_grid
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class LoopConfig:
+    """What every iterative method shares."""
+
+    iters: int = 1000
+    checkpoint_every: int = 100
+    eval_every: int = 0  # 0: no evaluation during synthesis
+    max_bad_steps: int = 10
+    skip_loss_above: float | None = None
+
+
+class Synthesizer(Protocol):
+    """A synthesis method as the loop sees it."""
+
+    def learnables(self) -> dict[str, torch.Tensor]:
+        """The leaf tensors being optimised (e.g. images, log_lr, label logits)."""
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Their optimisers, by name (state is checkpointed)."""
+
+    def compute_grads(self, it: int) -> dict[str, float]:
+        """Fill ``.grad`` of the learnables for iteration ``it``; return metrics incl. ``loss``."""
+
+    def after_step(self, it: int) -> None:
+        """Anything done after a successful step (EMA of the set, clamping...)."""
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Further tensors to checkpoint (e.g. the EMA images)."""
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def synset(self, it: int) -> SynSet:
+        """The current synthetic set (what is saved and evaluated)."""
+
+    def validate_state(self) -> str | None:
+        """A reason the state is unusable (e.g. learned lr out of range), or None."""
+
+
+def identity_hash(config: dict[str, Any]) -> str:
+    """Hash of a run's identity: what must match for a checkpoint to be resumed."""
+    ignore = {"iters", "checkpoint_every", "eval_every", "eval_epochs", "out", "device", "data_root"}
+    identity = {k: v for k, v in config.items() if k not in ignore}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def environment() -> dict[str, Any]:
+    """Versions and git hash: what a run folder records so a number can be traced."""
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {"condense": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "threads": torch.get_num_threads(), "git": git}
+
+
+def _finite(t: torch.Tensor | None) -> bool:
+    return t is None or bool(torch.isfinite(t).all())
+
+
+class Run:
+    """The run folder of one synthesis: config, environment, metrics, grids, checkpoint."""
+
+    def __init__(self, out: str | os.PathLike, config: dict[str, Any]):
+        self.out = Path(out)
+        self.folder = self.out.with_name(self.out.name + ".run")
+        self.config = config
+        self.key = identity_hash(config)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+            (self.folder / "env.json").write_text(json.dumps(environment(), indent=1))
+        except OSError as e:
+            raise CondenseError(f"cannot write the run folder {self.folder}: {e.strerror or e}") from None
+        self._metrics_file = None
+        self._writer = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self._writer is None:
+            new = not (self.folder / "metrics.csv").exists()
+            self._metrics_file = open(self.folder / "metrics.csv", "a", newline="")
+            self._writer = csv.DictWriter(self._metrics_file, fieldnames=list(row), extrasaction="ignore")
+            if new:
+                self._writer.writeheader()
+        self._writer.writerow(row)
+        self._metrics_file.flush()
+
+    def close(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+
+    def save_checkpoint(self, method: Synthesizer, it: int) -> None:
+        state = {"key": self.key, "iteration": it,
+                 "learnables": {k: v.detach().cpu() for k, v in method.learnables().items()},
+                 "optimizers": {k: o.state_dict() for k, o in method.optimizers().items()},
+                 "extra": {k: v.detach().cpu() for k, v in method.extra_state().items()}}
+        tmp = self.folder / f".{CHECKPOINT}.tmp-{os.getpid()}"
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.folder / CHECKPOINT)
+        except OSError as e:
+            raise CondenseError(f"cannot write the checkpoint in {self.folder}: {e.strerror or e}") from None
+
+    def load_checkpoint(self, method: Synthesizer) -> int:
+        """Restore ``method`` from the run folder; returns the iteration to continue from (0: fresh)."""
+        path = self.folder / CHECKPOINT
+        if not path.exists():
+            return 0
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for corrupt files
+            raise CondenseError(f"{path} is corrupt ({type(e).__name__}); delete it to start over") from None
+        if state.get("key") != self.key:
+            raise CondenseError(f"{path} belongs to a run with other settings; delete {self.folder} or "
+                                "choose another --out")
+        with torch.no_grad():
+            for k, v in method.learnables().items():
+                v.copy_(state["learnables"][k])
+        for k, o in method.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        method.load_extra_state(state["extra"])
+        return int(state["iteration"])
+
+    def remove_checkpoint(self) -> None:
+        path = self.folder / CHECKPOINT
+        if path.exists():
+            path.unlink()
+
+
+def synthesize(method: Synthesizer, loop: LoopConfig, out: str | os.PathLike, config: dict[str, Any],
+               *, progress: Callable[[str], None] = print, bars: bool = True,
+               evaluate: Callable[[SynSet], float] | None = None) -> SynSet:
+    """Run ``method`` for ``loop.iters`` iterations (resuming from the run folder if any),
+    saving the set to ``out``. Returns the final set."""
+    run = Run(out, config)
+    start = run.load_checkpoint(method)
+    if start >= loop.iters and Path(out).exists():
+        progress(f"{out}: already synthesized ({loop.iters} iterations)")
+        return method.synset(loop.iters)
+    if start:
+        progress(f"resuming {out} at iteration {start}")
+    from tqdm import tqdm
+
+    bad_in_a_row = 0
+    learn, opts = method.learnables(), method.optimizers()
+    bar = tqdm(total=loop.iters, initial=start, desc=f"synth {config.get('method', '')}", unit="it", disable=not bars)
+    t_last, it = time.perf_counter(), start
+    try:
+        for it in range(start, loop.iters):
+            for v in learn.values():
+                v.grad = None
+            metrics = method.compute_grads(it)
+            loss = metrics.get("loss", float("nan"))
+            event = ""
+            if not math.isfinite(loss) or not all(_finite(v.grad) for v in learn.values()):
+                event = "skipped: non-finite loss or gradient"
+            elif loop.skip_loss_above is not None and loss > loop.skip_loss_above:
+                event = f"skipped: loss {loss:.4g} above {loop.skip_loss_above}"
+            else:
+                before = {k: v.detach().clone() for k, v in learn.items()}
+                before_opt = {k: _clone_state(o.state_dict()) for k, o in opts.items()}
+                for o in opts.values():
+                    o.step()
+                reason = None if all(_finite(v) for v in learn.values()) else "non-finite values"
+                reason = reason or method.validate_state()
+                if reason:
+                    with torch.no_grad():
+                        for k, v in learn.items():
+                            v.copy_(before[k])
+                    for k, o in opts.items():
+                        o.load_state_dict(before_opt[k])
+                    event = f"rolled back: {reason}"
+                else:
+                    method.after_step(it)
+            if event:
+                bad_in_a_row += 1
+                progress(f"iteration {it}: {event}")
+                if bad_in_a_row >= loop.max_bad_steps:
+                    _save(method, run, out, it)
+                    raise CondenseError(f"{loop.max_bad_steps} bad steps in a row at iteration {it} ({event}); "
+                                        f"the last good set is in {out}; lower the learning rates")
+            else:
+                bad_in_a_row = 0
+            now = time.perf_counter()
+            row = {"iteration": it, **metrics, "seconds": now - t_last, "event": event}
+            t_last = now
+            done = it + 1
+            if loop.eval_every and evaluate is not None and done % loop.eval_every == 0:
+                row["eval_acc"] = evaluate(method.synset(done))
+                progress(f"iteration {done}: eval accuracy {100 * row['eval_acc']:.2f}%")
+            run.log(row)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, float)})
+            if done % loop.checkpoint_every == 0 or done == loop.iters:
+                _save(method, run, out, done)
+    finally:
+        bar.close()
+        run.close()
+    return method.synset(loop.iters)
+
+
+def _save(method: Synthesizer, run: Run, out: str | os.PathLike, it: int) -> None:
+    s = method.synset(it)
+    s.save(out)
+    save_grid(s.to_pixels(), s.classes, run.folder / f"grid_{it:06d}.png", title=f"{s.method}, iteration {it}")
+    run.save_checkpoint(method, it)
+
+
+def _clone_state(state: Any) -> Any:
+    """A deep copy of an optimizer state_dict (tensors cloned), for rollback."""
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return {k: _clone_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_clone_state(v) for v in state]
+    return state

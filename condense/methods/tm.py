@@ -1,0 +1,306 @@
+"""`tm`: trajectory matching (MTT) with a learned, positive step size, on one screen.
+
+Each iteration: pick an expert i and a start epoch s (s < the window's upper bound),
+take ``syn_steps`` student SGD steps from θ_i(s) on synthetic batches, and match the
+result to θ_i(s + expert_epochs) (the math and its two exact gradient paths are in
+:mod:`condense.methods.tm_math`). Images move by SGD (momentum 0.5, ``lr_img``); the
+student's step size α = exp(ρ) stays positive by construction and ρ moves by SGD with
+η_ρ = lr_lr / lr_init² so that the published ``lr_lr`` keeps its meaning near the
+initial lr (dα ≈ α dρ). All randomness of iteration ``it`` (expert, start epoch, batch
+order, DSA draws) comes from generators keyed by (seed, it, ...), so a resumed run
+equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from ..augment import DSAConfig, sample_dsa
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..nets import FlatLayout, build_net, functional_call, parse_arch
+from ..rng import generator
+from ..synset import LabelSpec, SynSet
+from .init import EXPERT_INITS, INITS, expert_logits, expert_selected_images, initial_images
+from .loop import LoopConfig
+from .tm_math import Step, Target, match_constant_memory, match_exact
+
+STREAM_PICK, STREAM_ORDER, STREAM_DSA = 0, 1, 2
+MEMORY_MODES = ("exact", "constant")
+LABEL_MODES = ("hard", "expert", "learned")
+WINDOWS = ("fixed", "linear")
+STREAM_PERTURB = 3
+
+
+@dataclass
+class TMConfig:
+    trajectories: str = ""
+    ipc: int = 1
+    arch: str | None = None  # the student; must be the store's arch (default: it)
+    dataset: str | None = None  # default: the store's dataset
+    data_root: str | None = None
+    iters: int = 500
+    syn_steps: int = 20
+    expert_epochs: int = 2
+    min_start_epoch: int = 0
+    max_start_epoch: int = 5
+    batch_syn: int | None = None  # None: all synthetic images in every inner step (MTT's default)
+    lr_img: float = 100.0
+    lr_lr: float = 1e-5
+    lr_init: float | None = None  # None: the experts' training lr
+    init: str = "real"  # real | noise | correct (DATM) | kmeans (AST's representative init)
+    labels: str = "hard"  # hard | expert (TESLA: fixed soft labels) | learned (DATM)
+    lr_labels: float = 2.0  # DATM's lr_y (SGD, momentum 0.9) for --labels learned
+    window_schedule: str = "fixed"  # fixed | linear (DATM: the start-epoch window widens)
+    window_start_max: int | None = None  # linear: the initial upper bound (DATM current_max_start_epoch)
+    window_end_iter: int = 1000  # linear: iteration at which the bound reaches max_start_epoch
+    balance_loss: bool = False  # AST
+    middle_loss: bool = False  # AST: also match intermediate student steps to intermediate epochs
+    weight_perturb: bool = False  # AST: perturb the start's conv weights
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    memory: str = "exact"
+    ema: float = 0.0  # FTD: decay of an exponential moving average of the images (0 = off)
+    checkpoint_every: int = 100
+    eval_every: int = 0
+    eval_epochs: int = 100  # training epochs of each --eval-every evaluation (on the validation split)
+    max_bad_steps: int = 10
+    skip_loss_above: float | None = None
+    seed: int = 0
+    out: str = "runs/tm.h5"
+    device: str | None = None
+
+    def validate(self, epochs_stored: int | None = None) -> None:
+        if not self.trajectories:
+            raise ConfigError("tm needs --trajectories STORE (record one with `condense buffer`)")
+        for name in ("ipc", "iters", "syn_steps", "expert_epochs", "max_start_epoch"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.min_start_epoch < self.max_start_epoch:
+            raise ConfigError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {self.min_start_epoch} and "
+                              f"{self.max_start_epoch}")
+        if epochs_stored is not None and self.max_start_epoch + self.expert_epochs > epochs_stored:
+            raise ConfigError(f"--max-start-epoch ({self.max_start_epoch}) + --expert-epochs ({self.expert_epochs}) "
+                              f"exceeds the {epochs_stored} epochs stored in {self.trajectories}")
+        if self.memory not in MEMORY_MODES:
+            raise ConfigError(f"--memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}")
+        if self.window_schedule not in WINDOWS:
+            raise ConfigError(f"--window-schedule must be one of {', '.join(WINDOWS)}, got {self.window_schedule!r}")
+        if self.window_schedule == "linear" and not (
+                self.window_start_max is not None and self.min_start_epoch < self.window_start_max <= self.max_start_epoch
+                and self.window_end_iter > 0):
+            raise ConfigError("--window-schedule linear needs --min-start-epoch < --window-start-max <= "
+                              "--max-start-epoch and --window-end-iter > 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"--ema is a decay in [0, 1), got {self.ema}")
+        for name in ("lr_img", "lr_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.batch_syn is not None and self.batch_syn <= 0:
+            raise ConfigError(f"--batch-syn must be positive, got {self.batch_syn}")
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(iters=self.iters, checkpoint_every=self.checkpoint_every, eval_every=self.eval_every,
+                          max_bad_steps=self.max_bad_steps, skip_loss_above=self.skip_loss_above)
+
+
+def dataset_of_store(store, cfg: TMConfig):
+    """The dataset processed exactly as the store's experts saw it; refused if it differs."""
+    meta, data = store.meta, store.meta.get("data", {})
+    name = cfg.dataset or meta["dataset"]
+    if name != meta["dataset"]:
+        raise ConfigError(f"{cfg.trajectories} holds {meta['dataset']} experts, not {name}")
+    zca = meta["transform"]["kind"] == "zca"
+    ds = load_dataset(name, cfg.data_root, zca=zca, zca_eps=meta["transform"].get("zca_eps") or 0.1,
+                      val_size=data.get("val_size"), val_seed=data.get("val_seed", 0))
+    if ds.transform.describe() != meta["transform"]:
+        raise ConfigError(f"{cfg.trajectories} was recorded with another normalisation/ZCA than {name} has here "
+                          f"({meta['transform']} vs {ds.transform.describe()})")
+    return ds
+
+
+class TrajectoryMatching:
+    """The tm method as a :class:`~condense.methods.loop.Synthesizer`."""
+
+    def __init__(self, cfg: TMConfig, store, ds, device: torch.device):
+        self.cfg, self.store, self.ds, self.device = cfg, store, ds, device
+        self.arch = arch = cfg.arch or store.meta["arch"]
+        if str(parse_arch(arch)) != store.meta["arch"]:
+            raise ConfigError(f"--arch {arch} differs from the experts' arch {store.meta['arch']}")
+        c, h, w = ds.info.shape
+        self.net = build_net(arch, c, ds.info.num_classes, (h, w), generator=generator(cfg.seed, 0)).to(device)
+        FlatLayout.of(self.net).check_compatible(store.layout)
+        self.conv_slices = [(o, o + math.prod(sh)) for o, sh in zip(store.layout.offsets, store.layout.shapes)
+                            if len(sh) == 4]
+        teacher = store.epoch(0, store.epochs).to(device)  # DATM/AST/TESLA's expert: expert 0, final epoch
+        predict = partial(functional_call, self.net, teacher)
+        k = ds.info.num_classes
+        if cfg.init in EXPERT_INITS:
+            images, self.classes, self.indices = expert_selected_images(ds.x_train, ds.y_train, k, cfg.ipc, cfg.init,
+                                                                        cfg.seed, predict)
+        else:
+            images, self.classes, self.indices = initial_images(ds.x_train, ds.y_train, k, cfg.ipc, cfg.init, cfg.seed)
+        self.images = images.to(device).requires_grad_(True)
+        self.lr_init = cfg.lr_init or float(store.meta["protocol"]["lr"])
+        self.log_lr = torch.tensor(math.log(self.lr_init), device=device).requires_grad_(True)
+        self.opts = {"images": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5),
+                     "log_lr": torch.optim.SGD([self.log_lr], lr=cfg.lr_lr / self.lr_init ** 2, momentum=0.5)}
+        if cfg.labels == "hard":
+            self.labels, self.loss_fn = self.classes.to(device), F.cross_entropy
+        else:
+            self.labels = self._expert_label_logits(self.images.detach()).to(device)
+            self.loss_fn = soft_cross_entropy
+            if cfg.labels == "learned":
+                self.labels.requires_grad_(True)
+                self.opts["labels"] = torch.optim.SGD([self.labels], lr=cfg.lr_labels, momentum=0.9)
+        self.ema = self.images.detach().clone() if cfg.ema else None
+        self.dsa = DSAConfig(strategy=cfg.dsa_strategy) if cfg.dsa else None
+
+    @torch.no_grad()
+    def _expert_label_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, K] logits: per image, the mean over the experts (final epoch) that classify it
+        correctly (DATM); the first expert's logits where none does."""
+        total = torch.zeros(images.shape[0], self.ds.info.num_classes, device=self.device)
+        count = torch.zeros(images.shape[0], 1, device=self.device)
+        classes = self.classes.to(self.device)
+        first = None
+        for i in range(len(self.store)):
+            logits = expert_logits(partial(functional_call, self.net, self.store.epoch(i, self.store.epochs).to(self.device)),
+                                   images)
+            first = logits if first is None else first
+            ok = (logits.argmax(1) == classes).unsqueeze(1).float()
+            total += logits * ok
+            count += ok
+        return torch.where(count > 0, total / count.clamp_min(1), first)
+
+    # -- the plan of one iteration ---------------------------------------------------------------
+    def window(self, it: int) -> int:
+        """Upper bound (exclusive) of the start epoch at iteration ``it`` (DATM's linear widening)."""
+        cfg = self.cfg
+        if cfg.window_schedule == "fixed":
+            return cfg.max_start_epoch
+        grown = cfg.window_start_max + (cfg.max_start_epoch - cfg.window_start_max) * it // cfg.window_end_iter
+        return min(grown, cfg.max_start_epoch)
+
+    def plan(self, it: int) -> tuple[int, int, list[Step]]:
+        """(expert, start epoch, steps) of iteration ``it``: deterministic in (seed, it)."""
+        cfg, n = self.cfg, self.images.shape[0]
+        pick = generator(cfg.seed, it, 0, STREAM_PICK)
+        expert = int(torch.randint(len(self.store), (1,), generator=pick))
+        start = int(torch.randint(cfg.min_start_epoch, self.window(it), (1,), generator=pick))
+        batch = cfg.batch_syn or n
+        steps, chunks = [], []
+        for t in range(cfg.syn_steps):
+            if not chunks:  # a fresh permutation whenever the previous one is used up, as MTT does
+                perm = torch.randperm(n, generator=generator(cfg.seed, it, t, STREAM_ORDER))
+                chunks = list(torch.split(perm, batch))
+            idx = chunks.pop().to(self.device)  # MTT pops from the end
+            draw = None
+            if self.dsa is not None:
+                draw = sample_dsa(self.dsa, 1, tuple(self.images.shape[1:]), generator(cfg.seed, it, t, STREAM_DSA))
+            steps.append(Step(idx, draw))
+        return expert, start, steps
+
+    def start_and_targets(self, it: int, expert: int, s: int) -> tuple[torch.Tensor, list[Target]]:
+        """θ_0 (perturbed with AST's --weight-perturb) and the targets (AST's intermediate ones too)."""
+        cfg, n, m = self.cfg, self.cfg.syn_steps, self.cfg.expert_epochs
+        start = self.store.epoch(expert, s).to(self.device)
+        if cfg.weight_perturb:  # w += (d / ‖d‖_F) ⊙ w on every conv weight, d ~ N(0, 1)
+            g = generator(cfg.seed, it, 0, STREAM_PERTURB)
+            for a, b in self.conv_slices:
+                d = torch.randn(b - a, generator=g).to(self.device)
+                start[a:b] += d / d.norm() * start[a:b]
+        targets = [Target(n, self.store.epoch(expert, s + m).to(self.device))]
+        if cfg.middle_loss:
+            targets += [Target((n // m) * i, self.store.epoch(expert, s + i).to(self.device)) for i in range(1, m)]
+        return start, targets
+
+    # -- Synthesizer -------------------------------------------------------------------------------
+    def learnables(self) -> dict[str, torch.Tensor]:
+        out = {"images": self.images, "log_lr": self.log_lr}
+        if self.labels.requires_grad:
+            out["labels"] = self.labels
+        return out
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self.opts
+
+    def compute_grads(self, it: int) -> dict[str, float]:
+        expert, s, steps = self.plan(it)
+        start, targets = self.start_and_targets(it, expert, s)
+        loss_fn = self.loss_fn
+        if self.cfg.balance_loss:  # AST: weight late starts up, early starts down
+            h = self.cfg.max_start_epoch // 2
+            scale = math.log(s - h + 8, 5) if s >= h else 1.0 / math.log(h - s + 8, 5)
+            loss_fn = partial(scaled, loss_fn, scale)
+        if self.cfg.memory == "exact":
+            loss_t = match_exact(self.net, start, targets, self.images, self.labels, self.log_lr, steps, loss_fn)
+            loss_t.backward()
+            loss = float(loss_t.detach())
+        else:
+            loss, grads = match_constant_memory(self.net, start, targets, self.images, self.labels, self.log_lr,
+                                                steps, loss_fn)
+            for name, tensor in self.learnables().items():
+                tensor.grad = grads[name]
+        return {"loss": loss, "lr": float(self.log_lr.detach().exp()), "expert": expert, "start_epoch": s}
+
+    def after_step(self, it: int) -> None:
+        if self.ema is not None:
+            with torch.no_grad():
+                self.ema.mul_(self.cfg.ema).add_(self.images.detach(), alpha=1 - self.cfg.ema)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {} if self.ema is None else {"ema": self.ema}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.ema is not None:
+            self.ema.copy_(state["ema"])
+
+    def validate_state(self) -> str | None:
+        lr = float(self.log_lr.detach().exp())
+        return None if math.isfinite(lr) and 0 < lr < 1e3 * self.lr_init else f"learned lr {lr:.4g} out of range"
+
+    def synset(self, it: int) -> SynSet:
+        images = (self.ema if self.ema is not None else self.images).detach().cpu().clone()
+        s = SynSet.hard(images, self.classes.clone(), dataset=self.ds.info.name, num_classes=self.ds.info.num_classes,
+                        method="tm", lr=float(self.log_lr.detach().exp()), transform=self.ds.transform,
+                        data=dict(self.ds.meta), config={"method": "tm", **asdict(self.cfg), "arch": self.arch},
+                        provenance={"seed": self.cfg.seed, "iteration": it, "store": str(self.store.folder),
+                                    "store_key": self.store.meta["store_key"],
+                                    "init_indices": None if self.indices is None else self.indices.tolist()})
+        if self.cfg.labels != "hard":
+            s = s.with_labels(self.labels.detach().cpu().clone(), LabelSpec(kind="logits", loss="kl", temperature=1.0))
+        return s
+
+
+def soft_cross_entropy(logits: torch.Tensor, label_logits: torch.Tensor) -> torch.Tensor:
+    """DATM's inner loss: −Σ softmax(label_logits) · log_softmax(logits), averaged over the batch."""
+    return -(F.softmax(label_logits, dim=1) * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def scaled(loss_fn, scale: float, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return scale * loss_fn(logits, targets)
+
+
+def run_tm(cfg: TMConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
+    """Synthesize (or resume) the set ``cfg.out`` by trajectory matching."""
+    from trajectories import open_store
+
+    from .loop import synthesize
+
+    cfg.validate()
+    store = open_store(cfg.trajectories)
+    if len(store) == 0:
+        raise ConfigError(f"{cfg.trajectories} holds no finished expert yet")
+    cfg.validate(store.epochs)
+    method = TrajectoryMatching(cfg, store, dataset_of_store(store, cfg), device)
+    return synthesize(method, cfg.loop(), cfg.out, {"method": "tm", **asdict(cfg)}, progress=progress, bars=bars,
+                      evaluate=evaluate)

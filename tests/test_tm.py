@@ -1,0 +1,229 @@
+"""Trajectory matching: the core math against naive references, the variants, the loop's guarantees."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call as torch_functional_call
+
+from condense.augment import DSAConfig, apply_dsa, sample_dsa
+from condense.errors import CondenseError, ConfigError
+from condense.methods.loop import synthesize
+from condense.methods.tm import TMConfig, TrajectoryMatching, dataset_of_store, run_tm, soft_cross_entropy
+from condense.methods.tm_math import Step, Target, match_constant_memory, match_exact
+from condense.nets import FlatLayout, build_net
+from condense.rng import generator
+from condense.synset import load_synset
+from trajectories import open_store
+from trajectories.record import BufferConfig, record_store
+
+torch.set_num_threads(1)
+CPU = torch.device("cpu")
+
+
+# --- the core math ---------------------------------------------------------------------------------
+
+def small_problem(dtype=torch.float64, soft=False):
+    net = build_net("convnet:width=4,depth=2", 1, 3, (8, 8), generator=generator(0)).to(dtype)
+    layout = FlatLayout.of(net)
+    start = layout.flatten(net)
+    g = torch.Generator().manual_seed(1)
+    mid = start + 0.03 * torch.randn(layout.numel, generator=g, dtype=dtype)
+    target = start + 0.05 * torch.randn(layout.numel, generator=g, dtype=dtype)
+    images = torch.randn(6, 1, 8, 8, generator=g, dtype=dtype).requires_grad_(True)
+    labels = torch.randn(6, 3, generator=g, dtype=dtype).requires_grad_(True) if soft else torch.tensor([0, 0, 1, 1, 2, 2])
+    log_lr = torch.tensor(0.02, dtype=dtype).log().requires_grad_(True)
+    plan = [Step(torch.tensor([4, 0, 2]), sample_dsa(DSAConfig(), 1, (1, 8, 8), generator(5, t))) for t in range(3)]
+    plan.append(Step(torch.tensor([1, 3, 5])))
+    return net, layout, start, mid, target, images, labels, log_lr, plan
+
+
+def naive_matching_loss(net, layout, start, targets, images, labels, log_lr, plan, loss_fn):
+    """An independent reference: per-tensor parameters, an explicit Python loop of SGD steps."""
+    params = {n: start[o:o + math.prod(s)].reshape(s).detach().requires_grad_(True)
+              for n, s, o in zip(layout.names, layout.shapes, layout.offsets)}
+    lr = log_lr.exp()
+    states = [params]
+    for step in plan:
+        x = images[step.indices]
+        if step.draw is not None:
+            x = apply_dsa(x, step.draw)
+        loss = loss_fn(torch_functional_call(net, states[-1], (x,)), labels[step.indices])
+        grads = torch.autograd.grad(loss, list(states[-1].values()), create_graph=True)
+        states.append({n: p - lr * gr for (n, p), gr in zip(states[-1].items(), grads)})
+    total = 0.0
+    for t, target_flat, w in targets:
+        num = sum(((states[t][n] - target_flat[o:o + p.numel()].reshape(p.shape)) ** 2).sum()
+                  for (n, p), o in zip(states[t].items(), layout.offsets))
+        total = total + w * num / ((start - target_flat) ** 2).sum()
+    return total
+
+
+def test_exact_loss_and_gradients_equal_a_naive_loop():
+    net, layout, start, mid, target, images, labels, log_lr, plan = small_problem()
+    ours = match_exact(net, start, [Target(4, target)], images, labels, log_lr, plan, F.cross_entropy)
+    ref = naive_matching_loss(net, layout, start, [(4, target, 1.0)], images, labels, log_lr, plan, F.cross_entropy)
+    g_ours = torch.autograd.grad(ours, [images, log_lr])
+    g_ref = torch.autograd.grad(ref, [images, log_lr])
+    assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    assert float(g_ours[0].abs().max()) > 0 and float(g_ours[1]) != 0
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_constant_memory_gradients_equal_exact_ones(soft):
+    net, layout, start, mid, target, images, labels, log_lr, plan = small_problem(soft=soft)
+    loss_fn = soft_cross_entropy if soft else F.cross_entropy
+    targets = [Target(4, target), Target(2, mid, 0.5)]  # with an intermediate target (AST)
+    exact = match_exact(net, start, targets, images, labels, log_lr, plan, loss_fn)
+    inputs = [images, log_lr] + ([labels] if soft else [])
+    g_exact = torch.autograd.grad(exact, inputs)
+    loss, g_const = match_constant_memory(net, start, targets, images, labels, log_lr, plan, loss_fn)
+    assert loss == pytest.approx(float(exact.detach()), rel=1e-12)
+    for name, ge in zip(["images", "log_lr", "labels"], g_exact):
+        torch.testing.assert_close(g_const[name], ge, rtol=1e-10, atol=1e-15)
+    ref = naive_matching_loss(net, layout, start, [(4, target, 1.0), (2, mid, 0.5)], images, labels, log_lr, plan,
+                              loss_fn)
+    assert float(ref.detach()) == pytest.approx(loss, rel=1e-12)
+
+
+def test_constant_memory_in_float32_stays_close():
+    net, layout, start, mid, target, images, labels, log_lr, plan = small_problem(torch.float32)
+    exact = match_exact(net, start, [Target(4, target)], images, labels, log_lr, plan, F.cross_entropy)
+    g_exact = torch.autograd.grad(exact, [images, log_lr])
+    _, g = match_constant_memory(net, start, [Target(4, target)], images, labels, log_lr, plan, F.cross_entropy)
+    rel = (g["images"] - g_exact[0]).norm() / g_exact[0].norm()
+    assert float(rel) < 1e-4
+    assert float(g["log_lr"]) == pytest.approx(float(g_exact[1]), rel=1e-3)
+
+
+# --- the method on a tiny store --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    out = tmp_path_factory.mktemp("experts") / "store"
+    cfg = BufferConfig(dataset="toy", arch="convnet:width=8", experts=2, epochs=4, batch_size=32, out=str(out))
+    record_store(cfg, progress=lambda s: None, bars=False)
+    return str(out)
+
+
+def tm_cfg(store_path, tmp_path, **over):
+    base = dict(trajectories=store_path, ipc=2, iters=6, syn_steps=4, expert_epochs=2, max_start_epoch=2,
+                lr_img=10.0, checkpoint_every=3, out=str(tmp_path / "tm.h5"))
+    return TMConfig(**{**base, **over})
+
+
+def make(cfg):
+    store = open_store(cfg.trajectories)
+    return TrajectoryMatching(cfg, store, dataset_of_store(store, cfg), CPU)
+
+
+def test_iterations_lower_the_matching_loss(store_path, tmp_path):
+    method = make(tm_cfg(store_path, tmp_path, lr_img=100.0, syn_steps=6))
+    before = method.compute_grads(0)["loss"]
+    synthesize(method, tm_cfg(store_path, tmp_path, iters=25).loop(), tmp_path / "tm.h5", {"method": "tm"},
+               progress=lambda s: None, bars=False)
+    assert method.compute_grads(0)["loss"] < before
+
+
+def test_resume_equals_uninterrupted(store_path, tmp_path):
+    whole = run_tm(tm_cfg(store_path, tmp_path / "a", iters=6), CPU, progress=lambda s: None, bars=False)
+    run_tm(tm_cfg(store_path, tmp_path / "b", iters=3), CPU, progress=lambda s: None, bars=False)  # "killed" at 3
+    resumed = run_tm(tm_cfg(store_path, tmp_path / "b", iters=6), CPU, progress=lambda s: None, bars=False)
+    assert torch.equal(whole.images, resumed.images) and whole.lr == resumed.lr
+    saved = load_synset(tmp_path / "b" / "tm.h5")
+    assert torch.equal(saved.images, whole.images) and saved.provenance["iteration"] == 6
+    assert (tmp_path / "b" / "tm.h5.run" / "metrics.csv").read_text().count("\n") == 7  # header + 6 iterations
+
+
+def test_exact_and_constant_modes_give_the_same_set(store_path, tmp_path):
+    a = run_tm(tm_cfg(store_path, tmp_path / "a"), CPU, progress=lambda s: None, bars=False)
+    b = run_tm(tm_cfg(store_path, tmp_path / "b", memory="constant"), CPU, progress=lambda s: None, bars=False)
+    torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_steps_are_skipped_then_stop_with_the_last_good_set(store_path, tmp_path, monkeypatch):
+    cfg = tm_cfg(store_path, tmp_path, iters=8, max_bad_steps=3)
+    method = make(cfg)
+    real = method.compute_grads
+    monkeypatch.setattr(method, "compute_grads", lambda it: real(it) if it < 2 or it == 3 else {"loss": float("nan")})
+    events = []
+    with pytest.raises(CondenseError, match="3 bad steps in a row"):
+        synthesize(method, cfg.loop(), cfg.out, {"method": "tm"}, progress=events.append, bars=False)
+    assert any("iteration 2: skipped" in e for e in events)
+    saved = load_synset(cfg.out)
+    assert bool(torch.isfinite(saved.images).all())
+
+
+def test_a_step_that_breaks_the_lr_is_rolled_back(store_path, tmp_path, monkeypatch):
+    cfg = tm_cfg(store_path, tmp_path, iters=2)
+    method = make(cfg)
+    real = method.compute_grads
+
+    def explode(it):
+        out = real(it)
+        if it == 1:
+            method.log_lr.grad = torch.tensor(-1e6)  # would make the lr astronomically large
+        return out
+
+    monkeypatch.setattr(method, "compute_grads", explode)
+    events = []
+    synthesize(method, cfg.loop(), cfg.out, {"method": "tm"}, progress=events.append, bars=False)
+    assert any("rolled back: learned lr" in e for e in events)
+    assert load_synset(cfg.out).lr < 1.0
+
+
+def test_variants_do_what_they_say(store_path, tmp_path):
+    base = make(tm_cfg(store_path, tmp_path))
+    assert [base.window(it) for it in (0, 500, 5000)] == [2, 2, 2]
+    lin = make(tm_cfg(store_path, tmp_path, max_start_epoch=2, min_start_epoch=0, window_schedule="linear",
+                      window_start_max=1, window_end_iter=10))
+    assert [lin.window(it) for it in (0, 9, 10, 100)] == [1, 1, 2, 2]
+    perturbed = make(tm_cfg(store_path, tmp_path, weight_perturb=True))
+    start, _ = perturbed.start_and_targets(0, 0, 1)
+    plain_start = base.store.epoch(0, 1)
+    changed = torch.nonzero(start != plain_start).flatten()
+    assert len(changed) and all(any(a <= int(i) < b for a, b in perturbed.conv_slices) for i in changed)
+    middle = make(tm_cfg(store_path, tmp_path, middle_loss=True, syn_steps=4, expert_epochs=2))
+    _, targets = middle.start_and_targets(0, 0, 1)
+    assert [(t.step, torch.equal(t.params, base.store.epoch(0, 1 + e))) for t, e in zip(targets, (2, 1))] == \
+        [(4, True), (2, True)]
+
+
+def test_expert_labels_and_inits(store_path, tmp_path):
+    learned = make(tm_cfg(store_path, tmp_path, labels="learned", init="correct"))
+    teacher = learned.store.epoch(0, learned.store.epochs)
+    from condense.nets import functional_call
+    assert bool((functional_call(learned.net, teacher, learned.images.detach()).argmax(1) == learned.classes).all())
+    assert learned.labels.shape == (8, 4) and learned.labels.requires_grad
+    before = learned.labels.detach().clone()
+    synthesize(learned, tm_cfg(store_path, tmp_path).loop(), tmp_path / "l.h5", {"method": "tm"},
+               progress=lambda s: None, bars=False)
+    assert not torch.equal(before, learned.labels.detach())
+    s = load_synset(tmp_path / "l.h5")
+    assert s.label_spec.kind == "logits" and s.labels.shape == (8, 4)
+    fixed = make(tm_cfg(store_path, tmp_path, labels="expert"))
+    assert not fixed.labels.requires_grad and "labels" not in fixed.learnables()
+    km = make(tm_cfg(store_path, tmp_path, init="kmeans", ipc=3))
+    assert len(set(km.indices.tolist())) == 12 and torch.equal(km.classes, torch.arange(4).repeat_interleave(3))
+    ema = run_tm(tm_cfg(store_path, tmp_path / "e", ema=0.5), CPU, progress=lambda s: None, bars=False)
+    raw = run_tm(tm_cfg(store_path, tmp_path / "r"), CPU, progress=lambda s: None, bars=False)
+    assert not torch.equal(ema.images, raw.images)
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(trajectories="/nonexistent/store"), "no such trajectory store"),
+    (dict(ipc=0), "--ipc must be positive"),
+    (dict(syn_steps=0), "--syn-steps must be positive"),
+    (dict(max_start_epoch=3, expert_epochs=2), "exceeds the 4 epochs stored"),
+    (dict(arch="convnet:width=16"), "differs from the experts' arch"),
+    (dict(dataset="mnist"), "holds toy experts"),
+    (dict(memory="cheap"), "--memory must be one of"),
+    (dict(window_schedule="linear"), "--window-schedule linear needs"),
+])
+def test_bad_input(store_path, tmp_path, over, message):
+    with pytest.raises((ConfigError, CondenseError), match=message):
+        run_tm(tm_cfg(store_path, tmp_path, **over), CPU, progress=lambda s: None, bars=False)
