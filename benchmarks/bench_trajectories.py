@@ -79,6 +79,7 @@ def reading(folder: Path, experts: int, epochs: int, n_params: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check the benchmark itself runs")
+    ap.add_argument("--plain-only", action="store_true", help="only the plain W32 epoch, recording on and off")
     ap.add_argument("--json")
     args = ap.parse_args()
     out: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -92,6 +93,9 @@ def main() -> None:
         out["w32_epoch_s_no_recording"] = epoch_seconds(w32, False, tmp / "a")
         out["w32_epoch_s_recording"] = epoch_seconds(w32, True, tmp / "b")
         out["recording_overhead_x"] = out["w32_epoch_s_recording"] / out["w32_epoch_s_no_recording"]
+        if args.plain_only:
+            print(json.dumps(out, indent=1))
+            return
         for name, over in (("sam", dict(flat="sam", sam_rho=0.05)), ("gsam", dict(flat="gsam", sam_rho=0.01)),
                            ("smooth", dict(smooth=True, gp_weight=2.0))):
             cfg = BufferConfig(arch="convnet:width=32", **{**base, "epochs": 1, **over})

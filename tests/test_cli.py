@@ -97,7 +97,7 @@ def test_convert_round_trip(smoke_run, tmp_path, capsys):
     (("run", "--preset", "nope/none"), "unknown preset"),
     (("run", "--preset", "toy/smoke", "--ipc", "0"), "ipc values must be positive"),
     (("run", "--dataset", "imagenet-9000"), "imagenet-9000"),
-    (("synth", "--ipc", "5"), "not available yet"),
+    (("labels", "--codec", "topk"), "not available yet"),
     (("convert", "a.txt", "b.h5"), "convert goes"),
     (("convert", "a.pt", "b.h5"), "needs --dataset"),
 ])

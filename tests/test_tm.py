@@ -207,6 +207,12 @@ def test_expert_labels_and_inits(store_path, tmp_path):
     assert s.label_spec.kind == "logits" and s.labels.shape == (8, 4)
     fixed = make(tm_cfg(store_path, tmp_path, labels="expert"))
     assert not fixed.labels.requires_grad and "labels" not in fixed.learnables()
+    confident = make(tm_cfg(store_path, tmp_path, init="confident", ipc=3))
+    probs = functional_call(confident.net, teacher, confident.ds.x_train).softmax(1)
+    for c in range(4):
+        members = torch.nonzero(confident.ds.y_train == c).flatten()
+        best = probs[members, c].topk(3).values
+        torch.testing.assert_close(probs[confident.indices[confident.classes == c], c].sort(descending=True).values, best)
     km = make(tm_cfg(store_path, tmp_path, init="kmeans", ipc=3))
     assert len(set(km.indices.tolist())) == 12 and torch.equal(km.classes, torch.arange(4).repeat_interleave(3))
     ema = run_tm(tm_cfg(store_path, tmp_path / "e", ema=0.5), CPU, progress=lambda s: None, bars=False)
@@ -227,3 +233,52 @@ def test_expert_labels_and_inits(store_path, tmp_path):
 def test_bad_input(store_path, tmp_path, over, message):
     with pytest.raises((ConfigError, CondenseError), match=message):
         run_tm(tm_cfg(store_path, tmp_path, **over), CPU, progress=lambda s: None, bars=False)
+
+
+def test_cli_synth_tm_writes_the_set_and_refuses_bad_input(store_path, tmp_path, capsys):
+    from condense.cli.main import main
+
+    out = tmp_path / "cli.h5"
+    argv = ["synth", "--method", "tm", "--trajectories", store_path, "--ipc", "1", "--iters", "2", "--syn-steps", "2",
+            "--max-start-epoch", "2", "--out", str(out), "--device", "cpu"]
+    assert main(argv + ["--eval-every", "1", "--eval-epochs", "1"]) == 0
+    s = load_synset(out)
+    assert s.method == "tm" and s.ipc == 1 and s.lr is not None
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "cli.h5.run" / "metrics.csv")))
+    assert len(rows) == 2 and all(0.0 <= float(r["eval_acc"]) <= 1.0 for r in rows)
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+    capsys.readouterr()
+    assert main(["synth", "--method", "nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["synth", "--ipc", "1"]) == 2
+    assert "give --method" in capsys.readouterr().err
+    assert main(argv[:-4] + ["--out", str(out), "--max-start-epoch", "9"]) == 2
+    assert "exceeds the 4 epochs stored" in capsys.readouterr().err
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_set(store_path, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def cmd(out):
+        return [sys.executable, "-m", "condense.cli.main", "synth", "--method", "tm", "--trajectories", store_path,
+                "--ipc", "2", "--iters", "12", "--syn-steps", "4", "--max-start-epoch", "2", "--lr-img", "10",
+                "--checkpoint-every", "2", "--out", str(out), "--device", "cpu"]
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(cmd(tmp_path / "whole.h5"), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd(tmp_path / "killed.h5"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed.h5.run" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_synset(tmp_path / "killed.h5").provenance["iteration"] < 12, "killed before the end"
+    subprocess.run(cmd(tmp_path / "killed.h5"), env=env, check=True, capture_output=True)
+    a, b = load_synset(tmp_path / "whole.h5"), load_synset(tmp_path / "killed.h5")
+    assert torch.equal(a.images, b.images) and a.lr == b.lr

@@ -34,8 +34,8 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--lr-img",), dict(dest="lr_img", type=float, help="image learning rate")),
     (("--lr-lr",), dict(dest="lr_lr", type=float, help="learning rate of the learned step size (published meaning)")),
     (("--lr-init",), dict(dest="lr_init", type=float, help="initial learned step size (default: the experts' lr)")),
-    (("--init",), dict(help="initial images: real, noise, correct (DATM: ones an expert gets right) or kmeans "
-                            "(AST's representative init) (default real)")),
+    (("--init",), dict(help="initial images: real, noise, correct (DATM: ones an expert gets right), confident "
+                            "(the expert's most confident) or kmeans (AST's representative init) (default real)")),
     (("--labels",), dict(help="tm labels: hard, expert (TESLA: fixed expert soft labels) or learned (DATM)")),
     (("--lr-labels",), dict(dest="lr_labels", type=float, help="learning rate of learned labels (DATM lr_y, default 2)")),
     (("--window-schedule",), dict(dest="window_schedule", help="start-epoch window: fixed, or linear (DATM) from "
@@ -79,7 +79,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from ..methods import get_method
-    from ..train import TrainProtocol, evaluate_synset
 
     method = args.method or (preset_section(args.preset, "synth").get("method") if args.preset else None)
     if not method:
@@ -97,20 +96,26 @@ def handle(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.device)
     print(f"condense synth --method {method}: {describe(cfg)}")
 
-    evaluate_fn = None
-    if getattr(cfg, "eval_every", 0):
-        protocol = TrainProtocol(epochs=cfg.eval_epochs)
-        holder = {}
-
-        def evaluate_fn(s):  # on the validation split: selection and tuning never see the test set
-            ds = holder.get("ds")
-            if ds is None:
-                from ..data import load_dataset
-
-                ds = holder["ds"] = load_dataset(s.dataset, getattr(cfg, "data_root", None), zca=s.transform.kind == "zca",
-                                                 val_size=s.data.get("val_size"), val_seed=s.data.get("val_seed", 0))
-            return evaluate_synset(s, s.config["arch"], protocol, cfg.seed, test=(ds.x_val, ds.y_val), device=device)
-
+    evaluate_fn = validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None
     s = entry.run(cfg, device, evaluate=evaluate_fn)
     print(f"wrote {cfg.out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else ""))
     return 0
+
+
+def validation_evaluator(cfg, device):
+    """``--eval-every``'s callback: a short training run on the set, accuracy on the validation
+    split (selection and tuning never see the test set). The dataset is loaded once."""
+    from ..data import load_dataset
+    from ..train import TrainProtocol, evaluate_synset
+
+    protocol = TrainProtocol(epochs=cfg.eval_epochs)
+    cache = {}
+
+    def evaluate_fn(s):
+        if "ds" not in cache:
+            cache["ds"] = load_dataset(s.dataset, getattr(cfg, "data_root", None), zca=s.transform.kind == "zca",
+                                       val_size=s.data.get("val_size"), val_seed=s.data.get("val_seed", 0))
+        ds = cache["ds"]
+        return evaluate_synset(s, s.config["arch"], protocol, cfg.seed, test=(ds.x_val, ds.y_val), device=device)
+
+    return evaluate_fn

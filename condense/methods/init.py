@@ -4,6 +4,8 @@
 - ``noise``: standard normal values in the network's input space.
 - ``correct`` (DATM): per class, a seeded random order of the class's images, keeping
   the first ``ipc`` that a trained expert classifies correctly.
+- ``confident``: per class, the ``ipc`` images to which the expert gives the highest
+  probability of their class.
 - ``kmeans`` (AST's representative initialisation, as in its commit b31fa40d, which works
   for any ipc): per class, k-means with ``ipc`` clusters in the expert's logit space,
   then the real image nearest to each centre. (AST's HEAD hard-codes 10 clusters and
@@ -19,8 +21,8 @@ from ..data import class_balanced_indices
 from ..errors import ConfigError
 from ..rng import generator
 
-INITS = ("real", "noise", "correct", "kmeans")
-EXPERT_INITS = ("correct", "kmeans")
+INITS = ("real", "noise", "correct", "confident", "kmeans")
+EXPERT_INITS = ("correct", "confident", "kmeans")
 
 
 def initial_images(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int, init: str,
@@ -50,7 +52,7 @@ def expert_logits(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
 def expert_selected_images(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int, init: str,
                            seed: int, predict: Callable[[torch.Tensor], torch.Tensor]
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``correct`` or ``kmeans`` initialisation (module docstring): (images, classes, indices)."""
+    """``correct``, ``confident`` or ``kmeans`` initialisation (module docstring): (images, classes, indices)."""
     chosen = []
     for c in range(num_classes):
         members = torch.nonzero(y_train == c).flatten()
@@ -62,6 +64,8 @@ def expert_selected_images(x_train: torch.Tensor, y_train: torch.Tensor, num_cla
                 raise ConfigError(f"the expert classifies only {len(ok)} images of class {c} correctly; "
                                   f"need {ipc} for --init correct")
             chosen.append(ok[:ipc])
+        elif init == "confident":
+            chosen.append(members[logits.softmax(1)[:, c].argsort(descending=True, stable=True)[:ipc]])
         else:
             chosen.append(members[nearest_to_centres(logits, ipc, seed)])
     idx = torch.cat(chosen)

@@ -37,6 +37,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from .. import __version__
+from ..data import dataset_info
 from ..errors import CondenseError
 from ..synset import SynSet
 from ..viz import save_grid
@@ -229,6 +230,8 @@ def synthesize(method: Synthesizer, loop: LoopConfig, out: str | os.PathLike, co
                 bad_in_a_row = 0
             now = time.perf_counter()
             row = {"iteration": it, **metrics, "seconds": now - t_last, "event": event}
+            if "inner_images" in metrics:  # images pushed through the student per second
+                row["images_per_s"] = metrics["inner_images"] / max(now - t_last, 1e-9)
             t_last = now
             done = it + 1
             if loop.eval_every and evaluate is not None and done % loop.eval_every == 0:
@@ -236,7 +239,7 @@ def synthesize(method: Synthesizer, loop: LoopConfig, out: str | os.PathLike, co
                 progress(f"iteration {done}: eval accuracy {100 * row['eval_acc']:.2f}%")
             run.log(row)
             bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, float)})
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "lr", "images_per_s") if k in row})
             if done % loop.checkpoint_every == 0 or done == loop.iters:
                 _save(method, run, out, done)
     finally:
@@ -248,7 +251,8 @@ def synthesize(method: Synthesizer, loop: LoopConfig, out: str | os.PathLike, co
 def _save(method: Synthesizer, run: Run, out: str | os.PathLike, it: int) -> None:
     s = method.synset(it)
     s.save(out)
-    save_grid(s.to_pixels(), s.classes, run.folder / f"grid_{it:06d}.png", title=f"{s.method}, iteration {it}")
+    save_grid(s.to_pixels(), s.classes, run.folder / f"grid_{it:06d}.png", class_names=dataset_info(s.dataset).class_names,
+              title=f"{s.method}, {s.dataset}, IPC {s.ipc}, iteration {it}")
     run.save_checkpoint(method, it)
 
 

@@ -52,7 +52,7 @@ class TMConfig:
     lr_img: float = 100.0
     lr_lr: float = 1e-5
     lr_init: float | None = None  # None: the experts' training lr
-    init: str = "real"  # real | noise | correct (DATM) | kmeans (AST's representative init)
+    init: str = "real"  # real | noise | correct (DATM) | confident | kmeans (AST's representative init)
     labels: str = "hard"  # hard | expert (TESLA: fixed soft labels) | learned (DATM)
     lr_labels: float = 2.0  # DATM's lr_y (SGD, momentum 0.9) for --labels learned
     window_schedule: str = "fixed"  # fixed | linear (DATM: the start-epoch window widens)
@@ -250,7 +250,8 @@ class TrajectoryMatching:
                                                 steps, loss_fn)
             for name, tensor in self.learnables().items():
                 tensor.grad = grads[name]
-        return {"loss": loss, "lr": float(self.log_lr.detach().exp()), "expert": expert, "start_epoch": s}
+        return {"loss": loss, "lr": float(self.log_lr.detach().exp()), "expert": expert, "start_epoch": s,
+                "inner_images": sum(len(step.indices) for step in steps)}
 
     def after_step(self, it: int) -> None:
         if self.ema is not None:

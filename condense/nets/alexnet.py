@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from condense.nets.base import SequentialConvNet, conv_out, make_norm, require_positive
+from condense.nets.base import SequentialConvNet, conv_norm_act, require_positive
 
 # (out_channels, kernel, padding or None for the first layer's rule, pool after)
 _LAYERS = ((128, 5, None, True), (192, 5, 2, True), (256, 3, 1, False),
@@ -41,12 +41,8 @@ class AlexNet(SequentialConvNet):
         for out_ch, kernel, pad, pool in _LAYERS:
             if pad is None:
                 pad = 4 if channels == 1 else 2
-            h, w = conv_out(h, kernel, pad), conv_out(w, kernel, pad)
-            layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=kernel, padding=pad))
-            norm_layer = make_norm(norm, out_ch, (h, w))
-            if norm_layer is not None:
-                layers.append(norm_layer)
-            layers.append(nn.ReLU())
+            block, (h, w) = conv_norm_act(in_ch, out_ch, kernel, pad, norm, "relu", (h, w))
+            layers += block
             if pool:
                 layers.append(nn.MaxPool2d(2, 2))
                 h, w = h // 2, w // 2

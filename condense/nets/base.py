@@ -150,6 +150,18 @@ def make_norm(kind: str, channels: int, hw: tuple[int, int]) -> nn.Module | None
     raise ArchError(f"unknown norm '{kind}'; valid: {', '.join(NORMS)}")
 
 
+def conv_norm_act(in_ch: int, out_ch: int, kernel: int, pad: int, norm: str, act: str,
+                  hw: tuple[int, int]) -> tuple[list[nn.Module], tuple[int, int]]:
+    """The layers conv -> norm (if any) -> activation, and the map size after the conv."""
+    h, w = conv_out(hw[0], kernel, pad), conv_out(hw[1], kernel, pad)
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel_size=kernel, padding=pad)]
+    norm_layer = make_norm(norm, out_ch, (h, w))
+    if norm_layer is not None:
+        layers.append(norm_layer)
+    layers.append(make_act(act))
+    return layers, (h, w)
+
+
 def make_act(kind: str) -> nn.Module:
     """An activation module; never in-place, so functional_call and vmap stay valid."""
     if kind == "relu":

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from condense.nets.base import (SequentialConvNet, conv_out, make_act, make_norm,
-                                 require_positive)
+from condense.nets.base import SequentialConvNet, conv_norm_act, require_positive
 
 
 class ConvNet(SequentialConvNet):
@@ -46,12 +45,8 @@ class ConvNet(SequentialConvNet):
         in_ch = channels
         for d in range(depth):
             pad = 3 if channels == 1 and d == 0 else 1
-            h, w = conv_out(h, 3, pad), conv_out(w, 3, pad)
-            layers.append(nn.Conv2d(in_ch, width, kernel_size=3, padding=pad))
-            norm_layer = make_norm(norm, width, (h, w))
-            if norm_layer is not None:
-                layers.append(norm_layer)
-            layers.append(make_act(act))
+            block, (h, w) = conv_norm_act(in_ch, width, 3, pad, norm, act, (h, w))
+            layers += block
             if pool != "none":
                 layers.append(nn.MaxPool2d(2, 2) if pool == "max" else nn.AvgPool2d(2, 2))
                 h, w = h // 2, w // 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from condense.nets.base import SequentialConvNet, conv_out, make_norm, require_positive
+from condense.nets.base import SequentialConvNet, conv_norm_act, require_positive
 
 CFG_VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -47,12 +47,8 @@ class VGG(SequentialConvNet):
                 self._stage_ends.append(len(layers) - 1)
                 continue
             pad = 3 if channels == 1 and i == 0 else 1
-            h, w = conv_out(h, 3, pad), conv_out(w, 3, pad)
-            layers.append(nn.Conv2d(in_ch, item, kernel_size=3, padding=pad))
-            norm_layer = make_norm(norm, item, (h, w))
-            if norm_layer is not None:
-                layers.append(norm_layer)
-            layers.append(nn.ReLU())
+            block, (h, w) = conv_norm_act(in_ch, item, 3, pad, norm, "relu", (h, w))
+            layers += block
             in_ch = item
         self.features = nn.Sequential(*layers)
         self.embed_dim = in_ch * h * w
