@@ -18,7 +18,7 @@ from .config import to_dict
 from .data import class_balanced_indices, load_dataset
 from .errors import ConfigError
 from .stats import summarize
-from .synset import SynSet
+from .synset import SynSet, real_subset
 from .train import TrainProtocol, evaluate_synset
 from .viz import save_grid
 
@@ -46,10 +46,7 @@ class SmokeConfig:
 
 def random_subset_synset(ds: Any, ipc: int, seed: int) -> SynSet:
     """A class-balanced random subset of the training set (the random-real baseline), as a set."""
-    idx = class_balanced_indices(ds.y_train, ipc, seed)
-    return SynSet.hard(ds.x_train[idx].clone(), ds.y_train[idx].clone(), dataset=ds.info.name,
-                       num_classes=ds.info.num_classes, method="random", indices=idx,
-                       transform=ds.transform, data=dict(ds.meta),
+    return real_subset(ds, class_balanced_indices(ds.y_train, ipc, seed), "random",
                        config={"method": "random", "ipc": ipc, "seed": seed}, provenance={"seed": seed})
 
 

@@ -206,6 +206,18 @@ class SynSet:
         return replace(self, labels=labels, label_spec=spec)
 
 
+def real_subset(ds: Any, indices: torch.Tensor, method: str, **kw: Any) -> SynSet:
+    """A set made of training images ``indices`` of a loaded dataset (random, herding, k-center...).
+
+    Images are ordered class by class (as every set is); the indices into the training
+    split are recorded in the file.
+    """
+    indices = indices[torch.argsort(ds.y_train[indices], stable=True)]
+    return SynSet.hard(ds.x_train[indices].clone(), ds.y_train[indices].clone(), dataset=ds.info.name,
+                       num_classes=ds.info.num_classes, method=method, indices=indices.clone(),
+                       transform=ds.transform, data=dict(ds.meta), **kw)
+
+
 def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
