@@ -1,0 +1,205 @@
+"""`dm`: distribution matching (Zhao & Bilen, "Dataset Condensation with Distribution
+Matching", WACV 2023; reference: VICO-UoE/DatasetCondensation, ``main_DM.py``).
+
+Each iteration samples a freshly initialised embedding network (parameters frozen, train
+mode) and, per class c, a batch of ``batch_real`` real images of class c; ONE DSA draw is
+applied to the real batch and to the class's synthetic images (siamese augmentation), and
+
+    loss = Σ_c ‖ mean_i embed(real_c,i) − mean_j embed(syn_c,j) ‖²
+
+(:func:`dm_loss`). Images move by SGD (momentum 0.5, ``lr_img``), as in the reference.
+All randomness of iteration ``it`` (network init, real batches, DSA draws) comes from
+generators keyed by (seed, it, ...), so a resumed run equals an uninterrupted one.
+
+Implementation notes: the real batches of all classes go through the network in one
+forward pass and the synthetic images in another (the reference does this for its BN
+ConvNet and per class otherwise; for instance-norm nets both are the same). A class with
+fewer than ``batch_real`` images contributes all of them, as the reference's
+``permutation(...)[:n]`` does.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..augment import DSAConfig, apply_dsa, sample_dsa
+from ..data import load_dataset
+from ..errors import CondenseError, ConfigError
+from ..nets import build_net, parse_arch
+from ..rng import generator
+from ..synset import SynSet
+from .loop import LoopConfig
+
+INITS = ("real", "noise")
+STREAM_NET, STREAM_REAL, STREAM_DSA = 11, 12, 13
+
+
+@dataclass
+class DMConfig:
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    ipc: int = 1
+    arch: str = "convnet"  # the embedding network; the reference's ConvNet-3 (width 128, instance norm)
+    iters: int = 1000
+    lr_img: float = 1.0
+    batch_real: int = 256  # real images per class and iteration
+    init: str = "real"  # real | noise
+    zca: bool = False
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    checkpoint_every: int = 100
+    eval_every: int = 0
+    eval_epochs: int = 100
+    max_bad_steps: int = 10
+    skip_loss_above: float | None = None
+    seed: int = 0
+    out: str = "runs/dm.h5"
+    device: str | None = None
+
+    def validate(self, class_sizes: Sequence[int] | None = None) -> None:
+        """One-line ConfigError for a bad value; ``class_sizes`` (train images per class) once known."""
+        for name in ("ipc", "iters", "batch_real", "checkpoint_every", "max_bad_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if not self.lr_img > 0:
+            raise ConfigError(f"--lr-img must be positive, got {self.lr_img}")
+        if self.init not in INITS:
+            raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        try:
+            parse_arch(self.arch)
+        except CondenseError as e:
+            raise ConfigError(f"--arch {self.arch}: {e}") from None
+        if self.dsa:
+            DSAConfig(strategy=self.dsa_strategy)  # raises ConfigError for an unknown strategy
+        if class_sizes is not None:
+            smallest = min(class_sizes)
+            if self.ipc > smallest:
+                raise ConfigError(f"--ipc {self.ipc} exceeds the smallest class of {self.dataset} "
+                                  f"({smallest} training images)")
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(iters=self.iters, checkpoint_every=self.checkpoint_every, eval_every=self.eval_every,
+                          max_bad_steps=self.max_bad_steps, skip_loss_above=self.skip_loss_above)
+
+
+def class_means(features: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """Mean over each consecutive block of ``sizes`` rows of ``features`` [sum(sizes), ...]."""
+    return [block.mean(0) for block in torch.split(features, list(sizes))]
+
+
+def dm_loss(embed_fn: Callable[[torch.Tensor], torch.Tensor], real_by_class: Sequence[torch.Tensor],
+            syn_by_class: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_c ‖mean embed(real_c) − mean embed(syn_c)‖² (real embeddings carry no gradient)."""
+    with torch.no_grad():
+        real = class_means(embed_fn(torch.cat(list(real_by_class))), [len(x) for x in real_by_class])
+    syn = class_means(embed_fn(torch.cat(list(syn_by_class))), [len(x) for x in syn_by_class])
+    return sum(((r - s) ** 2).sum() for r, s in zip(real, syn))
+
+
+class MatchingBase:
+    """What DM and DataDAM share: the set, its optimiser, and the per-iteration sampling."""
+
+    method_name = "dm"
+
+    def __init__(self, cfg: DMConfig, ds, device: torch.device):
+        self.cfg, self.ds, self.device = cfg, ds, device
+        self.arch = str(parse_arch(cfg.arch))
+        k = ds.info.num_classes
+        self.members = [torch.nonzero(ds.y_train == c).flatten() for c in range(k)]
+        cfg.validate([len(m) for m in self.members])
+        from .init import initial_images
+
+        images, self.classes, self.indices = initial_images(ds.x_train, ds.y_train, k, cfg.ipc, cfg.init, cfg.seed)
+        self.images = images.to(device).requires_grad_(True)
+        self.x_train = ds.x_train.to(device)
+        self.opt = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)
+        self.dsa = DSAConfig(strategy=cfg.dsa_strategy) if cfg.dsa else None
+
+    def network(self, it: int):
+        """The randomly initialised, frozen network of iteration ``it`` (train mode, as the reference)."""
+        c, h, w = self.ds.info.shape
+        net = build_net(self.arch, c, self.ds.info.num_classes, (h, w),
+                        generator=generator(self.cfg.seed, it, STREAM_NET)).to(self.device)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net.train()
+
+    def batches(self, it: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per class: (augmented real batch, augmented synthetic images), one DSA draw for both."""
+        cfg, reals, syns = self.cfg, [], []
+        shape = tuple(self.images.shape[1:])
+        for c, members in enumerate(self.members):
+            pick = torch.randperm(len(members), generator=generator(cfg.seed, it, c, STREAM_REAL))[:cfg.batch_real]
+            real = self.x_train[members[pick].to(self.device)]
+            syn = self.images[c * cfg.ipc:(c + 1) * cfg.ipc]
+            if self.dsa is not None:
+                draw = sample_dsa(self.dsa, 1, shape, generator(cfg.seed, it, c, STREAM_DSA))
+                real, syn = apply_dsa(real, draw), apply_dsa(syn, draw)
+            reals.append(real)
+            syns.append(syn)
+        return reals, syns
+
+    # -- Synthesizer -------------------------------------------------------------------------------
+    def learnables(self) -> dict[str, torch.Tensor]:
+        return {"images": self.images}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"images": self.opt}
+
+    def after_step(self, it: int) -> None:
+        pass
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def validate_state(self) -> str | None:
+        return None
+
+    def synset(self, it: int) -> SynSet:
+        return SynSet.hard(self.images.detach().cpu().clone(), self.classes.clone(), dataset=self.ds.info.name,
+                           num_classes=self.ds.info.num_classes, method=self.method_name, transform=self.ds.transform,
+                           data=dict(self.ds.meta),
+                           config={"method": self.method_name, **asdict(self.cfg), "arch": self.arch},
+                           provenance={"seed": self.cfg.seed, "iteration": it,
+                                       "init_indices": None if self.indices is None else self.indices.tolist()})
+
+
+class DistributionMatching(MatchingBase):
+    """The dm method as a :class:`~condense.methods.loop.Synthesizer`."""
+
+    method_name = "dm"
+
+    def loss(self, it: int) -> torch.Tensor:
+        """The matching loss of iteration ``it`` at the current images (differentiable)."""
+        net = self.network(it)
+        reals, syns = self.batches(it)
+        return dm_loss(net.embed, reals, syns)
+
+    def compute_grads(self, it: int) -> dict[str, float]:
+        loss = self.loss(it)
+        loss.backward()
+        return {"loss": float(loss.detach())}
+
+
+def load_for(cfg: DMConfig):
+    """The dataset of ``cfg`` (training split as the method sees it)."""
+    return load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca)
+
+
+def run_dm(cfg: DMConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
+    """Synthesize (or resume) the set ``cfg.out`` by distribution matching."""
+    from .loop import synthesize
+
+    cfg.validate()
+    method = DistributionMatching(cfg, load_for(cfg), device)
+    return synthesize(method, cfg.loop(), cfg.out, {"method": "dm", **asdict(cfg), "arch": method.arch},
+                      progress=progress, bars=bars, evaluate=evaluate)
