@@ -15,6 +15,9 @@ EXAMPLES = """examples:
   condense synth --preset cifar10/tm-ipc10                   published MTT hyper-parameters
   condense synth ... --memory constant                       exact gradients, memory independent of --syn-steps
   condense synth ... --ema 0.999                             FTD's moving average of the images
+  condense synth --method dm --dataset fashion-mnist --ipc 10 --iters 2000 --out runs/fmnist/dm_ipc10.h5
+  condense synth --method dam --dataset fashion-mnist --ipc 10 --out runs/fmnist/dam_ipc10.h5
+  condense synth --method herding --dataset fashion-mnist --ipc 10 --out runs/fmnist/herding_ipc10.h5
 
 Rerunning the same command resumes from the last checkpoint; the run folder <out>.run/ holds
 config, environment, metrics.csv, image grids and the checkpoint."""
@@ -26,6 +29,17 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--arch",), dict(help="student network (default: the experts' arch; others are refused)")),
     (("--trajectories",), dict(help="trajectory store recorded by `condense buffer` (tm)")),
     (("--iters",), dict(type=int, help="synthesis iterations")),
+    (("--lr-net",), dict(dest="lr_net", type=float, help="gm: learning rate of the network's inner training (0.01)")),
+    (("--batch-real",), dict(dest="batch_real", type=int, help="real images per class per step (dm, dam, gm: 256)")),
+    (("--outer-loop",), dict(dest="outer_loop", type=int, help="gm: matching rounds per iteration (default: DC's)")),
+    (("--inner-loop",), dict(dest="inner_loop", type=int, help="gm: network epochs between rounds (default: DC's)")),
+    (("--zca",), dict(action=argparse.BooleanOptionalAction, default=None,
+                      help="ZCA-whiten the data (dm, dam, gm; tm takes it from its experts)")),
+    (("--power",), dict(type=float, help="dam: power p of the attention maps (paper 4, released code 1)")),
+    (("--mmd-weight",), dict(dest="mmd_weight", type=float, help="dam: weight of the final-layer MMD term (0.01)")),
+    (("--loss-scale",), dict(dest="loss_scale", type=float, help="dam: factor on the whole loss (the code's 100)")),
+    (("--embed-epochs",), dict(dest="embed_epochs", type=int,
+                               help="herding/kcenter: epochs of real-data training of the embedding net (default 2)")),
     (("--syn-steps",), dict(dest="syn_steps", type=int, help="student steps per iteration (tm, default 20)")),
     (("--expert-epochs",), dict(dest="expert_epochs", type=int, help="expert epochs matched, M (tm, default 2)")),
     (("--min-start-epoch",), dict(dest="min_start_epoch", type=int, help="lowest start epoch (tm, default 0)")),
@@ -67,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..methods import method_names
 
     p = sub.add_parser(
-        "synth", help="synthesize a small training set (tm; dm, dam, gm, baselines follow)",
+        "synth", help="synthesize a small training set (tm, dm, dam, gm, random, herding, kcenter)",
         description="Synthesize a small training set and write it as a synthetic-set file.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "synth")

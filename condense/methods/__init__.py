@@ -35,9 +35,22 @@ def method_names() -> list[str]:
 
 
 def _register_builtins() -> None:
+    from functools import partial
+
+    from .baselines import BaselineConfig, run_baseline
+    from .dam import DAMConfig, run_dam
+    from .dm import DMConfig, run_dm
+    from .gm import GMConfig, run_gm
     from .tm import TMConfig, run_tm
 
-    register_method(MethodEntry("tm", TMConfig, run_tm, "trajectory matching (MTT; FTD's EMA)"))
+    register_method(MethodEntry("tm", TMConfig, run_tm, "trajectory matching (MTT, FTD, DATM, TESLA, AST variants)"))
+    register_method(MethodEntry("dm", DMConfig, run_dm, "distribution matching (DM)"))
+    register_method(MethodEntry("dam", DAMConfig, run_dam, "attention matching (DataDAM; paper p=4, code p=1)"))
+    register_method(MethodEntry("gm", GMConfig, run_gm, "gradient matching with DSA (DC/DSA)"))
+    for name, summary in (("random", "class-balanced random real images"),
+                          ("herding", "herding in a briefly trained network's embedding space"),
+                          ("kcenter", "greedy k-center in the same space")):
+        register_method(MethodEntry(name, BaselineConfig, partial(run_baseline, selection=name), summary))
 
 
 _register_builtins()
