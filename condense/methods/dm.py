@@ -30,7 +30,7 @@ from ..errors import CondenseError, ConfigError
 from ..nets import build_net, parse_arch
 from ..rng import generator
 from ..synset import SynSet
-from .loop import LoopConfig
+from .loop import ImageSynthesizer, LoopConfig
 
 INITS = ("real", "noise")
 STREAM_NET, STREAM_REAL, STREAM_DSA = 11, 12, 13
@@ -102,7 +102,7 @@ def dm_loss(embed_fn: Callable[[torch.Tensor], torch.Tensor], real_by_class: Seq
     return sum(((r - s) ** 2).sum() for r, s in zip(real, syn))
 
 
-class MatchingBase:
+class MatchingBase(ImageSynthesizer):
     """What DM and DataDAM share: the set, its optimiser, and the per-iteration sampling."""
 
     method_name = "dm"
@@ -118,7 +118,7 @@ class MatchingBase:
         images, self.classes, self.indices = initial_images(ds.x_train, ds.y_train, k, cfg.ipc, cfg.init, cfg.seed)
         self.images = images.to(device).requires_grad_(True)
         self.x_train = ds.x_train.to(device)
-        self.opt = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)
+        self.opts = {"images": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)}
         self.dsa = DSAConfig(strategy=cfg.dsa_strategy) if cfg.dsa else None
 
     def network(self, it: int):
@@ -144,25 +144,6 @@ class MatchingBase:
             reals.append(real)
             syns.append(syn)
         return reals, syns
-
-    # -- Synthesizer -------------------------------------------------------------------------------
-    def learnables(self) -> dict[str, torch.Tensor]:
-        return {"images": self.images}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"images": self.opt}
-
-    def after_step(self, it: int) -> None:
-        pass
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        pass
-
-    def validate_state(self) -> str | None:
-        return None
 
     def synset(self, it: int) -> SynSet:
         return SynSet.hard(self.images.detach().cpu().clone(), self.classes.clone(), dataset=self.ds.info.name,

@@ -30,7 +30,7 @@ from ..rng import generator
 from ..synset import SynSet
 from ..train import STREAM_INIT, TrainProtocol, train_model
 from .init import initial_images
-from .loop import LoopConfig
+from .loop import ImageSynthesizer, LoopConfig
 
 STREAM_REAL, STREAM_DSA = 10, 11
 # DC/DSA's get_loops: (outer_loop, inner_loop) by images per class.
@@ -96,7 +96,7 @@ def gm_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> torch.
     return sum((layer_distance(a, b) for a, b in zip(g_real, g_syn)), torch.zeros(()))
 
 
-class GradientMatching:
+class GradientMatching(ImageSynthesizer):
     """The gm method as a :class:`~condense.methods.loop.Synthesizer`."""
 
     def __init__(self, cfg: GMConfig, ds, device: torch.device):
@@ -117,12 +117,6 @@ class GradientMatching:
         members = self.by_class[c]
         pick = torch.randperm(len(members), generator=generator(self.cfg.seed, it, rnd, c, STREAM_REAL))
         return self.ds.x_train[members[pick[:self.cfg.batch_real]]].to(self.device)
-
-    def learnables(self) -> dict[str, torch.Tensor]:
-        return {"images": self.images}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return self.opts
 
     def compute_grads(self, it: int) -> dict[str, float]:
         """All outer rounds of iteration ``it``: earlier rounds step the images here (DC takes
@@ -158,18 +152,6 @@ class GradientMatching:
                 train_model(net, self.images.detach(), self.classes.to(self.device), proto, seed=cfg.seed,
                             run=it * self.outer + rnd, lr=cfg.lr_net)
         return {"loss": total / self.outer}
-
-    def after_step(self, it: int) -> None:
-        pass
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        pass
-
-    def validate_state(self) -> str | None:
-        return None
 
     def synset(self, it: int) -> SynSet:
         return SynSet.hard(self.images.detach().cpu().clone(), self.classes.clone(), dataset=self.ds.info.name,

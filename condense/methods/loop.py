@@ -83,6 +83,32 @@ class Synthesizer(Protocol):
         """A reason the state is unusable (e.g. learned lr out of range), or None."""
 
 
+class ImageSynthesizer:
+    """Defaults of :class:`Synthesizer` for methods that learn only ``self.images`` with the
+    optimisers ``self.opts`` and keep no further state (dm, dam, gm)."""
+
+    images: torch.Tensor
+    opts: dict[str, torch.optim.Optimizer]
+
+    def learnables(self) -> dict[str, torch.Tensor]:
+        return {"images": self.images}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self.opts
+
+    def after_step(self, it: int) -> None:
+        pass
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def validate_state(self) -> str | None:
+        return None
+
+
 def identity_hash(config: dict[str, Any]) -> str:
     """Hash of a run's identity: what must match for a checkpoint to be resumed."""
     ignore = {"iters", "checkpoint_every", "eval_every", "eval_epochs", "out", "device", "data_root"}
