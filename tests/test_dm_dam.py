@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from condense.data import load_dataset
 from condense.errors import ConfigError
