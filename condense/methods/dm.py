@@ -84,8 +84,7 @@ class DMConfig:
                                   f"({smallest} training images)")
 
     def loop(self) -> LoopConfig:
-        return LoopConfig(iters=self.iters, checkpoint_every=self.checkpoint_every, eval_every=self.eval_every,
-                          max_bad_steps=self.max_bad_steps, skip_loss_above=self.skip_loss_above)
+        return LoopConfig.of(self)
 
 
 def class_means(features: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:

@@ -79,8 +79,7 @@ class GMConfig:
             raise ConfigError("--lr-img and --lr-net must be positive")
 
     def loop(self) -> LoopConfig:
-        return LoopConfig(iters=self.iters, checkpoint_every=self.checkpoint_every, eval_every=self.eval_every,
-                          max_bad_steps=self.max_bad_steps, skip_loss_above=self.skip_loss_above)
+        return LoopConfig.of(self)
 
 
 def layer_distance(g_real: torch.Tensor, g_syn: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,12 @@ class LoopConfig:
     max_bad_steps: int = 10
     skip_loss_above: float | None = None
 
+    @classmethod
+    def of(cls, cfg: Any) -> "LoopConfig":
+        """The loop settings of a method config that has these fields under the same names."""
+        return cls(iters=cfg.iters, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
+                   max_bad_steps=cfg.max_bad_steps, skip_loss_above=cfg.skip_loss_above)
+
 
 class Synthesizer(Protocol):
     """A synthesis method as the loop sees it."""

@@ -108,8 +108,7 @@ class TMConfig:
             raise ConfigError(f"--batch-syn must be positive, got {self.batch_syn}")
 
     def loop(self) -> LoopConfig:
-        return LoopConfig(iters=self.iters, checkpoint_every=self.checkpoint_every, eval_every=self.eval_every,
-                          max_bad_steps=self.max_bad_steps, skip_loss_above=self.skip_loss_above)
+        return LoopConfig.of(self)
 
 
 def dataset_of_store(store, cfg: TMConfig):
