@@ -13,6 +13,8 @@ from condense.errors import ArchError, FormatError
 from condense.nets import (ArchSpec, FlatLayout, available_archs, build_net, functional_call,
                            parse_arch, register_arch)
 from condense.nets import specs as specs_module
+from condense.nets.base import batch_independent
+from condense.nets.pool import AvgPool2x2, avg_pool_2x2
 
 # (channels, H, W, classes) of the registered datasets, plus the toy set
 SHAPES = [(1, 28, 28, 10), (3, 32, 32, 10), (3, 32, 32, 100), (3, 64, 64, 200), (3, 16, 16, 4)]
@@ -169,6 +171,35 @@ def test_convnet_norms_and_pools(norm, kind):
     none = _build("convnet:width=8,norm=none,pool=none,depth=2", (3, 16, 16, 4))
     assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) for m in none.modules())
     assert none.embed_dim == 8 * 16 * 16
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (3, 2, 7, 9), (1, 1, 2, 2), (4, 5, 6, 6, 4)])
+def test_fast_pool_equals_avg_pool2d_with_gradients(shape):
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    flat = x.flatten(0, -4) if x.dim() > 4 else x
+    ref = nn.functional.avg_pool2d(flat, 2).reshape(*shape[:-2], shape[-2] // 2, shape[-1] // 2)
+    torch.testing.assert_close(avg_pool_2x2(x), ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(avg_pool_2x2(x), x, g)[0], torch.autograd.grad(ref, x, g)[0])
+    small = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(avg_pool_2x2, (small,)) and torch.autograd.gradgradcheck(avg_pool_2x2, (small,))
+
+
+def test_fast_pool_under_vmap_and_in_the_convnet():
+    xs = torch.randn(3, 2, 4, 8, 8)
+    torch.testing.assert_close(torch.func.vmap(avg_pool_2x2)(xs),
+                               nn.functional.avg_pool2d(xs.flatten(0, 1), 2).unflatten(0, (3, 2)))
+    net = _build("convnet:width=8,depth=2", (3, 16, 16, 4))
+    assert isinstance(net.features[3], AvgPool2x2) and not list(net.features[3].parameters())
+    x = torch.randn(5, 3, 16, 16)
+    slow = nn.Sequential(*[nn.AvgPool2d(2, 2) if isinstance(m, AvgPool2x2) else m for m in net.features])
+    torch.testing.assert_close(net.embed(x), slow(x).flatten(1))
+
+
+def test_batch_independent():
+    assert batch_independent(_build("convnet:width=8", (3, 32, 32, 10)))
+    bn = _build("convnet:width=8,norm=batch", (3, 32, 32, 10))
+    assert not batch_independent(bn.train()) and batch_independent(bn.eval())
 
 
 # ---------------------------------------------------------------- initialisation

@@ -67,7 +67,6 @@ class Net(nn.Module):
             )
 
 
-
 class SequentialConvNet(Net):
     """A net whose body is ``self.features`` (an ``nn.Sequential`` of conv stages) followed by
     one linear head on the flattened last maps (ConvNet, VGG, AlexNet).
@@ -93,6 +92,12 @@ class SequentialConvNet(Net):
         """Flattened last maps: ``[B, C, H, W]`` -> ``[B, embed_dim]``."""
         self.check_input(x)
         return self.features(x).flatten(1)
+
+def batch_independent(net: nn.Module) -> bool:
+    """Whether each image's output depends on that image alone (no batch norm in training mode),
+    so a batch may be split into chunks without changing any result."""
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
+
 
 def conv_out(size: int, kernel: int, padding: int, stride: int = 1) -> int:
     """Spatial size after a convolution (same formula as ``nn.Conv2d``)."""

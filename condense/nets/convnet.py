@@ -19,7 +19,8 @@ Compatibility with the reference code, kept on purpose:
 
 Unlike the reference, the map sizes are computed from the real input shape (the
 reference assumes 32x32 unless the height is 28), and a depth at which the maps vanish
-raises ArchError. ``embed`` is the flattened last maps (what DM uses); ``feature_maps``
+raises ArchError. Average pooling is :class:`~condense.nets.pool.AvgPool2x2` (same
+result as ``nn.AvgPool2d(2, 2)``, several times faster on a CPU). ``embed`` is the flattened last maps (what DM uses); ``feature_maps``
 is each block's output after pooling.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 from torch import nn
 
 from condense.nets.base import SequentialConvNet, conv_norm_act, require_positive
+from condense.nets.pool import AvgPool2x2
 
 
 class ConvNet(SequentialConvNet):
@@ -48,7 +50,7 @@ class ConvNet(SequentialConvNet):
             block, (h, w) = conv_norm_act(in_ch, width, 3, pad, norm, act, (h, w))
             layers += block
             if pool != "none":
-                layers.append(nn.MaxPool2d(2, 2) if pool == "max" else nn.AvgPool2d(2, 2))
+                layers.append(nn.MaxPool2d(2, 2) if pool == "max" else AvgPool2x2())
                 h, w = h // 2, w // 2
             trail.append((h, w))
             require_positive(f"convnet depth {depth}", trail, f"after block {d + 1}",
