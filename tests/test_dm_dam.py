@@ -60,6 +60,26 @@ def test_dm_loss_and_gradient_equal_a_naive_loop():
     assert loss > 0 and all(g.abs().sum() > 0 for g in grads)
 
 
+def test_chunked_real_means_equal_one_pass_for_dm_and_dam():
+    net = small_net()
+    reals, syns = class_batches(sizes=(7, 3, 5))
+    for chunk in (1, 2, 4, 100):
+        torch.testing.assert_close(dm_loss(net.embed, reals, syns, chunk), dm_loss(net.embed, reals, syns))
+        torch.testing.assert_close(dam_loss(maps_and_embedding(net), reals, syns, 4.0, 0.01, 100.0, chunk),
+                                   dam_loss(maps_and_embedding(net), reals, syns, 4.0, 0.01, 100.0))
+
+
+def test_chunking_is_refused_for_batch_norm_nets(toy):
+    cfg = DMConfig(dataset="toy", ipc=1, arch="convnet:width=8,depth=2", iters=1, real_chunk=4, out="unused.h5")
+    method = DistributionMatching(cfg, toy, CPU)
+    assert method.real_chunk(method.network(0)) == 4
+    cfg_bn = DMConfig(dataset="toy", ipc=1, arch="convnet:width=8,depth=2,norm=batch", iters=1, real_chunk=4,
+                      out="unused.h5")
+    method_bn = DistributionMatching(cfg_bn, toy, CPU)
+    assert method_bn.real_chunk(method_bn.network(0)) == 0  # batch statistics would change per chunk
+    assert DistributionMatching(DMConfig(dataset="toy", arch=ARCH, out="u.h5"), toy, CPU).chunk == 32  # CPU default
+
+
 def test_attention_map_equals_a_naive_computation():
     f = torch.tensor([[[[1.0, -2.0], [0.0, 3.0]], [[-1.0, 1.0], [2.0, 0.5]]]])  # [1, 2, 2, 2]
     for p in (1.0, 4.0):

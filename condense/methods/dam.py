@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..nets.base import SequentialConvNet
 from ..synset import SynSet
-from .dm import DMConfig, MatchingBase, class_means, load_for
+from .dm import DMConfig, MatchingBase, class_means, load_for, real_class_means
 
 
 @dataclass
@@ -77,13 +77,15 @@ def maps_and_embedding(net) -> Callable[[torch.Tensor], tuple[list[torch.Tensor]
 
 def dam_parts(forward: Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]],
               real_by_class: Sequence[torch.Tensor], syn_by_class: Sequence[torch.Tensor],
-              power: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(SAM, MMD) of the module docstring; real features carry no gradient."""
-    rs, ss = [len(x) for x in real_by_class], [len(x) for x in syn_by_class]
-    with torch.no_grad():
-        real_maps, real_emb = forward(torch.cat(list(real_by_class)))
-        real_att = [class_means(attention_map(f, power), rs) for f in real_maps[:-1]]
-        real_mean = class_means(real_emb, rs)
+              power: float, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SAM, MMD) of the module docstring; real features carry no gradient (``chunk`` as in
+    :func:`~condense.methods.dm.real_class_means`)."""
+    def real_stats(x):
+        maps, emb = forward(x)
+        return [attention_map(f, power) for f in maps[:-1]] + [emb]
+
+    *real_att, real_mean = real_class_means(real_stats, real_by_class, chunk)
+    ss = [len(x) for x in syn_by_class]
     syn_maps, syn_emb = forward(torch.cat(list(syn_by_class)))
     sam = syn_emb.new_zeros(())
     for real_layer, f in zip(real_att, syn_maps[:-1]):
@@ -94,9 +96,9 @@ def dam_parts(forward: Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.
 
 
 def dam_loss(forward, real_by_class, syn_by_class, power: float, mmd_weight: float,
-             loss_scale: float = 100.0) -> torch.Tensor:
+             loss_scale: float = 100.0, chunk: int = 0) -> torch.Tensor:
     """loss_scale · (SAM + mmd_weight · MMD); ``forward`` as :func:`maps_and_embedding` returns."""
-    sam, mmd = dam_parts(forward, real_by_class, syn_by_class, power)
+    sam, mmd = dam_parts(forward, real_by_class, syn_by_class, power, chunk)
     return loss_scale * (sam + mmd_weight * mmd)
 
 
@@ -108,7 +110,7 @@ class AttentionMatching(MatchingBase):
     def parts(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.network(it)
         reals, syns = self.batches(it)
-        return dam_parts(maps_and_embedding(net), reals, syns, self.cfg.power)
+        return dam_parts(maps_and_embedding(net), reals, syns, self.cfg.power, self.real_chunk(net))
 
     def loss(self, it: int) -> torch.Tensor:
         sam, mmd = self.parts(it)

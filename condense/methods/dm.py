@@ -11,10 +11,14 @@ applied to the real batch and to the class's synthetic images (siamese augmentat
 All randomness of iteration ``it`` (network init, real batches, DSA draws) comes from
 generators keyed by (seed, it, ...), so a resumed run equals an uninterrupted one.
 
-Implementation notes: the real batches of all classes go through the network in one
-forward pass and the synthetic images in another (the reference does this for its BN
-ConvNet and per class otherwise; for instance-norm nets both are the same). A class with
-fewer than ``batch_real`` images contributes all of them, as the reference's
+Implementation notes: the synthetic images of all classes go through the network in one
+forward pass. The real batches carry no gradient and are only reduced to per-class means,
+so for a batch-independent network (no batch norm in training mode) they go through in
+chunks of ``real_chunk`` images: on a CPU a 32-image chunk's activations stay in cache and
+the pass takes half the time of one 2,560-image batch (docs/BENCHMARKS.md); the result is
+the same up to float rounding. With batch norm (or ``real_chunk: 0``, the default on a GPU)
+all real batches go through in one pass, as the reference does for its BN ConvNet. A class
+with fewer than ``batch_real`` images contributes all of them, as the reference's
 ``permutation(...)[:n]`` does.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..augment import DSAConfig, apply_dsa, sample_dsa
 from ..data import load_dataset
 from ..errors import CondenseError, ConfigError
 from ..nets import build_net, parse_arch
+from ..nets.base import batch_independent
 from ..rng import generator
 from ..synset import SynSet
 from .loop import ImageSynthesizer, LoopConfig
@@ -49,6 +54,7 @@ class DMConfig:
     zca: bool = False
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    real_chunk: int | None = None  # real images per no-grad forward; None: 32 on a CPU, all at once elsewhere
     checkpoint_every: int = 100
     eval_every: int = 0
     eval_epochs: int = 100
@@ -63,6 +69,8 @@ class DMConfig:
         for name in ("ipc", "iters", "batch_real", "checkpoint_every", "max_bad_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.real_chunk is not None and self.real_chunk < 0:
+            raise ConfigError(f"real_chunk must be >= 0 (0 = one pass), got {self.real_chunk}")
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
         if self.seed < 0:
@@ -92,11 +100,34 @@ def class_means(features: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tens
     return [block.mean(0) for block in torch.split(features, list(sizes))]
 
 
-def dm_loss(embed_fn: Callable[[torch.Tensor], torch.Tensor], real_by_class: Sequence[torch.Tensor],
-            syn_by_class: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Σ_c ‖mean embed(real_c) − mean embed(syn_c)‖² (real embeddings carry no gradient)."""
+def real_class_means(stats: Callable[[torch.Tensor], Sequence[torch.Tensor]], real_by_class: Sequence[torch.Tensor],
+                     chunk: int = 0) -> list[list[torch.Tensor]]:
+    """Per-class means of per-image statistics, without gradient.
+
+    ``stats`` maps images [B, C, H, W] to a sequence of [B, ...] tensors; the result is
+    ``means[s][c]`` = mean over class c's images of statistic s. ``chunk`` > 0 evaluates
+    ``stats`` on at most that many images at a time (only valid when it is per-image, i.e.
+    the network is batch-independent); 0 runs all classes in one call.
+    """
     with torch.no_grad():
-        real = class_means(embed_fn(torch.cat(list(real_by_class))), [len(x) for x in real_by_class])
+        if chunk <= 0:
+            sizes = [len(x) for x in real_by_class]
+            return [class_means(s, sizes) for s in stats(torch.cat(list(real_by_class)))]
+        per_class = []
+        for x in real_by_class:
+            sums = None
+            for part in x.split(chunk):
+                part_sums = [s.sum(0) for s in stats(part)]
+                sums = part_sums if sums is None else [a + b for a, b in zip(sums, part_sums)]
+            per_class.append([s / len(x) for s in sums])
+        return [list(means) for means in zip(*per_class)]
+
+
+def dm_loss(embed_fn: Callable[[torch.Tensor], torch.Tensor], real_by_class: Sequence[torch.Tensor],
+            syn_by_class: Sequence[torch.Tensor], chunk: int = 0) -> torch.Tensor:
+    """Σ_c ‖mean embed(real_c) − mean embed(syn_c)‖² (real embeddings carry no gradient;
+    ``chunk`` as in :func:`real_class_means`)."""
+    (real,) = real_class_means(lambda x: (embed_fn(x),), real_by_class, chunk)
     syn = class_means(embed_fn(torch.cat(list(syn_by_class))), [len(x) for x in syn_by_class])
     return sum(((r - s) ** 2).sum() for r, s in zip(real, syn))
 
@@ -119,6 +150,11 @@ class MatchingBase(ImageSynthesizer):
         self.x_train = ds.x_train.to(device)
         self.opts = {"images": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)}
         self.dsa = DSAConfig(strategy=cfg.dsa_strategy) if cfg.dsa else None
+        self.chunk = cfg.real_chunk if cfg.real_chunk is not None else (32 if device.type == "cpu" else 0)
+
+    def real_chunk(self, net) -> int:
+        """Images per real forward for ``net``: 0 (one pass) unless the net is batch-independent."""
+        return self.chunk if batch_independent(net) else 0
 
     def network(self, it: int):
         """The randomly initialised, frozen network of iteration ``it`` (train mode, as the reference)."""
@@ -162,7 +198,7 @@ class DistributionMatching(MatchingBase):
         """The matching loss of iteration ``it`` at the current images (differentiable)."""
         net = self.network(it)
         reals, syns = self.batches(it)
-        return dm_loss(net.embed, reals, syns)
+        return dm_loss(net.embed, reals, syns, self.real_chunk(net))
 
     def compute_grads(self, it: int) -> dict[str, float]:
         loss = self.loss(it)
