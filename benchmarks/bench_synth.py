@@ -1,7 +1,7 @@
-"""Per-iteration time and peak memory of the synthesis methods (dm, dam, gm) on Fashion-MNIST IPC 10.
+"""Per-iteration time and peak memory of the synthesis methods (dm, dam, gm) on Fashion-MNIST (IPC 10 by default).
 
 Usage:  python benchmarks/bench_synth.py [--methods dm dam gm] [--archs convnet:width=32 convnet]
-            [--iters 3] [--json out.json]
+            [--iters 3] [--ipc 10] [--json out.json]
 Each (method, arch) runs in a fresh process: peak RSS is its own (it includes the loaded
 dataset, ≈ 1.2 GiB). Time is the median of the timed iterations after one warm-up.
 """
@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 
-def one(method: str, arch: str, iters: int, extra: dict) -> dict:
+def one(method: str, arch: str, iters: int, ipc: int, extra: dict) -> dict:
     from condense.config import make_config
     from condense.methods import get_method
 
     entry = get_method(method)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = make_config(entry.config, {"dataset": "fashion-mnist", "ipc": 10, "arch": arch, "iters": iters + 1,
+        cfg = make_config(entry.config, {"dataset": "fashion-mnist", "ipc": ipc, "arch": arch, "iters": iters + 1,
                                          "checkpoint_every": 10_000, "out": f"{tmp}/s.h5", **extra})
         times: list[float] = []
         from condense.methods import loop
@@ -47,7 +47,7 @@ def one(method: str, arch: str, iters: int, extra: dict) -> dict:
         loop.synthesize = timed_synthesize
         entry.run(cfg, torch.device("cpu"), progress=lambda s: None, bars=False)
     timed_part = sorted(times[1:]) or times
-    return {"method": method, "arch": arch, "iteration_s": timed_part[len(timed_part) // 2],
+    return {"method": method, "arch": arch, "ipc": ipc, "iteration_s": timed_part[len(timed_part) // 2],
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "extra": extra}
 
 
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["dm", "dam", "gm"])
     ap.add_argument("--archs", nargs="+", default=["convnet:width=32", "convnet"])
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--gm-loops", default="10,50", help="gm's outer,inner loops (DC's for IPC 10: 10,50)")
     ap.add_argument("--json")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -64,16 +65,16 @@ def main() -> None:
     extras = {"gm": {"outer_loop": outer, "inner_loop": inner}}
     if args.child:
         method, arch = args.child
-        print(json.dumps(one(method, arch, args.iters, extras.get(method, {}))))
+        print(json.dumps(one(method, arch, args.iters, args.ipc, extras.get(method, {}))))
         return
     rows = []
     for method in args.methods:
         for arch in args.archs:
-            out = subprocess.run([sys.executable, __file__, "--iters", str(args.iters), "--gm-loops", args.gm_loops,
+            out = subprocess.run([sys.executable, __file__, "--iters", str(args.iters), "--ipc", str(args.ipc), "--gm-loops", args.gm_loops,
                                   "--child", method, arch], capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{method:4s} {arch:18s}: {row['iteration_s']:.3f} s/it, peak RSS {row['peak_rss_gib']:.2f} GiB "
+            print(f"{method:4s} {arch:18s} IPC {args.ipc}: {row['iteration_s']:.3f} s/it, peak RSS {row['peak_rss_gib']:.2f} GiB "
                   f"{row['extra'] or ''}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
