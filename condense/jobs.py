@@ -10,8 +10,9 @@ write its own durable output (an expert file, a result row), so a killed run los
 only unfinished jobs.
 
 Workers use the 'spawn' start method (safe with CUDA and threads) and split the CPU
-cores between them: ``torch.set_num_threads(cores // workers)``, at least 1. Results are
-identical to in-process runs when the thread count is the same.
+cores between them: ``torch.set_num_threads(cores // workers)``, at least 1, unless
+``threads`` is given. Results are identical to in-process runs when the thread count is
+the same (``run_jobs(jobs, ["cpu"], threads=1)`` vs ``run_jobs(jobs, ["cpu", "cpu"], threads=1)``).
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def resolve(fn: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def _run_one(job: Job, device: str) -> JobResult:
+def run_one(job: Job, device: str) -> JobResult:
+    """Run one job here, on ``device``; an exception becomes a failed :class:`JobResult`."""
     t0 = time.perf_counter()
     try:
         value = resolve(job.fn)(**job.kwargs, device=device)
@@ -71,7 +73,7 @@ def _worker(device: str, threads: int, todo: Any, done: Any) -> None:
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     while (job := todo.get()) is not None:
-        done.put(_run_one(job, device))
+        done.put(run_one(job, device))
 
 
 def parse_device(name: str) -> torch.device:
@@ -94,20 +96,34 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def run_jobs(jobs: Sequence[Job], devices: Sequence[str] = ("cpu",)) -> Iterator[JobResult]:
+def run_jobs(jobs: Sequence[Job], devices: Sequence[str] = ("cpu",),
+             threads: int | None = None) -> Iterator[JobResult]:
     """Run ``jobs`` on ``devices`` (one worker each; a single device runs in-process).
 
-    Yields one :class:`JobResult` per job, in completion order.
+    Yields one :class:`JobResult` per job, in completion order. ``threads``: torch's
+    thread count in every worker (and in-process, restored afterwards); None keeps the
+    defaults (in-process: unchanged; workers: CPU cores split between CPU workers, 1 per
+    GPU worker).
     """
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
     devices = list(devices) or ["cpu"]
     if len(devices) == 1 or len(jobs) <= 1:
         for job in jobs:
-            yield _run_one(job, devices[0])
+            before = torch.get_num_threads()
+            if threads is not None:
+                torch.set_num_threads(threads)
+            try:
+                result = run_one(job, devices[0])
+            finally:
+                torch.set_num_threads(before)
+            yield result
         return
     ctx = mp.get_context("spawn")
     todo, done = ctx.Queue(), ctx.Queue()
-    threads = threads_per_worker(sum(d == "cpu" for d in devices)) if "cpu" in devices else 1
-    workers = [ctx.Process(target=_worker, args=(d, threads if d == "cpu" else 1, todo, done), daemon=True)
+    cpu_threads = threads or threads_per_worker(sum(d == "cpu" for d in devices))
+    workers = [ctx.Process(target=_worker, args=(d, cpu_threads if d == "cpu" else threads or 1, todo, done),
+                           daemon=True)
                for d in devices[:len(jobs)]]
     for job in jobs:
         todo.put(job)
