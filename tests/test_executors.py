@@ -1,0 +1,124 @@
+"""Executors: in-process, a pool of CPU workers and Ray give the same numbers; failures and bad options."""
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+import torch
+
+from condense.errors import ConfigError
+from condense.jobs import Job
+from condense.train import TrainProtocol
+from evals.executors import EXECUTORS, execute
+
+
+def _jobs() -> list[Job]:
+    """Three tiny trainings (different seeds, so different accuracies) and one job that fails."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 16, 16, generator=g), torch.arange(16) % 4
+    test = (torch.randn(64, 3, 16, 16, generator=g), torch.arange(64) % 4)
+    common = dict(images=x, labels=y, protocol=TrainProtocol(epochs=2, batch_size=8), test=test, num_classes=4)
+    jobs = [Job(f"seed {s}", "condense.train:evaluate", {**common, "arch": "convnet:width=8,depth=2", "seed": s})
+            for s in range(3)]
+    return jobs + [Job("broken", "condense.train:evaluate", {**common, "arch": "nope", "seed": 0})]
+
+
+def _by_key(results) -> dict:
+    results = list(results)
+    by_key = {r.key: r for r in results}
+    assert len(by_key) == len(results) == 4  # every job reported once, the failure did not stop the others
+    return by_key
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    return _by_key(execute(_jobs(), threads=1))
+
+
+@pytest.fixture(scope="module")
+def ray_run():
+    """One local Ray instance for the module: started by execute itself, which must shut it down."""
+    ray = pytest.importorskip("ray")
+    t0 = time.perf_counter()
+    results = _by_key(execute(_jobs(), executor="ray", devices=["cpu"], threads=1))  # ["cpu"]: what callers pass by default
+    return results, time.perf_counter() - t0, ray.is_initialized()
+
+
+def check_against(reference: dict, results: dict) -> None:
+    for key in ("seed 0", "seed 1", "seed 2"):
+        assert results[key].ok, results[key].error
+        assert results[key].value == reference[key].value  # exact: same thread count, same numbers
+    broken = results["broken"]
+    assert not broken.ok and broken.error == "ArchError: unknown architecture 'nope'; available: " \
+        + reference["broken"].error.split("available: ")[1]
+
+
+def test_in_process_reports_failure_and_restores_threads(in_process):
+    before = torch.get_num_threads()
+    assert len({in_process[f"seed {s}"].value for s in range(3)}) > 1  # the seeds matter: a meaningful comparison
+    assert all(0.0 <= in_process[f"seed {s}"].value <= 1.0 for s in range(3))
+    broken = in_process["broken"]
+    assert not broken.ok and broken.error.startswith("ArchError: unknown architecture 'nope'")
+    assert "\n" not in broken.error  # a user error: one line, no traceback
+    list(execute(_jobs()[:1], threads=1))
+    assert torch.get_num_threads() == before
+
+
+def test_pool_of_two_cpu_workers_matches_in_process(in_process):
+    results = _by_key(execute(_jobs(), devices=["cpu", "cpu"], threads=1))
+    check_against(in_process, results)
+
+
+def test_ray_matches_in_process(in_process, ray_run):
+    results, seconds, still_up = ray_run
+    check_against(in_process, results)
+    assert all(r.device == "cpu" for r in results.values())
+    assert not still_up  # execute started Ray, so it shut it down
+    assert seconds < 60
+
+
+def test_unreachable_ray_address_is_one_quick_line():
+    pytest.importorskip("ray")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"^cannot reach the Ray cluster at 127\.0\.0\.1:1: ") as e:
+        execute(_jobs(), executor="ray", address="127.0.0.1:1")
+    assert "\n" not in str(e.value)
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(ConfigError, match="bad Ray address"):
+        execute(_jobs(), executor="ray", address="127.0.0.1:port")
+
+
+def test_ray_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes 'import ray' fail
+    with pytest.raises(ConfigError, match=r"^--executor ray needs the ray package: pip install 'condense\[ray\]'$"):
+        execute(_jobs(), executor="ray")
+
+
+@pytest.mark.parametrize("devices, message", [
+    (["gpu"], "unknown device 'gpu'"),
+    (["cpu", "tpu:0"], "unknown device 'tpu:0'"),
+    (["cuda:7"], "cuda:7"),
+    ([], "no devices given"),
+])
+def test_bad_devices(devices, message):
+    if devices == ["cuda:7"] and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(ConfigError, match=message) as e:
+        execute(_jobs(), devices=devices)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(executor="dask"), r"unknown executor 'dask' \(use one of: local, ray\)"),
+    (dict(threads=0), "threads must be a positive integer"),
+    (dict(address="127.0.0.1:6379"), "--address is for --executor ray"),
+    (dict(executor="ray", devices=["cpu", "cpu"]), "--devices is for the local executor"),
+])
+def test_bad_options(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        execute(_jobs(), **kwargs)
+
+
+def test_executors_listed():
+    assert EXECUTORS == ("local", "ray")
