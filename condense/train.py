@@ -201,19 +201,24 @@ def evaluate(
     lr: float | None = None,
     label_spec: LabelSpec | None = None,
     device: str | torch.device = "cpu",
+    history: list[float] | None = None,
+    on_epoch: Callable[[int, nn.Module, float], None] | None = None,
 ) -> float:
     """Train a fresh ``arch`` network on (images, labels) and return its test accuracy.
 
     images: [N, C, H, W] in the space the network trains in; labels as ``label_spec``
     says (hard int64 [N] by default); test: (x [M, C, H, W], y [M]). The lr is
     ``protocol.lr``, else ``lr`` (a set's learned lr), else 0.01. Deterministic for
-    (seed, run) at a fixed thread count.
+    (seed, run) at a fixed thread count. ``history``, if given, receives the mean
+    training loss of every epoch (learning curves); ``on_epoch`` is passed to :func:`train_model`.
     """
     c, h, w = (int(s) for s in images.shape[1:])
     model = build_net(arch, c, num_classes, (h, w), generator=generator(seed, run, 0, 0, STREAM_INIT)).to(device)
     base_lr = protocol.lr or lr or DEFAULT_LR
-    train_model(model, images.to(device), labels.to(device), protocol, seed=seed, run=run, lr=base_lr,
-                label_spec=label_spec)
+    losses = train_model(model, images.to(device), labels.to(device), protocol, seed=seed, run=run, lr=base_lr,
+                         label_spec=label_spec, on_epoch=on_epoch)
+    if history is not None:
+        history.extend(losses)
     return accuracy(model, test[0], test[1], protocol.test_batch_size)
 
 

@@ -23,4 +23,3 @@ class Pending:
 
 
 LABELS = Pending("labels", "make and compress soft labels for a synthetic set", "the soft-label issue (#12)")
-EVAL = Pending("eval", "evaluate synthetic sets over architectures x seeds", "the evaluation-harness issue (#11)")

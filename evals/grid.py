@@ -1,0 +1,299 @@
+"""An evaluation grid: sets × architectures × variants × runs, run by an executor, resumable.
+
+:func:`plan` turns an :class:`EvalConfig` and a list of set files into groups (one
+source, arch and variant; ``runs`` runs each) and validates everything a user can get
+wrong before any training starts (one-line errors). :func:`run_grid` runs the groups'
+jobs on the chosen executor and appends every finished job to ``jobs.jsonl`` in the run
+folder ``<json>.run/`` as it arrives, so a killed grid keeps what finished and the same
+command resumes the rest. Job keys hash everything that defines a job (the set's
+SHA-256, arch, variant, protocol, seed, runs), so a changed file or flag never reuses a
+stale number. :func:`aggregate` turns job results into the report's rows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from condense.errors import CondenseError, ConfigError, FormatError
+from condense.jobs import Job, JobResult, parse_device
+from condense.nets import build_net, parse_arch
+from condense.stats import summarize
+from condense.synset import file_sha256, load_synset
+from condense.train import TrainProtocol
+
+from .protocol import Source, dataset_of, job_kwargs
+
+JOB_FN = "evals.protocol:run_job"
+BASELINES = ("random", "full")
+FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (DESIGN.md)
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``condense eval`` is asked to do (flags and presets fill it)."""
+
+    archs: list[str] = field(default_factory=list)  # empty: each set's own arch
+    runs: int = 5
+    seed: int = 0
+    epochs: int = 300
+    lr: float | None = None  # None: the set's learned lr, else 0.01
+    batch_size: int = 256
+    dsa: bool = True
+    temperature: float | None = None  # override the soft-label temperature
+    robustness: bool = False  # add the hard-label and no-augmentation variants
+    random_baseline: bool = True  # the random-real baseline of each IPC beside the sets
+    baseline: str | None = None  # evaluate only a baseline: random | full (needs dataset)
+    dataset: str | None = None
+    ipc: list[int] = field(default_factory=list)  # --baseline random: the IPCs
+    data_root: str | None = None
+    vmap_seeds: bool = False
+    executor: str = "local"
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    address: str | None = None
+    json: str = "runs/eval/results.json"
+    plots: str | None = None
+
+    def validate(self) -> None:
+        if self.runs <= 0:
+            raise ConfigError(f"--runs must be positive, got {self.runs}")
+        if self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ConfigError(f"--temperature must be positive, got {self.temperature}")
+        if self.baseline is not None:
+            if self.baseline not in BASELINES:
+                raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+            if not self.dataset:
+                raise ConfigError(f"--baseline {self.baseline} needs --dataset")
+            if self.baseline == "random" and (not self.ipc or min(self.ipc) <= 0):
+                raise ConfigError("--baseline random needs positive --ipc values (repeat --ipc for several)")
+        for arch in self.archs:
+            try:
+                parse_arch(arch)
+            except CondenseError as e:
+                raise ConfigError(f"--arch {arch}: {e}") from None
+        for d in self.devices:
+            parse_device(d)
+
+    def protocol(self, epochs: int | None = None) -> TrainProtocol:
+        p = TrainProtocol(epochs=epochs or self.epochs, lr=self.lr, batch_size=self.batch_size, dsa=self.dsa)
+        p.validate()
+        return p
+
+
+@dataclass(frozen=True)
+class Group:
+    """Runs of one arch on one source under one variant: one row of the report."""
+
+    source: Source
+    arch: str
+    variant: str
+    protocol: TrainProtocol
+    method: str
+    ipc: int | None
+    storage_bytes: dict[str, int] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.label} | {self.arch} | {self.variant}"
+
+
+def _load_set(path: str):
+    if not os.path.exists(path):
+        raise ConfigError(f"no such synthetic-set file: {path}")
+    return load_synset(path)
+
+
+def _check_arch(arch: str, ds) -> None:
+    """ArchError -> one-line ConfigError now, not a failure in every job later."""
+    c, h, w = ds.info.shape
+    try:
+        build_net(arch, c, ds.info.num_classes, (h, w))
+    except CondenseError as e:
+        raise ConfigError(f"--arch {arch} cannot train on {ds.info.name} images {c}x{h}x{w}: {e}") from None
+
+
+def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
+    """The groups to evaluate, validated (one-line ConfigError/FormatError for bad input)."""
+    cfg.validate()
+    if not paths and cfg.baseline is None:
+        raise ConfigError("give synthetic-set files to evaluate, or --baseline random|full --dataset NAME")
+    groups: list[Group] = []
+    proto = cfg.protocol()
+    seen_random: set[tuple[Source, str]] = set()
+
+    def add_random(src: Source, ipc: int, arch: str) -> None:
+        rnd = src.random_baseline(ipc)
+        if (rnd, arch) not in seen_random:
+            seen_random.add((rnd, arch))
+            groups.append(Group(rnd, arch, "set", proto, "random", ipc))
+
+    for path in paths:
+        s = _load_set(path)
+        src = Source.of_synset(path, s, file_sha256(path), cfg.data_root)
+        try:
+            ds = dataset_of(src)
+        except CondenseError as e:
+            raise ConfigError(f"{path}: its dataset {s.dataset!r} is not available here: {e}") from None
+        if tuple(ds.info.shape) != tuple(s.image_shape):
+            raise FormatError(f"{path}: images are {tuple(s.image_shape)} but {s.dataset} has {tuple(ds.info.shape)}")
+        archs = cfg.archs or [s.config.get("arch") or "convnet"]
+        variants = ["set"]
+        if cfg.robustness:
+            variants += (["hard"] if s.label_spec.kind in ("probabilities", "logits") else []) + ["no-dsa"]
+        for arch in archs:
+            _check_arch(arch, ds)
+            for v in variants:
+                groups.append(Group(src, arch, v, proto, s.method, s.ipc, s.storage_bytes()))
+            if cfg.random_baseline:
+                add_random(src, s.ipc, arch)
+    if cfg.baseline is not None:
+        base = Source("full", cfg.dataset, data_root=cfg.data_root)
+        ds = dataset_of(base)
+        archs = cfg.archs or ["convnet"]
+        for arch in archs:
+            _check_arch(arch, ds)
+            if cfg.baseline == "full":
+                groups.append(Group(base, arch, "set", cfg.protocol(cfg.epochs if cfg.epochs != 300 else FULL_DATA_EPOCHS),
+                                    "full", None))
+            else:
+                for ipc in cfg.ipc:
+                    add_random(base, ipc, arch)
+    return groups
+
+
+def stacking_plan(group: Group, cfg: EvalConfig) -> tuple[bool, str | None]:
+    """(train the runs stacked?, the reason printed when --vmap-seeds falls back)."""
+    if not cfg.vmap_seeds:
+        return False, None
+    if group.source.kind != "synset":
+        return False, f"{group.source.label}: every run trains on different images, so runs are not stacked"
+    from .vmap import stack_reason
+
+    reason = stack_reason(group.arch)
+    return reason is None, (None if reason is None else f"{group.arch}: {reason}; its runs train one by one")
+
+
+def jobs_of(groups: Sequence[Group], cfg: EvalConfig, note: Callable[[str], None] = print) -> list[tuple[int, Job]]:
+    """(group index, job) pairs: one job per run, or one per group when its runs are stacked."""
+    out: list[tuple[int, Job]] = []
+    noted: set[str] = set()
+    for gi, g in enumerate(groups):
+        stacked, why = stacking_plan(g, cfg)
+        if why and why not in noted:
+            noted.add(why)
+            note(f"--vmap-seeds: {why}")
+        run_lists = [list(range(cfg.runs))] if stacked else [[r] for r in range(cfg.runs)]
+        for runs in run_lists:
+            kwargs = job_kwargs(g.source, g.arch, g.variant, g.protocol, cfg.seed, runs, stacked, cfg.temperature)
+            out.append((gi, Job(job_key(kwargs), JOB_FN, kwargs)))
+    return out
+
+
+def job_key(kwargs: dict[str, Any]) -> str:
+    """A stable hash of what defines a job (its result does not depend on where it runs)."""
+    keyed = {**kwargs, "source": {k: v for k, v in kwargs["source"].items() if k != "path"}}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class ResultLog:
+    """``jobs.jsonl`` in the run folder: one line per finished job, appended and flushed."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "jobs.jsonl"
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        done: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill: that job reruns
+                    continue
+                if row.get("ok"):
+                    done[row["key"]] = row
+        return done
+
+    def append(self, res: JobResult) -> dict[str, Any]:
+        row = {"key": res.key, "ok": res.ok, "seconds": res.seconds, "device": res.device,
+               **(res.value if res.ok else {"error": res.error})}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return row
+
+
+def run_grid(groups: Sequence[Group], cfg: EvalConfig, *, note: Callable[[str], None] = print,
+             bars: bool = True) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Run (or resume) every job; returns (results by job key, error lines of failed jobs)."""
+    from .executors import execute
+
+    folder = Path(str(cfg.json) + ".run")
+    log = ResultLog(folder)
+    (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    from condense.methods.loop import environment
+
+    (folder / "env.json").write_text(json.dumps(environment(), indent=1))
+    pairs = jobs_of(groups, cfg, note)
+    done = log.load()
+    todo = [job for _, job in pairs if job.key not in done]
+    if done and len(todo) < len(pairs):
+        note(f"resuming: {len(pairs) - len(todo)} of {len(pairs)} jobs already finished ({log.path})")
+    errors: list[str] = []
+    names = {job.key: groups[gi].name for gi, job in pairs}
+    bar = _bar(len(pairs), len(pairs) - len(todo), bars)
+    for res in execute(todo, executor=cfg.executor, devices=cfg.devices, address=cfg.address):
+        row = log.append(res)
+        if res.ok:
+            done[res.key] = row
+            bar.set_postfix_str(f"{names[res.key][-40:]}: {', '.join(f'{a:.1f}' for a in row['accs'])}")
+        else:
+            errors.append(f"{names[res.key]}: {res.error.splitlines()[0]}")
+            note(f"job failed: {errors[-1]}")
+        bar.update(1)
+    bar.close()
+    return done, errors
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="eval jobs", unit="job", disable=not enabled, dynamic_ncols=True)
+
+
+def aggregate(groups: Sequence[Group], cfg: EvalConfig, done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per group with all its runs finished (accs in run order, mean/std/ci95)."""
+    rows = []
+    for g in groups:
+        stacked, _ = stacking_plan(g, cfg)
+        run_lists = [list(range(cfg.runs))] if stacked else [[r] for r in range(cfg.runs)]
+        accs: list[float] = []
+        curves: list[list[float]] = []
+        complete = True
+        for runs in run_lists:
+            key = job_key(job_kwargs(g.source, g.arch, g.variant, g.protocol, cfg.seed, runs, stacked, cfg.temperature))
+            if key not in done:
+                complete = False
+                break
+            accs += done[key]["accs"]
+            curves += done[key].get("curves", [])
+        if not complete:
+            continue
+        row = {"synset": g.source.path, "method": g.method, "ipc": g.ipc, "arch": g.arch, "variant": g.variant,
+               "accs": accs, **summarize(accs), "storage_bytes": g.storage_bytes,
+               "epochs": g.protocol.epochs, "seed": cfg.seed, "runs": len(accs),
+               "baseline": None if g.source.kind == "synset" else g.source.kind, "curves": curves}
+        if g.source.kind != "synset":
+            row["dataset"] = g.source.dataset
+        rows.append(row)
+    return rows

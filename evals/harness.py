@@ -1,0 +1,39 @@
+"""``run_eval``: plan a grid, run it on an executor (resumable), aggregate, report."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Sequence
+
+from condense.errors import CondenseError
+
+from .grid import EvalConfig, aggregate, plan, run_grid
+from .report import plot, scores, table, to_json
+
+
+def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str], None] = print,
+             bars: bool = True) -> dict[str, Any]:
+    """Evaluate the set files ``paths`` (and any baseline ``cfg`` asks for); write ``cfg.json``
+    (and ``cfg.plots``); print the table through ``note``. Returns the JSON document.
+
+    Raises CondenseError if any job failed (after every other job finished and the
+    partial report was written).
+    """
+    t0 = time.perf_counter()
+    groups = plan(cfg, list(paths))
+    done, errors = run_grid(groups, cfg, note=note, bars=bars)
+    rows = aggregate(groups, cfg, done)
+    score_rows = scores(rows)
+    protocol = {**asdict(cfg.protocol()), "seed": cfg.seed, "runs": cfg.runs, "accs_unit": "percent",
+                "seconds": round(time.perf_counter() - t0, 1)}
+    doc = to_json(rows, score_rows, protocol, cfg.json, errors)
+    if rows:
+        note(table(rows, score_rows))
+    if cfg.plots and rows:
+        files = plot(rows, cfg.plots)
+        note(f"plots: {', '.join(str(f) for f in files)}")
+    note(f"results: {cfg.json} (run folder {cfg.json}.run/)")
+    if errors:
+        raise CondenseError(f"{len(errors)} evaluation job(s) failed (the others are in {cfg.json}); "
+                            f"first: {errors[0]}")
+    return doc

@@ -1,0 +1,146 @@
+"""What one evaluation job trains on, and the job function every executor runs.
+
+A job trains fresh networks of one architecture on one *source* under one *variant*
+and reports their test accuracies:
+
+- sources: a synthetic-set file (``synset``); the random-real baseline of the same IPC
+  (``random``: run r trains on the class-balanced subset drawn with seed ``seed + r``,
+  in the same pixel space as the set, so every number has its reference beside it);
+  the full training split (``full``, the labelled full-data reference).
+- variants (DD-Ranking-style robustness): ``set`` (labels, lr and augmentation as the
+  file says), ``hard`` (a soft-label set trained on the argmax of its labels with
+  cross-entropy), ``no-dsa`` (no augmentation while training).
+
+The protocol is :class:`condense.train.TrainProtocol` and the training is
+:func:`condense.train.evaluate`, the loop the expert recorder uses. Run r of seed s
+draws all its randomness from (s, r, ...) generators, so a job gives the same numbers
+in-process, in a worker pool or on Ray at the same thread count. Accuracies are in
+percent.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from condense.data import load_dataset
+from condense.data.subset import class_balanced_indices
+from condense.errors import ConfigError
+from condense.synset import LabelSpec, SynSet, load_synset
+from condense.train import TrainProtocol, evaluate
+
+SOURCES = ("synset", "random", "full")
+VARIANTS = ("set", "hard", "no-dsa")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the networks train on (plain values, so a job stays picklable and hashable)."""
+
+    kind: str  # synset | random | full
+    dataset: str
+    path: str | None = None  # synset
+    sha256: str | None = None  # synset: identifies the file's content in resume keys
+    ipc: int | None = None  # random
+    zca: bool = False
+    val_size: int | None = None
+    val_seed: int = 0
+    data_root: str | None = None
+
+    @classmethod
+    def of_synset(cls, path: str, s: SynSet, sha256: str, data_root: str | None = None) -> "Source":
+        return cls("synset", s.dataset, path=path, sha256=sha256, zca=s.transform.kind == "zca",
+                   val_size=s.data.get("val_size"), val_seed=int(s.data.get("val_seed", 0)), data_root=data_root)
+
+    def random_baseline(self, ipc: int) -> "Source":
+        """The random-real source in this source's data space (same dataset, ZCA and split)."""
+        return Source("random", self.dataset, ipc=ipc, zca=self.zca, val_size=self.val_size,
+                      val_seed=self.val_seed, data_root=self.data_root)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "synset":
+            return str(self.path)
+        return f"{self.kind} real ({self.dataset}{'' if self.ipc is None else f', IPC {self.ipc}'})"
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, root: str | None, zca: bool, val_size: int | None, val_seed: int):
+    return load_dataset(name, root, zca=zca, val_size=val_size, val_seed=val_seed)
+
+
+def dataset_of(src: Source):
+    """The loaded dataset a source lives in (cached per process)."""
+    return _dataset(src.dataset, src.data_root, src.zca, src.val_size, src.val_seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _synset(path: str, sha256: str | None) -> SynSet:
+    return load_synset(path)
+
+
+def training_data(src: Source, variant: str, seed: int, run: int, temperature: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, LabelSpec, float | None]:
+    """(images [N, C, H, W], labels, label spec, learned lr or None) that run ``run`` trains on."""
+    if src.kind == "synset":
+        s = _synset(src.path, src.sha256)
+        images, labels, spec, lr = s.images, s.labels, s.label_spec, s.lr
+        if variant == "hard" and spec.kind != "hard":
+            labels, spec = hard_labels(labels, spec), LabelSpec()
+        elif temperature is not None and spec.kind in ("probabilities", "logits"):
+            spec = replace(spec, temperature=temperature)
+        return images, labels, spec, lr
+    ds = dataset_of(src)
+    if src.kind == "random":
+        idx = class_balanced_indices(ds.y_train, int(src.ipc), seed + run)
+        return ds.x_train[idx], ds.y_train[idx], LabelSpec(), None
+    return ds.x_train, ds.y_train, LabelSpec(), None
+
+
+def hard_labels(labels: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
+    """Soft labels [N, K] (or per-view [V, N, K]: the first view's) -> int64 [N] argmax."""
+    if spec.kind == "regression":
+        raise ConfigError("regression targets have no hard-label version (the 'hard' variant needs class scores)")
+    y = labels[0] if spec.view_mode == "per-view" else labels
+    return y.argmax(-1).to(torch.int64)
+
+
+def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, runs: list[int],
+            stacked: bool = False, temperature: float | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Train ``arch`` on ``source`` once per run; the executors' job function.
+
+    ``temperature`` overrides a soft-label set's distillation temperature.
+    Returns ``{"accs": [percent per run], "curves": [[mean train loss per epoch] per run]}``
+    (curves are empty for stacked training).
+    """
+    src = Source(**source)
+    proto = TrainProtocol(**protocol)
+    if variant == "no-dsa":
+        proto = TrainProtocol(**{**protocol, "dsa": False})
+    ds = dataset_of(src)
+    test = (ds.x_test, ds.y_test)
+    k = ds.info.num_classes
+    if stacked:
+        from .vmap import train_stacked
+
+        images, labels, spec, lr = training_data(src, variant, seed, runs[0], temperature)
+        accs = train_stacked(images, labels, arch, proto, seed, runs, test=test, num_classes=k, lr=lr,
+                             label_spec=spec, device=device)
+        return {"accs": [100.0 * a for a in accs], "curves": []}
+    accs, curves = [], []
+    for r in runs:
+        images, labels, spec, lr = training_data(src, variant, seed, r, temperature)
+        history: list[float] = []
+        accs.append(100.0 * evaluate(images, labels, arch, proto, seed, test=test, num_classes=k, run=r, lr=lr,
+                                     label_spec=spec, device=device, history=history))
+        curves.append(history)
+    return {"accs": accs, "curves": curves}
+
+
+def job_kwargs(src: Source, arch: str, variant: str, protocol: TrainProtocol, seed: int, runs: list[int],
+               stacked: bool, temperature: float | None = None) -> dict[str, Any]:
+    """The keyword arguments of :func:`run_job` (plain data: picklable, JSON-able)."""
+    return {"source": asdict(src), "arch": arch, "variant": variant, "protocol": asdict(protocol), "seed": seed,
+            "runs": list(runs), "stacked": stacked, "temperature": temperature}

@@ -1,0 +1,148 @@
+"""The evaluation report: paired comparisons, the printed table, the JSON file, the plots.
+
+JSON (DESIGN.md contract): ``{"results": [{"synset", "method", "ipc", "arch", "accs",
+"mean", "std", "ci95", "storage_bytes", ...}], "scores": [...], "protocol": {...}}``;
+``accs`` are percent, in run order; a baseline row has ``"synset": null`` and
+``"baseline": "random" | "full"``; when every set row shares one synset the top level
+repeats its ``"storage_bytes"``. ``scores`` holds the robustness comparisons, each a
+*paired* difference over runs with the same seeds: ``vs_random`` (set − random real of
+the same IPC), ``hard_label_gap`` (set − the same set trained on hard labels) and
+``augmentation_gain`` (set − the same set trained without augmentation).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from condense.stats import summarize
+
+COMPARISONS = (("vs_random", "random"), ("hard_label_gap", "hard"), ("augmentation_gain", "no-dsa"))
+
+
+def _find(rows: Sequence[dict], **want: Any) -> dict | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in want.items()):
+            return r
+    return None
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Mean, std and 95 % CI of the run-by-run differences a − b (same seeds)."""
+    n = min(len(a), len(b))
+    return summarize([x - y for x, y in zip(a[:n], b[:n])])
+
+
+def scores(rows: Sequence[dict]) -> list[dict[str, Any]]:
+    """The paired comparisons of every set row (variant ``set``) with its references."""
+    out = []
+    for r in rows:
+        if r["baseline"] is not None or r["variant"] != "set":
+            continue
+        for name, ref in COMPARISONS:
+            if ref == "random":
+                other = _find(rows, baseline="random", ipc=r["ipc"], arch=r["arch"])
+            else:
+                other = _find(rows, synset=r["synset"], arch=r["arch"], variant=ref)
+            if other is not None:
+                out.append({"synset": r["synset"], "arch": r["arch"], "score": name, **paired(r["accs"], other["accs"])})
+    return out
+
+
+def _kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:.1f} KiB"
+
+
+def table(rows: Sequence[dict], score_rows: Sequence[dict]) -> str:
+    """The report as aligned text: one line per row, the paired difference to random real."""
+    head = ("set", "method", "IPC", "arch", "variant", "accuracy %", "95% CI", "runs", "images", "labels", "vs random")
+    lines = [head]
+    for r in rows:
+        vs = _find(score_rows, synset=r["synset"], arch=r["arch"], score="vs_random") if r["variant"] == "set" else None
+        sb = r.get("storage_bytes") or {}
+        name = os.path.basename(r["synset"]) if r["synset"] else (
+            f"full data ({r['epochs']} epochs)" if r["baseline"] == "full" else "random real")
+        lines.append((name, r["method"], "-" if r["ipc"] is None else str(r["ipc"]), r["arch"], r["variant"],
+                      f"{r['mean']:.2f} ± {r['std']:.2f}", f"± {r['ci95']:.2f}", str(r["runs"]),
+                      _kib(sb.get("images")), _kib(sb.get("labels")),
+                      "-" if vs is None else f"{vs['mean']:+.2f} ± {vs['ci95']:.2f}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def to_json(rows: Sequence[dict], score_rows: Sequence[dict], protocol: dict[str, Any], path: str | os.PathLike,
+            errors: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the report file atomically; returns what was written."""
+    results = [{k: v for k, v in r.items() if k != "curves"} for r in rows]
+    doc: dict[str, Any] = {"results": results, "scores": list(score_rows), "protocol": protocol}
+    sets = {r["synset"] for r in rows if r["synset"] is not None}
+    if len(sets) == 1:
+        doc["storage_bytes"] = next(r["storage_bytes"] for r in rows if r["synset"] is not None)
+    if errors:
+        doc["failed_jobs"] = list(errors)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+    return doc
+
+
+def plot(rows: Sequence[dict], folder: str | os.PathLike) -> list[Path]:
+    """``accuracy.png`` (mean ± std per arch, one bar per set/baseline) and ``curves.png``
+    (mean training loss per epoch). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    main = [r for r in rows if r["variant"] == "set"]
+    archs = list(dict.fromkeys(r["arch"] for r in main))
+    labels = list(dict.fromkeys(_label(r) for r in main))
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(archs) * max(1, len(labels)) / 2), 4))
+    width = 0.8 / max(1, len(labels))
+    for i, lab in enumerate(labels):
+        xs, ms, ss = [], [], []
+        for j, arch in enumerate(archs):
+            r = next((r for r in main if r["arch"] == arch and _label(r) == lab), None)
+            if r is not None:
+                xs.append(j + i * width)
+                ms.append(r["mean"])
+                ss.append(r["std"])
+        ax.bar(xs, ms, width, yerr=ss, capsize=3, label=lab)
+    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(archs))], archs, rotation=15, fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("accuracy per architecture (mean ± std over runs)")
+    fig.tight_layout()
+    files = [folder / "accuracy.png"]
+    fig.savefig(files[0], dpi=120)
+    plt.close(fig)
+    with_curves = [r for r in rows if r.get("curves")]
+    if with_curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in with_curves:
+            n = min(len(c) for c in r["curves"])
+            mean = [sum(c[e] for c in r["curves"]) / len(r["curves"]) for e in range(n)]
+            ax.plot(range(1, n + 1), mean, label=f"{_label(r)} | {r['arch']} | {r['variant']}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean training loss")
+        ax.set_yscale("log")
+        ax.legend(fontsize=6)
+        ax.set_title("learning curves (mean over runs)")
+        fig.tight_layout()
+        files.append(folder / "curves.png")
+        fig.savefig(files[-1], dpi=120)
+        plt.close(fig)
+    return files
+
+
+def _label(r: dict) -> str:
+    if r["synset"]:
+        return f"{os.path.basename(r['synset'])} ({r['method']}, IPC {r['ipc']})"
+    return f"full data ({r['epochs']} ep)" if r["baseline"] == "full" else f"random real IPC {r['ipc']}"

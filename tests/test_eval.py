@@ -1,0 +1,183 @@
+"""The evaluation harness: the numbers equal condense.train.evaluate run by run, the grid resumes,
+baselines and robustness variants are what they say, bad input is one line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from condense.cli.main import main
+from condense.data import load_dataset
+from condense.data.subset import class_balanced_indices
+from condense.synset import LabelSpec, SynSet, real_subset
+from condense.train import TrainProtocol, evaluate
+from evals import EvalConfig, run_eval
+from evals.report import paired
+
+torch.set_num_threads(1)
+ARCH = "convnet:width=8,depth=2"
+QUIET = {"note": lambda s: None, "bars": False}
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_dataset("toy")
+
+
+@pytest.fixture()
+def hard_set(toy, tmp_path):
+    s = real_subset(toy, class_balanced_indices(toy.y_train, 2, 123), "herding", config={"arch": ARCH})
+    return str(s.save(tmp_path / "hard.h5")), s
+
+
+@pytest.fixture()
+def soft_set(toy, tmp_path):
+    s = real_subset(toy, class_balanced_indices(toy.y_train, 2, 7), "tm", config={"arch": ARCH})
+    logits = torch.nn.functional.one_hot(s.labels, 4).double() * 3 + torch.randn(len(s.labels), 4,
+                                                                                   generator=torch.Generator().manual_seed(0))
+    s = s.with_labels(logits.float(), LabelSpec(kind="logits", loss="kl", temperature=2.0))
+    return str(s.save(tmp_path / "soft.h5")), s
+
+
+def cfg_for(tmp_path, **kw) -> EvalConfig:
+    return EvalConfig(**{"runs": 2, "epochs": 3, "json": str(tmp_path / "r.json"), **kw})
+
+
+def test_rows_equal_evaluate_run_by_run_and_the_random_baseline(toy, hard_set, tmp_path):
+    path, s = hard_set
+    doc = run_eval(cfg_for(tmp_path), [path], **QUIET)
+    proto = TrainProtocol(epochs=3)
+    test = (toy.x_test, toy.y_test)
+    want = [100 * evaluate(s.images, s.labels, ARCH, proto, 0, test=test, num_classes=4, run=r) for r in range(2)]
+    set_row = next(r for r in doc["results"] if r["synset"] == path)
+    assert set_row["accs"] == pytest.approx(want, abs=1e-9)
+    assert set_row["arch"] == ARCH and set_row["method"] == "herding" and set_row["ipc"] == 2
+    assert set_row["storage_bytes"] == s.storage_bytes() == doc["storage_bytes"]
+    rnd = next(r for r in doc["results"] if r["baseline"] == "random")
+    assert rnd["synset"] is None and rnd["ipc"] == 2
+    want_rnd = []
+    for r in range(2):  # run r trains on the subset of seed 0 + r
+        idx = class_balanced_indices(toy.y_train, 2, r)
+        want_rnd.append(100 * evaluate(toy.x_train[idx], toy.y_train[idx], ARCH, proto, 0, test=test, num_classes=4, run=r))
+    assert rnd["accs"] == pytest.approx(want_rnd, abs=1e-9)
+    score = next(x for x in doc["scores"] if x["score"] == "vs_random")
+    assert score["mean"] == pytest.approx(sum(want) / 2 - sum(want_rnd) / 2)
+    on_disk = json.loads((tmp_path / "r.json").read_text())
+    assert on_disk["results"][0]["accs"] == doc["results"][0]["accs"] and "curves" not in on_disk["results"][0]
+
+
+def test_robustness_variants_train_what_they_say(toy, soft_set, tmp_path):
+    path, s = soft_set
+    doc = run_eval(cfg_for(tmp_path, robustness=True, random_baseline=False), [path], **QUIET)
+    by_variant = {r["variant"]: r for r in doc["results"]}
+    assert set(by_variant) == {"set", "hard", "no-dsa"}
+    test = (toy.x_test, toy.y_test)
+    hard = [100 * evaluate(s.images, s.labels.argmax(1), ARCH, TrainProtocol(epochs=3), 0, test=test, num_classes=4,
+                           run=r) for r in range(2)]
+    plain = [100 * evaluate(s.images, s.labels, ARCH, TrainProtocol(epochs=3, dsa=False), 0, test=test, num_classes=4,
+                            run=r, label_spec=s.label_spec) for r in range(2)]
+    assert by_variant["hard"]["accs"] == pytest.approx(hard, abs=1e-9)
+    assert by_variant["no-dsa"]["accs"] == pytest.approx(plain, abs=1e-9)
+    names = {x["score"] for x in doc["scores"]}
+    assert names == {"hard_label_gap", "augmentation_gain"}
+
+
+def test_a_killed_grid_resumes_without_rerunning_finished_jobs(hard_set, tmp_path, monkeypatch):
+    path, _ = hard_set
+    cfg = cfg_for(tmp_path, runs=3)
+    first = run_eval(cfg, [path], **QUIET)
+    log = tmp_path / "r.json.run" / "jobs.jsonl"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 6  # 3 runs of the set + 3 of the random baseline
+    log.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])  # "killed": two jobs lost, one line cut short
+    import evals.protocol as protocol
+
+    calls = []
+    real = protocol.run_job
+    monkeypatch.setattr(protocol, "run_job", lambda **kw: calls.append(kw) or real(**kw))
+    again = run_eval(cfg, [path], **QUIET)
+    assert len(calls) == 2
+    assert again["results"] == first["results"]
+
+
+def test_a_changed_file_is_not_taken_from_the_log(toy, hard_set, tmp_path):
+    path, s = hard_set
+    cfg = cfg_for(tmp_path, random_baseline=False)
+    before = run_eval(cfg, [path], **QUIET)["results"][0]["accs"]
+    s2 = real_subset(toy, class_balanced_indices(toy.y_train, 2, 999), "herding", config={"arch": ARCH})
+    s2.save(path)
+    after = run_eval(cfg, [path], **QUIET)["results"][0]["accs"]
+    assert after != before
+
+
+def test_full_data_baseline_row(tmp_path):
+    doc = run_eval(cfg_for(tmp_path, baseline="full", dataset="toy", archs=[ARCH], runs=1, epochs=2), [], **QUIET)
+    (row,) = doc["results"]
+    assert row["synset"] is None and row["baseline"] == "full" and row["epochs"] == 2 and 0 <= row["accs"][0] <= 100
+
+
+def test_a_failing_job_is_reported_and_the_others_finish(hard_set, tmp_path, monkeypatch):
+    path, _ = hard_set
+    import evals.protocol as protocol
+    from condense.errors import CondenseError
+
+    real = protocol.run_job
+
+    def flaky(**kw):
+        if kw["source"]["kind"] == "random" and kw["runs"] == [1]:
+            raise RuntimeError("boom")
+        return real(**kw)
+
+    monkeypatch.setattr(protocol, "run_job", flaky)
+    with pytest.raises(CondenseError, match="1 evaluation job"):
+        run_eval(cfg_for(tmp_path), [path], **QUIET)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [r["synset"] for r in doc["results"]] == [path]  # the complete group is reported
+    assert "boom" in doc["failed_jobs"][0]
+
+
+def test_paired_difference():
+    d = paired([70.0, 72.0, 71.0], [60.0, 61.0, 65.0])
+    assert d["mean"] == pytest.approx(9.0)
+
+
+def test_cli_eval_table_json_and_plots(hard_set, tmp_path, capsys):
+    path, _ = hard_set
+    out = tmp_path / "res.json"
+    code = main(["eval", path, "--arch", ARCH, "--arch", "convnet:width=4,depth=1", "--runs", "2", "--epochs", "2",
+                 "--json", str(out), "--plots", str(tmp_path / "plots"), "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "random real" in text and "hard.h5" in text and "vs random" in text
+    doc = json.loads(out.read_text())
+    assert {r["arch"] for r in doc["results"]} == {ARCH, "convnet:width=4,depth=1"}
+    assert len(doc["results"]) == 4
+    assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "{set}", "--runs", "0"], "--runs must be positive"),
+    (["eval", "{set}", "--arch", "convnet:depth=9"], "cannot train on toy images"),
+    (["eval", "{set}", "--arch", "nosuchnet"], "--arch nosuchnet"),
+    (["eval", "{set}", "--devices", "cuda:7"], "cuda"),
+    (["eval", "missing.h5"], "no such synthetic-set file"),
+    (["eval"], "give synthetic-set files"),
+    (["eval", "--baseline", "random", "--dataset", "toy"], "needs positive --ipc"),
+])
+def test_bad_input_is_one_line(hard_set, tmp_path, capsys, argv, message):
+    path, _ = hard_set
+    argv = [a.replace("{set}", path) for a in argv] + ["--json", str(tmp_path / "x.json"), "--no-progress"]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_set_of_an_unavailable_dataset_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CONDENSE_DATA", str(tmp_path / "empty"))
+    s = SynSet.hard(torch.zeros(10, 3, 32, 32), torch.arange(10), dataset="cifar10", num_classes=10, method="dm")
+    path = str(s.save(tmp_path / "c10.h5"))
+    assert main(["eval", path, "--json", str(tmp_path / "x.json"), "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "dataset 'cifar10' is not available here" in err and len(err.splitlines()) == 1
