@@ -44,47 +44,52 @@ def test_datasets_lists_found_and_missing(capsys, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    assert main(["run", "--preset", "toy/smoke", "--out", str(out), "--runs", "2", "--epochs", "3", "--ipc", "2",
-                 "--device", "cpu"]) == 0
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart")
+    assert main(["run", "--preset", "toy/quickstart", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     return out
 
 
-def test_smoke_job_writes_sets_grids_and_results(smoke_run):
-    results = json.loads((smoke_run / "results.json").read_text())
-    (row,) = results["results"]
-    assert row["method"] == "random" and row["ipc"] == 2 and len(row["accs"]) == 2
-    assert row["mean"] == pytest.approx(sum(row["accs"]) / 2)
-    assert row["storage_bytes"]["images"] == 4 * 2 * 3 * 16 * 16 * 4
-    s = load_synset(smoke_run / "random_ipc2.h5")
-    assert s.ipc == 2 and s.dataset == "toy" and s.indices is not None and s.data["val_size"] > 0
-    assert (smoke_run / "random_ipc2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert results["config"]["epochs"] == 3, "flags override the preset"
+def test_quickstart_pipeline_writes_experts_sets_grids_results_and_plots(quickstart):
+    results = json.loads((quickstart / "results.json").read_text())
+    rows = {(r["method"], r["baseline"]): r for r in results["results"]}
+    assert set(rows) == {("tm", None), ("dm", None), ("random", "random")}
+    for row in rows.values():
+        assert row["ipc"] == 1 and len(row["accs"]) == 2 and row["mean"] == pytest.approx(sum(row["accs"]) / 2)
+    assert rows[("dm", None)]["storage_bytes"]["images"] == 4 * 1 * 3 * 16 * 16 * 4
+    assert {x["score"] for x in results["scores"]} == {"vs_random"}
+    assert len(list((quickstart / "experts").glob("expert_*.h5"))) == 2
+    for name in ("tm_ipc1", "dm_ipc1"):
+        s = load_synset(quickstart / f"{name}.h5")
+        assert s.ipc == 1 and s.dataset == "toy" and s.method == name[:2]
+        assert (quickstart / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (quickstart / "plots" / "accuracy.png").exists()
+    assert load_synset(quickstart / "tm_ipc1.h5").lr is not None, "tm learns its lr"
 
 
-def test_same_seed_reproduces_the_numbers_exactly(smoke_run, tmp_path):
-    argv = ["run", "--preset", "toy/smoke", "--runs", "2", "--epochs", "3", "--ipc", "2", "--device", "cpu"]
-    assert main(argv + ["--out", str(tmp_path / "again")]) == 0
-    assert main(argv + ["--out", str(tmp_path / "other"), "--seed", "5"]) == 0
-    first = json.loads((smoke_run / "results.json").read_text())["results"][0]
-    again = json.loads((tmp_path / "again" / "results.json").read_text())["results"][0]
-    other = json.loads((tmp_path / "other" / "results.json").read_text())["results"][0]
-    assert again["accs"] == first["accs"]
-    assert torch.equal(load_synset(tmp_path / "again" / "random_ipc2.h5").images, load_synset(smoke_run / "random_ipc2.h5").images)
-    assert not torch.equal(load_synset(tmp_path / "other" / "random_ipc2.h5").indices,
-                           load_synset(smoke_run / "random_ipc2.h5").indices)
-    assert other["subset_seeds"] == [5, 6]
+def test_rerunning_the_pipeline_resumes_every_step(quickstart, capsys):
+    before = json.loads((quickstart / "results.json").read_text())["results"]
+    assert main(["run", "--preset", "toy/quickstart", "--out", str(quickstart), "--device", "cpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "already recorded" in out and out.count("already synthesized") == 2 and "6 of 6 jobs already finished" in out
+    assert json.loads((quickstart / "results.json").read_text())["results"] == before
 
 
-def test_show_writes_png(smoke_run, tmp_path, capsys):
-    code, out, _ = run_cli(capsys, "show", str(smoke_run / "random_ipc2.h5"), "--out", str(tmp_path / "g.png"))
-    assert code == 0 and "8 images" in out
+def test_smoke_preset_evaluates_the_random_baseline(tmp_path):
+    assert main(["run", "--preset", "toy/smoke", "--out", str(tmp_path), "--runs", "2", "--epochs", "2",
+                 "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert [(r["baseline"], r["ipc"], r["epochs"], r["runs"]) for r in rows] == [("random", 1, 2, 2), ("random", 4, 2, 2)]
+
+
+def test_show_writes_png(quickstart, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "show", str(quickstart / "dm_ipc1.h5"), "--out", str(tmp_path / "g.png"))
+    assert code == 0 and "4 images" in out
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_convert_round_trip(smoke_run, tmp_path, capsys):
-    src = smoke_run / "random_ipc2.h5"
+def test_convert_round_trip(quickstart, tmp_path, capsys):
+    src = quickstart / "dm_ipc1.h5"
     assert run_cli(capsys, "convert", str(src), str(tmp_path / "s.pt"))[0] == 0
     assert run_cli(capsys, "convert", str(tmp_path / "s.pt"), str(tmp_path / "back.h5"), "--dataset", "toy")[0] == 0
     a, b = load_synset(src), load_synset(tmp_path / "back.h5")
@@ -95,8 +100,8 @@ def test_convert_round_trip(smoke_run, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (("show", "missing.h5", "--out", "x.png"), "no such file"),
     (("run", "--preset", "nope/none"), "unknown preset"),
-    (("run", "--preset", "toy/smoke", "--ipc", "0"), "ipc values must be positive"),
-    (("run", "--dataset", "imagenet-9000"), "imagenet-9000"),
+    (("run", "--preset", "toy/smoke", "--runs", "0"), "--runs must be positive"),
+    (("run", "--preset", "fashion-mnist/tm-ipc1-cpu"), "has no 'run' section"),
     (("labels", "--codec", "topk"), "not available yet"),
     (("convert", "a.txt", "b.h5"), "convert goes"),
     (("convert", "a.pt", "b.h5"), "needs --dataset"),
@@ -152,9 +157,11 @@ def test_plugins_register_datasets_and_archs_for_the_cli(tmp_path, monkeypatch, 
     monkeypatch.setenv("CONDENSE_PLUGINS", "my_plugin")
     code, out, _ = run_cli(capsys, "datasets")
     assert code == 0 and "plugin-set" in out
-    code, out, err = run_cli(capsys, "run", "--dataset", "plugin-set", "--arch", "tinylin", "--ipc", "2", "--runs", "1",
-                             "--epochs", "2", "--out", str(tmp_path / "o"), "--device", "cpu")
+    code, out, err = run_cli(capsys, "eval", "--baseline", "random", "--dataset", "plugin-set", "--arch", "tinylin",
+                             "--ipc", "2", "--runs", "1", "--epochs", "2", "--json", str(tmp_path / "o.json"),
+                             "--no-progress")
     assert code == 0, err
+    assert "random real" in out and "tinylin" in out
     monkeypatch.setenv("CONDENSE_PLUGINS", "no_such_plugin_module")
     code, _, err = run_cli(capsys, "datasets")
     assert code == 2 and "no_such_plugin_module" in err

@@ -8,12 +8,14 @@ import pytest
 from condense.config import load_preset, make_config, preset_names, preset_section
 from condense.errors import ConfigError
 from condense.methods import get_method
-from condense.smoke import SmokeConfig
+from evals.grid import EvalConfig
+from evals.pipeline import RunConfig, step_config, step_kind
 from trajectories.record import BufferConfig
 from condense.stats import summarize
 
-# Which dataclass validates each preset section; a new command adds its row.
-SECTIONS = {"run": SmokeConfig, "buffer": BufferConfig, "synth": None}  # synth: the config of its method
+# Which dataclass validates each preset section (by kind: the name up to the first '-'); a new command
+# adds its row. synth: the config of its method.
+SECTIONS = {"run": RunConfig, "buffer": BufferConfig, "synth": None, "eval": EvalConfig}
 
 
 @dataclass
@@ -45,7 +47,7 @@ def test_unknown_key_and_wrong_type_are_refused():
 
 
 def test_dashes_in_keys_are_accepted():
-    assert make_config(SmokeConfig, {"data-root": "/x"}).data_root == "/x"
+    assert make_config(EvalConfig, {"data-root": "/x"}).data_root == "/x"
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -55,9 +57,20 @@ def test_every_shipped_preset_loads_and_validates(name):
     sections = [k for k in data if k not in ("description", "source")]
     assert sections, "a preset configures at least one command"
     for section in sections:
-        assert section in SECTIONS, f"no config class registered for section {section!r}"
+        assert step_kind(section) in SECTIONS, f"no config class registered for section {section!r}"
         values = dict(preset_section(name, section))
-        cls = SECTIONS[section] or get_method(values.pop("method")).config
+        if section == "run":
+            cfg = make_config(RunConfig, values, where=name)
+            cfg.validate()
+            assert all(step in data for step in cfg.steps), "every step of a pipeline has its section"
+            continue
+        if step_kind(section) == "synth" and section != "synth":
+            cfg = step_config("synth", values, name)[1]
+            if getattr(cfg, "trajectories", None) == "":  # a pipeline's tm reads its buffer step's store
+                cfg.trajectories = "<the buffer step's store>"
+            cfg.validate()
+            continue
+        cls = SECTIONS[step_kind(section)] or get_method(values.pop("method")).config
         make_config(cls, values, where=name).validate()
 
 

@@ -1,0 +1,155 @@
+"""``condense run``: buffer → synth → eval from one preset, every output in one folder.
+
+A pipeline preset has a ``run`` section naming its steps, and one section per step:
+
+    run:   {steps: [buffer, synth-tm, synth-dm, eval], out: runs/quickstart}
+    buffer:   {...BufferConfig...}            experts  -> <out>/experts
+    synth-tm: {method: tm, ...TMConfig...}    a set    -> <out>/tm_ipc1.h5 (+ tm_ipc1.png)
+    synth-dm: {method: dm, ...}               a set    -> <out>/dm_ipc1.h5 (+ dm_ipc1.png)
+    eval:     {...EvalConfig...}              every set above, beside the random baseline
+                                                       -> <out>/results.json, <out>/plots/
+
+A step's kind is its name up to the first ``-``. Outputs always land under ``out``
+(a section's own ``out`` is taken relative to it); ``tm`` reads the trajectories of the
+last ``buffer`` step unless its section names a store. Every step resumes (the store
+skips finished experts, synthesis restarts from its checkpoint, the evaluation grid
+from its job log), so rerunning a killed pipeline finishes it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from condense.config import load_preset, make_config
+from condense.errors import ConfigError
+
+STEP_KINDS = ("buffer", "synth", "eval")
+
+
+@dataclass
+class RunConfig:
+    """The ``run`` section: which sections to run, in order, and where the outputs go."""
+
+    steps: list[str] = field(default_factory=list)
+    out: str = "runs/quickstart"
+    device: str | None = None  # synthesis and recording device; eval uses it unless its section lists devices
+    runs: int | None = None  # overrides the eval section's runs
+    epochs: int | None = None  # overrides the eval section's epochs
+
+    def validate(self) -> None:
+        if not self.steps:
+            raise ConfigError("the run section lists no steps (e.g. steps: [buffer, synth-tm, eval])")
+        for s in self.steps:
+            if step_kind(s) not in STEP_KINDS:
+                raise ConfigError(f"unknown step {s!r}: a step is a section named buffer*, synth* or eval*")
+        if self.runs is not None and self.runs <= 0:
+            raise ConfigError(f"--runs must be positive, got {self.runs}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+
+
+def step_kind(name: str) -> str:
+    return name.split("-", 1)[0]
+
+
+def step_config(kind: str, values: dict[str, Any], where: str) -> tuple[str | None, Any]:
+    """(method name for a synth step else None, the typed config of the step's section)."""
+    values = dict(values or {})
+    if kind == "buffer":
+        from trajectories.record import BufferConfig
+
+        return None, make_config(BufferConfig, values, where=where)
+    if kind == "synth":
+        from condense.methods import get_method
+
+        method = values.pop("method", None)
+        if not method:
+            raise ConfigError(f"{where}: a synth step needs 'method'")
+        return method, make_config(get_method(method).config, values, where=where)
+    from .grid import EvalConfig
+
+    return None, make_config(EvalConfig, values, where=where)
+
+
+def _under(out: Path, given: str | None, default: str) -> str:
+    return str(out / (given or default))
+
+
+def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = print, bars: bool = True) -> dict[str, Any]:
+    """Run every step of ``preset`` (name or YAML file) in order; returns the eval report (if any)."""
+    cfg.validate()
+    data = load_preset(preset)
+    missing = [s for s in cfg.steps if s not in data]
+    if missing:
+        raise ConfigError(f"preset {preset!r} names step {missing[0]!r} but has no such section")
+    configs = [(s, *step_config(step_kind(s), data[s], f"preset {preset!r}, section {s!r}")) for s in cfg.steps]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    store, sets, doc, t0 = None, [], {}, time.perf_counter()
+    for name, method, step in configs:
+        kind, started = step_kind(name), time.perf_counter()
+        note(f"== {name}")
+        if kind == "buffer":
+            from trajectories.record import record_store
+
+            step.out = _under(out, None if step.out == _default(step, "out") else step.out, "experts")
+            if cfg.device is not None:
+                step.devices = [cfg.device]
+            record_store(step, progress=note, bars=bars)
+            store = step.out
+        elif kind == "synth":
+            sets.append(_synth(method, step, out, store, device, note, bars))
+        else:
+            from .harness import run_eval
+
+            step.json = str(out / "results.json")
+            step.plots = str(out / "plots")
+            if cfg.runs is not None:
+                step.runs = cfg.runs
+            if cfg.epochs is not None:
+                step.epochs = cfg.epochs
+            if cfg.device is not None and step.devices == ["cpu"]:
+                step.devices = [cfg.device]
+            doc = run_eval(step, sets, note=note, bars=bars)
+        note(f"{name}: done in {time.perf_counter() - started:.0f} s")
+    note(f"pipeline finished in {(time.perf_counter() - t0) / 60:.1f} min; outputs in {out}/")
+    return doc
+
+
+def _device(name: str | None) -> torch.device:
+    from condense.jobs import parse_device
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return parse_device(name)
+
+
+def _synth(method: str, step, out: Path, store: str | None, device: torch.device, note, bars) -> str:
+    """Run one synthesis step; returns the set's path (and writes its PNG grid beside it)."""
+    from condense.data import dataset_info
+    from condense.methods import get_method
+    from condense.viz import save_grid
+
+    step.out = _under(out, None if step.out == _default(step, "out") else step.out, f"{method}_ipc{step.ipc}.h5")
+    if hasattr(step, "trajectories") and (step.trajectories is None or step.trajectories == _default(step, "trajectories")):
+        if store is None:
+            raise ConfigError(f"the {method} step needs trajectories: put a buffer step before it")
+        step.trajectories = store
+    s = get_method(method).run(step, device, progress=note, bars=bars)
+    grid = Path(step.out).with_suffix(".png")
+    save_grid(s.to_pixels(), s.classes, grid, class_names=dataset_info(s.dataset).class_names,
+              title=f"{method}, {s.dataset}, IPC {s.ipc}")
+    note(f"wrote {step.out} and {grid}")
+    return step.out
+
+
+def _default(step, name: str):
+    f = type(step).__dataclass_fields__[name]
+    return f.default if f.default is not dataclasses.MISSING else None
+
