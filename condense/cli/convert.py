@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "layout ({image_syn, label_syn, syn_lr}). Importing needs --dataset (and --zca if the images "
                     "were ZCA-whitened), since .pt files do not say how their pixels were transformed. .pt files "
                     "are read with weights_only=True: nothing is unpickled.",
-        epilog="examples:\n  condense convert runs/smoke/random_ipc10.h5 random_ipc10.pt\n"
+        epilog="examples:\n  condense convert runs/quickstart/dm_ipc1.h5 dm_ipc1.pt\n"
                "  condense convert mtt_set.pt mtt_set.h5 --dataset cifar10 --zca",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="input file (.h5 or .pt)")

@@ -18,8 +18,9 @@ from . import eval as eval_cmd
 
 EPILOG = """examples:
   condense datasets                          what is available, and where
-  condense run                               the embedded quick start on Fashion-MNIST (CPU, minutes)
-  condense show runs/quickstart/random_ipc10.h5 --out grid.png
+  condense run                               the quick start on Fashion-MNIST: buffer, tm + dm, eval (CPU, minutes)
+  condense eval SET.h5 --runs 5              evaluate a set beside the random-real baseline
+  condense show runs/quickstart/dm_ipc1.h5 --out grid.png
   condense convert set.h5 set.pt             export to the reference repositories' .pt layout
 
 Add --debug anywhere to see full tracebacks. $CONDENSE_PLUGINS=mod1,mod2 imports your own

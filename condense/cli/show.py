@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="For a synthetic-set file: a PNG grid, one row per class, images mapped back to pixels "
                     "with the normalisation/ZCA the file carries. For a trajectory-store folder: per-expert "
                     "test accuracy, distance from init and per-epoch step length.",
-        epilog="examples:\n  condense show runs/smoke/random_ipc10.h5 --out grid.png\n"
+        epilog="examples:\n  condense show runs/quickstart/dm_ipc1.h5 --out grid.png\n"
                "  condense show runs/fmnist/experts --out traj.png\n"
                "  condense show set.h5 --out grid.png --max-per-class 5",
         formatter_class=argparse.RawDescriptionHelpFormatter)
