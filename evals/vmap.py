@@ -36,7 +36,9 @@ draws repeated per image, which applies the same parameters to the same images.
 Which runs are stacked how many at a time is :func:`plan_stack`'s rule (measured on a
 2-core CPU, see the benchmark ``benchmarks/bench_vmap.py``): on a CPU stacking pays
 while the per-step batch is small (the per-call overheads dominate), and is no faster
-once the convolutions are compute-bound, so large batches train sequentially.
+once the convolutions are compute-bound, so large batches train sequentially
+(b = min(N, batch_size) > 32 on a CPU). Testing is always stacked, in cache-sized
+chunks (:func:`stacked_accuracy`), which is ~2x faster than 1024-image batches here.
 
 Supported: ``convnet`` with norm ``instance``, ``layer`` or ``none``, any activation,
 pool ``avg``, ``max`` or ``none``, any depth, width, channels and image size.
