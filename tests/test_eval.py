@@ -181,3 +181,18 @@ def test_a_set_of_an_unavailable_dataset_is_one_line(tmp_path, capsys, monkeypat
     assert main(["eval", path, "--json", str(tmp_path / "x.json"), "--no-progress"]) != 0
     err = capsys.readouterr().err.strip()
     assert "dataset 'cifar10' is not available here" in err and len(err.splitlines()) == 1
+
+
+def test_vmap_seeds_gives_the_runs_numbers_and_falls_back_with_a_message(hard_set, tmp_path):
+    path, _ = hard_set
+    plain = run_eval(cfg_for(tmp_path, random_baseline=False), [path], **QUIET)["results"][0]
+    notes: list[str] = []
+    cfg = cfg_for(tmp_path, random_baseline=False, vmap_seeds=True, json=str(tmp_path / "v.json"))
+    stacked = run_eval(cfg, [path], note=notes.append, bars=False)["results"][0]
+    assert stacked["accs"] == pytest.approx(plain["accs"], abs=0.8)  # within one test image of 128
+    assert not any("--vmap-seeds" in n for n in notes)
+    bn = "convnet:width=8,depth=2,norm=batch"
+    cfg = cfg_for(tmp_path, random_baseline=False, vmap_seeds=True, archs=[bn], json=str(tmp_path / "b.json"))
+    rows = run_eval(cfg, [path], note=notes.append, bars=False)["results"]
+    assert len(rows[0]["accs"]) == 2
+    assert any(n.startswith(f"--vmap-seeds: {bn}:") and "one by one" in n for n in notes)
