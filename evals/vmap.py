@@ -37,8 +37,9 @@ Which runs are stacked how many at a time is :func:`plan_stack`'s rule (measured
 2-core CPU, see the benchmark ``benchmarks/bench_vmap.py``): on a CPU stacking pays
 while the per-step batch is small (the per-call overheads dominate), and is no faster
 once the convolutions are compute-bound, so large batches train sequentially
-(b = min(N, batch_size) > 32 on a CPU). Testing is always stacked, in cache-sized
-chunks (:func:`stacked_accuracy`), which is ~2x faster than 1024-image batches here.
+(b = min(N, batch_size) > 32 on a CPU). Testing is stacked on a GPU, in cache-sized
+chunks (:func:`stacked_accuracy`); on a CPU each net is tested alone with
+``condense.train.accuracy``'s 128-image batches, which measured faster (docs/BENCHMARKS.md).
 
 Supported: ``convnet`` with norm ``instance``, ``layer`` or ``none``, any activation,
 pool ``avg``, ``max`` or ``none``, any depth, width, channels and image size.
@@ -60,7 +61,7 @@ from condense.nets import build_net, parse_arch
 from condense.nets.pool import AvgPool2x2, avg_pool_2x2
 from condense.rng import generator
 from condense.synset import LabelSpec
-from condense.train import (DEFAULT_LR, STREAM_DSA, STREAM_INIT, STREAM_ORDER, TrainProtocol, label_loss, lr_at,
+from condense.train import (DEFAULT_LR, accuracy, STREAM_DSA, STREAM_INIT, STREAM_ORDER, TrainProtocol, label_loss, lr_at,
                             train_model)
 
 __all__ = ["stack_reason", "train_stacked", "train_stacked_nets", "plan_stack", "StackedConvNet"]
@@ -358,7 +359,7 @@ _CPU_MAX_BATCH = 32
 
 def plan_stack(num_images: int, batch_size: int, num_runs: int, device: str | torch.device = "cpu",
                max_stack: int | None = None) -> int:
-    """How many runs to TRAIN at once (1 = one after the other); evaluation is always stacked.
+    """How many runs to TRAIN at once (1 = one after the other).
 
     On a CUDA device every run is stacked (capped by ``max_stack``). On a CPU, runs are
     stacked only while a step's batch b = min(num_images, batch_size) <= 32 (see
@@ -380,7 +381,8 @@ def train_stacked(images: torch.Tensor, labels: torch.Tensor, arch: str, protoco
 
     Runs are trained :func:`plan_stack` at a time (``max_stack`` caps it; when it says 1
     each run is trained alone by :func:`condense.train.train_model`); the trained nets
-    are then tested together by :func:`stacked_accuracy`. Returns the test accuracies
+    are then tested together by :func:`stacked_accuracy` on a GPU, one by one with
+    :func:`condense.train.accuracy` on a CPU (faster there since its batches shrank to 128). Returns the test accuracies
     (fractions) in the order of ``runs``. Raises ConfigError with :func:`stack_reason`'s
     message for an architecture that cannot be stacked.
     """
@@ -407,5 +409,8 @@ def train_stacked(images: torch.Tensor, labels: torch.Tensor, arch: str, protoco
             else:
                 train_stacked_nets(nets[s:s + per], x, y, protocol, seed=seed, runs=chunk[s:s + per], lr=base_lr,
                                    label_spec=label_spec)
-        accs += stacked_accuracy(StackedConvNet.of(nets), test[0], test[1])
+        if torch.device(device).type == "cpu":  # plain 128-image batches per net beat the stacked pass on a CPU
+            accs += [accuracy(n, test[0], test[1], protocol.test_batch_size) for n in nets]
+        else:
+            accs += stacked_accuracy(StackedConvNet.of(nets), test[0], test[1])
     return accs
