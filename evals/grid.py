@@ -252,16 +252,22 @@ def run_grid(groups: Sequence[Group], cfg: EvalConfig, *, note: Callable[[str], 
     errors: list[str] = []
     names = {job.key: groups[gi].name for gi, job in pairs}
     bar = _bar(len(pairs), len(pairs) - len(todo), bars)
-    for res in execute(todo, executor=cfg.executor, devices=cfg.devices, address=cfg.address):
-        row = log.append(res)
-        if res.ok:
-            done[res.key] = row
-            bar.set_postfix_str(f"{names[res.key][-40:]}: {', '.join(f'{a:.1f}' for a in row['accs'])}")
-        else:
-            errors.append(f"{names[res.key]}: {res.error.splitlines()[0]}")
-            note(f"job failed: {errors[-1]}")
-        bar.update(1)
-    bar.close()
+    from . import protocol
+
+    protocol.EPOCH_BARS = bars and cfg.executor == "local" and len(cfg.devices) == 1
+    try:
+        for res in execute(todo, executor=cfg.executor, devices=cfg.devices, address=cfg.address):
+            row = log.append(res)
+            if res.ok:
+                done[res.key] = row
+                bar.set_postfix_str(f"{names[res.key][-40:]}: {', '.join(f'{a:.1f}' for a in row['accs'])}")
+            else:
+                errors.append(f"{names[res.key]}: {res.error.splitlines()[0]}")
+                note(f"job failed: {errors[-1]}")
+            bar.update(1)
+    finally:
+        protocol.EPOCH_BARS = False
+        bar.close()
     return done, errors
 
 

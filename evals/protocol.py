@@ -33,6 +33,9 @@ from condense.train import TrainProtocol, evaluate
 
 SOURCES = ("synset", "random", "full")
 VARIANTS = ("set", "hard", "no-dsa")
+# Set by the harness for jobs it runs in its own process: an epoch-level progress bar under
+# the grid's bar (worker processes and Ray tasks keep it off: their output would interleave).
+EPOCH_BARS = False
 
 
 @dataclass(frozen=True)
@@ -130,12 +133,17 @@ def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, ru
                              label_spec=spec, device=device)
         return {"accs": [100.0 * a for a in accs], "curves": []}
     accs, curves = [], []
-    for r in runs:
-        images, labels, spec, lr = training_data(src, variant, seed, r, temperature)
-        history: list[float] = []
-        accs.append(100.0 * evaluate(images, labels, arch, proto, seed, test=test, num_classes=k, run=r, lr=lr,
-                                     label_spec=spec, device=device, history=history))
-        curves.append(history)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=proto.epochs * len(runs), desc=f"{arch} run {runs[0]}", unit="ep", leave=False,
+              disable=not EPOCH_BARS, dynamic_ncols=True) as bar:
+        for r in runs:
+            images, labels, spec, lr = training_data(src, variant, seed, r, temperature)
+            history: list[float] = []
+            accs.append(100.0 * evaluate(images, labels, arch, proto, seed, test=test, num_classes=k, run=r, lr=lr,
+                                         label_spec=spec, device=device, history=history,
+                                         on_epoch=lambda *_: bar.update(1)))
+            curves.append(history)
     return {"accs": accs, "curves": curves}
 
 
