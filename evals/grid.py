@@ -182,19 +182,29 @@ def stacking_plan(group: Group, cfg: EvalConfig) -> tuple[bool, str | None]:
     return reason is None, (None if reason is None else f"{group.arch}: {reason}; its runs train one by one")
 
 
+def group_jobs(group: Group, cfg: EvalConfig) -> tuple[list[Job], str | None]:
+    """The group's jobs in run order (one per run, or one for all runs when they are stacked),
+    and the line to print when --vmap-seeds falls back for it."""
+    stacked, why = stacking_plan(group, cfg)
+    run_lists = [list(range(cfg.runs))] if stacked else [[r] for r in range(cfg.runs)]
+    jobs = []
+    for runs in run_lists:
+        kwargs = job_kwargs(group.source, group.arch, group.variant, group.protocol, cfg.seed, runs, stacked,
+                            cfg.temperature)
+        jobs.append(Job(job_key(kwargs), JOB_FN, kwargs))
+    return jobs, why
+
+
 def jobs_of(groups: Sequence[Group], cfg: EvalConfig, note: Callable[[str], None] = print) -> list[tuple[int, Job]]:
-    """(group index, job) pairs: one job per run, or one per group when its runs are stacked."""
+    """(group index, job) pairs of every group (see :func:`group_jobs`)."""
     out: list[tuple[int, Job]] = []
     noted: set[str] = set()
     for gi, g in enumerate(groups):
-        stacked, why = stacking_plan(g, cfg)
+        jobs, why = group_jobs(g, cfg)
         if why and why not in noted:
             noted.add(why)
             note(f"--vmap-seeds: {why}")
-        run_lists = [list(range(cfg.runs))] if stacked else [[r] for r in range(cfg.runs)]
-        for runs in run_lists:
-            kwargs = job_kwargs(g.source, g.arch, g.variant, g.protocol, cfg.seed, runs, stacked, cfg.temperature)
-            out.append((gi, Job(job_key(kwargs), JOB_FN, kwargs)))
+        out += [(gi, job) for job in jobs]
     return out
 
 
@@ -281,20 +291,11 @@ def aggregate(groups: Sequence[Group], cfg: EvalConfig, done: dict[str, dict[str
     """One row per group with all its runs finished (accs in run order, mean/std/ci95)."""
     rows = []
     for g in groups:
-        stacked, _ = stacking_plan(g, cfg)
-        run_lists = [list(range(cfg.runs))] if stacked else [[r] for r in range(cfg.runs)]
-        accs: list[float] = []
-        curves: list[list[float]] = []
-        complete = True
-        for runs in run_lists:
-            key = job_key(job_kwargs(g.source, g.arch, g.variant, g.protocol, cfg.seed, runs, stacked, cfg.temperature))
-            if key not in done:
-                complete = False
-                break
-            accs += done[key]["accs"]
-            curves += done[key].get("curves", [])
-        if not complete:
+        keys = [job.key for job in group_jobs(g, cfg)[0]]
+        if not all(k in done for k in keys):
             continue
+        accs = [a for k in keys for a in done[k]["accs"]]
+        curves = [c for k in keys for c in done[k].get("curves", [])]
         row = {"synset": g.source.path, "method": g.method, "ipc": g.ipc, "arch": g.arch, "variant": g.variant,
                "accs": accs, **summarize(accs), "storage_bytes": g.storage_bytes,
                "epochs": g.protocol.epochs, "seed": cfg.seed, "runs": len(accs),

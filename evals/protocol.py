@@ -119,9 +119,7 @@ def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, ru
     (curves are empty for stacked training).
     """
     src = Source(**source)
-    proto = TrainProtocol(**protocol)
-    if variant == "no-dsa":
-        proto = TrainProtocol(**{**protocol, "dsa": False})
+    proto = TrainProtocol(**{**protocol, "dsa": protocol["dsa"] and variant != "no-dsa"})
     ds = dataset_of(src)
     test = (ds.x_test, ds.y_test)
     k = ds.info.num_classes
