@@ -92,6 +92,13 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1' or None (= cuda if available, else cpu), refused if absent."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return parse_device(name)
+
+
 def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 

@@ -27,6 +27,7 @@ import torch
 
 from condense.config import load_preset, make_config
 from condense.errors import ConfigError
+from condense.jobs import resolve_device
 
 STEP_KINDS = ("buffer", "synth", "eval")
 
@@ -90,7 +91,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
     configs = [(s, *step_config(step_kind(s), data[s], f"preset {preset!r}, section {s!r}")) for s in cfg.steps]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     store, sets, doc, t0 = None, [], {}, time.perf_counter()
     for name, method, step in configs:
         kind, started = step_kind(name), time.perf_counter()
@@ -120,14 +121,6 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
         note(f"{name}: done in {time.perf_counter() - started:.0f} s")
     note(f"pipeline finished in {(time.perf_counter() - t0) / 60:.1f} min; outputs in {out}/")
     return doc
-
-
-def _device(name: str | None) -> torch.device:
-    from condense.jobs import parse_device
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return parse_device(name)
 
 
 def _synth(method: str, step, out: Path, store: str | None, device: torch.device, note, bars) -> str:

@@ -1,14 +1,11 @@
-"""Helpers every subcommand shares: presets + flag overrides, seeds, devices."""
+"""Helpers every subcommand shares: presets + flag overrides (devices: condense.jobs.resolve_device)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 from typing import Any, TypeVar
 
-import torch
-
 from ..config import make_config, preset_section
-from ..jobs import parse_device
 
 C = TypeVar("C")
 
@@ -24,13 +21,6 @@ def config_from_args(cls: type[C], args: argparse.Namespace, section: str) -> C:
     preset = preset_section(args.preset, section) if getattr(args, "preset", None) else None
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return make_config(cls, preset, flags, where=f"preset {args.preset!r}" if preset is not None else "")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:1' or None (= cuda if available, else cpu), refused if absent."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return parse_device(name)
 
 
 def describe(cfg: Any) -> str:

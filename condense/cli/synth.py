@@ -6,7 +6,8 @@ import dataclasses
 
 from ..config import make_config, preset_section
 from ..errors import ConfigError
-from .common import add_preset_flag, describe, resolve_device
+from ..jobs import resolve_device
+from .common import add_preset_flag, describe
 
 EXAMPLES = """examples:
   condense synth --method tm --dataset fashion-mnist --ipc 10 --trajectories runs/fmnist/experts \\
