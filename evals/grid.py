@@ -29,6 +29,7 @@ from .protocol import Source, dataset_of, job_kwargs
 
 JOB_FN = "evals.protocol:run_job"
 BASELINES = ("random", "full")
+SET_EPOCHS = 300  # the CPU protocol's evaluation epochs (DESIGN.md)
 FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (DESIGN.md)
 
 
@@ -39,7 +40,7 @@ class EvalConfig:
     archs: list[str] = field(default_factory=list)  # empty: each set's own arch
     runs: int = 5
     seed: int = 0
-    epochs: int = 300
+    epochs: int | None = None  # None: SET_EPOCHS, or FULL_DATA_EPOCHS for --baseline full
     lr: float | None = None  # None: the set's learned lr, else 0.01
     batch_size: int = 256
     dsa: bool = True
@@ -60,7 +61,7 @@ class EvalConfig:
     def validate(self) -> None:
         if self.runs <= 0:
             raise ConfigError(f"--runs must be positive, got {self.runs}")
-        if self.epochs <= 0:
+        if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"--epochs must be positive, got {self.epochs}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
@@ -83,8 +84,10 @@ class EvalConfig:
         for d in self.devices:
             parse_device(d)
 
-    def protocol(self, epochs: int | None = None) -> TrainProtocol:
-        p = TrainProtocol(epochs=epochs or self.epochs, lr=self.lr, batch_size=self.batch_size, dsa=self.dsa)
+    def protocol(self, default_epochs: int | None = None) -> TrainProtocol:
+        """The training protocol; ``default_epochs`` applies when no epochs were given."""
+        p = TrainProtocol(epochs=self.epochs or default_epochs or SET_EPOCHS, lr=self.lr, batch_size=self.batch_size,
+                          dsa=self.dsa)
         p.validate()
         return p
 
@@ -162,7 +165,7 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         for arch in archs:
             _check_arch(arch, ds)
             if cfg.baseline == "full":
-                groups.append(Group(base, arch, "set", cfg.protocol(cfg.epochs if cfg.epochs != 300 else FULL_DATA_EPOCHS),
+                groups.append(Group(base, arch, "set", cfg.protocol(FULL_DATA_EPOCHS),
                                     "full", None))
             else:
                 for ipc in cfg.ipc:

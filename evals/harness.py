@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 from condense.errors import CondenseError
 
-from .grid import EvalConfig, aggregate, plan, run_grid
+from .grid import FULL_DATA_EPOCHS, EvalConfig, aggregate, plan, run_grid
 from .report import plot, scores, table, to_json
 
 
@@ -24,7 +24,8 @@ def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str]
     done, errors = run_grid(groups, cfg, note=note, bars=bars)
     rows = aggregate(groups, cfg, done)
     score_rows = scores(rows)
-    protocol = {**asdict(cfg.protocol()), "seed": cfg.seed, "runs": cfg.runs, "accs_unit": "percent",
+    only_full = cfg.baseline == "full" and not paths
+    protocol = {**asdict(cfg.protocol(FULL_DATA_EPOCHS if only_full else None)), "seed": cfg.seed, "runs": cfg.runs, "accs_unit": "percent",
                 "seconds": round(time.perf_counter() - t0, 1)}
     doc = to_json(rows, score_rows, protocol, cfg.json, errors)
     if rows:

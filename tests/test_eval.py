@@ -117,6 +117,14 @@ def test_full_data_baseline_row(tmp_path):
     assert row["synset"] is None and row["baseline"] == "full" and row["epochs"] == 2 and 0 <= row["accs"][0] <= 100
 
 
+def test_full_data_baseline_defaults_to_20_epochs_and_keeps_given_ones():
+    from evals.grid import plan
+
+    base = {"baseline": "full", "dataset": "toy", "archs": [ARCH], "runs": 1}
+    assert plan(EvalConfig(**base), [])[0].protocol.epochs == 20
+    assert plan(EvalConfig(**base, epochs=300), [])[0].protocol.epochs == 300  # given explicitly: kept
+
+
 def test_a_failing_job_is_reported_and_the_others_finish(hard_set, tmp_path, monkeypatch):
     path, _ = hard_set
     import evals.protocol as protocol
