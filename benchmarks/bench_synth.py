@@ -13,10 +13,11 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from timing import time_iterations  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 
 
 def one(method: str, arch: str, iters: int, ipc: int, extra: dict) -> dict:
@@ -33,15 +34,7 @@ def one(method: str, arch: str, iters: int, ipc: int, extra: dict) -> dict:
         real_synthesize = loop.synthesize
 
         def timed_synthesize(m, *a, **kw):
-            inner = m.compute_grads
-
-            def timed(it):
-                t0 = time.perf_counter()
-                out = inner(it)
-                times.append(time.perf_counter() - t0)
-                return out
-
-            m.compute_grads = timed
+            time_iterations(m, times)
             return real_synthesize(m, *a, **kw)
 
         loop.synthesize = timed_synthesize

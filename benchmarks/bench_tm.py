@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from timing import time_iterations  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 import torch.nn.functional as F
 
 ARCH = "convnet:width=32"
@@ -51,16 +53,8 @@ def one(store: str, memory: str, steps: int, iters: int) -> dict:
         st = open_store(store)
         method = TrajectoryMatching(cfg, st, dataset_of_store(st, cfg), torch.device("cpu"))
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        times = []
-        real = method.compute_grads
-
-        def timed(it):
-            t0 = time.perf_counter()
-            out = real(it)
-            times.append(time.perf_counter() - t0)
-            return out
-
-        method.compute_grads = timed
+        times: list[float] = []
+        time_iterations(method, times)
         synthesize(method, cfg.loop(), cfg.out, {"method": "tm"}, progress=lambda s: None, bars=False)
         x, y = method.images.detach()[:100], method.classes[:100]
         net = method.net
