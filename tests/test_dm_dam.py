@@ -203,3 +203,16 @@ def test_defaults_follow_the_papers():
     dm, dam = DMConfig(), DAMConfig()
     assert (dm.lr_img, dm.batch_real, dm.arch, dm.init, dm.dsa) == (1.0, 256, "convnet", "real", True)
     assert (dam.power, dam.iters, dam.mmd_weight, dam.lr_img, dam.batch_real) == (4.0, 8000, 0.01, 1.0, 64)
+
+
+@pytest.mark.parametrize("field,value,message", [("checkpoint_every", 0, "--checkpoint-every must be positive"),
+                                                  ("iters", 0, "--iters must be positive"),
+                                                  ("eval_every", -1, "--eval-every must be >= 0")])
+def test_every_iterative_method_checks_the_loop_settings(field, value, message):
+    from condense.methods.gm import GMConfig
+    from condense.methods.tm import TMConfig
+
+    for cfg in (DMConfig(), DAMConfig(), GMConfig(), TMConfig(trajectories="store")):
+        setattr(cfg, field, value)
+        with pytest.raises(ConfigError, match=message):
+            cfg.validate()

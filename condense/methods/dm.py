@@ -66,13 +66,12 @@ class DMConfig:
 
     def validate(self, class_sizes: Sequence[int] | None = None) -> None:
         """One-line ConfigError for a bad value; ``class_sizes`` (train images per class) once known."""
-        for name in ("ipc", "iters", "batch_real", "checkpoint_every", "max_bad_steps"):
+        for name in ("ipc", "batch_real"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        self.loop()  # iters, checkpoint/eval cadence, max bad steps (LoopConfig checks them)
         if self.real_chunk is not None and self.real_chunk < 0:
             raise ConfigError(f"real_chunk must be >= 0 (0 = one pass), got {self.real_chunk}")
-        if self.eval_every < 0:
-            raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if not self.lr_img > 0:

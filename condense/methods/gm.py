@@ -67,9 +67,10 @@ class GMConfig:
         return (self.outer_loop or ref[0], self.inner_loop if self.inner_loop is not None else ref[1])
 
     def validate(self) -> None:
-        for name in ("ipc", "iters", "batch_real"):
+        for name in ("ipc", "batch_real"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        self.loop()  # iters, checkpoint/eval cadence, max bad steps (LoopConfig checks them)
         outer, inner = self.loops()
         if outer <= 0 or inner < 0:
             raise ConfigError(f"outer loop must be positive and inner loop >= 0, got {outer} and {inner}")

@@ -38,7 +38,7 @@ import torch
 
 from .. import __version__
 from ..data import dataset_info
-from ..errors import CondenseError
+from ..errors import CondenseError, ConfigError
 from ..synset import SynSet
 from ..viz import save_grid
 
@@ -54,6 +54,14 @@ class LoopConfig:
     eval_every: int = 0  # 0: no evaluation during synthesis
     max_bad_steps: int = 10
     skip_loss_above: float | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here, once, for every method: a zero cadence would fail mid-run (modulo by zero).
+        for name in ("iters", "checkpoint_every", "max_bad_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
 
     @classmethod
     def of(cls, cfg: Any) -> "LoopConfig":

@@ -77,9 +77,10 @@ class TMConfig:
     def validate(self, epochs_stored: int | None = None) -> None:
         if not self.trajectories:
             raise ConfigError("tm needs --trajectories STORE (record one with `condense buffer`)")
-        for name in ("ipc", "iters", "syn_steps", "expert_epochs", "max_start_epoch"):
+        for name in ("ipc", "syn_steps", "expert_epochs", "max_start_epoch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        self.loop()  # iters, checkpoint/eval cadence, max bad steps (LoopConfig checks them)
         if not 0 <= self.min_start_epoch < self.max_start_epoch:
             raise ConfigError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {self.min_start_epoch} and "
                               f"{self.max_start_epoch}")
