@@ -107,6 +107,7 @@ def _conv_unfold(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, padding, k: 
     out = torch.baddbmm(b.view(k, o, 1), w.reshape(k, o, c * kh * kw), cols)  # [K, O, B*P]
     return out.view(k, o, bsz, ho, wo).permute(2, 0, 1, 3, 4).reshape(bsz, k * o, ho, wo)
 
+
 class StackedConvNet(nn.Module):
     """K ConvNets of one spec as one grouped network (see the module docstring).
 
