@@ -112,6 +112,22 @@ def test_resume_may_add_experts_but_refuses_other_settings(store_dir):
     assert len(open_store(store_dir)) == 1, "a refused resume must not touch finished experts"
 
 
+def test_resume_across_a_trajectory_neutral_protocol_key_keeps_the_store_identity(tmp_path):
+    folder = tmp_path / "store"
+    prepare_store(folder, meta(protocol={"lr": 0.01, "test_batch_size": 1024}), 2)
+    key = json.loads((folder / "manifest.json").read_text())["store_key"]
+    write_expert(folder, 0)
+    # A newer version batching test accuracy differently resumes the same store ...
+    assert prepare_store(folder, meta(protocol={"lr": 0.01, "test_batch_size": 128}), 2) == [1]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["store_key"] == key and manifest["protocol"]["test_batch_size"] == 1024
+    write_expert(folder, 1)
+    assert len(open_store(folder)) == 2, "experts of both runs carry the store's key"
+    # ... but a change that shapes the trajectory is still refused.
+    with pytest.raises(CondenseError, match="differs in: protocol"):
+        prepare_store(folder, meta(protocol={"lr": 0.02, "test_batch_size": 128}), 2)
+
+
 def test_non_store_folder_is_refused(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")

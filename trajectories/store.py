@@ -42,6 +42,17 @@ _EXPERT_RE = re.compile(r"^expert_(\d{5,})\.h5$")
 # Keys that may differ between runs appending to the same store; everything else in the
 # manifest defines the store's identity.
 _NON_IDENTITY = ("experts_planned", "created", "condense_version", "store_key", "config")
+# Protocol keys that change how test accuracy is batched, not the recorded trajectory: a store
+# resumes across them and keeps the values (and the key) it was created with.
+_TRAJECTORY_NEUTRAL = ("test_batch_size",)
+
+
+def _identity_differs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Identity keys whose values differ between two manifests, trajectory-neutral ones ignored."""
+    def trajectory_part(v: Any) -> Any:
+        return {k: x for k, x in v.items() if k not in _TRAJECTORY_NEUTRAL} if isinstance(v, dict) else v
+    return sorted(k for k in set(old) | set(new) if k not in _NON_IDENTITY
+                  and trajectory_part(old.get(k)) != trajectory_part(new.get(k)))
 
 
 def store_key(meta: dict[str, Any]) -> str:
@@ -198,10 +209,13 @@ def prepare_store(folder: str | os.PathLike, meta: dict[str, Any], experts: int)
     if (folder / MANIFEST).exists():
         old = read_manifest(folder)
         if old["store_key"] != meta["store_key"]:
-            differ = sorted(k for k in set(old) | set(meta)
-                            if k not in _NON_IDENTITY and old.get(k) != meta.get(k))
-            raise CondenseError(f"{folder} holds a store recorded with other settings (differs in: "
-                                f"{', '.join(differ)}); choose another --out or the same settings")
+            differ = _identity_differs(old, meta)
+            if differ:
+                raise CondenseError(f"{folder} holds a store recorded with other settings (differs in: "
+                                    f"{', '.join(differ)}); choose another --out or the same settings")
+            # Only trajectory-neutral keys differ: keep the store's identity so its experts stay valid.
+            meta.update({k: v for k, v in old.items() if k not in _NON_IDENTITY})
+            meta["store_key"] = old["store_key"]
         meta["created"] = old.get("created")
         meta["experts_planned"] = max(experts, int(old.get("experts_planned", 0)))
     elif folder.exists() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
