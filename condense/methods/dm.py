@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..augment import DSAConfig, apply_dsa, sample_dsa
+from ..augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
 from ..data import load_dataset
 from ..errors import CondenseError, ConfigError
 from ..nets import build_net, parse_arch
@@ -164,16 +164,26 @@ class MatchingBase(ImageSynthesizer):
             p.requires_grad_(False)
         return net.train()
 
+    def real_indices(self, it: int, c: int) -> torch.Tensor:
+        """Indices into the training split of class ``c``'s real batch at iteration ``it`` (CPU)."""
+        members = self.members[c]
+        pick = torch.randperm(len(members), generator=generator(self.cfg.seed, it, c, STREAM_REAL))[:self.cfg.batch_real]
+        return members[pick]
+
+    def draw(self, it: int, c: int) -> DSADraw | None:
+        """The DSA draw class ``c`` shares between its real and synthetic batch at iteration ``it``."""
+        if self.dsa is None:
+            return None
+        return sample_dsa(self.dsa, 1, tuple(self.images.shape[1:]), generator(self.cfg.seed, it, c, STREAM_DSA))
+
     def batches(self, it: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per class: (augmented real batch, augmented synthetic images), one DSA draw for both."""
         cfg, reals, syns = self.cfg, [], []
-        shape = tuple(self.images.shape[1:])
-        for c, members in enumerate(self.members):
-            pick = torch.randperm(len(members), generator=generator(cfg.seed, it, c, STREAM_REAL))[:cfg.batch_real]
-            real = self.x_train[members[pick].to(self.device)]
+        for c in range(len(self.members)):
+            real = self.x_train[self.real_indices(it, c).to(self.device)]
             syn = self.images[c * cfg.ipc:(c + 1) * cfg.ipc]
-            if self.dsa is not None:
-                draw = sample_dsa(self.dsa, 1, shape, generator(cfg.seed, it, c, STREAM_DSA))
+            draw = self.draw(it, c)
+            if draw is not None:
                 real, syn = apply_dsa(real, draw), apply_dsa(syn, draw)
             reals.append(real)
             syns.append(syn)
