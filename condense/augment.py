@@ -317,7 +317,10 @@ def apply_dsa(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
         if bool(on.all()):
             x = _APPLY[name](x, p)
         elif bool(on.any()):
-            x = torch.where(_col(p.active[:, g]), _APPLY[name](x, p), x)
+            # Only the images this group is drawn for go through it (a per-image draw in
+            # mode 'S' applies one group per image: 1/len(groups) of the work).
+            idx = on.nonzero().squeeze(1).to(x.device)
+            x = x.index_copy(0, idx, _APPLY[name](x.index_select(0, idx), select_draw(p, idx)))
     return x.contiguous()
 
 
@@ -337,3 +340,29 @@ def siamese(xs: Sequence[torch.Tensor], config: DSAConfig, generator: torch.Gene
         return []
     draw = sample_dsa(config, xs[0].shape[0], tuple(xs[0].shape[1:]), generator, per_image)
     return [apply_dsa(x, draw) for x in xs]
+
+
+
+def select_draw(draw: DSADraw, indices: torch.Tensor) -> DSADraw:
+    """The per-image draw of images ``indices`` (int64 [B]) of a per-image ``draw``."""
+    if not draw.per_image:
+        raise ValueError("select_draw needs a per-image draw")
+    idx = torch.as_tensor(indices, dtype=torch.int64, device=draw.active.device)
+    return replace(draw, **{f.name: getattr(draw, f.name)[idx]
+                            for f in fields(draw) if isinstance(getattr(draw, f.name), torch.Tensor)})
+
+
+def view_draw(config: DSAConfig, view_seed: int, epoch: int, n: int, image_shape: Sequence[int]) -> DSADraw:
+    """The views the ``n`` images of a set with per-view labels get in ``epoch``: one
+    per-image draw from generator (view_seed, epoch), image i taking row i. A view thus
+    depends on (view_seed, epoch, image index) and the set's size only, never on the batch
+    an image lands in or the run that trains on it (select rows with :func:`select_draw`).
+    """
+    from .rng import generator
+
+    return sample_dsa(config, n, image_shape, generator(view_seed, epoch), per_image=True)
+
+
+def views(images: torch.Tensor, config: DSAConfig, view_seed: int, epoch: int) -> torch.Tensor:
+    """The epoch-``epoch`` views of a whole set's ``images`` [N, C, H, W]; see :func:`view_draw`."""
+    return apply_dsa(images, view_draw(config, view_seed, epoch, images.shape[0], tuple(images.shape[1:])))

@@ -11,8 +11,8 @@ learning rate, the full configuration and provenance. Layout (docs/FORMATS.md):
                         config (JSON), provenance (JSON), data (JSON: split facts)
     /images      float32 [N, C, H, W]
     /classes     int64 [N]        the class each image was made for
-    /labels/     attrs: kind, loss, temperature, view_mode, view_seed, codec, shape;
-                 datasets written by the codec (codec "none": data)
+    /labels/     attrs: kind, loss, temperature, view_mode, view_seed, view_strategy, codec,
+                 shape; datasets written by the codec (codec "none": data)
     /lr          float64 scalar   (only when a learning rate was learned)
     /indices     int64 [N]        (only for subsets of the real training set)
     /transform/  attrs: kind ("normalize" | "zca" | "none"), mean, std, eps, key;
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .codecs import get_codec
+from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, split_bytes
 from .data.transform import TRANSFORM_KINDS, PixelTransform
 from .data.zca import ZCA
 from .errors import ConfigError, FormatError
@@ -57,7 +57,9 @@ class LabelSpec:
     per-view labels), ``regression`` (targets of any trailing shape). ``loss`` is the
     training loss they need (ce | kl | mse); ``temperature`` divides logits before the
     softmax; ``view_mode`` is ``static`` (one label per image) or ``per-view`` (one per
-    augmented view, views regenerated from ``view_seed``).
+    augmented view: labels [V, N, K], row e holding the labels of the views of epoch e,
+    regenerated from ``view_seed`` with the DSA strategy ``view_strategy``, see
+    :func:`condense.augment.view_draw`). ``codec`` is a codec spec string (:mod:`condense.codecs`).
     """
 
     kind: str = "hard"
@@ -66,6 +68,7 @@ class LabelSpec:
     view_mode: str = "static"
     view_seed: int | None = None
     codec: str = "none"
+    view_strategy: str | None = None
 
     def validate(self) -> None:
         if self.kind not in LABEL_KINDS:
@@ -76,12 +79,12 @@ class LabelSpec:
             raise FormatError(f"hard labels train with loss 'ce', not {self.loss!r}")
         if self.view_mode not in VIEW_MODES:
             raise FormatError(f"unknown view mode {self.view_mode!r}; known: {', '.join(VIEW_MODES)}")
-        if self.view_mode == "per-view" and self.view_seed is None:
-            raise FormatError("per-view labels need the view_seed that regenerates their views")
+        if self.view_mode == "per-view" and (self.view_seed is None or not self.view_strategy):
+            raise FormatError("per-view labels need the view_seed and view_strategy that regenerate their views")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise FormatError(f"label temperature must be a positive number, got {self.temperature}")
         try:
-            get_codec(self.codec)
+            parse_codec(self.codec)
         except ConfigError as e:
             raise FormatError(str(e)) from None
 
@@ -108,6 +111,9 @@ class SynSet:
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    # The codec's stored arrays when the labels came from a file or a lossy encoder: written
+    # back verbatim, so saving never re-encodes (or re-trains) what is already encoded.
+    label_payload: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ipc(self) -> int:
@@ -178,12 +184,24 @@ class SynSet:
         """Images mapped back to [0, 1] pixels (clipped), e.g. for viewing: [N, C, H, W]."""
         return self.transform.to_pixels(self.images.float()).clamp(0.0, 1.0)
 
+    def label_context(self) -> LabelContext:
+        return LabelContext(images=self.images, spec=self.label_spec, num_classes=self.num_classes)
+
+    def encoded_labels(self) -> dict[str, np.ndarray]:
+        """The arrays the label codec stores for this set's labels."""
+        if self.label_payload is not None:
+            return self.label_payload
+        return encode_labels(self.label_spec.codec, self.labels, self.label_context())
+
     def storage_bytes(self) -> dict[str, int]:
-        """Bytes stored for images and labels (as encoded by the codec) and their total."""
+        """Bytes stored: ``images``, ``labels`` (as the codec stores them), ``label_generator``
+        (a projector's weights), ``total``, and ``labels_uncompressed`` (the decoded labels
+        as float32, int64 for hard labels: what the codec's fraction is measured against)."""
         images = int(self.images.numel()) * 4
-        arrays = get_codec(self.label_spec.codec).encode(self.labels)
-        labels = sum(int(a.nbytes) for a in arrays.values())
-        return {"images": images, "labels": labels, "total": images + labels}
+        labels, gen = split_bytes(self.label_spec.codec, self.encoded_labels())
+        plain = int(self.labels.numel()) * (8 if self.label_spec.kind == "hard" else 4)
+        return {"images": images, "labels": labels, "label_generator": gen, "total": images + labels + gen,
+                "labels_uncompressed": plain}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the set to ``path`` atomically (temporary file + rename). Returns the path."""
@@ -203,7 +221,7 @@ class SynSet:
 
     def with_labels(self, labels: torch.Tensor, spec: LabelSpec) -> "SynSet":
         """A copy of this set with other labels (the images are shared, not copied)."""
-        return replace(self, labels=labels, label_spec=spec)
+        return replace(self, labels=labels, label_spec=spec, label_payload=None)
 
 
 def real_subset(ds: Any, indices: torch.Tensor, method: str, **kw: Any) -> SynSet:
@@ -240,8 +258,8 @@ def _write(s: SynSet, path: Path) -> None:
         g.attrs.update({"kind": spec.kind, "loss": spec.loss, "temperature": spec.temperature,
                         "view_mode": spec.view_mode, "codec": spec.codec,
                         "view_seed": -1 if spec.view_seed is None else spec.view_seed,
-                        "shape": list(s.labels.shape)})
-        for name, arr in get_codec(spec.codec).encode(s.labels).items():
+                        "view_strategy": spec.view_strategy or "", "shape": list(s.labels.shape)})
+        for name, arr in s.encoded_labels().items():
             g.create_dataset(name, data=arr)
         if s.lr is not None:
             f.create_dataset("lr", data=float(s.lr))
@@ -295,10 +313,13 @@ def _read(f: Any, path: Path) -> SynSet:
     view_seed = int(g.attrs["view_seed"])
     spec = LabelSpec(kind=str(g.attrs["kind"]), loss=str(g.attrs["loss"]), temperature=float(g.attrs["temperature"]),
                      view_mode=str(g.attrs["view_mode"]), view_seed=None if view_seed < 0 else view_seed,
-                     codec=str(g.attrs["codec"]))
+                     codec=str(g.attrs["codec"]), view_strategy=str(g.attrs.get("view_strategy", "")) or None)
     spec.validate()
     shape = tuple(int(s) for s in g.attrs["shape"])
-    labels = get_codec(spec.codec).decode({k: g[k][()] for k in g.keys()}, shape)
+    images = torch.from_numpy(np.asarray(f["images"][()], dtype=np.float32))
+    payload = {k: np.asarray(g[k][()]) for k in g.keys()}
+    labels = decode_labels(spec.codec, payload, shape,
+                           LabelContext(images=images, spec=spec, num_classes=int(f.attrs["num_classes"])))
     t = f["transform"]
     kind = str(t.attrs["kind"])
     zca = None
@@ -307,7 +328,6 @@ def _read(f: Any, path: Path) -> SynSet:
         zca = ZCA(*arrays, eps=float(t.attrs["eps"]), key=str(t.attrs["key"]))
     transform = PixelTransform(kind=kind, mean=tuple(float(v) for v in t.attrs["mean"]),
                                std=tuple(float(v) for v in t.attrs["std"]), zca=zca)
-    images = torch.from_numpy(np.asarray(f["images"][()], dtype=np.float32))
     s = SynSet(
         images=images,
         classes=torch.from_numpy(np.asarray(f["classes"][()], dtype=np.int64)),
@@ -316,7 +336,7 @@ def _read(f: Any, path: Path) -> SynSet:
         lr=float(f["lr"][()]) if "lr" in f else None,
         indices=torch.from_numpy(np.asarray(f["indices"][()], dtype=np.int64)) if "indices" in f else None,
         config=json.loads(f.attrs["config"]), provenance=json.loads(f.attrs["provenance"]),
-        data=json.loads(f.attrs["data"]),
+        data=json.loads(f.attrs["data"]), label_payload=payload,
     )
     s.validate()
     if s.ipc != int(f.attrs["ipc"]) or list(s.image_shape) != [int(v) for v in f.attrs["image_shape"]]:

@@ -8,7 +8,11 @@ Randomness: every draw comes from a generator derived from explicit integers
 (:mod:`condense.rng`): network init from ``(seed, run, 0, 0, INIT)``, the batch order
 of epoch ``e`` from ``(seed, run, e, 0, ORDER)``, and the DSA parameters of step ``t``
 of epoch ``e`` from ``(seed, run, e, t, DSA)``. The global RNG is never touched, so a
-run is reproduced exactly by its (seed, run) and the thread count.
+run is reproduced exactly by its (seed, run) and the thread count. A set with per-view
+labels ([V, N, K]) is the exception that makes labels line up with views: image i in
+epoch e is seen as the view drawn from ``(view_seed, e)`` for it (per-image DSA,
+:func:`condense.augment.view_draw`) with label ``labels[e, i]``, whatever the run, the
+batch order or the batch size; training longer than V epochs is refused.
 
 Protocol defaults are the field's standard evaluation (DC/DSA/DM/MTT): SGD momentum
 0.9, weight decay 5e-4, lr 0.01 (or the set's learned lr), batch 256, lr x0.1 from
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import DSAConfig, apply_dsa, sample_dsa
+from .augment import DSAConfig, apply_dsa, sample_dsa, select_draw, view_draw
 from .errors import ConfigError
 from .nets import build_net
 from .rng import generator
@@ -143,9 +147,10 @@ def train_model(
     """
     protocol.validate()
     spec = label_spec or LabelSpec()
-    if spec.view_mode != "static":
-        raise ConfigError("per-view labels are not supported by this training loop yet")
     dsa = DSAConfig(strategy=protocol.dsa_strategy) if protocol.dsa else None
+    per_view = spec.view_mode == "per-view"
+    if per_view:
+        check_per_view(spec, int(targets.shape[0]), protocol)
     loss_fn = partial(label_loss, spec=spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum,
                                 weight_decay=protocol.weight_decay)
@@ -157,20 +162,38 @@ def train_model(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(protocol, lr, epoch)
         order = torch.randperm(n, generator=generator(seed, run, epoch, 0, STREAM_ORDER)).to(device)
+        epoch_views = view_draw(dsa, spec.view_seed, epoch, n, tuple(images.shape[1:])) if per_view else None
         total, count = 0.0, 0
         for t, start in enumerate(range(0, n, protocol.batch_size)):
             idx = order[start:start + protocol.batch_size]
-            x_clean, y = images[idx], targets[idx]
+            x_clean = images[idx]
             x = x_clean
-            if dsa is not None:
-                draw = sample_dsa(dsa, x.shape[0], tuple(x.shape[1:]), generator(seed, run, epoch, t, STREAM_DSA))
-                x = apply_dsa(x, draw)
+            if epoch_views is not None:  # image i's view of this epoch and the teacher's label of exactly it
+                x, y = apply_dsa(x, select_draw(epoch_views, idx.cpu())), targets[epoch][idx]
+            else:
+                y = targets[idx]
+                if dsa is not None:
+                    draw = sample_dsa(dsa, x.shape[0], tuple(x.shape[1:]), generator(seed, run, epoch, t, STREAM_DSA))
+                    x = apply_dsa(x, draw)
             total += step(model, Batch(x, y, x_clean), loss_fn, optimizer, epoch) * idx.numel()
             count += idx.numel()
         losses.append(total / count)
         if on_epoch is not None:
             on_epoch(epoch, model, losses[-1])
     return losses
+
+
+def check_per_view(spec: LabelSpec, views: int, protocol: TrainProtocol) -> None:
+    """Refuse training that would pair a per-view label with another view than its own."""
+    if not protocol.dsa:
+        raise ConfigError("per-view labels belong to augmented views; training without DSA needs static labels "
+                          "(condense eval's no-dsa variant uses their mean over views)")
+    if spec.view_strategy != protocol.dsa_strategy:
+        raise ConfigError(f"per-view labels were made for DSA strategy {spec.view_strategy!r}, "
+                          f"training uses {protocol.dsa_strategy!r}")
+    if protocol.epochs > views:
+        raise ConfigError(f"per-view labels cover {views} epochs of views; train for at most {views} epochs "
+                          f"(e.g. --epochs {views}) or relabel with more views")
 
 
 @torch.no_grad()

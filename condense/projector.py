@@ -1,0 +1,122 @@
+"""The label-lightening projector: a label generator that costs a few kilobytes.
+
+After HeLlO ("Heavy Labels Out! Dataset Distillation with Label Space Lightening"):
+instead of storing a soft label for every augmented view, store a small network that
+maps a view to its label. The network is a frozen *backbone* that costs no stored bytes
+plus low-rank adapters. Here the backbone is a ConvNet (``depth``, ``width``, instance
+norm) whose weights are regenerated from a recorded ``seed`` (random features; HeLlO
+uses public CLIP weights, which cannot be downloaded here). Every weight matrix W of
+the backbone (convolutions and the linear classifier) becomes W + L R with L [out, rank]
+and R [rank, in * kh * kw]; the classifier's bias is stored whole. Only L, R and that
+bias are stored (float16 by default), so a rank-4 projector on Fashion-MNIST stores
+~10 KB whatever the number of views.
+
+This module is layer 1 (it regenerates labels when a set is loaded); training the
+adapters to reproduce a teacher is :mod:`condense.labels.projector`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .augment import DSAConfig, apply_dsa, view_draw
+from .nets import build_net
+from .rng import generator
+
+STREAM_PROJECTOR = 7  # the backbone's weights: generator (seed, STREAM_PROJECTOR)
+
+
+def backbone(image_shape: tuple[int, int, int], num_classes: int, params: Mapping[str, Any]) -> nn.Module:
+    """The frozen backbone regenerated from ``params`` (depth, width, seed): an eval-mode ConvNet."""
+    c, h, w = image_shape
+    net = build_net(f"convnet:depth={params['depth']},width={params['width']}", c, num_classes, (h, w),
+                    generator=generator(int(params["seed"]), STREAM_PROJECTOR))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
+def adapted(net: nn.Module) -> list[str]:
+    """Names of the weights that get low-rank adapters: every matrix or convolution kernel."""
+    return [name for name, p in net.named_parameters() if p.ndim >= 2]
+
+
+def head_bias(net: nn.Module) -> str:
+    """Name of the classifier's bias (the last parameter), stored whole."""
+    return list(dict(net.named_parameters()))[-1]
+
+
+def init_adapters(net: nn.Module, rank: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Trainable tensors: L zero (so training starts at the backbone), R small random
+    (LoRA's initialisation), and the classifier bias copied from the backbone."""
+    out: dict[str, torch.Tensor] = {}
+    params = dict(net.named_parameters())
+    for name in adapted(net):
+        w = params[name]
+        fan_in = int(w[0].numel())
+        out[f"{name}.left"] = torch.zeros(w.shape[0], rank)
+        out[f"{name}.right"] = torch.randn(rank, fan_in, generator=gen) / fan_in ** 0.5
+    out[head_bias(net)] = params[head_bias(net)].detach().clone()
+    return out
+
+
+def effective_params(net: nn.Module, adapters: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone's parameters with adapters applied: W + L R (and the stored bias)."""
+    out = {}
+    for name, w in net.named_parameters():
+        if f"{name}.left" in adapters:
+            out[name] = w + (adapters[f"{name}.left"] @ adapters[f"{name}.right"]).view_as(w)
+        elif name in adapters:
+            out[name] = adapters[name]
+        else:
+            out[name] = w
+    return out
+
+
+def project(net: nn.Module, adapters: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits [B, K] of the projector on images ``x`` [B, C, H, W] (differentiable in the adapters)."""
+    return torch.func.functional_call(net, effective_params(net, adapters), (x,))
+
+
+def to_arrays(adapters: Mapping[str, torch.Tensor], bits: int) -> dict[str, np.ndarray]:
+    """What is stored: every adapter tensor as float16 (``bits=16``) or float32."""
+    dtype = np.float16 if bits == 16 else np.float32
+    return {k: v.detach().cpu().numpy().astype(dtype) for k, v in adapters.items()}
+
+
+def from_arrays(net: nn.Module, arrays: Mapping[str, np.ndarray], rank: int) -> dict[str, torch.Tensor]:
+    """Stored arrays -> adapter tensors, checked against the backbone's shapes."""
+    params = dict(net.named_parameters())
+    expected = {}
+    for name in adapted(net):
+        expected[f"{name}.left"] = (params[name].shape[0], rank)
+        expected[f"{name}.right"] = (rank, int(params[name][0].numel()))
+    expected[head_bias(net)] = tuple(params[head_bias(net)].shape)
+    if set(arrays) != set(expected):
+        raise ValueError(f"projector arrays {sorted(arrays)} do not match its backbone ({sorted(expected)})")
+    for k, shape in expected.items():
+        if tuple(arrays[k].shape) != tuple(shape):
+            raise ValueError(f"projector array {k} has shape {tuple(arrays[k].shape)}, expected {tuple(shape)}")
+    return {k: torch.from_numpy(np.asarray(a, dtype=np.float32)) for k, a in arrays.items()}
+
+
+@torch.no_grad()
+def regenerate_labels(arrays: Mapping[str, np.ndarray], shape: tuple[int, ...], images: torch.Tensor,
+                      spec: Any, num_classes: int, params: Mapping[str, Any]) -> torch.Tensor:
+    """The labels a stored projector stands for: logits [N, K] on the clean images (static)
+    or [V, N, K] on the views of epochs 0..V-1 (per view, regenerated from the set's view
+    seed and strategy exactly as evaluation draws them)."""
+    net = backbone(tuple(int(s) for s in images.shape[1:]), num_classes, params)
+    adapters = from_arrays(net, arrays, int(params["rank"]))
+    images = images.float()
+    if spec.view_mode == "static":
+        return project(net, adapters, images)
+    config = DSAConfig(strategy=spec.view_strategy)
+    out = torch.empty(shape, dtype=torch.float32)
+    for epoch in range(shape[0]):
+        draw = view_draw(config, spec.view_seed, epoch, images.shape[0], tuple(images.shape[1:]))
+        out[epoch] = project(net, adapters, apply_dsa(images, draw))
+    return out
