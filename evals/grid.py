@@ -45,7 +45,7 @@ class EvalConfig:
     batch_size: int = 256
     dsa: bool = True
     temperature: float | None = None  # override the soft-label temperature
-    robustness: bool = False  # add the hard-label and no-augmentation variants
+    robustness: bool = False  # add the no-augmentation variant (soft-label sets always get 'hard')
     random_baseline: bool = True  # the random-real baseline of each IPC beside the sets
     baseline: str | None = None  # evaluate only a baseline: random | full (needs dataset)
     dataset: str | None = None
@@ -149,9 +149,10 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         if tuple(ds.info.shape) != tuple(s.image_shape):
             raise FormatError(f"{path}: images are {tuple(s.image_shape)} but {s.dataset} has {tuple(ds.info.shape)}")
         archs = cfg.archs or [s.config.get("arch") or "convnet"]
-        variants = ["set"]
+        # Every soft-label set gets its hard-label gap (DD-Ranking); --robustness adds no-dsa.
+        variants = ["set"] + (["hard"] if s.label_spec.kind in ("probabilities", "logits") else [])
         if cfg.robustness:
-            variants += (["hard"] if s.label_spec.kind in ("probabilities", "logits") else []) + ["no-dsa"]
+            variants += ["no-dsa"]
         for arch in archs:
             _check_arch(arch, ds)
             for v in variants:

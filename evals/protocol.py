@@ -9,7 +9,9 @@ and reports their test accuracies:
   the full training split (``full``, the labelled full-data reference).
 - variants (DD-Ranking-style robustness): ``set`` (labels, lr and augmentation as the
   file says), ``hard`` (a soft-label set trained on the argmax of its labels with
-  cross-entropy), ``no-dsa`` (no augmentation while training).
+  cross-entropy; per-view labels: of their mean over views), ``no-dsa`` (no augmentation
+  while training; per-view labels belong to augmented views, so this variant trains on
+  their mean over views as static labels).
 
 The protocol is :class:`condense.train.TrainProtocol` and the training is
 :func:`condense.train.evaluate`, the loop the expert recorder uses. Run r of seed s
@@ -92,7 +94,9 @@ def training_data(src: Source, variant: str, seed: int, run: int, temperature: f
         images, labels, spec, lr = s.images, s.labels, s.label_spec, s.lr
         if variant == "hard" and spec.kind != "hard":
             labels, spec = hard_labels(labels, spec), LabelSpec()
-        elif temperature is not None and spec.kind in ("probabilities", "logits"):
+        elif variant == "no-dsa" and spec.view_mode == "per-view":
+            labels, spec = labels.mean(0), replace(spec, view_mode="static", view_seed=None, view_strategy=None)
+        if temperature is not None and spec.kind in ("probabilities", "logits"):
             spec = replace(spec, temperature=temperature)
         return images, labels, spec, lr
     ds = dataset_of(src)
@@ -103,10 +107,10 @@ def training_data(src: Source, variant: str, seed: int, run: int, temperature: f
 
 
 def hard_labels(labels: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
-    """Soft labels [N, K] (or per-view [V, N, K]: the first view's) -> int64 [N] argmax."""
+    """Soft labels [N, K] (or per-view [V, N, K]: their mean over views) -> int64 [N] argmax."""
     if spec.kind == "regression":
         raise ConfigError("regression targets have no hard-label version (the 'hard' variant needs class scores)")
-    y = labels[0] if spec.view_mode == "per-view" else labels
+    y = labels.mean(0) if spec.view_mode == "per-view" else labels
     return y.argmax(-1).to(torch.int64)
 
 

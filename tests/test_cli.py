@@ -102,7 +102,7 @@ def test_convert_round_trip(quickstart, tmp_path, capsys):
     (("run", "--preset", "nope/none"), "unknown preset"),
     (("run", "--preset", "toy/smoke", "--runs", "0"), "--runs must be positive"),
     (("run", "--preset", "fashion-mnist/tm-ipc1-cpu"), "has no 'run' section"),
-    (("labels", "--codec", "topk"), "not available yet"),
+    (("labels", "set.h5", "--codec", "topk", "--out", "o.h5"), "needs k="),
     (("convert", "a.txt", "b.h5"), "convert goes"),
     (("convert", "a.pt", "b.h5"), "needs --dataset"),
 ])

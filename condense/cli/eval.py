@@ -12,7 +12,7 @@ EXAMPLES = """examples:
   condense eval runs/fmnist/*.h5 --devices cpu,cpu                 two CPU worker processes
   condense eval ... --executor ray --address auto                   the same grid on a Ray cluster
   condense eval ... --vmap-seeds                                    train the seeds of one arch at once
-  condense eval SET.h5 --robustness                                 + hard-label and no-augmentation variants
+  condense eval SET.h5 --robustness                                 + the no-augmentation variant
   condense eval --baseline full --dataset fashion-mnist --arch convnet:width=32 --epochs 20
   condense eval --baseline random --dataset fashion-mnist --ipc 1 --ipc 10 --runs 10
 
@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="DSA augmentation while training (default on)")
     p.add_argument("--temperature", type=float, help="soft labels: distillation temperature (default: the set's)")
     p.add_argument("--robustness", action="store_true", default=None,
-                   help="also train soft-label sets on hard labels, and every set without augmentation")
+                   help="also train every set without augmentation (soft-label sets always get their "
+                        "hard-label variant)")
     p.add_argument("--random-baseline", dest="random_baseline", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate the random-real baseline of each IPC beside the sets (default on)")
     p.add_argument("--baseline", choices=("random", "full"), help="evaluate a baseline of --dataset")

@@ -13,7 +13,7 @@ import traceback
 
 from .. import __version__
 from ..errors import CondenseError, ConfigError
-from . import buffer, convert, datasets, pending, run, show, synth
+from . import buffer, convert, datasets, labels, run, show, synth
 from . import eval as eval_cmd
 
 EPILOG = """examples:
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"condense {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (buffer, synth, pending.LABELS, eval_cmd, run, show, datasets, convert):
+    for module in (buffer, synth, labels, eval_cmd, run, show, datasets, convert):
         module.add_parser(sub)
     return parser
 

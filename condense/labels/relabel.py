@@ -1,0 +1,56 @@
+"""Soft labels from a teacher: one per image (static) or one per augmented view (per epoch).
+
+Per-view labels follow SRe2L/FKD relabelling, made exact: the views are those that
+evaluation will train on. Image i in epoch e is seen as the view drawn from
+(view_seed, e) (:func:`condense.augment.view_draw`), so its stored label ``labels[e, i]``
+is the teacher's prediction on exactly that view, for every run, batch order and batch
+size. The labels are logits [V, N, K] (V = ``epochs``) with the labelling temperature.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from tqdm.auto import tqdm
+
+from condense.augment import DSAConfig, apply_dsa, view_draw
+from condense.errors import ConfigError
+from condense.synset import LabelSpec, SynSet
+
+from .teachers import Teacher
+
+VIEW_MODES = ("static", "per-epoch")
+
+
+def relabel(s: SynSet, teacher: Teacher, *, views: str = "static", epochs: int = 300, temperature: float = 1.0,
+            view_seed: int = 0, strategy: str = "color_crop_cutout_flip_scale_rotate",
+            progress: bool = False) -> SynSet:
+    """``s`` with the teacher's soft labels (logits, KL loss at ``temperature``).
+
+    views: ``static`` -> labels [N, K] on the clean images; ``per-epoch`` -> [epochs, N, K]
+    on the views of epochs 0..epochs-1 under DSA ``strategy`` seeded by ``view_seed``.
+    """
+    if views not in VIEW_MODES:
+        raise ConfigError(f"--views must be one of {', '.join(VIEW_MODES)}, got {views!r}")
+    if not temperature > 0:
+        raise ConfigError(f"--temperature must be positive, got {temperature}")
+    images = s.images.float()
+    if views == "static":
+        labels = teacher.logits(images, temperature)
+        spec = LabelSpec(kind="logits", loss="kl", temperature=temperature)
+    else:
+        if epochs < 1:
+            raise ConfigError(f"--view-epochs must be >= 1, got {epochs}")
+        config = DSAConfig(strategy=strategy)
+        labels = torch.empty(epochs, images.shape[0], s.num_classes)
+        for e in tqdm(range(epochs), desc="label views", unit="epoch", disable=not progress, dynamic_ncols=True):
+            draw = view_draw(config, view_seed, e, images.shape[0], tuple(images.shape[1:]))
+            labels[e] = teacher.logits(apply_dsa(images, draw), temperature)
+        spec = LabelSpec(kind="logits", loss="kl", temperature=temperature, view_mode="per-view",
+                         view_seed=int(view_seed), view_strategy=strategy)
+    provenance = dict(s.provenance, labels={"teacher": teacher.source, "views": views, "temperature": temperature,
+                                            **({"view_epochs": epochs, "view_seed": view_seed}
+                                               if views != "static" else {})})
+    out = replace(s, labels=labels, label_spec=spec, label_payload=None, provenance=provenance)
+    out.validate()
+    return out
