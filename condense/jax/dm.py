@@ -15,7 +15,7 @@ On a CPU the real batches' embeddings are computed ``real_chunk`` images at a ti
 from __future__ import annotations
 
 from dataclasses import asdict
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable, Sequence
 
 import jax
@@ -69,6 +69,13 @@ def dm_objective(net: JaxNet, ipc: int, chunk: int, flat: jax.Array, images: jax
     return dm_loss(embed, reals, syns, chunk)
 
 
+@lru_cache(maxsize=None)
+def compiled_dm(net: JaxNet, ipc: int, chunk: int):
+    """``jit(value_and_grad(dm_objective))`` with respect to the images; cached, so every method
+    instance of one setting shares its compilations."""
+    return jax.jit(jax.value_and_grad(partial(dm_objective, net, ipc, chunk), argnums=1))
+
+
 class JaxDistributionMatching(MatchingBase):
     """The dm method with its loss and gradient computed in JAX (see the module docstring)."""
 
@@ -81,8 +88,7 @@ class JaxDistributionMatching(MatchingBase):
         self.opts = {"images": sgd([self.images], cfg.lr_img, momentum=0.5)}
         self.x_train_jax = to_jax(ds.x_train)
         chunk = cfg.real_chunk if cfg.real_chunk is not None else (32 if jax.default_backend() == "cpu" else 0)
-        self._value_and_grad = jax.jit(jax.value_and_grad(partial(dm_objective, self.twin, cfg.ipc, chunk),
-                                                          argnums=1))
+        self._value_and_grad = compiled_dm(self.twin, cfg.ipc, chunk)
 
     def compute_grads(self, it: int) -> dict[str, float]:
         net = self.network(it)  # torch init from (seed, it): the torch method's network

@@ -223,6 +223,14 @@ class TrajectoryMatching:
             targets += [Target((n // m) * i, self.store.epoch(expert, s + i).to(self.device)) for i in range(1, m)]
         return start, targets
 
+    def loss_scale(self, s: int) -> float:
+        """The inner loss's factor for start epoch ``s``: AST's --balance-loss weights late starts
+        up and early ones down; 1 without it."""
+        if not self.cfg.balance_loss:
+            return 1.0
+        h = self.cfg.max_start_epoch // 2
+        return math.log(s - h + 8, 5) if s >= h else 1.0 / math.log(h - s + 8, 5)
+
     # -- Synthesizer -------------------------------------------------------------------------------
     def learnables(self) -> dict[str, torch.Tensor]:
         out = {"images": self.images, "log_lr": self.log_lr}
@@ -237,10 +245,8 @@ class TrajectoryMatching:
         expert, s, steps = self.plan(it)
         start, targets = self.start_and_targets(it, expert, s)
         loss_fn = self.loss_fn
-        if self.cfg.balance_loss:  # AST: weight late starts up, early starts down
-            h = self.cfg.max_start_epoch // 2
-            scale = math.log(s - h + 8, 5) if s >= h else 1.0 / math.log(h - s + 8, 5)
-            loss_fn = partial(scaled, loss_fn, scale)
+        if self.cfg.balance_loss:
+            loss_fn = partial(scaled, loss_fn, self.loss_scale(s))
         if self.cfg.memory == "exact":
             loss_t = match_exact(self.net, start, targets, self.images, self.labels, self.log_lr, steps, loss_fn)
             loss_t.backward()
@@ -291,17 +297,23 @@ def scaled(loss_fn, scale: float, logits: torch.Tensor, targets: torch.Tensor) -
     return scale * loss_fn(logits, targets)
 
 
-def run_tm(cfg: TMConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
-    """Synthesize (or resume) the set ``cfg.out`` by trajectory matching."""
+def open_store_for(cfg: TMConfig):
+    """(store, dataset) of a validated ``cfg``: the store has a finished expert and enough epochs."""
     from trajectories import open_store
-
-    from .loop import synthesize
 
     cfg.validate()
     store = open_store(cfg.trajectories)
     if len(store) == 0:
         raise ConfigError(f"{cfg.trajectories} holds no finished expert yet")
     cfg.validate(store.epochs)
-    method = TrajectoryMatching(cfg, store, dataset_of_store(store, cfg), device)
+    return store, dataset_of_store(store, cfg)
+
+
+def run_tm(cfg: TMConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
+    """Synthesize (or resume) the set ``cfg.out`` by trajectory matching."""
+    from .loop import synthesize
+
+    store, ds = open_store_for(cfg)
+    method = TrajectoryMatching(cfg, store, ds, device)
     return synthesize(method, cfg.loop(), cfg.out, {"method": "tm", **asdict(cfg)}, progress=progress, bars=bars,
                       evaluate=evaluate)
