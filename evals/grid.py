@@ -45,7 +45,8 @@ class EvalConfig:
     batch_size: int = 256
     dsa: bool = True
     temperature: float | None = None  # override the soft-label temperature
-    robustness: bool = False  # add the no-augmentation variant (soft-label sets always get 'hard')
+    robustness: bool = False  # add the no-augmentation variant
+    hard_gap: bool = True  # soft-label sets also train on hard labels (DD-Ranking's hard-label gap)
     random_baseline: bool = True  # the random-real baseline of each IPC beside the sets
     baseline: str | None = None  # evaluate only a baseline: random | full (needs dataset)
     dataset: str | None = None
@@ -149,8 +150,9 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         if tuple(ds.info.shape) != tuple(s.image_shape):
             raise FormatError(f"{path}: images are {tuple(s.image_shape)} but {s.dataset} has {tuple(ds.info.shape)}")
         archs = cfg.archs or [s.config.get("arch") or "convnet"]
-        # Every soft-label set gets its hard-label gap (DD-Ranking); --robustness adds no-dsa.
-        variants = ["set"] + (["hard"] if s.label_spec.kind in ("probabilities", "logits") else [])
+        # Every soft-label set gets its hard-label gap (DD-Ranking) unless switched off; --robustness adds no-dsa.
+        soft = s.label_spec.kind in ("probabilities", "logits")
+        variants = ["set"] + (["hard"] if soft and cfg.hard_gap else [])
         if cfg.robustness:
             variants += ["no-dsa"]
         for arch in archs:

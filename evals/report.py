@@ -54,18 +54,30 @@ def _kib(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f} KiB"
 
 
+def label_cost(sb: dict) -> tuple[int | None, float | None]:
+    """(bytes the labels cost: stored labels + any label generator, that as a fraction of the
+    uncompressed labels) from a ``storage_bytes`` dict (older reports lack the fraction)."""
+    if "labels" not in sb:
+        return None, None
+    used = int(sb["labels"]) + int(sb.get("label_generator", 0))
+    plain = sb.get("labels_uncompressed")
+    return used, (used / plain if plain else None)
+
+
 def table(rows: Sequence[dict], score_rows: Sequence[dict]) -> str:
     """The report as aligned text: one line per row, the paired difference to random real."""
-    head = ("set", "method", "IPC", "arch", "variant", "accuracy %", "95% CI", "runs", "images", "labels", "vs random")
+    head = ("set", "method", "IPC", "arch", "variant", "accuracy %", "95% CI", "runs", "images", "labels", "labels/plain",
+            "vs random")
     lines = [head]
     for r in rows:
         vs = _find(score_rows, synset=r["synset"], arch=r["arch"], score="vs_random") if r["variant"] == "set" else None
         sb = r.get("storage_bytes") or {}
+        used, fraction = label_cost(sb)
         name = os.path.basename(r["synset"]) if r["synset"] else (
             f"full data ({r['epochs']} epochs)" if r["baseline"] == "full" else "random real")
         lines.append((name, r["method"], "-" if r["ipc"] is None else str(r["ipc"]), r["arch"], r["variant"],
                       f"{r['mean']:.2f} ± {r['std']:.2f}", f"± {r['ci95']:.2f}", str(r["runs"]),
-                      _kib(sb.get("images")), _kib(sb.get("labels")),
+                      _kib(sb.get("images")), _kib(used), "-" if fraction is None else f"{100 * fraction:.3g} %",
                       "-" if vs is None else f"{vs['mean']:+.2f} ± {vs['ci95']:.2f}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]

@@ -48,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--robustness", action="store_true", default=None,
                    help="also train every set without augmentation (soft-label sets always get their "
                         "hard-label variant)")
+    p.add_argument("--hard-gap", dest="hard_gap", action=argparse.BooleanOptionalAction, default=None,
+                   help="soft-label sets: also train on their hard labels and report the gap (default on)")
     p.add_argument("--random-baseline", dest="random_baseline", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate the random-real baseline of each IPC beside the sets (default on)")
     p.add_argument("--baseline", choices=("random", "full"), help="evaluate a baseline of --dataset")
