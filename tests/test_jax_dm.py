@@ -105,3 +105,13 @@ def test_loss_goes_down_and_resume_equals_an_uninterrupted_run(toy, tmp_path):
     saved = load_synset(tmp_path / "b" / "dm.h5")
     assert torch.equal(saved.images, whole.images) and saved.config["backend"] == "jax"
     assert (tmp_path / "b" / "dm.h5.run" / "metrics.csv").read_text().count("\n") == 5  # header + 4 iterations
+
+
+def test_cli_synth_dm_backend_jax(tmp_path):
+    from condense.cli.main import main
+
+    out = tmp_path / "cli.h5"
+    assert main(["synth", "--method", "dm", "--backend", "jax", "--dataset", "toy", "--ipc", "2", "--arch", ARCH,
+                 "--batch-real", "16", "--iters", "2", "--out", str(out), "--device", "cpu"]) == 0
+    s = load_synset(out)
+    assert s.method == "dm" and s.ipc == 2 and s.config["backend"] == "jax" and s.provenance["iteration"] == 2

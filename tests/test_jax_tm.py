@@ -130,3 +130,22 @@ def test_loss_goes_down_resume_equals_uninterrupted_and_bad_steps_roll_back(stor
     assert any("rolled back: learned lr" in e for e in events)
     assert float(method.log_lr.detach()) == lr_before  # the value and the optax momentum are restored
     assert all(torch.equal(a, b) for a, b in zip(momentum, method.opts["log_lr"].state_dict()["optax_leaves"]))
+
+
+def test_cli_synth_backend_jax(store_path, tmp_path, capsys, monkeypatch):
+    from condense.cli.main import main
+
+    out = tmp_path / "cli.h5"
+    argv = ["synth", "--method", "tm", "--backend", "jax", "--trajectories", store_path, "--ipc", "2", "--iters", "2",
+            "--syn-steps", "4", "--max-start-epoch", "2", "--lr-img", "10", "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+    s = load_synset(out)
+    assert s.method == "tm" and s.ipc == 2 and s.lr is not None and s.config["backend"] == "jax"
+    assert "--backend jax" in capsys.readouterr().out
+    assert main(["synth", "--method", "gm", "--backend", "jax", "--dataset", "toy", "--out", str(tmp_path / "g.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "method 'gm' has no JAX version; --backend jax runs: dm, tm" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setitem(__import__("sys").modules, "optax", None)  # as if optax were not installed
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--backend jax needs jax, flax, optax (optax is not installed)" in err and len(err.strip().splitlines()) == 1

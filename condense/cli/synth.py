@@ -19,9 +19,13 @@ EXAMPLES = """examples:
   condense synth --method dm --dataset fashion-mnist --ipc 10 --iters 2000 --out runs/fmnist/dm_ipc10.h5
   condense synth --method dam --dataset fashion-mnist --ipc 10 --out runs/fmnist/dam_ipc10.h5
   condense synth --method herding --dataset fashion-mnist --ipc 10 --out runs/fmnist/herding_ipc10.h5
+  condense synth --method tm --backend jax --trajectories runs/fmnist/experts --ipc 10 --out runs/fmnist/tm_jax.h5
+  condense synth --method dm --backend jax --dataset fashion-mnist --ipc 10 --out runs/fmnist/dm_jax.h5
 
 Rerunning the same command resumes from the last checkpoint; the run folder <out>.run/ holds
 config, environment, metrics.csv, image grids and the checkpoint."""
+
+BACKENDS = ("torch", "jax")
 
 FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--dataset",), dict(help="dataset (default: the experts' dataset)")),
@@ -87,13 +91,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "synth")
     p.add_argument("--method", help=f"one of: {', '.join(method_names())}")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="torch (default) or jax (tm and dm: same options and set file, JAX's default device)")
     for names, kw in FLAGS:
         p.add_argument(*names, **kw)
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..methods import get_method
+    from ..methods import get_method, jax_runner
 
     method = args.method or (preset_section(args.preset, "synth").get("method") if args.preset else None)
     if not method:
@@ -106,13 +112,18 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(f"--{foreign[0].replace('_', '-')} is not an option of method {method}")
     section = dict(preset_section(args.preset, "synth")) if args.preset else {}
     section.pop("method", None)  # selects the method above; not a config field
+    preset_backend = section.pop("backend", None)  # likewise
+    backend = args.backend or preset_backend or "torch"
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is not one of: {', '.join(BACKENDS)}")
+    run = jax_runner(entry) if backend == "jax" else entry.run
     flags = {f: getattr(args, f) for f in fields if hasattr(args, f)}
     cfg = make_config(entry.config, section, flags, where=f"preset {args.preset!r}" if args.preset else "")
     device = resolve_device(cfg.device)
-    print(f"condense synth --method {method}: {describe(cfg)}")
+    print(f"condense synth --method {method} --backend {backend}: {describe(cfg)}")
 
     evaluate_fn = validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None
-    s = entry.run(cfg, device, evaluate=evaluate_fn)
+    s = run(cfg, device, evaluate=evaluate_fn)
     print(f"wrote {cfg.out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else ""))
     return 0
 

@@ -13,6 +13,7 @@ class MethodEntry:
     config: type
     run: Callable[..., Any]  # run(cfg, device, *, progress, bars, evaluate) -> SynSet
     summary: str
+    jax: str | None = None  # "module:function" of the JAX runner (same signature), imported only when asked for
 
 
 _METHODS: dict[str, MethodEntry] = {}
@@ -34,6 +35,21 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
+def jax_runner(entry: MethodEntry) -> Callable[..., Any]:
+    """The JAX runner of ``entry`` (``--backend jax``); a one-line ConfigError when the method has
+    none or jax/flax/optax are missing. The torch backend never imports jax: only this does."""
+    if entry.jax is None:
+        have = ", ".join(sorted(e.name for e in _METHODS.values() if e.jax)) or "none"
+        raise ConfigError(f"method {entry.name!r} has no JAX version; --backend jax runs: {have}")
+    import importlib
+
+    from ..jax import require_jax
+
+    require_jax()
+    module, _, function = entry.jax.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def _register_builtins() -> None:
     from functools import partial
 
@@ -43,8 +59,9 @@ def _register_builtins() -> None:
     from .gm import GMConfig, run_gm
     from .tm import TMConfig, run_tm
 
-    register_method(MethodEntry("tm", TMConfig, run_tm, "trajectory matching (MTT, FTD, DATM, TESLA, AST variants)"))
-    register_method(MethodEntry("dm", DMConfig, run_dm, "distribution matching (DM)"))
+    register_method(MethodEntry("tm", TMConfig, run_tm, "trajectory matching (MTT, FTD, DATM, TESLA, AST variants)",
+                                jax="condense.jax.tm:run_tm"))
+    register_method(MethodEntry("dm", DMConfig, run_dm, "distribution matching (DM)", jax="condense.jax.dm:run_dm"))
     register_method(MethodEntry("dam", DAMConfig, run_dam, "attention matching (DataDAM; paper p=4, code p=1)"))
     register_method(MethodEntry("gm", GMConfig, run_gm, "gradient matching with DSA (DC/DSA)"))
     for name, summary in (("random", "class-balanced random real images"),
