@@ -12,6 +12,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from condense.augment import DSAConfig, sample_dsa  # noqa: E402
 from condense.jax.nets import build_jax_net  # noqa: E402
+from condense.jax import tm as jtm  # noqa: E402
 from condense.jax.tm import JaxTrajectoryMatching, match_loss, padded_plan, run_tm  # noqa: E402
 from condense.methods.loop import synthesize  # noqa: E402
 from condense.methods.tm import TMConfig, TrajectoryMatching, dataset_of_store, soft_cross_entropy  # noqa: E402
@@ -33,8 +34,10 @@ def rel(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("soft, dsa, remat", [(False, False, False), (True, False, True), (False, True, True)])
-def test_matching_loss_and_gradients_equal_torch_in_float64(soft, dsa, remat):
+@pytest.mark.parametrize("soft, dsa, remat, unroll", [(False, False, False, True), (True, False, True, 1),
+                                                      (False, True, True, 1)])
+def test_matching_loss_and_gradients_equal_torch_in_float64(soft, dsa, remat, unroll, monkeypatch):
+    monkeypatch.setattr(jtm, "scan_unroll", lambda: unroll)  # the CPU's unrolled scan and the GPUs' rolled one
     with jax.enable_x64(True):
         net = build_net(ARCH, 1, 3, (8, 8), generator=generator(0)).double()
         twin = build_jax_net(ARCH, 1, 3, (8, 8))
