@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   condense synth --method herding --dataset fashion-mnist --ipc 10 --out runs/fmnist/herding_ipc10.h5
   condense synth --method tm --backend jax --trajectories runs/fmnist/experts --ipc 10 --out runs/fmnist/tm_jax.h5
   condense synth --method dm --backend jax --dataset fashion-mnist --ipc 10 --out runs/fmnist/dm_jax.h5
+  condense synth --method frepo --dataset fashion-mnist --ipc 10 --out runs/fmnist/frepo_ipc10.h5   (JAX only)
 
 Rerunning the same command resumes from the last checkpoint; the run folder <out>.run/ holds
 config, environment, metrics.csv, image grids and the checkpoint."""
@@ -50,7 +51,7 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--min-start-epoch",), dict(dest="min_start_epoch", type=int, help="lowest start epoch (tm, default 0)")),
     (("--max-start-epoch",), dict(dest="max_start_epoch", type=int, help="start epochs are < this (tm, default 5)")),
     (("--batch-syn",), dict(dest="batch_syn", type=int, help="synthetic images per student step (default all)")),
-    (("--lr-img",), dict(dest="lr_img", type=float, help="image learning rate")),
+    (("--lr-img",), dict(dest="lr_img", type=float, help="image learning rate (frepo: images and labels)")),
     (("--lr-lr",), dict(dest="lr_lr", type=float, help="learning rate of the learned step size (published meaning)")),
     (("--lr-init",), dict(dest="lr_init", type=float, help="initial learned step size (default: the experts' lr)")),
     (("--init",), dict(help="initial images: real, noise, correct (DATM: ones an expert gets right), confident "
@@ -71,6 +72,18 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--dsa-strategy",), dict(dest="dsa_strategy", help="DSA transforms")),
     (("--memory",), dict(help="tm gradients: exact (unrolled graph) or constant (adjoint, memory independent of steps)")),
     (("--ema",), dict(type=float, help="decay of FTD's moving average of the images (0 = off)")),
+    (("--optimizer",), dict(help="frepo: optimiser of images and labels, lamb (reference) or adam")),
+    (("--pool-size",), dict(dest="pool_size", type=int, help="frepo: networks in the model pool (10)")),
+    (("--max-online-steps",), dict(dest="max_online_steps", type=int,
+                                   help="frepo: a pool network is re-initialised after N online steps (100)")),
+    (("--lr-online",), dict(dest="lr_online", type=float, help="frepo: Adam lr of the pool networks (3e-4)")),
+    (("--online-batch",), dict(dest="online_batch", type=int,
+                               help="frepo: synthetic images per online step of a pool network (1000)")),
+    (("--learn-labels",), dict(dest="learn_labels", action=argparse.BooleanOptionalAction, default=None,
+                               help="frepo: learn the labels with the images (default on)")),
+    (("--flip",), dict(action=argparse.BooleanOptionalAction, default=None,
+                       help="frepo: mirrored copies of the images in the kernel (reference: colour datasets)")),
+    (("--reg",), dict(type=float, help="frepo: ridge = reg * trace(K_ss) / n (1e-6)")),
     (("--checkpoint-every",), dict(dest="checkpoint_every", type=int, help="save set + state every N iterations")),
     (("--eval-every",), dict(dest="eval_every", type=int, help="evaluate on the validation split every N iterations")),
     (("--eval-epochs",), dict(dest="eval_epochs", type=int, help="training epochs of those evaluations (default 100)")),
@@ -86,13 +99,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..methods import method_names
 
     p = sub.add_parser(
-        "synth", help="synthesize a small training set (tm, dm, dam, gm, random, herding, kcenter)",
+        "synth", help="synthesize a small training set (tm, dm, dam, gm, frepo, random, herding, kcenter)",
         description="Synthesize a small training set and write it as a synthetic-set file.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "synth")
     p.add_argument("--method", help=f"one of: {', '.join(method_names())}")
     p.add_argument("--backend", choices=BACKENDS,
-                   help="torch (default) or jax (tm and dm: same options and set file, JAX's default device)")
+                   help="torch (default) or jax (tm and dm: same options and set file, JAX's default device; "
+                        "frepo runs only in JAX)")
     for names, kw in FLAGS:
         p.add_argument(*names, **kw)
     p.set_defaults(handler=handle)
@@ -113,9 +127,11 @@ def handle(args: argparse.Namespace) -> int:
     section = dict(preset_section(args.preset, "synth")) if args.preset else {}
     section.pop("method", None)  # selects the method above; not a config field
     preset_backend = section.pop("backend", None)  # likewise
-    backend = args.backend or preset_backend or "torch"
+    backend = args.backend or preset_backend or ("jax" if entry.jax_only else "torch")
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r} is not one of: {', '.join(BACKENDS)}")
+    if backend == "torch" and entry.jax_only:
+        entry.run(None)  # the method's own one-line error, before any work
     run = jax_runner(entry) if backend == "jax" else entry.run
     flags = {f: getattr(args, f) for f in fields if hasattr(args, f)}
     cfg = make_config(entry.config, section, flags, where=f"preset {args.preset!r}" if args.preset else "")

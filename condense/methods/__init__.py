@@ -14,6 +14,7 @@ class MethodEntry:
     run: Callable[..., Any]  # run(cfg, device, *, progress, bars, evaluate) -> SynSet
     summary: str
     jax: str | None = None  # "module:function" of the JAX runner (same signature), imported only when asked for
+    jax_only: bool = False  # no torch version: --backend defaults to jax, and ``run`` raises one error line
 
 
 _METHODS: dict[str, MethodEntry] = {}
@@ -56,6 +57,7 @@ def _register_builtins() -> None:
     from .baselines import BaselineConfig, run_baseline
     from .dam import DAMConfig, run_dam
     from .dm import DMConfig, run_dm
+    from .frepo import FRePoConfig, run_frepo_torch
     from .gm import GMConfig, run_gm
     from .tm import TMConfig, run_tm
 
@@ -63,6 +65,9 @@ def _register_builtins() -> None:
                                 jax="condense.jax.tm:run_tm"))
     register_method(MethodEntry("dm", DMConfig, run_dm, "distribution matching (DM)", jax="condense.jax.dm:run_dm"))
     register_method(MethodEntry("dam", DAMConfig, run_dam, "attention matching (DataDAM; paper p=4, code p=1)"))
+    register_method(MethodEntry("frepo", FRePoConfig, run_frepo_torch,
+                                "neural feature regression with a model pool (FRePo; JAX only)",
+                                jax="condense.jax.frepo:run_frepo", jax_only=True))
     register_method(MethodEntry("gm", GMConfig, run_gm, "gradient matching with DSA (DC/DSA)"))
     for name, summary in (("random", "class-balanced random real images"),
                           ("herding", "herding in a briefly trained network's embedding space"),
