@@ -26,7 +26,9 @@ network one Adam step (lr ``lr_online``) on the synthetic set and the current le
 with the reference's ½‖·‖² regression loss (:func:`pool_loss`, :func:`pool_step`), or, once
 it has taken more than ``max_online_steps`` steps, re-initialises it. Images and labels move
 together by LAMB (``--optimizer lamb``, the reference's; ``adam`` offered) with a cosine decay
-of ``lr_img`` to 0.1× over ``iters`` (optax's weight decay default 1e-4 as the reference).
+of ``lr_img`` to 0.1× over ``iters``, without weight decay (optax's default, as the reference).
+(The horizon is ``--iters``: continuing a finished run with a larger ``--iters`` resumes on the
+longer schedule from the step reached.)
 
 In condense. All randomness comes from (seed, it, stream): the pool member picked, the real
 batch (``batch_real`` images drawn without replacement from the training split, not class
