@@ -40,7 +40,7 @@ from ..synset import SynSet
 from .augment import Draw, apply_dsa, from_torch, stack
 from .bridge import to_jax, to_torch
 from .nets import JaxNet, build_jax_net
-from .optim import OptaxOptimizer, sgd
+from .optim import sgd
 
 Tree = Any
 
@@ -154,7 +154,7 @@ class JaxTrajectoryMatching(TrajectoryMatching):
         start, targets = self.start_and_targets(it, expert, s)
         spec = tuple((k.step, float(k.weight)) for k in targets)
         idx, mask, draws = padded_plan(steps)
-        dtype = self.images.dtype  # float16 stores compute in the images' precision
+        dtype = self.images.dtype  # trajectory rows (also of float16 stores) in the images' precision
         loss, grads = self._value_and_grad(
             spec, to_jax(self.images), to_jax(self.log_lr), to_jax(self.labels), to_jax(start.to(dtype)),
             [to_jax(k.params.to(dtype)) for k in targets], idx, mask, draws, jnp.asarray(self.loss_scale(s)))
@@ -162,9 +162,6 @@ class JaxTrajectoryMatching(TrajectoryMatching):
             tensor.grad = to_torch(g, like=tensor)
         return {"loss": float(loss), "lr": float(self.log_lr.detach().exp()), "expert": expert, "start_epoch": s,
                 "inner_images": sum(len(step.indices) for step in steps)}
-
-    def optimizers(self) -> dict[str, OptaxOptimizer]:
-        return self.opts
 
     def synset(self, it: int) -> SynSet:
         out = super().synset(it)
