@@ -147,3 +147,33 @@ def test_cli_frepo_defaults_to_jax_and_torch_is_one_error_line(tmp_path, capsys)
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "cli.h5.run" / "metrics.csv").read_text().count("\n") == 3  # header + 2: bad runs did nothing
+
+
+DATA_PARALLEL = """
+import torch
+from condense.data import load_dataset
+from condense.jax.frepo import FRePo
+from condense.methods.frepo import FRePoConfig
+torch.set_num_threads(1)
+cfg = FRePoConfig(dataset="toy", ipc=2, arch="{arch}", batch_real=64, pool_size=2, out="unused.h5")
+method = FRePo(cfg, load_dataset("toy"))
+assert method.shardings is not None
+split = method.compute_grads(0)["loss"], method.images.grad.clone(), method.labels.grad.clone()
+method.shardings = None
+one = method.compute_grads(0)["loss"], method.images.grad, method.labels.grad
+print(abs(split[0] - one[0]) / abs(one[0]), *(float((a - b).norm() / b.norm()) for a, b in zip(split[1:], one[1:])))
+"""
+
+
+@pytest.mark.slow  # a fresh process compiling twice: ~15-30 s here, over this file's CI budget
+def test_the_real_batch_split_over_two_devices_gives_one_devices_numbers():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-c", DATA_PARALLEL.format(arch=ARCH)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [float(v) for v in done.stdout.split()]
+    assert max(errors) < 1e-4, errors  # float32, sums in another order; measured 0, 8e-7, 1.5e-6

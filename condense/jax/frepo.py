@@ -51,8 +51,9 @@ Deviations from the reference, and why: the reference's ``conv`` doubles the wid
 block and normalises before the convolution (with batch norm in its README's command);
 condense uses its own ConvNet (norm ``instance`` or ``none``: batch norm has no JAX twin) so
 that the features distilled for are those of the evaluation network. The reference picks
-pool members with the unseeded global numpy RNG; ours are keyed draws. One device is used
-(JAX's default); the reference's pmap over several GPUs is not reproduced.
+pool members with the unseeded global numpy RNG; ours are keyed draws. Devices: one (JAX's
+default) unless there are several local ones, then only the real batch is split across them
+(:func:`data_parallel`; the reference pmaps whole replicas with a pool per device instead).
 """
 from __future__ import annotations
 
@@ -62,8 +63,10 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import torch
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..data import load_dataset
 from ..errors import ConfigError
@@ -148,6 +151,18 @@ def compiled(net: JaxNet, flip: bool, reg: float, lr_online: float):
     return loss, jax.jit(partial(pool_step, net, tx)), tx
 
 
+def data_parallel(batch: int) -> tuple[NamedSharding, NamedSharding] | None:
+    """(replicated, split along the batch) shardings over the local devices when there are several
+    and they divide ``batch``, else None. With them XLA partitions the real batch's forward pass,
+    the bulk of an iteration, across the devices and all-reduces the loss; the results equal one
+    device's up to the order of float sums."""
+    devices = jax.local_devices()
+    if len(devices) < 2 or batch % len(devices):
+        return None
+    mesh = Mesh(np.array(devices), ("batch",))
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
+
+
 def synthesis_optimizer(params: Sequence[torch.Tensor], cfg: FRePoConfig) -> OptaxOptimizer:
     """LAMB (or Adam) with lr_img decayed by a cosine to 0.1x over the run, as the reference."""
     schedule = optax.cosine_decay_schedule(cfg.lr_img, decay_steps=cfg.iters, alpha=0.1)
@@ -181,7 +196,7 @@ class FRePo:
         self.opts = {"synset": synthesis_optimizer(list(self.learnables().values()), cfg)}
         self.x_train, self.y_train = to_jax(ds.x_train), to_jax(ds.y_train, jnp.int32)
         self._loss, self._pool_step, self._tx = compiled(self.twin, cfg.flip, cfg.reg, cfg.lr_online)
-        self._picked = None
+        self.shardings = data_parallel(min(cfg.batch_real, ds.x_train.shape[0]))
         flats = jnp.stack([self.fresh_network(cfg.seed, i, STREAM_POOL) for i in range(cfg.pool_size)])
         self.pool = {"params": flats, "opt": jax.vmap(self._tx.init)(flats),
                      "steps": jnp.asarray([(cfg.max_online_steps // cfg.pool_size) * i for i in range(cfg.pool_size)])}
@@ -216,8 +231,11 @@ class FRePo:
     def compute_grads(self, it: int) -> dict[str, float]:
         i = self.pick(it)
         x_real, y_real = self.real_batch(it)
-        (loss, kernel), grads = self._loss(to_jax(self.images), to_jax(self.labels), self.pool["params"][i],
-                                          x_real, y_real)
+        args = (to_jax(self.images), to_jax(self.labels), self.pool["params"][i], x_real, y_real)
+        if self.shardings is not None:  # the real batch split over the local devices, the rest replicated
+            rep, split = self.shardings
+            args = tuple(jax.device_put(a, s) for a, s in zip(args, (rep, rep, rep, split, split)))
+        (loss, kernel), grads = self._loss(*args)
         self.images.grad = to_torch(grads[0], like=self.images)
         if self.cfg.learn_labels:
             self.labels.grad = to_torch(grads[1], like=self.labels)
