@@ -96,7 +96,7 @@ def main() -> None:
     for r in doc["results"]:
         if r["synset"] is None:
             continue
-        used, fraction = label_cost(r["storage_bytes"])
+        used, _ = label_cost(r["storage_bytes"])
         rows.append({"name": by_path[r["synset"]], "mean": r["mean"], "std": r["std"], "ci95": r["ci95"],
                      "label_bytes": used, "fraction_of_per_view": None, "accs": r["accs"]})
     ref = next(r for r in rows if r["name"] == "per-view")

@@ -342,7 +342,6 @@ def siamese(xs: Sequence[torch.Tensor], config: DSAConfig, generator: torch.Gene
     return [apply_dsa(x, draw) for x in xs]
 
 
-
 def select_draw(draw: DSADraw, indices: torch.Tensor) -> DSADraw:
     """The per-image draw of images ``indices`` (int64 [B]) of a per-image ``draw``."""
     if not draw.per_image:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import DSAConfig, apply_dsa, view_draw
+from .augment import DSAConfig, views
 from .nets import build_net
 from .rng import generator
 
@@ -117,6 +117,5 @@ def regenerate_labels(arrays: Mapping[str, np.ndarray], shape: tuple[int, ...], 
     config = DSAConfig(strategy=spec.view_strategy)
     out = torch.empty(shape, dtype=torch.float32)
     for epoch in range(shape[0]):
-        draw = view_draw(config, spec.view_seed, epoch, images.shape[0], tuple(images.shape[1:]))
-        out[epoch] = project(net, adapters, apply_dsa(images, draw))
+        out[epoch] = project(net, adapters, views(images, config, spec.view_seed, epoch))
     return out

@@ -59,8 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def info(path: str) -> str:
     s = load_synset(path)
+    from evals.report import label_cost
+
     spec, sb = s.label_spec, s.storage_bytes()
-    used = sb["labels"] + sb["label_generator"]
+    used, fraction = label_cost(sb)
     lines = [f"{path}: {s.method}, {s.dataset}, IPC {s.ipc}, {s.images.shape[0]} images",
              f"  labels: {spec.kind} {tuple(s.labels.shape)}, loss {spec.loss}, temperature {spec.temperature:g}, "
              f"views {spec.view_mode}" + (f" (seed {spec.view_seed}, {spec.view_strategy})"
@@ -68,7 +70,7 @@ def info(path: str) -> str:
              f"  codec: {spec.codec}",
              f"  bytes: images {sb['images']:,}, labels {sb['labels']:,}, label generator {sb['label_generator']:,}, "
              f"total {sb['total']:,}",
-             f"  labels cost {used:,} B = {100.0 * used / max(1, sb['labels_uncompressed']):.3g} % of the "
+             f"  labels cost {used:,} B = {100.0 * fraction:.3g} % of the "
              f"uncompressed labels ({sb['labels_uncompressed']:,} B)"]
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from condense import projector as P
-from condense.augment import DSAConfig, apply_dsa, view_draw
+from condense.augment import DSAConfig, views
 from condense.codecs import probabilities
 from condense.errors import ConfigError
 from condense.rng import generator
@@ -60,8 +60,7 @@ class _Views:
         if self.config is None:
             return self.images
         if epoch not in self.cache:
-            draw = view_draw(self.config, self.spec.view_seed, epoch, self.images.shape[0], tuple(self.images.shape[1:]))
-            self.cache[epoch] = apply_dsa(self.images, draw)
+            self.cache[epoch] = views(self.images, self.config, self.spec.view_seed, epoch)
         return self.cache[epoch]
 
 

@@ -13,7 +13,8 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from condense.augment import DSAConfig, apply_dsa, view_draw
+from condense.augment import DSAConfig
+from condense.augment import views as views_of  # `views` is relabel's mode argument
 from condense.errors import ConfigError
 from condense.synset import LabelSpec, SynSet
 
@@ -44,8 +45,7 @@ def relabel(s: SynSet, teacher: Teacher, *, views: str = "static", epochs: int =
         config = DSAConfig(strategy=strategy)
         labels = torch.empty(epochs, images.shape[0], s.num_classes)
         for e in tqdm(range(epochs), desc="label views", unit="epoch", disable=not progress, dynamic_ncols=True):
-            draw = view_draw(config, view_seed, e, images.shape[0], tuple(images.shape[1:]))
-            labels[e] = teacher.logits(apply_dsa(images, draw), temperature)
+            labels[e] = teacher.logits(views_of(images, config, view_seed, e), temperature)
         spec = LabelSpec(kind="logits", loss="kl", temperature=temperature, view_mode="per-view",
                          view_seed=int(view_seed), view_strategy=strategy)
     provenance = dict(s.provenance, labels={"teacher": teacher.source, "views": views, "temperature": temperature,
