@@ -11,10 +11,26 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from ..synset import SynSet
+
 
 def to_jax(t: torch.Tensor, dtype=None) -> jax.Array:
     """A JAX copy of ``t`` (any device), as ``dtype`` if given."""
     return jnp.asarray(t.detach().cpu().numpy(), dtype=dtype)
+
+
+def versions() -> str:
+    """What a JAX-made set records as its backend in provenance."""
+    import optax
+
+    return f"jax {jax.__version__}, optax {optax.__version__}"
+
+
+def mark_jax(s: SynSet) -> SynSet:
+    """``s`` marked as made by the JAX backend (config ``backend`` and provenance versions)."""
+    s.config["backend"] = "jax"
+    s.provenance["backend"] = versions()
+    return s
 
 
 def to_torch(a: jax.Array, like: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ from ..methods.dm import DMConfig, MatchingBase, load_for
 from ..nets import FlatLayout
 from ..synset import SynSet
 from .augment import Draw, apply_dsa, from_torch
-from .bridge import to_jax, to_torch
+from .bridge import mark_jax, to_jax, to_torch
 from .nets import JaxNet, build_jax_net
 from .optim import sgd
 
@@ -104,10 +104,7 @@ class JaxDistributionMatching(MatchingBase):
         return {"loss": float(loss)}
 
     def synset(self, it: int) -> SynSet:
-        s = super().synset(it)
-        s.config["backend"] = "jax"
-        s.provenance["backend"] = f"jax {jax.__version__}"
-        return s
+        return mark_jax(super().synset(it))
 
 
 def run_dm(cfg: DMConfig, device=None, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:

@@ -74,7 +74,7 @@ from ..methods.frepo import FRePoConfig
 from ..nets import FlatLayout, build_net, parse_arch
 from ..rng import generator
 from ..synset import LabelSpec, SynSet
-from .bridge import to_jax, to_torch
+from .bridge import mark_jax, to_jax, to_torch
 from .nets import JaxNet, build_jax_net
 from .optim import OptaxOptimizer
 
@@ -289,11 +289,10 @@ class FRePo:
         s = SynSet.hard(self.images.detach().cpu().clone(), self.classes.clone(), dataset=self.ds.info.name,
                         num_classes=self.ds.info.num_classes, method=self.method_name, transform=self.ds.transform,
                         data=dict(self.ds.meta),
-                        config={"method": self.method_name, "backend": "jax", **asdict(self.cfg), "arch": self.arch},
+                        config={"method": self.method_name, **asdict(self.cfg), "arch": self.arch},
                         provenance={"seed": self.cfg.seed, "iteration": it,
-                                    "backend": f"jax {jax.__version__}, optax {optax.__version__}",
                                     "init_indices": None if self.indices is None else self.indices.tolist()})
-        return s.with_labels(self.labels.detach().cpu().clone(), LabelSpec(kind="regression", loss="mse"))
+        return mark_jax(s).with_labels(self.labels.detach().cpu().clone(), LabelSpec(kind="regression", loss="mse"))
 
 
 def load_for(cfg: FRePoConfig):

@@ -31,14 +31,13 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import optax
 import torch
 
 from ..methods.tm import TMConfig, TrajectoryMatching, open_store_for
 from ..methods.tm_math import Step
 from ..synset import SynSet
 from .augment import Draw, apply_dsa, from_torch, stack
-from .bridge import to_jax, to_torch
+from .bridge import mark_jax, to_jax, to_torch
 from .nets import JaxNet, build_jax_net
 from .optim import sgd
 
@@ -164,10 +163,7 @@ class JaxTrajectoryMatching(TrajectoryMatching):
                 "inner_images": sum(len(step.indices) for step in steps)}
 
     def synset(self, it: int) -> SynSet:
-        out = super().synset(it)
-        out.config["backend"] = "jax"
-        out.provenance["backend"] = f"jax {jax.__version__}, optax {optax.__version__}"
-        return out
+        return mark_jax(super().synset(it))
 
 
 def run_tm(cfg: TMConfig, device=None, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
