@@ -15,13 +15,13 @@ from condense.jax.nets import build_jax_net  # noqa: E402
 from condense.jax import tm as jtm  # noqa: E402
 from condense.jax.tm import JaxTrajectoryMatching, match_loss, padded_plan, run_tm  # noqa: E402
 from condense.methods.loop import synthesize  # noqa: E402
-from condense.methods.tm import TMConfig, TrajectoryMatching, dataset_of_store, soft_cross_entropy  # noqa: E402
+from condense.methods.tm import TrajectoryMatching, dataset_of_store, soft_cross_entropy  # noqa: E402
 from condense.methods.tm_math import Step, Target, match_exact  # noqa: E402
 from condense.nets import FlatLayout, build_net  # noqa: E402
 from condense.rng import generator  # noqa: E402
 from condense.synset import load_synset  # noqa: E402
 from trajectories import open_store  # noqa: E402
-from trajectories.record import BufferConfig, record_store  # noqa: E402
+from conftest import tm_cfg  # noqa: E402
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -67,20 +67,6 @@ def test_matching_loss_and_gradients_equal_torch_in_float64(soft, dsa, remat, un
         assert abs(float(loss_j) - float(loss.detach())) / float(loss.detach()) < 1e-9
         for a, b in zip(grads_j, grads):  # the issue asks 1e-4; float64 gives ~1e-13
             assert rel(a, b) < 1e-9 and float(np.abs(np.asarray(a)).max()) > 0
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-    out = tmp_path_factory.mktemp("experts") / "store"
-    cfg = BufferConfig(dataset="toy", arch="convnet:width=8", experts=2, epochs=4, batch_size=32, out=str(out))
-    record_store(cfg, progress=lambda s: None, bars=False)
-    return str(out)
-
-
-def tm_cfg(store_path, tmp_path, **over):
-    base = dict(trajectories=store_path, ipc=2, iters=6, syn_steps=4, expert_epochs=2, max_start_epoch=2,
-                lr_img=10.0, checkpoint_every=3, out=str(tmp_path / "tm.h5"))
-    return TMConfig(**{**base, **over})
 
 
 def both(cfg):

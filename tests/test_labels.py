@@ -20,7 +20,6 @@ from condense.labels import compress, load_teacher, relabel
 from condense.labels.projector import ProjectorFit
 from condense.synset import LabelSpec, load_synset, real_subset
 from condense.train import Batch, TrainProtocol, evaluate, plain_step, train_model
-from trajectories.record import BufferConfig, record_store
 
 ARCH = "convnet:width=8"
 VIEWS = 4
@@ -33,25 +32,17 @@ def toy():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "store"
-    record_store(BufferConfig(dataset="toy", arch=ARCH, experts=2, epochs=3, batch_size=32, out=str(out)),
-                 progress=lambda s: None, bars=False)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def hard(toy):
     return real_subset(toy, class_balanced_indices(toy.y_train, 3, 5), "random", config={"arch": ARCH})
 
 
 @pytest.fixture(scope="module")
-def per_view(hard, store):
-    return relabel(hard, load_teacher(store, hard), views="per-epoch", epochs=VIEWS, temperature=2.0, view_seed=11)
+def per_view(hard, store_path):
+    return relabel(hard, load_teacher(store_path, hard), views="per-epoch", epochs=VIEWS, temperature=2.0, view_seed=11)
 
 
-def test_a_per_view_label_is_the_teachers_prediction_on_exactly_that_view(hard, store, per_view):
-    teacher = load_teacher(store, hard)
+def test_a_per_view_label_is_the_teachers_prediction_on_exactly_that_view(hard, store_path, per_view):
+    teacher = load_teacher(store_path, hard)
     assert per_view.labels.shape == (VIEWS, 12, 4) and per_view.label_spec.view_mode == "per-view"
     cfg = DSAConfig(strategy=STRATEGY)
     for e in range(VIEWS):
@@ -94,9 +85,9 @@ def test_per_view_training_refuses_what_would_misalign(per_view):
             train_model(net, s.images, s.labels, proto, seed=0, label_spec=s.label_spec)
 
 
-def test_committee_averages_probabilities(hard, store):
-    one = [load_teacher(store, hard, expert=i).logits(hard.images, 2.0) for i in (0, 1)]
-    both = load_teacher(store, hard, committee=2).logits(hard.images, 2.0)
+def test_committee_averages_probabilities(hard, store_path):
+    one = [load_teacher(store_path, hard, expert=i).logits(hard.images, 2.0) for i in (0, 1)]
+    both = load_teacher(store_path, hard, committee=2).logits(hard.images, 2.0)
     want = torch.stack([torch.softmax(z / 2.0, -1) for z in one]).mean(0)
     torch.testing.assert_close(torch.softmax(both / 2.0, -1), want, rtol=1e-5, atol=1e-6)
 
@@ -146,8 +137,8 @@ def test_full_rank_lowrank_is_exact_and_4_bit_packing_keeps_odd_k(per_view):
     assert (got - kept.values).abs().max() <= 0.5 / 15 + 1e-6
 
 
-def test_static_soft_labels_and_learned_labels_compress_like_any_other(hard, store):
-    st = relabel(hard, load_teacher(store, hard), views="static")
+def test_static_soft_labels_and_learned_labels_compress_like_any_other(hard, store_path):
+    st = relabel(hard, load_teacher(store_path, hard), views="static")
     assert st.labels.shape == (12, 4) and st.label_spec.view_mode == "static"
     learned = hard.with_labels(torch.randn(12, 4, generator=torch.Generator().manual_seed(0)),
                                LabelSpec(kind="logits", loss="kl"))  # DATM-style learned logits
@@ -203,10 +194,10 @@ def sha(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def test_cli_makes_compresses_and_describes_labels(hard, store, tmp_path, capsys):
+def test_cli_makes_compresses_and_describes_labels(hard, store_path, tmp_path, capsys):
     src = str(hard.save(tmp_path / "set.h5"))
     before = sha(src)
-    assert main(["labels", src, "--teacher", store, "--views", "per-epoch", "--view-epochs", "3",
+    assert main(["labels", src, "--teacher", store_path, "--views", "per-epoch", "--view-epochs", "3",
                  "--temperature", "2", "--out", str(tmp_path / "soft.h5")]) == 0
     assert main(["labels", str(tmp_path / "soft.h5"), "--codec", "topk:k=1,bits=4", "--out", str(tmp_path / "t.h5")]) == 0
     capsys.readouterr()
@@ -224,25 +215,25 @@ def test_cli_makes_compresses_and_describes_labels(hard, store, tmp_path, capsys
     (["--codec", "lowrank:rank=99"], "rank=99 exceeds"),
     (["--codec", "topk:depth=2"], "bad parameter"),
     (["--teacher", "TEACHER", "--committee", "3"], "holds 2 finished experts"),
-    (["--teacher", "TEACHER", "--teacher-epoch", "7"], "--teacher-epoch must be in 0..3"),
+    (["--teacher", "TEACHER", "--teacher-epoch", "7"], "--teacher-epoch must be in 0..4"),
 ])
-def test_bad_input_is_one_line_and_leaves_the_input_untouched(per_view, store, tmp_path, capsys, extra, message):
+def test_bad_input_is_one_line_and_leaves_the_input_untouched(per_view, store_path, tmp_path, capsys, extra, message):
     src = str(per_view.save(tmp_path / "soft.h5"))
     before = sha(src)
-    extra = [store if a == "TEACHER" else a for a in extra]
+    extra = [store_path if a == "TEACHER" else a for a in extra]
     code = main(["labels", src, *extra, "--out", str(tmp_path / "o.h5")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert sha(src) == before and not (tmp_path / "o.h5").exists()
 
 
-def test_a_teacher_of_another_dataset_or_shape_is_refused(store, toy):
+def test_a_teacher_of_another_dataset_or_shape_is_refused(store_path, toy):
     fm = real_subset(toy, class_balanced_indices(toy.y_train, 1, 0), "random")
     with pytest.raises(ConfigError, match="trained on toy, the set is mnist"):
-        load_teacher(store, fm.__class__(**{**fm.__dict__, "dataset": "mnist"}))
+        load_teacher(store_path, fm.__class__(**{**fm.__dict__, "dataset": "mnist"}))
     small = fm.__class__(**{**fm.__dict__, "images": fm.images[:, :, :8, :8]})
     with pytest.raises(ConfigError, match="takes images of shape"):
-        load_teacher(store, small)
+        load_teacher(store_path, small)
 
 
 def test_a_corrupt_label_block_is_one_format_error(per_view, tmp_path):

@@ -11,13 +11,13 @@ from torch.func import functional_call as torch_functional_call
 from condense.augment import DSAConfig, apply_dsa, sample_dsa
 from condense.errors import CondenseError, ConfigError
 from condense.methods.loop import synthesize
-from condense.methods.tm import TMConfig, TrajectoryMatching, dataset_of_store, run_tm, soft_cross_entropy
+from condense.methods.tm import TrajectoryMatching, dataset_of_store, run_tm, soft_cross_entropy
 from condense.methods.tm_math import Step, Target, match_constant_memory, match_exact
 from condense.nets import FlatLayout, build_net
 from condense.rng import generator
 from condense.synset import load_synset
 from trajectories import open_store
-from trajectories.record import BufferConfig, record_store
+from conftest import tm_cfg
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -101,20 +101,6 @@ def test_constant_memory_in_float32_stays_close():
 
 
 # --- the method on a tiny store --------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-    out = tmp_path_factory.mktemp("experts") / "store"
-    cfg = BufferConfig(dataset="toy", arch="convnet:width=8", experts=2, epochs=4, batch_size=32, out=str(out))
-    record_store(cfg, progress=lambda s: None, bars=False)
-    return str(out)
-
-
-def tm_cfg(store_path, tmp_path, **over):
-    base = dict(trajectories=store_path, ipc=2, iters=6, syn_steps=4, expert_epochs=2, max_start_epoch=2,
-                lr_img=10.0, checkpoint_every=3, out=str(tmp_path / "tm.h5"))
-    return TMConfig(**{**base, **over})
-
 
 def make(cfg):
     store = open_store(cfg.trajectories)
