@@ -2,6 +2,8 @@
 iterations as the torch method on a torch-recorded store; the shared loop's guarantees."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ import jax.numpy as jnp  # noqa: E402
 from condense.augment import DSAConfig, sample_dsa  # noqa: E402
 from condense.jax.nets import build_jax_net  # noqa: E402
 from condense.jax import tm as jtm  # noqa: E402
-from condense.jax.tm import JaxTrajectoryMatching, match_loss, padded_plan, run_tm  # noqa: E402
+from condense.jax.tm import JaxTrajectoryMatching, padded_plan, run_tm  # noqa: E402
 from condense.methods.loop import synthesize  # noqa: E402
 from condense.methods.tm import TrajectoryMatching, dataset_of_store, soft_cross_entropy  # noqa: E402
 from condense.methods.tm_math import Step, Target, match_exact  # noqa: E402
@@ -34,9 +36,13 @@ def rel(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("soft, dsa, remat, unroll", [(False, False, False, True), (True, True, True, 1)])
-def test_matching_loss_and_gradients_equal_torch_in_float64(soft, dsa, remat, unroll, monkeypatch):
-    monkeypatch.setattr(jtm, "scan_unroll", lambda: unroll)  # the CPU's unrolled scan and the GPUs' rolled one
+@pytest.mark.parametrize("soft, dsa, path", [(False, False, "exact"), (True, True, "remat"),
+                                             (False, True, "adjoint"), (True, False, "adjoint")])
+def test_matching_loss_and_gradients_equal_torch_in_float64(soft, dsa, path, monkeypatch):
+    # exact: the CPU's unrolled scan; remat: the GPUs' rolled scan with jax.checkpoint per step (--memory
+    # constant there); adjoint: --memory constant on a CPU, one compiled step at a time
+    monkeypatch.setattr(jtm, "scan_unroll", lambda: 1 if path == "remat" else True)
+    monkeypatch.setattr(jtm, "constant_strategy", lambda: "remat" if path == "remat" else "adjoint")
     with jax.enable_x64(True):
         net = build_net(ARCH, 1, 3, (8, 8), generator=generator(0)).double()
         twin = build_jax_net(ARCH, 1, 3, (8, 8))
@@ -58,8 +64,8 @@ def test_matching_loss_and_gradients_equal_torch_in_float64(soft, dsa, remat, un
         grads = torch.autograd.grad(loss, wrt)
 
         idx, mask, draws = padded_plan(plan)
-        f = jax.jit(jax.value_and_grad(lambda *a: match_loss(twin, soft, remat, ((4, 1.0), (2, 0.5)), *a),
-                                       argnums=(0, 1, 2) if soft else (0, 1)))
+        spec = ((4, 1.0), (2, 0.5))
+        f = partial(jtm.matcher(twin, soft, "exact" if path == "exact" else "constant", soft), spec)
         loss_j, grads_j = f(jnp.asarray(images.detach().numpy()), jnp.asarray(log_lr.detach().numpy()),
                             jnp.asarray(labels.detach().numpy()), jnp.asarray(start.numpy()),
                             [jnp.asarray(target.numpy()), jnp.asarray(mid.numpy())], idx, mask, draws, jnp.asarray(1.3))
@@ -75,7 +81,8 @@ def both(cfg):
     return JaxTrajectoryMatching(cfg, store, ds), TrajectoryMatching(cfg, store, ds, CPU)
 
 
-@pytest.mark.parametrize("over", [dict(), dict(labels="learned", batch_syn=3, middle_loss=True, balance_loss=True)])
+@pytest.mark.parametrize("over", [dict(), dict(labels="learned", batch_syn=3, middle_loss=True, balance_loss=True),
+                                  dict(memory="constant", labels="learned", batch_syn=3)])
 def test_an_iteration_equals_the_torch_method_on_a_torch_recorded_store(store_path, tmp_path, over):
     ours, theirs = both(tm_cfg(store_path, tmp_path, **over))
     a, b = ours.compute_grads(1), theirs.compute_grads(1)

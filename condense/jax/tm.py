@@ -5,10 +5,18 @@ Per iteration the student starts at an expert's θ_s, takes N SGD steps with α 
 synthetic batches (each with its DSA draw), and the loss is
 Σ_k w_k ‖θ_{m_k} − θ*_k‖² / ‖θ_s − θ*_k‖² over the targets (MTT's single θ_{s+M} at step N,
 plus AST's intermediate ones). ``jax.value_and_grad`` of that unrolled computation gives the
-exact gradients with respect to the images, ρ and (DATM) the labels. ``--memory constant``
-wraps each step in ``jax.checkpoint``: the backward pass recomputes one step's activations
-instead of storing all N (the same numbers; memory independent of N apart from the N + 1
-parameter carries), the JAX counterpart of the torch adjoint path.
+exact gradients with respect to the images, ρ and (DATM) the labels. ``--memory constant`` gives
+the same numbers with one step's activations alive at a time (memory independent of N apart
+from the N + 1 parameter vectors), in one of two ways chosen by :func:`constant_strategy`:
+
+- ``"remat"`` (GPUs): the rolled scan with each step wrapped in ``jax.checkpoint``, so the
+  backward pass recomputes a step's activations from its stored carry. One XLA program.
+- ``"adjoint"`` (CPUs): the torch method's adjoint walk (:func:`condense.methods.tm_math.
+  match_constant_memory`) with one jit-compiled program per step kind, forward and backward.
+  XLA:CPU runs convolutions inside a rolled loop far slower, and in the unrolled loop it
+  schedules all N steps' activations at once whatever the remat marks (measured: 6.6 GiB at
+  40 steps), so on a CPU the loop over steps stays in Python; compile time is then also
+  independent of N.
 
 Everything else is the torch method's, reused as is by subclassing
 :class:`~condense.methods.tm.TrajectoryMatching`: the store and its checks, the initial images
@@ -110,6 +118,63 @@ def match_loss(net: JaxNet, soft: bool, remat: bool, spec: tuple[tuple[int, floa
     return loss
 
 
+def constant_strategy() -> str:
+    """How ``--memory constant`` keeps one step's activations: "adjoint" on a CPU, "remat" elsewhere."""
+    return "adjoint" if jax.default_backend() == "cpu" else "remat"
+
+
+def step_grad(net: JaxNet, soft: bool, theta: Tree, images: jax.Array, labels: jax.Array, scale: jax.Array,
+              plan: tuple, t: jax.Array) -> Tree:
+    """g_t = ∇_θ L_t(θ) of step ``t`` of ``plan`` = (idx [N, b], mask [N, b], draws stacked over N or None)."""
+    idx, mask, draw = jax.tree.map(lambda a: a[t], plan)
+    return jax.grad(inner_loss, argnums=2)(net, soft, theta, images, labels, idx, mask, draw, scale)
+
+
+@lru_cache(maxsize=None)
+def compiled_adjoint_steps(net: JaxNet, soft: bool, learned: bool):
+    """(forward, backward): one student step, and one step of the adjoint walk, each jit-compiled once
+    for every step index (``t`` is traced), so compile time does not grow with N."""
+    def forward(theta, lr, images, labels, scale, plan, t):
+        g = step_grad(net, soft, theta, images, labels, scale, plan, t)
+        return jax.tree.map(lambda p, d: p - lr * d, theta, g)
+
+    def backward(theta, v, acc, lr, images, labels, scale, plan, t):
+        # v = ∂ℓ/∂θ_{t+1}; acc = (∂ℓ/∂X, ∂ℓ/∂α[, ∂ℓ/∂Y]) so far. Returns v_t and acc with step t's terms.
+        wrt = (theta, images, labels) if learned else (theta, images)
+        g, pull = jax.vjp(lambda th, x, *y: step_grad(net, soft, th, x, y[0] if learned else labels, scale, plan, t),
+                          *wrt)
+        vjps = pull(v)
+        acc = (acc[0] - lr * vjps[1], acc[1] - sum((a * b).sum() for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(g))),
+               *((acc[2] - lr * vjps[2],) if learned else ()))
+        return jax.tree.map(lambda a, b: a - lr * b, v, vjps[0]), acc
+
+    return jax.jit(forward), jax.jit(backward)
+
+
+def match_constant_memory(net: JaxNet, soft: bool, learned: bool, spec: tuple[tuple[int, float], ...],
+                          images: jax.Array, log_lr: jax.Array, labels: jax.Array, start: jax.Array,
+                          targets: Sequence[jax.Array], idx: jax.Array, mask: jax.Array, draws: Draw | None,
+                          scale: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """What ``jax.value_and_grad(match_loss)`` returns (loss, (∂/∂images, ∂/∂ρ[, ∂/∂labels])), by the
+    adjoint walk of :func:`condense.methods.tm_math.match_constant_memory`: the N steps run forward
+    keeping only θ_0..θ_N, then v_t = ∂ℓ/∂θ_t walks back, recomputing one step at a time."""
+    forward, backward = compiled_adjoint_steps(net, soft, learned)
+    lr, plan = jnp.exp(log_lr), (idx, mask, draws)
+    thetas = [net.params(start)]
+    for t in range(max(m for m, _ in spec)):
+        thetas.append(forward(thetas[-1], lr, images, labels, scale, plan, jnp.int32(t)))
+    goals = [(m, w, net.params(target), ((start - target) ** 2).sum()) for (m, w), target in zip(spec, targets)]
+    loss = sum(w * sq_dist(thetas[m], goal) / d for m, w, goal, d in goals)
+    v = jax.tree.map(jnp.zeros_like, thetas[0])
+    acc = (jnp.zeros_like(images), jnp.zeros((), start.dtype), *((jnp.zeros_like(labels),) if learned else ()))
+    for t in reversed(range(len(thetas) - 1)):
+        for m, w, goal, d in goals:  # ∂ℓ/∂θ_{t+1} gains the direct term of every target matched there
+            if m == t + 1:
+                v = jax.tree.map(lambda a, th, g: a + w * 2.0 * (th - g) / d, v, thetas[t + 1], goal)
+        v, acc = backward(thetas[t], v, acc, lr, images, labels, scale, plan, jnp.int32(t))
+    return loss, (acc[0], acc[1] * lr, *acc[2:])  # dℓ/dρ = dℓ/dα · α
+
+
 def padded_plan(steps: Sequence[Step], dtype=None) -> tuple[jax.Array, jax.Array, Draw | None]:
     """The steps as arrays: idx [N, b] (int32, padded with 0), mask [N, b] (1 real, 0 padding),
     and the draws stacked over N (None without DSA)."""
@@ -131,6 +196,13 @@ def compiled_match(net: JaxNet, soft: bool, remat: bool, learned: bool):
     return jax.jit(jax.value_and_grad(objective, argnums=(1, 2, 3) if learned else (1, 2)), static_argnums=0)
 
 
+def matcher(net: JaxNet, soft: bool, memory: str, learned: bool):
+    """f(spec, images, ρ, labels, start, targets, idx, mask, draws, scale) -> (loss, grads) for a memory mode."""
+    if memory == "constant" and constant_strategy() == "adjoint":
+        return partial(match_constant_memory, net, soft, learned)
+    return compiled_match(net, soft, memory == "constant", learned)
+
+
 # --- the method -----------------------------------------------------------------------------------
 
 class JaxTrajectoryMatching(TrajectoryMatching):
@@ -146,7 +218,7 @@ class JaxTrajectoryMatching(TrajectoryMatching):
                      "log_lr": sgd([self.log_lr], cfg.lr_lr / self.lr_init ** 2, momentum=0.5)}
         if learned:
             self.opts["labels"] = sgd([self.labels], cfg.lr_labels, momentum=0.9)
-        self._value_and_grad = compiled_match(self.twin, cfg.labels != "hard", cfg.memory == "constant", learned)
+        self._value_and_grad = matcher(self.twin, cfg.labels != "hard", cfg.memory, learned)
 
     def compute_grads(self, it: int) -> dict[str, float]:
         expert, s, steps = self.plan(it)
