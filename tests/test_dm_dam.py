@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from condense.data import load_dataset
-from condense.errors import ConfigError
+from condense.errors import CondenseError, ConfigError
 from condense.methods.dam import AttentionMatching, DAMConfig, attention_map, dam_loss, maps_and_embedding, run_dam
 from condense.methods.dm import DistributionMatching, DMConfig, dm_loss, run_dm
 from condense.methods.loop import synthesize
@@ -149,6 +149,16 @@ def test_resume_equals_uninterrupted(toy, tmp_path, run, make_cfg, name):
     assert (tmp_path / "b" / f"{name}.h5.run" / "metrics.csv").read_text().count("\n") == 7  # header + 6 rows
     initial = load_dataset("toy").x_train[torch.tensor(saved.provenance["init_indices"])]
     assert not torch.equal(saved.images, initial)  # the images moved
+
+
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(toy, tmp_path):
+    run_dm(dm_cfg(tmp_path, iters=3), CPU, **QUIET)
+    folder = tmp_path / "dm.h5.run"
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    assert '"seed": 0' in before["config.json"].decode()
+    with pytest.raises(CondenseError, match="belongs to a run with other settings"):
+        run_dm(dm_cfg(tmp_path, iters=6, seed=1), CPU, **QUIET)
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before  # config.json still the run's own
 
 
 def test_a_different_seed_gives_a_different_set(toy, tmp_path):

@@ -155,8 +155,6 @@ class Run:
         self.key = identity_hash(config)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
-            (self.folder / "env.json").write_text(json.dumps(environment(), indent=1))
         except OSError as e:
             raise CondenseError(f"cannot write the run folder {self.folder}: {e.strerror or e}") from None
         self._metrics_file = None
@@ -188,10 +186,20 @@ class Run:
         except OSError as e:
             raise CondenseError(f"cannot write the checkpoint in {self.folder}: {e.strerror or e}") from None
 
+    def _record(self) -> None:
+        """Write config.json and env.json: only once the folder is known to be this run's, so a
+        refused resume leaves the other run's record as it was."""
+        try:
+            (self.folder / "config.json").write_text(json.dumps(self.config, indent=1, sort_keys=True, default=str))
+            (self.folder / "env.json").write_text(json.dumps(environment(), indent=1))
+        except OSError as e:
+            raise CondenseError(f"cannot write the run folder {self.folder}: {e.strerror or e}") from None
+
     def load_checkpoint(self, method: Synthesizer) -> int:
         """Restore ``method`` from the run folder; returns the iteration to continue from (0: fresh)."""
         path = self.folder / CHECKPOINT
         if not path.exists():
+            self._record()
             return 0
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -206,6 +214,7 @@ class Run:
         for k, o in method.optimizers().items():
             o.load_state_dict(state["optimizers"][k])
         method.load_extra_state(state["extra"])
+        self._record()
         return int(state["iteration"])
 
     def remove_checkpoint(self) -> None:
