@@ -11,9 +11,10 @@ A pipeline preset has a ``run`` section naming its steps, and one section per st
 
 A step's kind is its name up to the first ``-``. Outputs always land under ``out``
 (a section's own ``out`` is taken relative to it); ``tm`` reads the trajectories of the
-last ``buffer`` step unless its section names a store. Every step resumes (the store
-skips finished experts, synthesis restarts from its checkpoint, the evaluation grid
-from its job log), so rerunning a killed pipeline finishes it.
+last ``buffer`` step unless its section names a store. Every step resumes (the store skips
+finished experts, synthesis restarts from its checkpoint, a coreset chosen with the same
+settings is reused, the evaluation grid from its job log), so rerunning a killed pipeline
+finishes it.
 """
 from __future__ import annotations
 

@@ -73,3 +73,19 @@ def test_kcenter_equals_a_naive_greedy():
 def test_bad_input(tmp_path, over, message):
     with pytest.raises(ConfigError, match=message):
         run_baseline(cfg(tmp_path, "bad", **over), CPU, selection="herding")
+
+
+def test_a_rerun_with_the_same_settings_reuses_the_set(sets, tmp_path, monkeypatch):
+    import condense.methods.baselines as b
+
+    first = run_baseline(cfg(tmp_path, "h"), CPU, selection="herding")
+    stamp = (tmp_path / "h.h5").stat().st_mtime_ns
+    monkeypatch.setattr(b, "select", lambda *a: pytest.fail("selected again"))
+    notes = []
+    again = run_baseline(cfg(tmp_path, "h", device="cpu"), CPU, selection="herding", progress=notes.append)
+    assert torch.equal(again.indices, first.indices) and (tmp_path / "h.h5").stat().st_mtime_ns == stamp
+    assert notes == [f"{tmp_path / 'h.h5'}: already selected with these settings"]
+    with pytest.raises(pytest.fail.Exception, match="selected again"):  # other settings: chosen anew
+        run_baseline(cfg(tmp_path, "h", embed_epochs=2), CPU, selection="herding")
+    with pytest.raises(pytest.fail.Exception, match="selected again"):  # another method at the same path
+        run_baseline(cfg(tmp_path, "h"), CPU, selection="kcenter")

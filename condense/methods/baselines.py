@@ -16,14 +16,15 @@ The chosen indices into the training split are recorded in the set file.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from ..data import class_balanced_indices, load_dataset
-from ..errors import ConfigError
+from ..errors import CondenseError, ConfigError
 from ..nets import build_net, parse_arch
 from ..rng import generator
-from ..synset import SynSet, real_subset
+from ..synset import SynSet, load_synset, real_subset
 from ..train import STREAM_INIT, TrainProtocol, train_model
 
 SELECTIONS = ("random", "herding", "kcenter")
@@ -111,11 +112,29 @@ def run_baseline(cfg: BaselineConfig, device: torch.device, *, selection: str, p
                  evaluate=None) -> SynSet:
     """Choose the subset, write it to ``cfg.out`` and return it."""
     cfg.validate()
+    config = {"method": selection, **asdict(cfg), "arch": cfg.arch}
+    done = _already_selected(cfg.out, config)
+    if done is not None:  # a rerun pipeline (or command) does not retrain the embedding network
+        progress(f"{cfg.out}: already selected with these settings")
+        return done
     ds = load_dataset(cfg.dataset, cfg.data_root)
     idx = select(selection, ds, cfg, device)
-    s = real_subset(ds, idx, selection, config={"method": selection, **asdict(cfg), "arch": cfg.arch},
-                    provenance={"seed": cfg.seed})
+    s = real_subset(ds, idx, selection, config=config, provenance={"seed": cfg.seed})
     s.save(cfg.out)
     if evaluate is not None:
         progress(f"validation accuracy {100 * evaluate(s):.2f}%")
     return s
+
+
+def _already_selected(out: str, config: dict) -> SynSet | None:
+    """The set at ``out`` if it exists and was chosen with the same settings (the identity a
+    synthesis run resumes by: everything but where it is written and run), else None."""
+    from .loop import identity_hash
+
+    if not Path(out).exists():
+        return None
+    try:
+        s = load_synset(out)
+    except CondenseError:
+        return None  # not a readable set: selecting writes a new one, as it always has
+    return s if identity_hash(s.config) == identity_hash(config) else None
