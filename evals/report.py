@@ -118,6 +118,7 @@ def plot(rows: Sequence[dict], folder: str | os.PathLike) -> list[Path]:
     labels = list(dict.fromkeys(_label(r) for r in main))
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(archs) * max(1, len(labels)) / 2), 4))
     width = 0.8 / max(1, len(labels))
+    colors = plt.get_cmap("tab20" if len(labels) > 10 else "tab10").colors  # no colour twice in one plot
     for i, lab in enumerate(labels):
         xs, ms, ss = [], [], []
         for j, arch in enumerate(archs):
@@ -126,10 +127,11 @@ def plot(rows: Sequence[dict], folder: str | os.PathLike) -> list[Path]:
                 xs.append(j + i * width)
                 ms.append(r["mean"])
                 ss.append(r["std"])
-        ax.bar(xs, ms, width, yerr=ss, capsize=3, label=lab)
+        bars = ax.bar(xs, ms, width, yerr=ss, capsize=3, label=lab, color=colors[i % len(colors)])
+        ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
     ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(archs))], archs, rotation=15, fontsize=8)
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     ax.set_title("accuracy per architecture (mean ± std over runs)")
     fig.tight_layout()
     files = [folder / "accuracy.png"]
