@@ -12,6 +12,7 @@ the same IPC), ``hard_label_gap`` (set − the same set trained on hard labels) 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,9 +77,9 @@ def table(rows: Sequence[dict], score_rows: Sequence[dict]) -> str:
         name = os.path.basename(r["synset"]) if r["synset"] else (
             f"full data ({r['epochs']} epochs)" if r["baseline"] == "full" else "random real")
         lines.append((name, r["method"], "-" if r["ipc"] is None else str(r["ipc"]), r["arch"], r["variant"],
-                      f"{r['mean']:.2f} ± {r['std']:.2f}", f"± {r['ci95']:.2f}", str(r["runs"]),
+                      f"{r['mean']:.2f} ± {r['std']:.2f}", _pm(r["ci95"]) or "-", str(r["runs"]),
                       _kib(sb.get("images")), _kib(used), "-" if fraction is None else f"{100 * fraction:.3g} %",
-                      "-" if vs is None else f"{vs['mean']:+.2f} ± {vs['ci95']:.2f}"))
+                      "-" if vs is None else f"{vs['mean']:+.2f} {_pm(vs['ci95'])}".rstrip()))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
@@ -101,6 +102,11 @@ def to_json(rows: Sequence[dict], score_rows: Sequence[dict], protocol: dict[str
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, path)
     return doc
+
+
+def _pm(ci95: float) -> str:
+    """"± x.xx", or "" when the interval is undefined (one run)."""
+    return "" if math.isnan(ci95) else f"± {ci95:.2f}"
 
 
 def plot(rows: Sequence[dict], folder: str | os.PathLike) -> list[Path]:

@@ -165,6 +165,16 @@ def test_cli_eval_table_json_and_plots(hard_set, tmp_path, capsys):
     assert (tmp_path / "plots" / "curves.png").stat().st_size > 1000
 
 
+def test_one_run_has_no_interval_and_the_table_says_so():
+    from evals.report import table
+
+    row = {"synset": "a.h5", "method": "dm", "ipc": 1, "arch": "convnet", "variant": "set", "mean": 60.0,
+           "std": 0.0, "ci95": float("nan"), "runs": 1, "baseline": None, "storage_bytes": {}}
+    score = {"synset": "a.h5", "arch": "convnet", "score": "vs_random", "mean": 2.5, "std": 0.0, "ci95": float("nan")}
+    text = table([row], [score])
+    assert "nan" not in text and text.splitlines()[2].rstrip().endswith("+2.50")
+
+
 @pytest.mark.parametrize("argv,message", [
     (["eval", "{set}", "--runs", "0"], "--runs must be positive"),
     (["eval", "{set}", "--arch", "convnet:depth=9"], "cannot train on toy images"),
