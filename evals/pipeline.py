@@ -127,7 +127,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
 def _synth(method: str, step, out: Path, store: str | None, device: torch.device, note, bars) -> str:
     """Run one synthesis step; returns the set's path (and writes its PNG grid beside it)."""
     from condense.data import dataset_info
-    from condense.methods import get_method, jax_runner
+    from condense.methods import get_method, runner
     from condense.viz import save_grid
 
     step.out = _under(out, None if step.out == _default(step, "out") else step.out, f"{method}_ipc{step.ipc}.h5")
@@ -135,9 +135,7 @@ def _synth(method: str, step, out: Path, store: str | None, device: torch.device
         if store is None:
             raise ConfigError(f"the {method} step needs trajectories: put a buffer step before it")
         step.trajectories = store
-    entry = get_method(method)
-    run = jax_runner(entry) if entry.jax_only else entry.run  # a JAX-only method (frepo) has no torch runner
-    s = run(step, device, progress=note, bars=bars)
+    s = runner(get_method(method))(step, device, progress=note, bars=bars)  # each method's default backend
     grid = Path(step.out).with_suffix(".png")
     save_grid(s.to_pixels(), s.classes, grid, class_names=dataset_info(s.dataset).class_names,
               title=f"{method}, {s.dataset}, IPC {s.ipc}")

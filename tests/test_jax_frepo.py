@@ -150,6 +150,18 @@ def test_cli_frepo_defaults_to_jax_and_torch_is_one_error_line(tmp_path, capsys)
     assert (tmp_path / "cli.h5.run" / "metrics.csv").read_text().count("\n") == 3  # header + 2: bad runs did nothing
 
 
+def test_a_pipeline_runs_a_frepo_step_with_its_jax_runner(tmp_path):
+    from evals.pipeline import RunConfig, run_pipeline
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"synth-frepo:\n  method: frepo\n  dataset: toy\n  ipc: 1\n  arch: {ARCH!r}\n"
+                      "  batch_real: 32\n  pool_size: 2\n  iters: 2\n")
+    run_pipeline(str(preset), RunConfig(steps=["synth-frepo"], out=str(tmp_path / "out")), note=lambda s: None,
+                 bars=False)
+    s = load_synset(tmp_path / "out" / "frepo_ipc1.h5")
+    assert s.method == "frepo" and s.config["backend"] == "jax" and s.provenance["iteration"] == 2
+
+
 DATA_PARALLEL = """
 import torch
 from condense.data import load_dataset

@@ -113,7 +113,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..methods import get_method, jax_runner
+    from ..methods import get_method, runner
 
     method = args.method or (preset_section(args.preset, "synth").get("method") if args.preset else None)
     if not method:
@@ -127,12 +127,10 @@ def handle(args: argparse.Namespace) -> int:
     section = dict(preset_section(args.preset, "synth")) if args.preset else {}
     section.pop("method", None)  # selects the method above; not a config field
     preset_backend = section.pop("backend", None)  # likewise
-    backend = args.backend or preset_backend or ("jax" if entry.jax_only else "torch")
+    backend = args.backend or preset_backend or entry.default_backend
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r} is not one of: {', '.join(BACKENDS)}")
-    if backend == "torch" and entry.jax_only:
-        entry.run(None)  # the method's own one-line error, before any work
-    run = jax_runner(entry) if backend == "jax" else entry.run
+    run = runner(entry, backend)
     flags = {f: getattr(args, f) for f in fields if hasattr(args, f)}
     cfg = make_config(entry.config, section, flags, where=f"preset {args.preset!r}" if args.preset else "")
     device = resolve_device(cfg.device)

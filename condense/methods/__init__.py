@@ -16,6 +16,10 @@ class MethodEntry:
     jax: str | None = None  # "module:function" of the JAX runner (same signature), imported only when asked for
     jax_only: bool = False  # no torch version: --backend defaults to jax, and ``run`` raises one error line
 
+    @property
+    def default_backend(self) -> str:
+        return "jax" if self.jax_only else "torch"
+
 
 _METHODS: dict[str, MethodEntry] = {}
 
@@ -34,6 +38,17 @@ def get_method(name: str) -> MethodEntry:
 
 def method_names() -> list[str]:
     return sorted(_METHODS)
+
+
+def runner(entry: MethodEntry, backend: str | None = None) -> Callable[..., Any]:
+    """The runner of ``entry`` for ``backend`` (None: the method's default). A JAX-only method asked
+    for torch raises its own one-line error here, before any work."""
+    backend = backend or entry.default_backend
+    if backend == "jax":
+        return jax_runner(entry)
+    if entry.jax_only:
+        entry.run(None)
+    return entry.run
 
 
 def jax_runner(entry: MethodEntry) -> Callable[..., Any]:
