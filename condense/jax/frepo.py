@@ -71,6 +71,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..methods.frepo import FRePoConfig
+from ..methods.loop import ImageSynthesizer
 from ..nets import FlatLayout, build_net, parse_arch
 from ..rng import generator
 from ..synset import LabelSpec, SynSet
@@ -172,7 +173,7 @@ def synthesis_optimizer(params: Sequence[torch.Tensor], cfg: FRePoConfig) -> Opt
 
 # --- the method -----------------------------------------------------------------------------------
 
-class FRePo:
+class FRePo(ImageSynthesizer):
     """FRePo as a :class:`~condense.methods.loop.Synthesizer` (see the module docstring)."""
 
     method_name = "frepo"
@@ -205,9 +206,6 @@ class FRePo:
 
     def learnables(self) -> dict[str, torch.Tensor]:
         return {"images": self.images, **({"labels": self.labels} if self.cfg.learn_labels else {})}
-
-    def optimizers(self):
-        return self.opts
 
     def fresh_network(self, *keys: int) -> jax.Array:
         """A flat parameter vector [D] initialised by torch's initialiser from generator(*keys)."""
@@ -282,17 +280,9 @@ class FRePo:
         self.pool = {"params": to_jax(state["pool_params"]), "opt": jax.tree.unflatten(treedef, leaves),
                      "steps": to_jax(state["pool_steps"])}
 
-    def validate_state(self) -> str | None:
-        return None
-
     def synset(self, it: int) -> SynSet:
-        s = SynSet.hard(self.images.detach().cpu().clone(), self.classes.clone(), dataset=self.ds.info.name,
-                        num_classes=self.ds.info.num_classes, method=self.method_name, transform=self.ds.transform,
-                        data=dict(self.ds.meta),
-                        config={"method": self.method_name, **asdict(self.cfg), "arch": self.arch},
-                        provenance={"seed": self.cfg.seed, "iteration": it,
-                                    "init_indices": None if self.indices is None else self.indices.tolist()})
-        return mark_jax(s).with_labels(self.labels.detach().cpu().clone(), LabelSpec(kind="regression", loss="mse"))
+        return mark_jax(super().synset(it)).with_labels(self.labels.detach().cpu().clone(),
+                                                        LabelSpec(kind="regression", loss="mse"))
 
 
 def load_for(cfg: FRePoConfig):

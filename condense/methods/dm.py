@@ -189,13 +189,6 @@ class MatchingBase(ImageSynthesizer):
             syns.append(syn)
         return reals, syns
 
-    def synset(self, it: int) -> SynSet:
-        return SynSet.hard(self.images.detach().cpu().clone(), self.classes.clone(), dataset=self.ds.info.name,
-                           num_classes=self.ds.info.num_classes, method=self.method_name, transform=self.ds.transform,
-                           data=dict(self.ds.meta),
-                           config={"method": self.method_name, **asdict(self.cfg), "arch": self.arch},
-                           provenance={"seed": self.cfg.seed, "iteration": it,
-                                       "init_indices": None if self.indices is None else self.indices.tolist()})
 
 
 class DistributionMatching(MatchingBase):

@@ -30,7 +30,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -98,8 +98,8 @@ class Synthesizer(Protocol):
 
 
 class ImageSynthesizer:
-    """Defaults of :class:`Synthesizer` for methods that learn only ``self.images`` with the
-    optimisers ``self.opts`` and keep no further state (dm, dam, gm)."""
+    """Defaults of :class:`Synthesizer` for methods that learn ``self.images`` with the optimisers
+    ``self.opts`` and keep no further state (dm, dam, gm; frepo overrides what it adds)."""
 
     images: torch.Tensor
     opts: dict[str, torch.optim.Optimizer]
@@ -121,6 +121,16 @@ class ImageSynthesizer:
 
     def validate_state(self) -> str | None:
         return None
+
+    def synset(self, it: int) -> SynSet:
+        """The images with their classes as hard labels, the config (canonical ``self.arch``) and
+        where the images started (``self.indices`` into the training split, or None)."""
+        return SynSet.hard(self.images.detach().cpu().clone(), self.classes.clone(), dataset=self.ds.info.name,
+                           num_classes=self.ds.info.num_classes, method=self.method_name, transform=self.ds.transform,
+                           data=dict(self.ds.meta),
+                           config={"method": self.method_name, **asdict(self.cfg), "arch": self.arch},
+                           provenance={"seed": self.cfg.seed, "iteration": it,
+                                       "init_indices": None if self.indices is None else self.indices.tolist()})
 
 
 def identity_hash(config: dict[str, Any]) -> str:
