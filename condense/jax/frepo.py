@@ -258,15 +258,17 @@ class FRePo(ImageSynthesizer):
         if not bool(jnp.isfinite(flat).all()):  # a diverged pool network would poison later iterations
             self._reset(i, it)
             return
-        self.pool = {"params": self.pool["params"].at[i].set(flat),
-                     "opt": jax.tree.map(lambda a, b: a.at[i].set(b), self.pool["opt"], opt),
-                     "steps": self.pool["steps"].at[i].add(1)}
+        self._put(i, flat, opt, self.pool["steps"][i] + 1)
 
     def _reset(self, i: int, it: int) -> None:
         flat = self.fresh_network(self.cfg.seed, it, STREAM_RESET)
+        self._put(i, flat, self._tx.init(flat), 0)
+
+    def _put(self, i: int, flat: jax.Array, opt: Tree, steps) -> None:
+        """Pool member ``i`` becomes (flat parameters [D], Adam state, online step count)."""
         self.pool = {"params": self.pool["params"].at[i].set(flat),
-                     "opt": jax.tree.map(lambda a, b: a.at[i].set(b), self.pool["opt"], self._tx.init(flat)),
-                     "steps": self.pool["steps"].at[i].set(0)}
+                     "opt": jax.tree.map(lambda a, b: a.at[i].set(b), self.pool["opt"], opt),
+                     "steps": self.pool["steps"].at[i].set(steps)}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """The pool as tensors: parameters [P, D], online steps [P], Adam's leaves (stacked over P)."""
