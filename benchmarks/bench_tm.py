@@ -100,15 +100,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         make_store(Path(tmp) / "store")
         for backend, memory, steps in ((b, m, n) for b in args.backends for m in args.modes for n in args.steps):
-                out = subprocess.run([sys.executable, __file__, "--iters", str(args.iters), "--child",
-                                      str(Path(tmp) / "store"), memory, str(steps), backend],
-                                     capture_output=True, text=True, check=True)
-                row = json.loads(out.stdout.strip().splitlines()[-1])
-                rows.append(row)
-                print(f"{backend:5s} {memory:8s} syn_steps {steps:3d}: {row['iteration_s']:.2f} s/it "
-                      f"(+{row['compile_s']:.1f} s compile), peak RSS "
-                      f"{row['peak_rss_gib']:.2f} GiB, {row['overhead_x']:.2f}x of syn_steps plain steps "
-                      f"({row['plain_fwd_bwd_ms']:.1f} ms each)", flush=True)
+            out = subprocess.run([sys.executable, __file__, "--iters", str(args.iters), "--child",
+                                  str(Path(tmp) / "store"), memory, str(steps), backend],
+                                 capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"{backend:5s} {memory:8s} syn_steps {steps:3d}: {row['iteration_s']:.2f} s/it "
+                  f"(+{row['compile_s']:.1f} s compile), peak RSS "
+                  f"{row['peak_rss_gib']:.2f} GiB, {row['overhead_x']:.2f}x of syn_steps plain steps "
+                  f"({row['plain_fwd_bwd_ms']:.1f} ms each)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
