@@ -134,9 +134,13 @@ class ImageSynthesizer:
 
 
 def identity_hash(config: dict[str, Any]) -> str:
-    """Hash of a run's identity: what must match for a checkpoint to be resumed."""
+    """Hash of a run's identity: what must match for a checkpoint to be resumed.
+
+    A setting left at None (unset) is not part of it, so adding an optional setting to a
+    method keeps the checkpoints of runs that never used it resumable.
+    """
     ignore = {"iters", "checkpoint_every", "eval_every", "eval_epochs", "out", "device", "data_root"}
-    identity = {k: v for k, v in config.items() if k not in ignore}
+    identity = {k: v for k, v in config.items() if k not in ignore and v is not None}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
