@@ -24,15 +24,23 @@ Strategy and mode
     default) applies ONE group chosen uniformly at random per draw; mode ``'M'``
     applies every group in strategy order.
 
-Once per batch vs per image
-    By default every parameter (including the group chosen in mode ``'S'``) is drawn
-    ONCE per batch and shared by every image (the reference's siamese/"batchmode"
-    semantics); such a draw broadcasts to any batch size. ``per_image=True`` draws
-    everything independently per image, the group choice included, so a per-image
-    draw of B images is distributed like B independent single-image draws (and
-    :func:`cat_draws` builds one from per-image generators, for per-view labels).
-    Note the reference's non-batch mode shares the group across the call; ours
-    does not. A per-image draw only applies to a batch of the same size.
+What is shared within a batch (``DSAConfig.share``)
+    ``'image'`` (the default): the parameters are drawn per image, and in mode ``'S'`` ONE
+    group is chosen per call for the whole batch. This is the reference's ``DiffAugment``
+    called without a seed (``batchmode=False``), which is how DC/DSA and MTT augment
+    whenever they *train* a network on a set: evaluation, expert recording, MTT's student
+    steps, DC's inner network updates.
+    ``'batch'``: every parameter, the group included, is drawn ONCE and shared by every
+    image; such a draw broadcasts to any batch size. This is the reference's seeded call
+    (``batchmode=True``), used where it pairs a real and a synthetic batch (DM, DataDAM,
+    DC/DSA's matching: :func:`siamese`), and condense's behaviour for training before
+    the semantics were fixed (still selectable by name).
+    ``'view'``: nothing is shared: parameters and the group are drawn per image, so a
+    draw of B images is distributed like B independent single-image draws. This is the
+    semantics of per-view labels (:func:`view_draw`): an image's view must not depend on
+    the batch it lands in, so not even the group can be chosen per call.
+    A draw with per-image parameters (``'image'``, ``'view'``) only applies to a batch of
+    its own size.
 
 Transforms and ranges (defaults of :class:`DSAConfig` = the reference's values)
     flip        mirror along the width with probability ``prob_flip`` (0.5).
@@ -56,7 +64,8 @@ Transforms and ranges (defaults of :class:`DSAConfig` = the reference's values)
 
 Random numbers are consumed in a fixed order whatever the strategy and mode:
 group choice, flip, sx, sy, angle, dy, dx, cy, cx, brightness, saturation,
-contrast (each a vector of n = 1 or batch_size values).
+contrast (each a vector of n = 1 or batch_size values; the group choice is one value
+under ``'image'``).
 """
 from __future__ import annotations
 
@@ -71,6 +80,7 @@ from condense.errors import ConfigError
 
 __all__ = [
     "GROUPS",
+    "SHARES",
     "DSAConfig",
     "DSADraw",
     "parse_strategy",
@@ -82,6 +92,7 @@ __all__ = [
 ]
 
 GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+SHARES = ("image", "batch", "view")
 
 
 def parse_strategy(strategy: str) -> tuple[str, ...]:
@@ -101,6 +112,15 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
     return names
 
 
+def check_share(share: str) -> str:
+    """``share`` if it names a DSA sharing semantics, else a ConfigError."""
+    if share not in SHARES:
+        raise ConfigError(f"DSA share must be one of {', '.join(SHARES)} ('image': per-image parameters, one group "
+                          f"per call, as the reference trains; 'batch': one draw per batch; 'view': nothing shared), "
+                          f"got {share!r}")
+    return share
+
+
 @dataclass(frozen=True)
 class DSAConfig:
     """DSA settings; defaults are the reference's ``ParamDiffAug`` values."""
@@ -115,9 +135,11 @@ class DSAConfig:
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5
+    share: str = "image"  # what a batch shares: 'image' (reference), 'batch' (siamese), 'view' (nothing)
 
     def __post_init__(self):
         parse_strategy(self.strategy)
+        check_share(self.share)
         if self.mode not in ("S", "M"):
             raise ConfigError(f"DSA mode must be 'S' (one group per draw) or 'M' (all groups), "
                               f"got {self.mode!r}")
@@ -168,11 +190,11 @@ class DSADraw:
 
 
 def sample_dsa(config: DSAConfig, batch_size: int, image_shape: Sequence[int],
-               generator: torch.Generator, per_image: bool = False) -> DSADraw:
+               generator: torch.Generator) -> DSADraw:
     """Draw DSA parameters for a batch of ``batch_size`` images of shape (C, H, W).
 
-    All randomness comes from ``generator``; tensors live on its device. With
-    ``per_image=False`` one set of parameters is drawn for the whole batch.
+    What the batch shares follows ``config.share`` (module docstring). All randomness
+    comes from ``generator``; tensors live on its device.
     """
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -182,6 +204,7 @@ def sample_dsa(config: DSAConfig, batch_size: int, image_shape: Sequence[int],
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     groups = config.groups
     H, W = int(image_shape[1]), int(image_shape[2])
+    per_image = config.share != "batch"
     n = int(batch_size) if per_image else 1
     dev = generator.device
 
@@ -191,11 +214,11 @@ def sample_dsa(config: DSAConfig, batch_size: int, image_shape: Sequence[int],
     def integers(lo: int, hi: int) -> torch.Tensor:  # inclusive bounds
         return torch.randint(lo, hi + 1, (n,), generator=generator, device=dev)
 
-    u = torch.rand(n, generator=generator, device=dev)
+    u = torch.rand(1 if config.share == "image" else n, generator=generator, device=dev)
     if config.mode == "M":
         active = torch.ones(n, len(groups), dtype=torch.bool, device=dev)
-    else:
-        choice = (u * len(groups)).long().clamp_(max=max(len(groups) - 1, 0))
+    else:  # under 'image' one group for the call, broadcast to every image
+        choice = (u * len(groups)).long().clamp_(max=max(len(groups) - 1, 0)).expand(n)
         active = choice[:, None] == torch.arange(len(groups), device=dev)[None, :]
 
     flip = torch.rand(n, generator=generator, device=dev) < config.prob_flip
@@ -209,22 +232,27 @@ def sample_dsa(config: DSAConfig, batch_size: int, image_shape: Sequence[int],
     brightness = (torch.rand(n, generator=generator, device=dev) - 0.5) * config.brightness
     saturation = torch.rand(n, generator=generator, device=dev) * config.saturation
     contrast = torch.rand(n, generator=generator, device=dev) + config.contrast
-    return DSADraw(groups=groups, image_size=(H, W), cutout_size=(ch, cw), per_image=bool(per_image),
+    return DSADraw(groups=groups, image_size=(H, W), cutout_size=(ch, cw), per_image=per_image,
                    active=active, flip=flip, scale=scale, rotate=rotate, crop=crop, cutout=cutout,
                    brightness=brightness, saturation=saturation, contrast=contrast)
 
 
-def cat_draws(draws: Sequence[DSADraw]) -> DSADraw:
-    """Concatenate draws (e.g. single-image draws from per-image generators) into one
-    per-image draw, image i taking the parameters of draw i (per-batch draws count once)."""
+def cat_draws(draws: Sequence[DSADraw], sizes: Sequence[int] | None = None) -> DSADraw:
+    """Concatenate draws into one per-image draw, in order. Draw i covers ``sizes[i]``
+    images (default 1): a per-batch draw is repeated that many times, a per-image draw
+    must hold exactly that many (e.g. the K runs' draws of a stacked step)."""
     if not draws:
         raise ValueError("cat_draws needs at least one draw")
+    sizes = [1] * len(draws) if sizes is None else [int(s) for s in sizes]
     d0 = draws[0]
-    for d in draws[1:]:
+    for d, size in zip(draws, sizes):
         if (d.groups, d.image_size, d.cutout_size) != (d0.groups, d0.image_size, d0.cutout_size):
             raise ValueError("cat_draws: draws differ in strategy or image size")
-    tensors = {f.name: torch.cat([getattr(d, f.name) for d in draws])
-               for f in fields(d0) if isinstance(getattr(d0, f.name), torch.Tensor)}
+        if d.per_image and d.n != size:
+            raise ValueError(f"cat_draws: a per-image draw of {d.n} images cannot cover {size}")
+    names = [f.name for f in fields(d0) if isinstance(getattr(d0, f.name), torch.Tensor)]
+    tensors = {k: torch.cat([getattr(d, k) if d.per_image else getattr(d, k).repeat_interleave(size, dim=0)
+                             for d, size in zip(draws, sizes)]) for k in names}
     return replace(d0, per_image=True, **tensors)
 
 
@@ -324,21 +352,20 @@ def apply_dsa(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
     return x.contiguous()
 
 
-def dsa(x: torch.Tensor, config: DSAConfig, generator: torch.Generator,
-        per_image: bool = False) -> torch.Tensor:
+def dsa(x: torch.Tensor, config: DSAConfig, generator: torch.Generator) -> torch.Tensor:
     """Sample a draw for ``x``'s sizes from ``generator`` and apply it."""
-    return apply_dsa(x, sample_dsa(config, x.shape[0], tuple(x.shape[1:]), generator, per_image))
+    return apply_dsa(x, sample_dsa(config, x.shape[0], tuple(x.shape[1:]), generator))
 
 
-def siamese(xs: Sequence[torch.Tensor], config: DSAConfig, generator: torch.Generator,
-            per_image: bool = False) -> list[torch.Tensor]:
+def siamese(xs: Sequence[torch.Tensor], config: DSAConfig, generator: torch.Generator) -> list[torch.Tensor]:
     """Apply ONE draw to every batch in ``xs`` (e.g. a real and a synthetic batch).
 
-    The batches must share H and W; with ``per_image=True`` also the batch size.
+    The batches must share H and W; unless ``config.share`` is ``'batch'`` (what the
+    reference's siamese calls use) also the batch size.
     """
     if not xs:
         return []
-    draw = sample_dsa(config, xs[0].shape[0], tuple(xs[0].shape[1:]), generator, per_image)
+    draw = sample_dsa(config, xs[0].shape[0], tuple(xs[0].shape[1:]), generator)
     return [apply_dsa(x, draw) for x in xs]
 
 
@@ -359,7 +386,7 @@ def view_draw(config: DSAConfig, view_seed: int, epoch: int, n: int, image_shape
     """
     from .rng import generator
 
-    return sample_dsa(config, n, image_shape, generator(view_seed, epoch), per_image=True)
+    return sample_dsa(replace(config, share="view"), n, image_shape, generator(view_seed, epoch))
 
 
 def views(images: torch.Tensor, config: DSAConfig, view_seed: int, epoch: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ Codecs and what they keep (K classes; labels [N, K] static or [V, N, K] per view
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -154,10 +154,32 @@ def encode_labels(text: str, labels: torch.Tensor, ctx: LabelContext) -> dict[st
     return codec.encode(labels, ctx, params)
 
 
+def canonical_array(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` in one fixed layout: C-contiguous, native byte order, at a 64-byte
+    aligned address. BLAS and oneDNN pick kernels (and summation orders) by alignment and
+    strides, so decoding the arrays of a set just compressed in memory and those read back
+    from its file gave labels differing in the last bits on some CPUs; decoding always from
+    this layout makes the two paths bit-equal."""
+    a = np.asarray(a)
+    dtype = a.dtype.newbyteorder("=") if a.dtype.byteorder not in ("=", "|") else a.dtype
+    buf = np.empty(a.nbytes + 64, dtype=np.uint8)
+    start = -buf.ctypes.data % 64
+    out = buf[start:start + a.nbytes].view(dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def decode_labels(text: str, arrays: Mapping[str, np.ndarray], shape: tuple[int, ...],
                   ctx: LabelContext) -> torch.Tensor:
-    """Decode stored ``arrays`` to labels of ``shape``; FormatError for a corrupt block."""
+    """Decode stored ``arrays`` to labels of ``shape``; FormatError for a corrupt block.
+
+    Arrays and images are first copied to :func:`canonical_array`'s layout, so the labels
+    do not depend on where the arrays came from (a file, memory, a strided view)."""
     codec, params = parse_codec(text)
+    arrays = {k: canonical_array(v) for k, v in arrays.items()}
+    if ctx.images is not None:
+        images = ctx.images.detach().cpu()
+        ctx = replace(ctx, images=torch.from_numpy(canonical_array(images.numpy())))
     try:
         labels = codec.decode(arrays, tuple(shape), ctx, params)
     except (ValueError, IndexError, RuntimeError) as e:
@@ -288,12 +310,17 @@ def _encode_lowrank(labels, ctx, params):
 
 
 def _decode_lowrank(arrays, shape, ctx, params):
-    mean, left, right = (torch.from_numpy(a.astype(np.float32)) for a in _need(arrays, ("mean", "left", "right"), "lowrank"))
+    mean, left, right = (torch.from_numpy(a.astype(np.float64)) for a in _need(arrays, ("mean", "left", "right"), "lowrank"))
     rows, cols = _matrix_shape(shape)
     if tuple(mean.shape) != (cols,) or tuple(left.shape) != (rows, params["rank"]) or \
             tuple(right.shape) != (params["rank"], cols):
         raise FormatError(f"lowrank factors {tuple(left.shape)} x {tuple(right.shape)} do not fit labels {tuple(shape)}")
-    return (mean + left @ right).reshape(shape)
+    # mean + left @ right as rank elementwise float64 updates, not a BLAS product: each entry is
+    # summed in one fixed order whatever the CPU, its vector width or the arrays' alignment.
+    out = mean.expand(rows, cols).clone()
+    for r in range(params["rank"]):
+        out += left[:, r:r + 1] * right[r]
+    return out.float().reshape(shape)
 
 
 # --- projector (decoder only; trained by condense.labels.projector) ------------------------------

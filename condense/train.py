@@ -7,7 +7,9 @@ harness (on synthetic sets). Keeping one loop is what makes their numbers compar
 Randomness: every draw comes from a generator derived from explicit integers
 (:mod:`condense.rng`): network init from ``(seed, run, 0, 0, INIT)``, the batch order
 of epoch ``e`` from ``(seed, run, e, 0, ORDER)``, and the DSA parameters of step ``t``
-of epoch ``e`` from ``(seed, run, e, t, DSA)``. The global RNG is never touched, so a
+of epoch ``e`` from ``(seed, run, e, t, DSA)`` (per-image parameters and one transform
+group per step by default, as the references train: ``TrainProtocol.dsa_share``,
+:mod:`condense.augment`). The global RNG is never touched, so a
 run is reproduced exactly by its (seed, run) and the thread count. A set with per-view
 labels ([V, N, K]) is the exception that makes labels line up with views: image i in
 epoch e is seen as the view drawn from ``(view_seed, e)`` for it (per-image DSA,
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import DSAConfig, apply_dsa, sample_dsa, select_draw, view_draw
+from .augment import DSAConfig, apply_dsa, check_share, sample_dsa, select_draw, view_draw
 from .errors import ConfigError
 from .nets import build_net
 from .rng import generator
@@ -54,6 +56,7 @@ class TrainProtocol:
     decay_factor: float = 0.1
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_share: str = "image"  # per-image parameters, one group per step: how the references train (augment.py)
     test_batch_size: int = 128  # on a CPU 128-image batches stay in cache: 10k test images in 0.9 s vs 2.4 s at 1024
 
     def validate(self) -> None:
@@ -67,6 +70,11 @@ class TrainProtocol:
             raise ConfigError(f"decay_at must be a fraction in [0, 1], got {self.decay_at}")
         if not self.decay_factor > 0:
             raise ConfigError(f"decay_factor must be positive, got {self.decay_factor}")
+        check_share(self.dsa_share)
+
+    def dsa_config(self) -> DSAConfig | None:
+        """The DSA of this protocol's training steps (None without DSA)."""
+        return DSAConfig(strategy=self.dsa_strategy, share=self.dsa_share) if self.dsa else None
 
 
 def label_loss(logits: torch.Tensor, targets: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
@@ -147,7 +155,7 @@ def train_model(
     """
     protocol.validate()
     spec = label_spec or LabelSpec()
-    dsa = DSAConfig(strategy=protocol.dsa_strategy) if protocol.dsa else None
+    dsa = protocol.dsa_config()
     per_view = spec.view_mode == "per-view"
     if per_view:
         check_per_view(spec, int(targets.shape[0]), protocol)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from condense.augment import check_share
 from condense.errors import CondenseError, ConfigError, FormatError
 from condense.jobs import Job, JobResult, parse_device
 from condense.nets import build_net, parse_arch
@@ -44,6 +45,8 @@ class EvalConfig:
     lr: float | None = None  # None: the set's learned lr, else 0.01
     batch_size: int = 256
     dsa: bool = True
+    dsa_share: str = "image"  # per-image parameters, one group per step (the references); 'batch': one draw per batch
+    also_lr: float | None = None  # a set with a learned lr also trains at this lr (variant 'fixed-lr')
     temperature: float | None = None  # override the soft-label temperature
     robustness: bool = False  # add the no-augmentation variant
     hard_gap: bool = True  # soft-label sets also train on hard labels (DD-Ranking's hard-label gap)
@@ -68,6 +71,9 @@ class EvalConfig:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.also_lr is not None and not self.also_lr > 0:
+            raise ConfigError(f"--also-lr must be positive, got {self.also_lr}")
+        check_share(self.dsa_share)
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"--temperature must be positive, got {self.temperature}")
         if self.baseline is not None:
@@ -88,7 +94,7 @@ class EvalConfig:
     def protocol(self, default_epochs: int | None = None) -> TrainProtocol:
         """The training protocol; ``default_epochs`` applies when no epochs were given."""
         p = TrainProtocol(epochs=self.epochs or default_epochs or SET_EPOCHS, lr=self.lr, batch_size=self.batch_size,
-                          dsa=self.dsa)
+                          dsa=self.dsa, dsa_share=self.dsa_share)
         p.validate()
         return p
 
@@ -155,10 +161,13 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         variants = ["set"] + (["hard"] if soft and cfg.hard_gap else [])
         if cfg.robustness:
             variants += ["no-dsa"]
+        if cfg.also_lr is not None and s.lr is not None and cfg.lr is None:
+            variants += ["fixed-lr"]
         for arch in archs:
             _check_arch(arch, ds)
             for v in variants:
-                groups.append(Group(src, arch, v, proto, s.method, s.ipc, s.storage_bytes()))
+                p = replace(proto, lr=cfg.also_lr) if v == "fixed-lr" else proto
+                groups.append(Group(src, arch, v, p, s.method, s.ipc, s.storage_bytes()))
             if cfg.random_baseline:
                 add_random(src, s.ipc, arch)
     if cfg.baseline is not None:
@@ -304,7 +313,8 @@ def aggregate(groups: Sequence[Group], cfg: EvalConfig, done: dict[str, dict[str
         curves = [c for k in keys for c in done[k].get("curves", [])]
         row = {"synset": g.source.path, "method": g.method, "ipc": g.ipc, "arch": g.arch, "variant": g.variant,
                "accs": accs, **summarize(accs), "storage_bytes": g.storage_bytes,
-               "epochs": g.protocol.epochs, "seed": cfg.seed, "runs": len(accs),
+               "epochs": g.protocol.epochs, "lr": g.protocol.lr, "dsa_share": g.protocol.dsa_share,
+               "seed": cfg.seed, "runs": len(accs),
                "baseline": None if g.source.kind == "synset" else g.source.kind, "curves": curves}
         if g.source.kind != "synset":
             row["dataset"] = g.source.dataset

@@ -11,7 +11,9 @@ and reports their test accuracies:
   file says), ``hard`` (a soft-label set trained on the argmax of its labels with
   cross-entropy; per-view labels: of their mean over views), ``no-dsa`` (no augmentation
   while training; per-view labels belong to augmented views, so this variant trains on
-  their mean over views as static labels).
+  their mean over views as static labels), ``fixed-lr`` (a set with a learned lr trained
+  at a fixed one instead, ``--also-lr``: the column the references' papers report beside
+  the learned lr).
 
 The protocol is :class:`condense.train.TrainProtocol` and the training is
 :func:`condense.train.evaluate`, the loop the expert recorder uses. Run r of seed s
@@ -34,7 +36,7 @@ from condense.synset import LabelSpec, SynSet, load_synset
 from condense.train import TrainProtocol, evaluate
 
 SOURCES = ("synset", "random", "full")
-VARIANTS = ("set", "hard", "no-dsa")
+VARIANTS = ("set", "hard", "no-dsa", "fixed-lr")
 # Set by the harness for jobs it runs in its own process: an epoch-level progress bar under
 # the grid's bar (worker processes and Ray tasks keep it off: their output would interleave).
 EPOCH_BARS = False

@@ -7,7 +7,8 @@ JSON (DESIGN.md contract): ``{"results": [{"synset", "method", "ipc", "arch", "a
 repeats its ``"storage_bytes"``. ``scores`` holds the robustness comparisons, each a
 *paired* difference over runs with the same seeds: ``vs_random`` (set − random real of
 the same IPC), ``hard_label_gap`` (set − the same set trained on hard labels) and
-``augmentation_gain`` (set − the same set trained without augmentation).
+``augmentation_gain`` (set − the same set trained without augmentation) and
+``learned_lr_gain`` (set with its learned lr − the same set at ``--also-lr``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from typing import Any, Sequence
 
 from condense.stats import summarize
 
-COMPARISONS = (("vs_random", "random"), ("hard_label_gap", "hard"), ("augmentation_gain", "no-dsa"))
+COMPARISONS = (("vs_random", "random"), ("hard_label_gap", "hard"), ("augmentation_gain", "no-dsa"),
+               ("learned_lr_gain", "fixed-lr"))
 
 
 def _find(rows: Sequence[dict], **want: Any) -> dict | None:

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
+from condense.augment import DSADraw, apply_dsa, cat_draws, sample_dsa
 from condense.errors import ArchError, ConfigError
 from condense.nets import build_net, parse_arch
 from condense.nets.pool import AvgPool2x2, avg_pool_2x2
@@ -239,38 +239,13 @@ class StackedConvNet(nn.Module):
 
 # --------------------------------------------------------------------------- DSA, K draws at once
 
-def _repeat_draw(draw: DSADraw, times: int) -> DSADraw:
-    """A per-batch draw as a per-image draw of ``times`` images with the same parameters."""
-    return replace(draw, per_image=True, **{
-        f.name: getattr(draw, f.name).repeat_interleave(times, dim=0)
-        for f in fields(draw) if isinstance(getattr(draw, f.name), torch.Tensor)})
-
-
-def _cat_draws(draws: Sequence[DSADraw]) -> DSADraw:
-    d0 = draws[0]
-    return replace(d0, per_image=True, **{
-        f.name: torch.cat([getattr(d, f.name) for d in draws])
-        for f in fields(d0) if isinstance(getattr(d0, f.name), torch.Tensor)})
-
-
 def _augment(x: torch.Tensor, draws: Sequence[DSADraw]) -> torch.Tensor:
-    """``x`` [K, B, C, H, W]: model k's batch augmented by ``draws[k]``, models whose draws
-    activate the same transforms in one :func:`apply_dsa` call."""
+    """``x`` [K, B, C, H, W]: model k's batch augmented by ``draws[k]`` (per-batch or per-image),
+    all K in one :func:`apply_dsa` call, which runs each transform once on the images it is drawn for."""
     k, b = x.shape[0], x.shape[1]
-    patterns: dict[tuple, list[int]] = {}
-    for i, d in enumerate(draws):
-        patterns.setdefault(tuple(bool(v) for v in d.active[0].tolist()), []).append(i)
     if not draws[0].groups:
         return x
-    out = torch.empty_like(x) if len(patterns) > 1 else None
-    for members in patterns.values():
-        draw = _cat_draws([_repeat_draw(draws[i], b) for i in members])
-        if out is None:
-            return apply_dsa(x.reshape(k * b, *x.shape[2:]), draw).view_as(x)
-        idx = torch.tensor(members, device=x.device)
-        sub = x.index_select(0, idx)
-        out.index_copy_(0, idx, apply_dsa(sub.reshape(len(members) * b, *x.shape[2:]), draw).view_as(sub))
-    return out
+    return apply_dsa(x.reshape(k * b, *x.shape[2:]), cat_draws(draws, [b] * k)).view_as(x)
 
 
 # --------------------------------------------------------------------------- training
@@ -289,7 +264,7 @@ def train_stacked_nets(nets: Sequence[nn.Module], images: torch.Tensor, targets:
         raise ValueError(f"need one run index per net, got {len(nets)} nets and {len(runs)} runs")
     k = len(nets)
     stack = StackedConvNet.of(nets)
-    dsa = DSAConfig(strategy=protocol.dsa_strategy) if protocol.dsa else None
+    dsa = protocol.dsa_config()
     optimizer = torch.optim.SGD(stack.parameters(), lr=lr, momentum=protocol.momentum,
                                 weight_decay=protocol.weight_decay)
     n, shape = images.shape[0], tuple(images.shape[1:])

@@ -1,6 +1,8 @@
 """JAX DSA: replaying a torch draw gives torch's images and gradients (float64); JAX sampling's ranges."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -33,13 +35,13 @@ def torch_and_jax(x, draw):
 
 
 @pytest.mark.parametrize("group", GROUPS)
-@pytest.mark.parametrize("per_image", [False, True])
-def test_each_transform_replays_the_torch_draw(group, per_image):
+@pytest.mark.parametrize("share", ["batch", "image", "view"])
+def test_each_transform_replays_the_torch_draw(group, share):
     with jax.enable_x64(True):
         x = batch()
         changed = 0
         for seed in range(4):  # several draws: flips on and off, crops both ways, boxes at the border
-            draw = sample_dsa(DSAConfig(strategy=group), len(x), SHAPE, generator(seed), per_image)
+            draw = sample_dsa(DSAConfig(strategy=group, share=share), len(x), SHAPE, generator(seed))
             out, g, out_j, g_j = torch_and_jax(x, draw)
             np.testing.assert_allclose(out_j, out, rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(g_j, g, rtol=1e-10, atol=1e-12)
@@ -48,20 +50,20 @@ def test_each_transform_replays_the_torch_draw(group, per_image):
 
 
 @pytest.mark.parametrize("mode", ["S", "M"])
-@pytest.mark.parametrize("per_image", [False, True])
-def test_full_strategy_replays_the_torch_draw(mode, per_image):
+@pytest.mark.parametrize("share", ["batch", "image", "view"])
+def test_full_strategy_replays_the_torch_draw(mode, share):
     with jax.enable_x64(True):
         x = batch(5)
         for seed in range(6):
-            draw = sample_dsa(DSAConfig(mode=mode), len(x), SHAPE, generator(10 + seed), per_image)
+            draw = sample_dsa(DSAConfig(mode=mode, share=share), len(x), SHAPE, generator(10 + seed))
             out, g, out_j, g_j = torch_and_jax(x, draw)
             np.testing.assert_allclose(out_j, out, rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(g_j, g, rtol=1e-10, atol=1e-12)
 
 
 def test_jax_sampling_has_the_reference_ranges_and_is_siamese():
-    cfg = DSAConfig()
-    d = jaug.sample_dsa(cfg, jax.random.key(0), 4000, SHAPE, per_image=True)
+    cfg = DSAConfig(share="view")
+    d = jaug.sample_dsa(cfg, jax.random.key(0), 4000, SHAPE)
     assert d.active.shape == (4000, 6) and bool((d.active.sum(1) == 1).all())  # mode S: one group each
     assert np.allclose(np.asarray(d.active.mean(0)), 1 / 6, atol=0.03)
     assert abs(float(d.flip.mean()) - 0.5) < 0.03
@@ -77,9 +79,21 @@ def test_jax_sampling_has_the_reference_ranges_and_is_siamese():
     assert 0.5 <= float(d.contrast.min()) and float(d.contrast.max()) <= 1.5
     # siamese: one per-batch draw on two batches = the draw on their concatenation
     x = jnp.asarray(batch(6).numpy(), dtype=jnp.float32)
-    sample = jax.jit(jaug.sample_dsa, static_argnums=(0, 2, 3, 4))  # as inside a jitted method
+    sample = jax.jit(jaug.sample_dsa, static_argnums=(0, 2, 3))  # as inside a jitted method
     siamese = jax.jit(jaug.siamese)
     for k in range(6):
-        one = sample(cfg, jax.random.key(k), 3, SHAPE, False)
+        one = sample(replace(cfg, share="batch"), jax.random.key(k), 3, SHAPE)
         a, b = siamese([x[:3], x[3:]], one)
         np.testing.assert_allclose(np.concatenate([a, b]), APPLY(x, one), rtol=1e-6, atol=1e-6)
+
+
+def test_jax_sampling_image_share_one_group_per_call_parameters_per_image():
+    cfg = DSAConfig()  # share 'image': the reference's unseeded DiffAugment
+    groups = []
+    for k in range(300):
+        d = jaug.sample_dsa(cfg, jax.random.key(k), 16, SHAPE)
+        active = np.asarray(d.active)
+        assert active.shape == (16, 6) and (active == active[:1]).all() and d.shared_group
+        groups.append(int(active[0].argmax()))
+        assert len(set(np.asarray(d.scale[:, 0]).tolist())) == 16  # every image its own parameters
+    assert np.allclose(np.bincount(groups, minlength=6) / 300, 1 / 6, atol=0.06)

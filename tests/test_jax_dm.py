@@ -41,7 +41,7 @@ def test_loss_and_image_gradient_equal_torch_in_float64(dsa, chunk):
         reals = [torch.randn(n, 3, 16, 16, generator=g, dtype=torch.float64) for n in (5, 3, 4)]
         syn = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64).requires_grad_(True)
         parts = [slice(0, 2), slice(2, 3), slice(3, 6)]
-        draws = [sample_dsa(DSAConfig(), 1, (3, 16, 16), generator(7, c)) if dsa else None for c in range(3)]
+        draws = [sample_dsa(DSAConfig(share="batch"), 1, (3, 16, 16), generator(7, c)) if dsa else None for c in range(3)]
 
         def aug(x, d):
             return x if d is None else apply_dsa(x, d)

@@ -55,7 +55,8 @@ def test_matching_loss_and_gradients_equal_torch_in_float64(soft, dsa, path, mon
                   else torch.tensor([0, 0, 1, 1, 2, 2]))
         log_lr = torch.tensor(0.02, dtype=torch.float64).log().requires_grad_(True)
         batches = [[4, 0, 2], [1, 3], [5, 2, 0], [1]]  # unequal sizes: the JAX plan pads and masks
-        plan = [Step(torch.tensor(b), sample_dsa(DSAConfig(), 1, (1, 8, 8), generator(5, t)) if dsa else None)
+        # per-image parameters (the default share): the JAX plan pads the draws with the batches
+        plan = [Step(torch.tensor(b), sample_dsa(DSAConfig(), len(b), (1, 8, 8), generator(5, t)) if dsa else None)
                 for t, b in enumerate(batches)]
         targets = [Target(4, target), Target(2, mid, 0.5)]  # with an intermediate target (AST)
         loss_fn = (lambda z, y: 1.3 * soft_cross_entropy(z, y)) if soft else (lambda z, y: 1.3 * F.cross_entropy(z, y))

@@ -127,6 +127,37 @@ def test_every_codec_round_trips_within_its_bound_and_counts_its_bytes(per_view,
         assert err <= best * (1 + 1e-3) + (5e-3 if "bits=32" not in codec else 1e-4) * m.norm()
 
 
+def _unaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` at an odd address (numpy marks it unaligned)."""
+    raw = np.empty(a.nbytes + 1, np.uint8)[1:]
+    out = raw.view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _strided(a: np.ndarray) -> np.ndarray:
+    """A non-contiguous view holding the same values as ``a``."""
+    return np.repeat(a[..., None], 2, axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("codec", ["fp16", "topk:k=2,bits=8", "lowrank:rank=2,bits=32", "lowrank:rank=1"])
+def test_decoding_does_not_depend_on_the_arrays_layout(per_view, codec):
+    c = compress(per_view, codec)
+    ctx = c.label_context()
+    assert not _unaligned(np.zeros(8, np.float32)).flags.aligned and not _strided(np.zeros((3, 4))).flags.c_contiguous
+    for copy in (_unaligned, _strided, lambda a: a.astype(a.dtype.newbyteorder(">"))):
+        arrays = {k: copy(np.asarray(v)) for k, v in c.label_payload.items()}
+        assert torch.equal(decode_labels(c.label_spec.codec, arrays, tuple(c.labels.shape), ctx), c.labels)
+
+
+def test_projector_decoding_does_not_depend_on_the_images_layout(per_view):
+    c = compress(per_view, "projector:rank=2", ProjectorFit(steps=5, batch=16))
+    strided = torch.from_numpy(_strided(c.images.numpy()))
+    ctx = LabelContext(strided, c.label_spec, c.num_classes)
+    assert not strided.is_contiguous()
+    assert torch.equal(decode_labels(c.label_spec.codec, c.label_payload, tuple(c.labels.shape), ctx), c.labels)
+
+
 def test_full_rank_lowrank_is_exact_and_4_bit_packing_keeps_odd_k(per_view):
     c = compress(per_view, f"lowrank:rank={VIEWS},bits=32")  # rank = rows: nothing discarded
     torch.testing.assert_close(c.labels, per_view.labels, rtol=1e-4, atol=1e-4)

@@ -35,7 +35,7 @@ def small_problem(dtype=torch.float64, soft=False):
     images = torch.randn(6, 1, 8, 8, generator=g, dtype=dtype).requires_grad_(True)
     labels = torch.randn(6, 3, generator=g, dtype=dtype).requires_grad_(True) if soft else torch.tensor([0, 0, 1, 1, 2, 2])
     log_lr = torch.tensor(0.02, dtype=dtype).log().requires_grad_(True)
-    plan = [Step(torch.tensor([4, 0, 2]), sample_dsa(DSAConfig(), 1, (1, 8, 8), generator(5, t))) for t in range(3)]
+    plan = [Step(torch.tensor([4, 0, 2]), sample_dsa(DSAConfig(), 3, (1, 8, 8), generator(5, t))) for t in range(3)]
     plan.append(Step(torch.tensor([1, 3, 5])))
     return net, layout, start, mid, target, images, labels, log_lr, plan
 

@@ -102,3 +102,28 @@ def test_learned_lr_is_used_unless_overridden(toy):
     s.lr = 10.0  # absurd on purpose: if it is used, training diverges and accuracy changes
     assert evaluate_synset(s, ARCH, proto, 0, test=test) != base
     assert evaluate_synset(s, ARCH, TrainProtocol(epochs=2, batch_size=8, dsa=False, lr=0.01), 0, test=test) == base
+
+
+@pytest.mark.parametrize("share", ["image", "batch"])
+def test_training_draws_dsa_as_the_protocol_says(toy, monkeypatch, share):
+    """Evaluation and expert recording augment as the references train (per-image parameters, one
+    group per step) unless the protocol asks for the old one-draw-per-batch semantics."""
+    import condense.train as train
+
+    seen = []
+    real_apply = train.apply_dsa
+    monkeypatch.setattr(train, "apply_dsa", lambda x, d: seen.append((x.shape[0], d)) or real_apply(x, d))
+    model = build_net(ARCH, 3, 4, (16, 16), generator=generator(0))
+    proto = TrainProtocol(epochs=1, batch_size=32, dsa_share=share)
+    train_model(model, toy.x_train[:64], toy.y_train[:64], proto, seed=3)
+    assert len(seen) == 2
+    for t, (b, d) in enumerate(seen):
+        assert d.per_image == (share == "image") and d.n == (b if share == "image" else 1)
+        assert bool((d.active == d.active[:1]).all())  # one group for the step's batch
+        expected = train.sample_dsa(proto.dsa_config(), b, (3, 16, 16), generator(3, 0, 0, t, train.STREAM_DSA))
+        assert torch.equal(d.scale, expected.scale)
+
+
+def test_protocol_refuses_an_unknown_dsa_share():
+    with pytest.raises(ConfigError):
+        TrainProtocol(dsa_share="pixel").validate()

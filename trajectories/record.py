@@ -53,6 +53,7 @@ class BufferConfig:
     lr_decay_factor: float = 0.1
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_share: str = "image"  # per-image parameters, one group per step: MTT's buffer.py ('batch': condense < 0.2)
     zca: bool = False
     val_size: int | None = None  # None: the dataset's default validation split
     limit_train: int | None = None
@@ -86,7 +87,7 @@ class BufferConfig:
     def protocol(self) -> TrainProtocol:
         return TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                              batch_size=self.batch_size, decay_at=self.lr_decay_at, decay_factor=self.lr_decay_factor,
-                             dsa=self.dsa, dsa_strategy=self.dsa_strategy)
+                             dsa=self.dsa, dsa_strategy=self.dsa_strategy, dsa_share=self.dsa_share)
 
     def regularizer(self) -> ExpertRegularizer:
         return ExpertRegularizer(flat=self.flat, sam_rho=self.sam_rho, gsam_alpha=self.gsam_alpha, adaptive=self.adaptive,

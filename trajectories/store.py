@@ -55,6 +55,15 @@ def _identity_differs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                   and trajectory_part(old.get(k)) != trajectory_part(new.get(k)))
 
 
+def dsa_share(meta: dict[str, Any]) -> str | None:
+    """What a store's training batches shared of a DSA draw (:mod:`condense.augment`): a manifest
+    written before condense 0.2 does not say, and those experts drew once per batch. None: no DSA."""
+    protocol = meta.get("protocol") or {}
+    if not protocol.get("dsa", True):
+        return None
+    return protocol.get("dsa_share", "batch")
+
+
 def store_key(meta: dict[str, Any]) -> str:
     """Hash of the identity part of a manifest: files with another key belong elsewhere."""
     identity = {k: v for k, v in meta.items() if k not in _NON_IDENTITY}
@@ -121,6 +130,11 @@ class TrajectoryStore:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def dsa_share(self) -> str | None:
+        """What the experts' training batches shared of a DSA draw ('batch' for stores of condense < 0.2)."""
+        return dsa_share(self.meta)
 
     def __repr__(self) -> str:
         return (f"TrajectoryStore({str(self.folder)!r}: {len(self)} experts x {self.epochs} epochs, "
@@ -210,6 +224,10 @@ def prepare_store(folder: str | os.PathLike, meta: dict[str, Any], experts: int)
         old = read_manifest(folder)
         if old["store_key"] != meta["store_key"]:
             differ = _identity_differs(old, meta)
+            if differ == ["protocol"] and dsa_share(old) != dsa_share(meta):
+                raise CondenseError(f"{folder} holds experts recorded with DSA share {dsa_share(old)!r}, this run uses "
+                                    f"{dsa_share(meta)!r}; experts of two augmentation semantics are not mixed in "
+                                    f"one store: choose another --out, or --dsa-share {dsa_share(old)}")
             if differ:
                 raise CondenseError(f"{folder} holds a store recorded with other settings (differs in: "
                                     f"{', '.join(differ)}); choose another --out or the same settings")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import add_preset_flag, config_from_args, describe
+from .common import add_dsa_share_flag, add_preset_flag, config_from_args, describe
 
 EXAMPLES = """examples:
   condense buffer --dataset fashion-mnist --arch convnet:width=32 --experts 5 --epochs 10 --out runs/fmnist/experts
@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dsa-strategy", dest="dsa_strategy", help="DSA transforms (default color_crop_cutout_flip_scale_rotate)")
     p.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None, help="ZCA-whiten the data (MTT's --zca)")
     p.add_argument("--val-size", dest="val_size", type=int, help="validation images held out of training (default: dataset's)")
+    add_dsa_share_flag(p, "while recording")
     p.add_argument("--limit-train", dest="limit_train", type=int, help="train on a class-balanced subset of this size")
     p.add_argument("--seed", type=int, help="seed of the store (default 0); expert i is run (seed, i)")
     p.add_argument("--dtype", choices=("float32", "float16"), help="storage precision (default float32)")

@@ -16,6 +16,16 @@ def add_preset_flag(p: argparse.ArgumentParser, command: str) -> None:
                         "sets the defaults and any flag given overrides it")
 
 
+def add_dsa_share_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """``--dsa-share``: what the images of one training batch share of a DSA draw (condense.augment)."""
+    from ..augment import SHARES
+
+    p.add_argument("--dsa-share", dest="dsa_share", choices=SHARES,
+                   help=f"DSA draws {what}: image = per-image parameters, one transform group per step (the "
+                        "references' training, default); batch = one draw per batch (condense before 0.2); "
+                        "view = nothing shared (the semantics of per-view labels)")
+
+
 def config_from_args(cls: type[C], args: argparse.Namespace, section: str) -> C:
     """Defaults of ``cls`` < the preset's section < the flags the user typed (flags default to None)."""
     preset = preset_section(args.preset, section) if getattr(args, "preset", None) else None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_preset_flag, config_from_args
+from .common import add_dsa_share_flag, add_preset_flag, config_from_args
 
 EXAMPLES = """examples:
   condense eval runs/fmnist/tm_ipc10.h5 --arch convnet --arch convnet:width=32 --arch resnet18 \\
@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, help="training batch size (default 256)")
     p.add_argument("--dsa", action=argparse.BooleanOptionalAction, default=None,
                    help="DSA augmentation while training (default on)")
+    add_dsa_share_flag(p, "while training")
+    p.add_argument("--also-lr", dest="also_lr", type=float,
+                   help="a set with a learned lr is also trained at this lr (e.g. 0.01): a 'fixed-lr' row beside it")
     p.add_argument("--temperature", type=float, help="soft labels: distillation temperature (default: the set's)")
     p.add_argument("--robustness", action="store_true", default=None,
                    help="also train every set without augmentation (soft-label sets always get their "

@@ -70,6 +70,10 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
                                  help="AST's perturbation of the starting conv weights")),
     (("--dsa",), dict(action=argparse.BooleanOptionalAction, default=None, help="DSA augmentation (default on)")),
     (("--dsa-strategy",), dict(dest="dsa_strategy", help="DSA transforms")),
+    (("--dsa-share",), dict(dest="dsa_share", choices=("image", "batch", "view"),
+                            help="tm student steps, gm network updates: image = per-image DSA parameters, one group "
+                                 "per step (the references, default); batch = one draw per batch (condense < 0.2); "
+                                 "dm/dam/gm matching is always siamese (one draw per real/synthetic pair)")),
     (("--memory",), dict(help="tm gradients: exact (unrolled graph) or constant (adjoint, memory independent of steps)")),
     (("--ema",), dict(type=float, help="decay of FTD's moving average of the images (0 = off)")),
     (("--optimizer",), dict(help="frepo: optimiser of images and labels, lamb (reference) or adam")),

@@ -2,7 +2,7 @@
 :mod:`condense.augment` (read its module docstring; this one only adds what differs).
 
 A :class:`Draw` is a pytree of arrays (leading size n = 1 for a per-batch draw, B for a
-per-image one) plus static facts (groups, mode, cutout box, per_image), so it can be an
+per-image one) plus static facts (groups, mode, cutout box, per_image, shared_group), so it can be an
 argument of a jitted function and stacked along a leading axis for ``lax.scan``. Draws come
 from two places:
 
@@ -14,8 +14,9 @@ from two places:
   jit (a different random stream than torch's, same semantics).
 
 :func:`apply_dsa` is differentiable in the pixels. Siamese = one draw applied to several
-batches. With mode 'S' and a per-batch draw exactly one group is active and ``lax.switch``
-runs only that transform; per-image draws evaluate every group and select per image.
+batches. With mode 'S' and one group for the whole batch (a per-batch draw, or share
+``'image'``) ``lax.switch`` runs only that transform; draws with a group per image (share
+``'view'``) evaluate every group and select per image.
 Scale and rotate are ``affine_grid`` + bilinear ``grid_sample`` with ``align_corners=True`` and
 zero padding, written out here.
 """
@@ -49,12 +50,14 @@ class Draw:
     mode: str = struct.field(pytree_node=False)           # 'S' one group per draw, 'M' all groups
     cutout_size: tuple[int, int] = struct.field(pytree_node=False)
     per_image: bool = struct.field(pytree_node=False)
+    shared_group: bool = struct.field(pytree_node=False, default=True)  # one active group row for every image
 
 
 def from_torch(draw: DSADraw, dtype=None) -> Draw:
     """The JAX twin of a torch draw (same parameters; floats as ``dtype``, default JAX's float)."""
     active = draw.active.cpu().numpy()
     mode = "M" if active.all() else "S"
+    shared = bool((active == active[:1]).all())
 
     def arr(t, float_=True):
         a = t.detach().cpu().numpy()
@@ -63,7 +66,8 @@ def from_torch(draw: DSADraw, dtype=None) -> Draw:
     return Draw(active=jnp.asarray(active), flip=jnp.asarray(draw.flip.cpu().numpy()), scale=arr(draw.scale),
                 rotate=arr(draw.rotate), crop=arr(draw.crop, False), cutout=arr(draw.cutout, False),
                 brightness=arr(draw.brightness), saturation=arr(draw.saturation), contrast=arr(draw.contrast),
-                groups=tuple(draw.groups), mode=mode, cutout_size=tuple(draw.cutout_size), per_image=draw.per_image)
+                groups=tuple(draw.groups), mode=mode, cutout_size=tuple(draw.cutout_size), per_image=draw.per_image,
+                shared_group=shared)
 
 
 def stack(draws: Sequence[Draw]) -> Draw:
@@ -71,11 +75,12 @@ def stack(draws: Sequence[Draw]) -> Draw:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *draws)
 
 
-def sample_dsa(config: DSAConfig, key: jax.Array, batch_size: int, image_shape: Sequence[int],
-               per_image: bool = False) -> Draw:
-    """Draw DSA parameters from ``key`` with :func:`condense.augment.sample_dsa`'s distributions."""
+def sample_dsa(config: DSAConfig, key: jax.Array, batch_size: int, image_shape: Sequence[int]) -> Draw:
+    """Draw DSA parameters from ``key`` with :func:`condense.augment.sample_dsa`'s distributions
+    and sharing (``config.share``)."""
     groups = config.groups
     H, W = int(image_shape[1]), int(image_shape[2])
+    per_image = config.share != "batch"
     n = int(batch_size) if per_image else 1
     keys = jax.random.split(key, 12)
     fdt = jnp.result_type(float)
@@ -89,8 +94,9 @@ def sample_dsa(config: DSAConfig, key: jax.Array, batch_size: int, image_shape: 
     if config.mode == "M":
         active = jnp.ones((n, len(groups)), bool)
     else:
-        choice = jnp.minimum((uniform(0, 0.0, 1.0) * len(groups)).astype(jnp.int32), max(len(groups) - 1, 0))
-        active = choice[:, None] == jnp.arange(len(groups))[None, :]
+        u = jax.random.uniform(keys[0], (1 if config.share == "image" else n,), fdt)
+        choice = jnp.minimum((u * len(groups)).astype(jnp.int32), max(len(groups) - 1, 0))
+        active = jnp.broadcast_to(choice[:, None] == jnp.arange(len(groups))[None, :], (n, len(groups)))
     r = config.ratio_scale
     sh, sw = int(H * config.ratio_crop_pad + 0.5), int(W * config.ratio_crop_pad + 0.5)
     ch, cw = int(H * config.ratio_cutout + 0.5), int(W * config.ratio_cutout + 0.5)
@@ -103,7 +109,7 @@ def sample_dsa(config: DSAConfig, key: jax.Array, batch_size: int, image_shape: 
                 saturation=uniform(10, 0.0, 1.0) * config.saturation,
                 contrast=uniform(11, 0.0, 1.0) + config.contrast,
                 groups=groups, mode="M" if len(groups) <= 1 else config.mode, cutout_size=(ch, cw),
-                per_image=bool(per_image))
+                per_image=per_image, shared_group=config.share != "view")
 
 
 # --- the transforms: x [B, C, H, W], p a Draw with leading size n in {1, B} ---------------------------
@@ -196,7 +202,7 @@ def apply_dsa(x: jax.Array, draw: Draw | None) -> jax.Array:
         for name in draw.groups:
             x = _APPLY[name](x, draw)
         return x
-    if not draw.per_image:  # one active group for the whole batch: run only that transform
+    if draw.shared_group:  # one active group for the whole batch: run only that transform
         branches = [lambda v, f=_APPLY[name]: f(v, draw) for name in draw.groups]
         return jax.lax.switch(jnp.argmax(draw.active[0]), branches, x)
     for g, name in enumerate(draw.groups):

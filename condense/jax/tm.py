@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import torch
 
+from ..augment import DSADraw, cat_draws, select_draw
 from ..methods.tm import TMConfig, TrajectoryMatching, open_store_for
 from ..methods.tm_math import Step
 from ..synset import SynSet
@@ -184,8 +185,20 @@ def padded_plan(steps: Sequence[Step], dtype=None) -> tuple[jax.Array, jax.Array
     for t, s in enumerate(steps):
         idx[t, :len(s.indices)] = s.indices
         mask[t, :len(s.indices)] = 1
-    draws = None if steps[0].draw is None else stack([from_torch(s.draw, dtype) for s in steps])
+    draws = None
+    if steps[0].draw is not None:
+        jd = [from_torch(pad_draw(s.draw, b), dtype) for s in steps]
+        shared = all(d.shared_group for d in jd)  # one static fact for the stack (a 1-image step is always shared)
+        draws = stack([d.replace(shared_group=shared) for d in jd])
     return to_jax(idx), to_jax(mask, dtype or jnp.result_type(float)), draws
+
+
+def pad_draw(draw: DSADraw, b: int) -> DSADraw:
+    """A per-image draw padded to ``b`` images with copies of its first (the padding rows are masked)."""
+    if not draw.per_image or draw.n == b:
+        return draw
+    pad = select_draw(draw, torch.zeros(b - draw.n, dtype=torch.int64))
+    return cat_draws([draw, pad], [draw.n, b - draw.n])
 
 
 @lru_cache(maxsize=None)

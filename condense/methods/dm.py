@@ -148,7 +148,8 @@ class MatchingBase(ImageSynthesizer):
         self.images = images.to(device).requires_grad_(True)
         self.x_train = ds.x_train.to(device)
         self.opts = {"images": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)}
-        self.dsa = DSAConfig(strategy=cfg.dsa_strategy) if cfg.dsa else None
+        # siamese: the real and the synthetic batch share one draw, as the reference's seeded DiffAugment
+        self.dsa = DSAConfig(strategy=cfg.dsa_strategy, share="batch") if cfg.dsa else None
         self.chunk = cfg.real_chunk if cfg.real_chunk is not None else (32 if device.type == "cpu" else 0)
 
     def real_chunk(self, net) -> int:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..augment import DSAConfig, apply_dsa, sample_dsa
+from ..augment import DSAConfig, check_share, apply_dsa, sample_dsa
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..nets import build_net
@@ -53,6 +53,7 @@ class GMConfig:
     zca: bool = False
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_share: str = "image"  # the inner network updates (DC's epoch(): per-image parameters); matching is siamese
     checkpoint_every: int = 100
     eval_every: int = 0
     eval_epochs: int = 100
@@ -78,6 +79,7 @@ class GMConfig:
             raise ConfigError(f"--init must be real or noise for gm, got {self.init!r}")
         if not (self.lr_img > 0 and self.lr_net > 0):
             raise ConfigError("--lr-img and --lr-net must be positive")
+        check_share(self.dsa_share)
 
     def loop(self) -> LoopConfig:
         return LoopConfig.of(self)
@@ -110,7 +112,9 @@ class GradientMatching(ImageSynthesizer):
         self.opts = {"images": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)}
         self.by_class = [torch.nonzero(ds.y_train == c).flatten() for c in range(k)]
         self.syn_of = [torch.nonzero(self.classes == c).flatten().to(device) for c in range(k)]
-        self.dsa = DSAConfig(strategy=cfg.dsa_strategy) if cfg.dsa else None
+        # matching is siamese (one draw per class pair, as the reference's seeded call); the inner
+        # network updates train as the reference's epoch() does (dsa_share, per image by default)
+        self.dsa = DSAConfig(strategy=cfg.dsa_strategy, share="batch") if cfg.dsa else None
         self.outer, self.inner = cfg.loops()
 
     def _real_batch(self, it: int, rnd: int, c: int) -> torch.Tensor:
@@ -148,7 +152,7 @@ class GradientMatching(ImageSynthesizer):
             self.opts["images"].step()
             if self.inner:  # train the network on the current synthetic set (DC: plain SGD, DSA)
                 proto = TrainProtocol(epochs=self.inner, lr=cfg.lr_net, momentum=0.0, weight_decay=0.0, decay_at=1.0,
-                                      dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy)
+                                      dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, dsa_share=cfg.dsa_share)
                 train_model(net, self.images.detach(), self.classes.to(self.device), proto, seed=cfg.seed,
                             run=it * self.outer + rnd, lr=cfg.lr_net)
         return {"loss": total / self.outer}

@@ -19,7 +19,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from ..augment import DSAConfig, sample_dsa
+from ..augment import DSAConfig, check_share, sample_dsa
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..nets import FlatLayout, build_net, functional_call, parse_arch
@@ -63,6 +63,7 @@ class TMConfig:
     weight_perturb: bool = False  # AST: perturb the start's conv weights
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_share: str = "image"  # MTT's student steps: per-image parameters, one group per step ('batch': condense <= 0.x)
     memory: str = "exact"
     ema: float = 0.0  # FTD: decay of an exponential moving average of the images (0 = off)
     checkpoint_every: int = 100
@@ -107,6 +108,7 @@ class TMConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.batch_syn is not None and self.batch_syn <= 0:
             raise ConfigError(f"--batch-syn must be positive, got {self.batch_syn}")
+        check_share(self.dsa_share)
 
     def loop(self) -> LoopConfig:
         return LoopConfig.of(self)
@@ -162,7 +164,7 @@ class TrajectoryMatching:
                 self.labels.requires_grad_(True)
                 self.opts["labels"] = torch.optim.SGD([self.labels], lr=cfg.lr_labels, momentum=0.9)
         self.ema = self.images.detach().clone() if cfg.ema else None
-        self.dsa = DSAConfig(strategy=cfg.dsa_strategy) if cfg.dsa else None
+        self.dsa = DSAConfig(strategy=cfg.dsa_strategy, share=cfg.dsa_share) if cfg.dsa else None
 
     @torch.no_grad()
     def _expert_label_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -205,7 +207,8 @@ class TrajectoryMatching:
             idx = chunks.pop().to(self.device)  # MTT pops from the end
             draw = None
             if self.dsa is not None:
-                draw = sample_dsa(self.dsa, 1, tuple(self.images.shape[1:]), generator(cfg.seed, it, t, STREAM_DSA))
+                draw = sample_dsa(self.dsa, len(idx), tuple(self.images.shape[1:]),
+                                  generator(cfg.seed, it, t, STREAM_DSA))
             steps.append(Step(idx, draw))
         return expert, start, steps
 
@@ -282,6 +285,7 @@ class TrajectoryMatching:
                         data=dict(self.ds.meta), config={"method": "tm", **asdict(self.cfg), "arch": self.arch},
                         provenance={"seed": self.cfg.seed, "iteration": it, "store": str(self.store.folder),
                                     "store_key": self.store.meta["store_key"],
+                                    "store_dsa_share": self.store.dsa_share,
                                     "init_indices": None if self.indices is None else self.indices.tolist()})
         if self.cfg.labels != "hard":
             s = s.with_labels(self.labels.detach().cpu().clone(), LabelSpec(kind="logits", loss="kl", temperature=1.0))
