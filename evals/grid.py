@@ -297,9 +297,9 @@ def run_grid(groups: Sequence[Group], cfg: EvalConfig, *, note: Callable[[str], 
 
 
 def _bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from condense.progress import bar
 
-    return tqdm(total=total, initial=initial, desc="eval jobs", unit="job", disable=not enabled, dynamic_ncols=True)
+    return bar(total=total, initial=initial, desc="eval jobs", unit="job", disable=not enabled)
 
 
 def aggregate(groups: Sequence[Group], cfg: EvalConfig, done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

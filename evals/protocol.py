@@ -137,10 +137,10 @@ def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, ru
                              label_spec=spec, device=device)
         return {"accs": [100.0 * a for a in accs], "curves": []}
     accs, curves = [], []
-    from tqdm.auto import tqdm
+    from condense.progress import bar as progress_bar
 
-    with tqdm(total=proto.epochs * len(runs), desc=f"{arch} run {runs[0]}", unit="ep", leave=False,
-              disable=not EPOCH_BARS, dynamic_ncols=True) as bar:
+    with progress_bar(total=proto.epochs * len(runs), desc=f"{arch} run {runs[0]}", unit="ep", leave=False,
+                      disable=not EPOCH_BARS) as bar:
         for r in runs:
             images, labels, spec, lr = training_data(src, variant, seed, r, temperature)
             history: list[float] = []

@@ -165,3 +165,21 @@ def test_plugins_register_datasets_and_archs_for_the_cli(tmp_path, monkeypatch, 
     monkeypatch.setenv("CONDENSE_PLUGINS", "no_such_plugin_module")
     code, _, err = run_cli(capsys, "datasets")
     assert code == 2 and "no_such_plugin_module" in err
+
+
+@pytest.mark.parametrize("method, extra", [("random", ()), ("dm", ("--iters", "2", "--arch", "convnet:width=8"))])
+def test_synth_limit_train_uses_and_records_a_balanced_subset(method, extra, capsys, tmp_path):
+    out = tmp_path / f"{method}.h5"
+    code, _, err = run_cli(capsys, "synth", "--method", method, "--dataset", "toy", "--ipc", "2", "--limit-train", "40",
+                           "--out", str(out), "--device", "cpu", "--no-progress", *extra)
+    assert code == 0, err
+    s = load_synset(out)
+    assert s.data["limit_train"] == 40 and s.config["limit_train"] == 40
+    if method == "random":  # the images come from the 40 kept training images
+        from condense.data import load_dataset
+
+        limited = load_dataset("toy", limit_train=40)
+        assert all(any(torch.equal(img, x) for x in limited.x_train) for img in s.images)
+    code, _, err = run_cli(capsys, "synth", "--method", method, "--dataset", "toy", "--ipc", "1", "--limit-train", "2",
+                           "--out", str(tmp_path / "bad.h5"), "--device", "cpu", "--no-progress", *extra)
+    assert code == 2 and err.count("\n") == 1 and "cannot cover 4 classes" in err

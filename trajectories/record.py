@@ -165,14 +165,14 @@ def record_store(cfg: BufferConfig, progress: Callable[[str], None] = print, bar
         progress(f"{cfg.out}: all {cfg.experts} experts are already recorded")
         return []
     progress(f"{cfg.out}: recording experts {todo[0]}..{todo[-1]} ({len(todo)} to go) on {', '.join(cfg.devices)}")
-    from tqdm import tqdm
+    from condense.progress import bar as progress_bar
 
     cfg_dict = dataclasses.asdict(cfg)
     summaries, failures = [], []
     if len(cfg.devices) == 1:
         # In-process: an epoch-level bar per expert.
         for i in todo:
-            with tqdm(total=cfg.epochs, desc=f"expert {i}", unit="ep", disable=not bars, leave=False) as bar:
+            with progress_bar(total=cfg.epochs, desc=f"expert {i}", unit="ep", disable=not bars, leave=False) as bar:
                 def tick(epoch: int, acc: float, loss: float) -> None:
                     bar.update(1)
                     bar.set_postfix(test_acc=f"{100 * acc:.1f}%", loss=f"{loss:.3f}")
@@ -183,7 +183,7 @@ def record_store(cfg: BufferConfig, progress: Callable[[str], None] = print, bar
         return summaries
     jobs = [Job(f"expert {i}", "trajectories.record:record_expert", {"cfg": cfg_dict, "index": i, "folder": cfg.out})
             for i in todo]
-    with tqdm(total=len(jobs), desc="experts", unit="expert", disable=not bars) as bar:
+    with progress_bar(total=len(jobs), desc="experts", unit="expert", disable=not bars) as bar:
         for r in run_jobs(jobs, cfg.devices):
             bar.update(1)
             if r.ok:

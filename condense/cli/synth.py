@@ -32,6 +32,8 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--dataset",), dict(help="dataset (default: the experts' dataset)")),
     (("--data-root",), dict(dest="data_root", help="folder holding the dataset files")),
     (("--ipc",), dict(type=int, help="images per class (default 1)")),
+    (("--limit-train",), dict(dest="limit_train", type=int,
+                              help="use a class-balanced subset of the training split of this size (recorded in the set)")),
     (("--arch",), dict(help="student network (default: the experts' arch; others are refused)")),
     (("--trajectories",), dict(help="trajectory store recorded by `condense buffer` (tm)")),
     (("--iters",), dict(type=int, help="synthesis iterations")),
@@ -113,6 +115,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "frepo runs only in JAX)")
     for names, kw in FLAGS:
         p.add_argument(*names, **kw)
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=handle)
 
 
@@ -141,7 +144,7 @@ def handle(args: argparse.Namespace) -> int:
     print(f"condense synth --method {method} --backend {backend}: {describe(cfg)}")
 
     evaluate_fn = validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None
-    s = run(cfg, device, evaluate=evaluate_fn)
+    s = run(cfg, device, evaluate=evaluate_fn, bars=not args.no_progress)
     print(f"wrote {cfg.out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else ""))
     return 0
 

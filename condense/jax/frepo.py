@@ -289,7 +289,7 @@ class FRePo(ImageSynthesizer):
 
 def load_for(cfg: FRePoConfig):
     """The dataset of ``cfg`` (training split as the method sees it)."""
-    return load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca)
+    return load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca, limit_train=cfg.limit_train)
 
 
 def run_frepo(cfg: FRePoConfig, device=None, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:

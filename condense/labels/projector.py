@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import bar
 
 from condense import projector as P
 from condense.augment import DSAConfig, views
@@ -97,7 +97,7 @@ def fit_projector(s: SynSet, params: Mapping[str, Any], fit: ProjectorFit = Proj
     opt = torch.optim.Adam(adapters.values(), lr=fit.lr)
     gen = generator(fit.seed, 1)
     losses, start = [], time.perf_counter()
-    for step in tqdm(range(fit.steps), desc="fit projector", unit="step", disable=not progress, dynamic_ncols=True):
+    for step in bar(iterable=range(fit.steps), desc="fit projector", unit="step", disable=not progress):
         if spec.view_mode == "per-view":
             epochs = torch.randint(num_views, (max(1, fit.batch // n),), generator=gen).tolist()
             x = torch.cat([views(e) for e in epochs])

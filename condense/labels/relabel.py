@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import bar
 
 from condense.augment import DSAConfig
 from condense.augment import views as views_of  # `views` is relabel's mode argument
@@ -44,7 +44,7 @@ def relabel(s: SynSet, teacher: Teacher, *, views: str = "static", epochs: int =
             raise ConfigError(f"--view-epochs must be >= 1, got {epochs}")
         config = DSAConfig(strategy=strategy)
         labels = torch.empty(epochs, images.shape[0], s.num_classes)
-        for e in tqdm(range(epochs), desc="label views", unit="epoch", disable=not progress, dynamic_ncols=True):
+        for e in bar(iterable=range(epochs), desc="label views", unit="epoch", disable=not progress):
             labels[e] = teacher.logits(views_of(images, config, view_seed, e), temperature)
         spec = LabelSpec(kind="logits", loss="kl", temperature=temperature, view_mode="per-view",
                          view_seed=int(view_seed), view_strategy=strategy)

@@ -34,6 +34,7 @@ SELECTIONS = ("random", "herding", "kcenter")
 class BaselineConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
+    limit_train: int | None = None  # a class-balanced subset of the training split of this size (recorded)
     ipc: int = 1
     arch: str = "convnet"  # the embedding network of herding and k-center
     embed_epochs: int = 2  # how briefly it is trained on the real data
@@ -117,7 +118,7 @@ def run_baseline(cfg: BaselineConfig, device: torch.device, *, selection: str, p
     if done is not None:  # a rerun pipeline (or command) does not retrain the embedding network
         progress(f"{cfg.out}: already selected with these settings")
         return done
-    ds = load_dataset(cfg.dataset, cfg.data_root)
+    ds = load_dataset(cfg.dataset, cfg.data_root, limit_train=cfg.limit_train)
     idx = select(selection, ds, cfg, device)
     s = real_subset(ds, idx, selection, config=config, provenance={"seed": cfg.seed})
     s.save(cfg.out)

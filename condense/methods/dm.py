@@ -45,6 +45,7 @@ STREAM_NET, STREAM_REAL, STREAM_DSA = 11, 12, 13
 class DMConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
+    limit_train: int | None = None  # a class-balanced subset of the training split of this size (recorded)
     ipc: int = 1
     arch: str = "convnet"  # the embedding network; the reference's ConvNet-3 (width 128, instance norm)
     iters: int = 1000
@@ -211,7 +212,7 @@ class DistributionMatching(MatchingBase):
 
 def load_for(cfg: DMConfig):
     """The dataset of ``cfg`` (training split as the method sees it)."""
-    return load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca)
+    return load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca, limit_train=cfg.limit_train)
 
 
 def run_dm(cfg: DMConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:

@@ -20,6 +20,7 @@ OPTIMIZERS = ("lamb", "adam")
 class FRePoConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
+    limit_train: int | None = None  # a class-balanced subset of the training split of this size (recorded)
     ipc: int = 1
     arch: str = "convnet"  # the pool's networks; features = their penultimate layer
     iters: int = 1000  # also the horizon of the cosine lr decay

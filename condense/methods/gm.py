@@ -41,6 +41,7 @@ REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40,
 class GMConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
+    limit_train: int | None = None  # a class-balanced subset of the training split of this size (recorded)
     ipc: int = 1
     arch: str = "convnet"
     iters: int = 1000
@@ -169,6 +170,6 @@ def run_gm(cfg: GMConfig, device: torch.device, *, progress=print, bars: bool = 
     from .loop import synthesize
 
     cfg.validate()
-    ds = load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca)
+    ds = load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca, limit_train=cfg.limit_train)
     return synthesize(GradientMatching(cfg, ds, device), cfg.loop(), cfg.out, {"method": "gm", **asdict(cfg)},
                       progress=progress, bars=bars, evaluate=evaluate)

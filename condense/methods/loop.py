@@ -249,11 +249,11 @@ def synthesize(method: Synthesizer, loop: LoopConfig, out: str | os.PathLike, co
         return method.synset(loop.iters)
     if start:
         progress(f"resuming {out} at iteration {start}")
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     bad_in_a_row = 0
     learn, opts = method.learnables(), method.optimizers()
-    bar = tqdm(total=loop.iters, initial=start, desc=f"synth {config.get('method', '')}", unit="it", disable=not bars)
+    bar = progress_bar(total=loop.iters, initial=start, desc=f"synth {config.get('method', '')}", unit="it", disable=not bars)
     t_last, it = time.perf_counter(), start
     try:
         for it in range(start, loop.iters):

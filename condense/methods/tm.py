@@ -43,6 +43,7 @@ class TMConfig:
     arch: str | None = None  # the student; must be the store's arch (default: it)
     dataset: str | None = None  # default: the store's dataset
     data_root: str | None = None
+    limit_train: int | None = None  # a class-balanced subset of the training split of this size (recorded)
     iters: int = 500
     syn_steps: int = 20
     expert_epochs: int = 2
@@ -122,7 +123,7 @@ def dataset_of_store(store, cfg: TMConfig):
         raise ConfigError(f"{cfg.trajectories} holds {meta['dataset']} experts, not {name}")
     zca = meta["transform"]["kind"] == "zca"
     ds = load_dataset(name, cfg.data_root, zca=zca, zca_eps=meta["transform"].get("zca_eps") or 0.1,
-                      val_size=data.get("val_size"), val_seed=data.get("val_seed", 0))
+                      val_size=data.get("val_size"), val_seed=data.get("val_seed", 0), limit_train=cfg.limit_train)
     if ds.transform.describe() != meta["transform"]:
         raise ConfigError(f"{cfg.trajectories} was recorded with another normalisation/ZCA than {name} has here "
                           f"({meta['transform']} vs {ds.transform.describe()})")
