@@ -8,6 +8,11 @@ Writes the label variants as set files under --out (kept: a rerun reuses them), 
 labelling and the projector's training, evaluates every variant with `condense eval`'s
 harness (random-real baseline beside them, resumable), and writes labels.json,
 labels.md (table) and labels.png (accuracy vs label bytes, log scale).
+
+Every row trains under one augmentation semantics: per-view labels fix each image's view
+per epoch, drawn per image with its own transform group (DSA share 'view'), so the hard,
+static and random-real rows are trained with that same share by default (--dsa-share);
+otherwise "per-view beats hard" would mix a label effect with an augmentation change.
 """
 from __future__ import annotations
 
@@ -85,11 +90,14 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--projector-steps", type=int, default=1500)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dsa-share", default="view", choices=("view", "image", "batch"),
+                    help="DSA share of the rows without per-view labels (default view: the per-view rows' own)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     files, timings = make_variants(args.set, args.teacher, out, args.epochs, args.temperature, args.projector_steps)
-    cfg = EvalConfig(runs=args.runs, epochs=args.epochs, hard_gap=False, json=str(out / "eval.json"))
+    cfg = EvalConfig(runs=args.runs, epochs=args.epochs, hard_gap=False, dsa_share=args.dsa_share,
+                     json=str(out / "eval.json"))
     doc = run_eval(cfg, [str(p) for p in files.values()])
     by_path = {str(p): name for name, p in files.items()}
     rows = []
@@ -104,7 +112,8 @@ def main() -> None:
         r["fraction_of_per_view"] = r["label_bytes"] / ref["label_bytes"]
         r["vs_per_view"] = paired(r["accs"], ref["accs"])  # same seeds and runs: paired differences
     random_row = next(r for r in doc["results"] if r["baseline"] == "random")
-    (out / "labels.json").write_text(json.dumps({"rows": rows, "random": random_row, "timings_s": timings}, indent=1))
+    (out / "labels.json").write_text(json.dumps({"rows": rows, "random": random_row, "timings_s": timings,
+                                                 "dsa_share": args.dsa_share}, indent=1))
     lines = ["| labels | label bytes | of per-view | accuracy % (mean ± std) | 95 % CI | vs per-view (paired) |",
              "|---|---:|---:|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["label_bytes"]):
