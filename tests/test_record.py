@@ -144,3 +144,32 @@ def test_out_holding_another_store_is_refused(plain, capsys):
 def test_rerun_of_a_finished_store_records_nothing(plain, capsys):
     cfg = dataclasses.replace(BufferConfig(**TOY), experts=2, out=str(plain.folder))
     assert record_store(cfg, progress=lambda s: None, bars=False) == []
+
+
+def test_a_store_of_the_old_per_batch_dsa_is_marked_and_not_mixed(tmp_path, capsys):
+    """A manifest written before the DSA fix has no dsa_share: its experts drew once per batch.
+    It reads as 'batch', and resuming it with the per-image semantics is refused (nothing lost)."""
+    import json
+
+    old = record(tmp_path, "old", dsa_share="batch")
+    assert old.dsa_share == "batch" and old.meta["protocol"]["dsa_share"] == "batch"
+    manifest = old.folder / "manifest.json"
+    meta = json.loads(manifest.read_text())
+    del meta["protocol"]["dsa_share"]  # as condense 0.1 wrote it
+    manifest.write_text(json.dumps(meta))
+    before = open_store(old.folder)
+    assert before.dsa_share == "batch"
+    expert = before.expert(0)
+    code = main(["buffer", "--dataset", "toy", "--arch", ARCH, "--epochs", "3", "--batch-size", "64",
+                 "--limit-train", "128", "--experts", "2", "--out", str(old.folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "DSA share 'batch'" in err and "--dsa-share batch" in err
+    assert torch.equal(open_store(old.folder).expert(0), expert) and len(open_store(old.folder)) == 1
+    code = main(["buffer", "--dataset", "toy", "--arch", ARCH, "--epochs", "3", "--batch-size", "64",
+                 "--limit-train", "128", "--experts", "2", "--dsa-share", "batch", "--out", str(old.folder)])
+    assert code == 0  # the old semantics, named, resume the old store
+    resumed = open_store(old.folder)
+    assert len(resumed) == 2 and resumed.meta["store_key"] == before.meta["store_key"]
+    assert torch.equal(resumed.expert(0), expert)
+    new = record(tmp_path, "new")
+    assert new.dsa_share == "image" and not torch.equal(new.expert(0)[-1], expert[-1])  # the semantics matter

@@ -64,6 +64,15 @@ def dsa_share(meta: dict[str, Any]) -> str | None:
     return protocol.get("dsa_share", "batch")
 
 
+def _with_dsa_share(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with its protocol's DSA share spelt out (condense 0.1 wrote none: 'batch'), so
+    manifests of both versions compare by what their experts did."""
+    protocol = meta.get("protocol")
+    if isinstance(protocol, dict) and protocol.get("dsa", True) and "dsa_share" not in protocol:
+        meta = dict(meta, protocol={**protocol, "dsa_share": dsa_share(meta)})
+    return meta
+
+
 def store_key(meta: dict[str, Any]) -> str:
     """Hash of the identity part of a manifest: files with another key belong elsewhere."""
     identity = {k: v for k, v in meta.items() if k not in _NON_IDENTITY}
@@ -217,11 +226,11 @@ def prepare_store(folder: str | os.PathLike, meta: dict[str, Any], experts: int)
     that is not a store. Removes temporary files of experts a killed run left unfinished.
     """
     folder = Path(folder)
-    meta = dict(meta, format=STORE_FORMAT, version=FORMAT_VERSION, experts_planned=experts,
-                condense_version=__version__)
+    meta = _with_dsa_share(dict(meta, format=STORE_FORMAT, version=FORMAT_VERSION, experts_planned=experts,
+                                condense_version=__version__))
     meta["store_key"] = store_key(meta)
     if (folder / MANIFEST).exists():
-        old = read_manifest(folder)
+        old = _with_dsa_share(read_manifest(folder))
         if old["store_key"] != meta["store_key"]:
             differ = _identity_differs(old, meta)
             if differ == ["protocol"] and dsa_share(old) != dsa_share(meta):
