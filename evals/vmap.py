@@ -48,7 +48,6 @@ mlp) is not, so the caller can say so in one line and run sequentially.
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
 from typing import Sequence
 
 import torch

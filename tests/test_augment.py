@@ -398,9 +398,9 @@ def reference_rule_draw(cfg, B, shape, g):
     loop: in mode 'S' one group for the call, then every parameter drawn image by image."""
     groups = cfg.groups
     group = groups[min(int(torch.rand(1, generator=g).item() * len(groups)), len(groups) - 1)]
-    H, W = shape[1], shape[2]
-    sh, sw = int(H * cfg.ratio_crop_pad + 0.5), int(W * cfg.ratio_crop_pad + 0.5)
-    ch, cw = int(H * cfg.ratio_cutout + 0.5), int(W * cfg.ratio_cutout + 0.5)
+    H = shape[1]  # the height-side parameters stand for all (the width side is the same rule)
+    sh = int(H * cfg.ratio_crop_pad + 0.5)
+    ch = int(H * cfg.ratio_cutout + 0.5)
     r = cfg.ratio_scale
     return group, [dict(scale=(1 / r + (r - 1 / r) * torch.rand(1, generator=g).item(),),
                         crop=int(torch.randint(-sh, sh + 1, (1,), generator=g)),
