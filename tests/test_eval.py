@@ -214,3 +214,34 @@ def test_vmap_seeds_gives_the_runs_numbers_and_falls_back_with_a_message(hard_se
     rows = run_eval(cfg, [path], note=notes.append, bars=False)["results"]
     assert len(rows[0]["accs"]) == 2
     assert any(n.startswith(f"--vmap-seeds: {bn}:") and "one by one" in n for n in notes)
+
+
+def test_also_lr_adds_a_fixed_lr_row_for_a_set_with_a_learned_lr(toy, tmp_path):
+    from dataclasses import replace
+
+    s = real_subset(toy, class_balanced_indices(toy.y_train, 2, 5), "tm", config={"arch": ARCH})
+    learned = replace(s, lr=0.05)
+    path = str(learned.save(tmp_path / "learned.h5"))
+    plain = str(s.save(tmp_path / "plain.h5"))
+    doc = run_eval(cfg_for(tmp_path, also_lr=0.01, random_baseline=False), [path, plain], **QUIET)
+    rows = {(r["synset"], r["variant"]): r for r in doc["results"]}
+    assert (plain, "fixed-lr") not in rows  # no learned lr: nothing to compare
+    own, fixed = rows[(path, "set")], rows[(path, "fixed-lr")]
+    assert own["lr"] is None and fixed["lr"] == 0.01 and own["dsa_share"] == fixed["dsa_share"] == "image"
+    test = (toy.x_test, toy.y_test)
+    for row, lr in ((own, 0.05), (fixed, 0.01)):
+        want = [100 * evaluate(s.images, s.labels, ARCH, TrainProtocol(epochs=3, lr=lr), 0, test=test, num_classes=4,
+                               run=r) for r in range(2)]
+        assert row["accs"] == pytest.approx(want, abs=1e-9)
+    gain = next(x for x in doc["scores"] if x["score"] == "learned_lr_gain")
+    assert gain["mean"] == pytest.approx(paired(own["accs"], fixed["accs"])["mean"])
+
+
+def test_dsa_share_reaches_the_training_and_the_rows(toy, hard_set, tmp_path):
+    path, s = hard_set
+    doc = run_eval(cfg_for(tmp_path, dsa_share="batch", random_baseline=False), [path], **QUIET)
+    row = doc["results"][0]
+    want = [100 * evaluate(s.images, s.labels, ARCH, TrainProtocol(epochs=3, dsa_share="batch"), 0,
+                           test=(toy.x_test, toy.y_test), num_classes=4, run=r) for r in range(2)]
+    assert row["dsa_share"] == "batch" and row["accs"] == pytest.approx(want, abs=1e-9)
+    assert doc["protocol"]["dsa_share"] == "batch"
