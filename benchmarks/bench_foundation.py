@@ -59,8 +59,10 @@ def main() -> None:
         shutil.rmtree(cache)
 
     x = ds.x_train[:256]
-    cfg = DSAConfig()
-    out["dsa_256_images_ms"] = 1e3 * timed(lambda: apply_dsa(x, sample_dsa(cfg, 256, (1, 28, 28), generator(0))), 20)
+    for share in ("batch", "image"):  # one draw per batch (siamese) / per-image parameters (training)
+        cfg = DSAConfig(share=share)
+        out[f"dsa_256_images_{share}_ms"] = 1e3 * timed(
+            lambda: apply_dsa(x, sample_dsa(cfg, 256, (1, 28, 28), generator(0))), 20)
 
     model = build_net("convnet:width=32", 1, 10, (28, 28), generator=generator(0))
     xb, yb = ds.x_train[:100], ds.y_train[:100]

@@ -244,6 +244,8 @@ def cat_draws(draws: Sequence[DSADraw], sizes: Sequence[int] | None = None) -> D
     if not draws:
         raise ValueError("cat_draws needs at least one draw")
     sizes = [1] * len(draws) if sizes is None else [int(s) for s in sizes]
+    if len(sizes) != len(draws):
+        raise ValueError(f"cat_draws: {len(draws)} draws but {len(sizes)} sizes")
     d0 = draws[0]
     for d, size in zip(draws, sizes):
         if (d.groups, d.image_size, d.cutout_size) != (d0.groups, d0.image_size, d0.cutout_size):

@@ -29,9 +29,10 @@ step t from ``generator(seed, r, e, t, STREAM_DSA)``, init from
 back after training). The result equals K sequential :func:`condense.train.evaluate`
 runs up to float rounding (grouped convolutions sum in another order).
 
-DSA: the K draws are sampled exactly as the loop samples them (once per batch); the
-models whose draws picked the same transforms are augmented in one call with the
-draws repeated per image, which applies the same parameters to the same images.
+DSA: the K draws are sampled exactly as the loop samples them (per image by default,
+``TrainProtocol.dsa_share``) and concatenated into one per-image draw of the K × B images
+(a per-batch draw repeated per image), so one :func:`condense.augment.apply_dsa` call
+applies each model's own parameters to its own images.
 
 Which runs are stacked how many at a time is :func:`plan_stack`'s rule (measured on a
 2-core CPU, see the benchmark ``benchmarks/bench_vmap.py``): on a CPU stacking pays

@@ -183,3 +183,34 @@ def test_bad_stores_give_one_clear_error(tmp_path, store_dir):
         f.attrs["store_key"] = "someone-else"
     with pytest.raises(FormatError, match="belongs to another store"):
         open_store(store_dir).expert(0)
+
+
+def _as_written_by_0_1(folder) -> None:
+    """Remove the protocol's dsa_share from a manifest, as condense 0.1 wrote it (key kept)."""
+    manifest = folder / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["protocol"].pop("dsa_share", None)
+    manifest.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("old_protocol, source, new_share, resumes", [
+    ({"lr": 0.01, "dsa": True}, "recorded", "batch", True),    # 0.1's experts drew once per batch
+    ({"lr": 0.01, "dsa": True}, "recorded", "image", False),   # not mixed with per-image experts
+    ({"lr": 0.01, "dsa": True}, "mtt-import", "image", True),  # MTT's buffer.py drew per image
+    ({"lr": 0.01, "dsa": False}, "recorded", "image", True),   # without DSA the share means nothing
+])
+def test_a_store_of_condense_0_1_reads_its_dsa_share_and_resumes_only_with_it(tmp_path, old_protocol, source,
+                                                                              new_share, resumes):
+    folder = tmp_path / "store"
+    prepare_store(folder, meta(protocol=old_protocol, source=source), 2)
+    write_expert(folder, 0)
+    _as_written_by_0_1(folder)
+    store = open_store(folder)
+    assert store.dsa_share == (None if not old_protocol["dsa"] else "image" if source == "mtt-import" else "batch")
+    new = meta(protocol={**old_protocol, "dsa_share": new_share}, source=source)
+    if resumes:
+        assert prepare_store(folder, new, 2) == [1]
+        assert len(open_store(folder)) == 1
+    else:
+        with pytest.raises(CondenseError, match="DSA share 'batch'"):
+            prepare_store(folder, new, 2)

@@ -56,21 +56,24 @@ def _identity_differs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def dsa_share(meta: dict[str, Any]) -> str | None:
-    """What a store's training batches shared of a DSA draw (:mod:`condense.augment`): a manifest
-    written before condense 0.2 does not say, and those experts drew once per batch. None: no DSA."""
+    """What a store's training batches shared of a DSA draw (:mod:`condense.augment`). A manifest
+    written before condense 0.2 does not say: its recorded experts drew once per batch ('batch'),
+    experts imported from MTT's buffer.py drew per image ('image'). None: no DSA."""
     protocol = meta.get("protocol") or {}
     if not protocol.get("dsa", True):
         return None
-    return protocol.get("dsa_share", "batch")
+    return protocol.get("dsa_share", "image" if meta.get("source") == "mtt-import" else "batch")
 
 
 def _with_dsa_share(meta: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` with its protocol's DSA share spelt out (condense 0.1 wrote none: 'batch'), so
+    """``meta`` with its protocol's DSA share spelt out (:func:`dsa_share`; none without DSA), so
     manifests of both versions compare by what their experts did."""
     protocol = meta.get("protocol")
-    if isinstance(protocol, dict) and protocol.get("dsa", True) and "dsa_share" not in protocol:
-        meta = dict(meta, protocol={**protocol, "dsa_share": dsa_share(meta)})
-    return meta
+    if not isinstance(protocol, dict):
+        return meta
+    protocol = {k: v for k, v in protocol.items() if k != "dsa_share"}
+    share = dsa_share(meta)
+    return dict(meta, protocol=protocol if share is None else {**protocol, "dsa_share": share})
 
 
 def store_key(meta: dict[str, Any]) -> str:

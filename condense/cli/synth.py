@@ -73,7 +73,7 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--dsa",), dict(action=argparse.BooleanOptionalAction, default=None, help="DSA augmentation (default on)")),
     (("--dsa-strategy",), dict(dest="dsa_strategy", help="DSA transforms")),
     (("--dsa-share",), dict(dest="dsa_share", choices=("image", "batch", "view"),
-                            help="tm student steps, gm network updates: image = per-image DSA parameters, one group "
+                            help="tm student steps, gm network updates, herding/kcenter embeddings: image = per-image DSA parameters, one group "
                                  "per step (the references, default); batch = one draw per batch (condense < 0.2); "
                                  "dm/dam/gm matching is always siamese (one draw per real/synthetic pair)")),
     (("--memory",), dict(help="tm gradients: exact (unrolled graph) or constant (adjoint, memory independent of steps)")),
@@ -155,7 +155,7 @@ def validation_evaluator(cfg, device):
     from ..data import load_dataset
     from ..train import TrainProtocol, evaluate_synset
 
-    protocol = TrainProtocol(epochs=cfg.eval_epochs)
+    protocol = TrainProtocol(epochs=cfg.eval_epochs, dsa_share=getattr(cfg, "dsa_share", "image"))
     cache = {}
 
     def evaluate_fn(s):

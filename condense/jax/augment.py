@@ -50,7 +50,7 @@ class Draw:
     mode: str = struct.field(pytree_node=False)           # 'S' one group per draw, 'M' all groups
     cutout_size: tuple[int, int] = struct.field(pytree_node=False)
     per_image: bool = struct.field(pytree_node=False)
-    shared_group: bool = struct.field(pytree_node=False, default=True)  # one active group row for every image
+    shared_group: bool = struct.field(pytree_node=False)  # one active group row for every image
 
 
 def from_torch(draw: DSADraw, dtype=None) -> Draw:

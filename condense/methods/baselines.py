@@ -25,6 +25,7 @@ from ..errors import CondenseError, ConfigError
 from ..nets import build_net, parse_arch
 from ..rng import generator
 from ..synset import SynSet, load_synset, real_subset
+from ..augment import check_share
 from ..train import STREAM_INIT, TrainProtocol, train_model
 
 SELECTIONS = ("random", "herding", "kcenter")
@@ -38,6 +39,7 @@ class BaselineConfig:
     ipc: int = 1
     arch: str = "convnet"  # the embedding network of herding and k-center
     embed_epochs: int = 2  # how briefly it is trained on the real data
+    dsa_share: str = "image"  # the embedding network's training augmentation (condense.augment; 0.1: 'batch')
     seed: int = 0
     out: str = "runs/baseline.h5"
     device: str | None = None
@@ -48,6 +50,7 @@ class BaselineConfig:
         if self.embed_epochs < 0:
             raise ConfigError(f"--embed-epochs must be >= 0, got {self.embed_epochs}")
         parse_arch(self.arch)
+        check_share(self.dsa_share)
 
 
 def herding(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -98,7 +101,7 @@ def select(selection: str, ds, cfg: BaselineConfig, device: torch.device) -> tor
     model = build_net(cfg.arch, c, ds.info.num_classes, (h, w),
                       generator=generator(cfg.seed, 0, 0, 0, STREAM_INIT)).to(device)
     if cfg.embed_epochs:
-        train_model(model, ds.x_train.to(device), ds.y_train.to(device), TrainProtocol(epochs=cfg.embed_epochs),
+        train_model(model, ds.x_train.to(device), ds.y_train.to(device), TrainProtocol(epochs=cfg.embed_epochs, dsa_share=cfg.dsa_share),
                     seed=cfg.seed, run=0, lr=0.01)
     feats = embeddings(model, ds.x_train, device)
     pick = herding if selection == "herding" else kcenter
@@ -130,7 +133,7 @@ def run_baseline(cfg: BaselineConfig, device: torch.device, *, selection: str, p
 def _already_selected(out: str, config: dict) -> SynSet | None:
     """The set at ``out`` if it exists and was chosen with the same settings (the identity a
     synthesis run resumes by: everything but where it is written and run), else None."""
-    from .loop import identity_hash
+    from .loop import identity_hash, same_identity
 
     if not Path(out).exists():
         return None
@@ -138,4 +141,4 @@ def _already_selected(out: str, config: dict) -> SynSet | None:
         s = load_synset(out)
     except CondenseError:
         return None  # not a readable set: selecting writes a new one, as it always has
-    return s if identity_hash(s.config) == identity_hash(config) else None
+    return s if same_identity(identity_hash(s.config), config) else None
