@@ -28,6 +28,20 @@ class _Lines:
         self.stream.flush()
 
 
+def _log_bar_class():
+    """tqdm whose postfix updates wait for the next timed line instead of printing one each."""
+    from tqdm import tqdm
+
+    class LogBar(tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+        def set_postfix_str(self, s="", refresh=True):
+            super().set_postfix_str(s, refresh=False)
+
+    return LogBar
+
+
 def _is_terminal(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
@@ -50,5 +64,5 @@ def bar(*, disable: bool = False, file: TextIO | None = None, **kwargs: Any):
         return tqdm(file=stream, dynamic_ncols=True, **kwargs)
     # tqdm prints once mininterval has passed; its monitor thread forces a print after
     # maxinterval: both at LOG_INTERVAL_S give at most one line per interval.
-    return tqdm(file=_Lines(stream), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100, ascii=True,
-                **kwargs)
+    return _log_bar_class()(file=_Lines(stream), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100,
+                            ascii=True, **kwargs)

@@ -13,8 +13,10 @@ class Tty(io.StringIO):
 def test_a_log_gets_whole_lines_not_a_redraw_per_step(monkeypatch):
     log = io.StringIO()
     with progress.bar(total=5000, desc="synth", file=log) as b:
-        for _ in range(5000):
+        for i in range(5000):
             b.update(1)
+            b.set_postfix(loss=f"{1 / (i + 1):.3g}")  # what the loops do every step
+            b.set_postfix_str(f"step {i}")
     text = log.getvalue()
     assert "\r" not in text
     lines = text.splitlines()
