@@ -3,7 +3,9 @@
 On a terminal (and in Jupyter) :func:`bar` is a plain tqdm bar. When the stream is not a
 terminal (a log file, a pipe, CI) a redraw per step would fill the log with carriage
 returns (a `make quickstart` log was 188 KB of them), so the bar prints whole lines, at
-most one every :data:`LOG_INTERVAL_S` seconds (and its final state when it closes).
+most one every :data:`LOG_INTERVAL_S` seconds (and its final state when it closes), and
+transient inner bars (``leave=False``: an expert's epochs, an evaluation run's epochs) are
+left out.
 """
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ def bar(*, disable: bool = False, file: TextIO | None = None, **kwargs: Any):
         return auto_tqdm(file=file, **kwargs)
     if _is_terminal(stream):
         return tqdm(file=stream, dynamic_ncols=True, **kwargs)
+    if kwargs.get("leave") is False:  # a transient inner bar: cleared on a terminal, noise in a log
+        return tqdm(disable=True, **kwargs)
     # tqdm prints once mininterval has passed; its monitor thread forces a print after
     # maxinterval: both at LOG_INTERVAL_S give at most one line per interval.
     return _log_bar_class()(file=_Lines(stream), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100,

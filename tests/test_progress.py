@@ -47,3 +47,14 @@ def test_disabled_prints_nothing():
     with progress.bar(total=10, file=log, disable=True) as b:
         b.update(10)
     assert log.getvalue() == ""
+
+
+def test_a_log_leaves_out_transient_inner_bars():
+    log = io.StringIO()
+    with progress.bar(total=3, desc="inner", leave=False, file=log) as b:
+        b.update(3)
+    assert log.getvalue() == ""
+    tty = Tty()
+    with progress.bar(total=3, desc="inner", leave=False, file=tty) as b:
+        b.update(3)
+    assert "inner" in tty.getvalue()
