@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "run", help="run a whole pipeline from a preset (default: the Fashion-MNIST quick start)",
         description="Run a pipeline end to end: buffer -> synth -> eval, every output in one folder. With no "
                     "arguments: the quick start on Fashion-MNIST (3 small experts, tm and dm at IPC 1, evaluated "
-                    "beside the random-real baseline; about 6.5 minutes on 2 CPU cores). Rerunning resumes.",
+                    "beside the random-real baseline; about 9 minutes on 2 CPU cores). Rerunning resumes.",
         epilog="examples:\n  condense run                                       the quick start -> runs/quickstart/\n"
                "  condense run --preset fashion-mnist/cpu-protocol   every method at IPC 1 and 10 (hours)\n"
                "  condense run --preset fashion-mnist/smoke          the random baseline only (2 minutes)\n"
