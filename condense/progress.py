@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 LOG_INTERVAL_S = 30.0
 
 
@@ -30,18 +32,14 @@ class _Lines:
         self.stream.flush()
 
 
-def _log_bar_class():
+class _LogBar(tqdm):
     """tqdm whose postfix updates wait for the next timed line instead of printing one each."""
-    from tqdm import tqdm
 
-    class LogBar(tqdm):
-        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
 
-        def set_postfix_str(self, s="", refresh=True):
-            super().set_postfix_str(s, refresh=False)
-
-    return LogBar
+    def set_postfix_str(self, s="", refresh=True):
+        super().set_postfix_str(s, refresh=False)
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -54,7 +52,6 @@ def _is_terminal(stream: Any) -> bool:
 def bar(*, disable: bool = False, file: TextIO | None = None, **kwargs: Any):
     """A tqdm progress bar (``total``, ``desc``, ``unit``, ... as tqdm takes them) on ``file``
     (default stderr): redrawn in place on a terminal, a line per ~30 s in a log."""
-    from tqdm import tqdm
     from tqdm.auto import tqdm as auto_tqdm
 
     stream = file or sys.stderr
@@ -68,5 +65,5 @@ def bar(*, disable: bool = False, file: TextIO | None = None, **kwargs: Any):
         return tqdm(disable=True, **kwargs)
     # tqdm prints once mininterval has passed; its monitor thread forces a print after
     # maxinterval: both at LOG_INTERVAL_S give at most one line per interval.
-    return _log_bar_class()(file=_Lines(stream), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100,
-                            ascii=True, **kwargs)
+    return _LogBar(file=_Lines(stream), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100, ascii=True,
+                   **kwargs)

@@ -53,7 +53,7 @@ class BufferConfig:
     lr_decay_factor: float = 0.1
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    dsa_share: str = "image"  # per-image parameters, one group per step: MTT's buffer.py ('batch': condense < 0.2)
+    dsa_share: str = "image"  # per-image parameters, one group per step: MTT's buffer.py ('batch': condense 0.1)
     zca: bool = False
     val_size: int | None = None  # None: the dataset's default validation split
     limit_train: int | None = None

@@ -145,7 +145,7 @@ class TrajectoryStore:
 
     @property
     def dsa_share(self) -> str | None:
-        """What the experts' training batches shared of a DSA draw ('batch' for stores of condense < 0.2)."""
+        """What the experts' training batches shared of a DSA draw (condense 0.1 stores: 'batch' if recorded, 'image' if imported from MTT)."""
         return dsa_share(self.meta)
 
     def __repr__(self) -> str:

@@ -22,7 +22,7 @@ def add_dsa_share_flag(p: argparse.ArgumentParser, what: str) -> None:
 
     p.add_argument("--dsa-share", dest="dsa_share", choices=SHARES,
                    help=f"DSA draws {what}: image = per-image parameters, one transform group per step (the "
-                        "references' training, default); batch = one draw per batch (condense before 0.2); "
+                        "references' training, default); batch = one draw per batch (condense 0.1); "
                         "view = nothing shared (the semantics of per-view labels)")
 
 

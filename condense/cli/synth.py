@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..augment import SHARES
 from ..config import make_config, preset_section
 from ..errors import ConfigError
 from ..jobs import resolve_device
@@ -72,9 +73,9 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
                                  help="AST's perturbation of the starting conv weights")),
     (("--dsa",), dict(action=argparse.BooleanOptionalAction, default=None, help="DSA augmentation (default on)")),
     (("--dsa-strategy",), dict(dest="dsa_strategy", help="DSA transforms")),
-    (("--dsa-share",), dict(dest="dsa_share", choices=("image", "batch", "view"),
+    (("--dsa-share",), dict(dest="dsa_share", choices=SHARES,
                             help="tm student steps, gm network updates, herding/kcenter embeddings: image = per-image DSA parameters, one group "
-                                 "per step (the references, default); batch = one draw per batch (condense < 0.2); "
+                                 "per step (the references, default); batch = one draw per batch (condense 0.1); "
                                  "dm/dam/gm matching is always siamese (one draw per real/synthetic pair)")),
     (("--memory",), dict(help="tm gradients: exact (unrolled graph) or constant (adjoint, memory independent of steps)")),
     (("--ema",), dict(type=float, help="decay of FTD's moving average of the images (0 = off)")),

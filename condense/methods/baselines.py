@@ -101,7 +101,8 @@ def select(selection: str, ds, cfg: BaselineConfig, device: torch.device) -> tor
     model = build_net(cfg.arch, c, ds.info.num_classes, (h, w),
                       generator=generator(cfg.seed, 0, 0, 0, STREAM_INIT)).to(device)
     if cfg.embed_epochs:
-        train_model(model, ds.x_train.to(device), ds.y_train.to(device), TrainProtocol(epochs=cfg.embed_epochs, dsa_share=cfg.dsa_share),
+        protocol = TrainProtocol(epochs=cfg.embed_epochs, dsa_share=cfg.dsa_share)
+        train_model(model, ds.x_train.to(device), ds.y_train.to(device), protocol,
                     seed=cfg.seed, run=0, lr=0.01)
     feats = embeddings(model, ds.x_train, device)
     pick = herding if selection == "herding" else kcenter

@@ -64,7 +64,7 @@ class TMConfig:
     weight_perturb: bool = False  # AST: perturb the start's conv weights
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    dsa_share: str = "image"  # MTT's student steps: per-image parameters, one group per step ('batch': condense <= 0.x)
+    dsa_share: str = "image"  # MTT's student steps: per-image parameters, one group per step ('batch': condense 0.1)
     memory: str = "exact"
     ema: float = 0.0  # FTD: decay of an exponential moving average of the images (0 = off)
     checkpoint_every: int = 100
