@@ -145,7 +145,8 @@ class TrajectoryStore:
 
     @property
     def dsa_share(self) -> str | None:
-        """What the experts' training batches shared of a DSA draw (condense 0.1 stores: 'batch' if recorded, 'image' if imported from MTT)."""
+        """What the experts' training batches shared of a DSA draw (:func:`dsa_share`: a condense 0.1
+        store reads as 'batch' if recorded, 'image' if imported from MTT)."""
         return dsa_share(self.meta)
 
     def __repr__(self) -> str:
