@@ -32,3 +32,53 @@ def tune_cpu_allocator() -> bool:
     except (OSError, AttributeError):  # musl or another libc without mallopt: nothing to tune
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+
+
+class PeakMemory:
+    """The peak resident memory of this process while a block runs (and the GPU's peak when
+    torch uses one), for "what does this step cost" tables.
+
+    Linux keeps the peak RSS (VmHWM) and resets it when "5" is written to
+    /proc/self/clear_refs; elsewhere, or where that is refused, the process's lifetime peak
+    (getrusage) is reported and ``scope`` says so. Use as ``with PeakMemory() as m: ...``,
+    then read ``m.rss_mib``, ``m.cuda_mib`` (None without CUDA) and ``m.scope``.
+    """
+
+    def __init__(self) -> None:
+        self.rss_mib: float | None = None
+        self.cuda_mib: float | None = None
+        self.scope = "block"
+
+    def __enter__(self) -> "PeakMemory":
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.scope = "process"
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.rss_mib = _peak_rss_mib(self.scope)
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.cuda_mib = torch.cuda.max_memory_allocated() / 2 ** 20
+
+
+def _peak_rss_mib(scope: str) -> float:
+    if scope == "block":
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024  # kB
+        except OSError:
+            pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2 ** 20 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux

@@ -26,7 +26,7 @@ from condense.stats import summarize
 from condense.synset import file_sha256, load_synset
 from condense.train import TrainProtocol
 
-from .protocol import Source, dataset_of, job_kwargs
+from .protocol import SPLITS, Source, dataset_of, job_kwargs
 
 JOB_FN = "evals.protocol:run_job"
 BASELINES = ("random", "full")
@@ -61,6 +61,7 @@ class EvalConfig:
     address: str | None = None
     json: str = "runs/eval/results.json"
     plots: str | None = None
+    split: str = "test"  # test | val: what the accuracies are measured on (select settings on val, report test)
 
     def validate(self) -> None:
         if self.runs <= 0:
@@ -74,6 +75,8 @@ class EvalConfig:
         if self.also_lr is not None and not self.also_lr > 0:
             raise ConfigError(f"--also-lr must be positive, got {self.also_lr}")
         check_share(self.dsa_share)
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"--temperature must be positive, got {self.temperature}")
         if self.baseline is not None:
@@ -205,7 +208,7 @@ def group_jobs(group: Group, cfg: EvalConfig) -> tuple[list[Job], str | None]:
     jobs = []
     for runs in run_lists:
         kwargs = job_kwargs(group.source, group.arch, group.variant, group.protocol, cfg.seed, runs, stacked,
-                            cfg.temperature)
+                            cfg.temperature, cfg.split)
         jobs.append(Job(job_key(kwargs), JOB_FN, kwargs))
     return jobs, why
 
@@ -314,7 +317,7 @@ def aggregate(groups: Sequence[Group], cfg: EvalConfig, done: dict[str, dict[str
         row = {"synset": g.source.path, "method": g.method, "ipc": g.ipc, "arch": g.arch, "variant": g.variant,
                "accs": accs, **summarize(accs), "storage_bytes": g.storage_bytes,
                "epochs": g.protocol.epochs, "lr": g.protocol.lr, "dsa_share": g.protocol.dsa_share,
-               "seed": cfg.seed, "runs": len(accs),
+               "seed": cfg.seed, "runs": len(accs), "split": cfg.split,
                "baseline": None if g.source.kind == "synset" else g.source.kind, "curves": curves}
         if g.source.kind != "synset":
             row["dataset"] = g.source.dataset

@@ -25,13 +25,13 @@ def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str]
     rows = aggregate(groups, cfg, done)
     score_rows = scores(rows)
     only_full = cfg.baseline == "full" and not paths
-    protocol = {**asdict(cfg.protocol(FULL_DATA_EPOCHS if only_full else None)), "seed": cfg.seed, "runs": cfg.runs, "accs_unit": "percent",
-                "seconds": round(time.perf_counter() - t0, 1)}
+    protocol = {**asdict(cfg.protocol(FULL_DATA_EPOCHS if only_full else None)), "seed": cfg.seed, "runs": cfg.runs,
+                "accs_unit": "percent", "split": cfg.split, "seconds": round(time.perf_counter() - t0, 1)}
     doc = to_json(rows, score_rows, protocol, cfg.json, errors)
     if rows:
         note(table(rows, score_rows))
     if cfg.plots and rows:
-        files = plot(rows, cfg.plots)
+        files = plot(rows, cfg.plots, split=cfg.split)
         note(f"plots: {', '.join(str(f) for f in files)}")
     note(f"results: {cfg.json} (run folder {cfg.json}.run/)")
     if errors:

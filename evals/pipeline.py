@@ -11,7 +11,12 @@ A pipeline preset has a ``run`` section naming its steps, and one section per st
 
 A step's kind is its name up to the first ``-``. Outputs always land under ``out``
 (a section's own ``out`` is taken relative to it); ``tm`` reads the trajectories of the
-last ``buffer`` step unless its section names a store. Every step resumes (the store skips
+last ``buffer`` step unless its section names one (``trajectories: buffer-flat``: that
+step's store; any other value: a store path). An eval section evaluates every set made
+before it, or those of the synth steps it lists (``sets: [synth-tm1, ...]``), and writes
+``results.json`` (step ``eval``) or ``results-<rest of its name>.json`` (``eval-val``:
+``results-val.json``). Each step appends its wall time and peak memory to
+``<out>/steps.jsonl`` when it ends (killed segments leave no line). Every step resumes (the store skips
 finished experts, synthesis restarts from its checkpoint, a coreset chosen with the same
 settings is reused, the evaluation grid from its job log), so rerunning a killed pipeline
 finishes it.
@@ -19,6 +24,7 @@ finishes it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +35,7 @@ import torch
 from condense.config import load_preset, make_config
 from condense.errors import ConfigError
 from condense.jobs import resolve_device
+from condense.perf import PeakMemory
 
 STEP_KINDS = ("buffer", "synth", "eval")
 
@@ -62,6 +69,7 @@ def step_kind(name: str) -> str:
 def step_config(kind: str, values: dict[str, Any], where: str) -> tuple[str | None, Any]:
     """(method name for a synth step else None, the typed config of the step's section)."""
     values = dict(values or {})
+    values.pop("sets", None)  # an eval section's choice of sets: the pipeline's, not EvalConfig's
     if kind == "buffer":
         from trajectories.record import BufferConfig
 
@@ -93,48 +101,79 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    store, sets, doc, t0 = None, [], {}, time.perf_counter()
+    stores, sets, doc, t0 = {}, {}, {}, time.perf_counter()
     for name, method, step in configs:
         kind, started = step_kind(name), time.perf_counter()
         note(f"== {name}")
-        if kind == "buffer":
-            from trajectories.record import record_store
+        with PeakMemory() as peak:
+            if kind == "buffer":
+                from trajectories.record import record_store
 
-            step.out = _under(out, None if step.out == _default(step, "out") else step.out, "experts")
-            if cfg.device is not None:
-                step.devices = [cfg.device]
-            record_store(step, progress=note, bars=bars)
-            store = step.out
-        elif kind == "synth":
-            sets.append(_synth(method, step, out, store, device, note, bars))
-        else:
-            from .harness import run_eval
+                step.out = _under(out, None if step.out == _default(step, "out") else step.out, "experts")
+                if cfg.device is not None:
+                    step.devices = [cfg.device]
+                record_store(step, progress=note, bars=bars)
+                stores[name] = step.out
+            elif kind == "synth":
+                sets[name] = _synth(method, step, out, stores, device, note, bars)
+            else:
+                from .harness import run_eval
 
-            step.json = str(out / "results.json")
-            step.plots = str(out / "plots")
-            if cfg.runs is not None:
-                step.runs = cfg.runs
-            if cfg.epochs is not None:
-                step.epochs = cfg.epochs
-            if cfg.device is not None and step.devices == ["cpu"]:
-                step.devices = [cfg.device]
-            doc = run_eval(step, sets, note=note, bars=bars)
-        note(f"{name}: done in {time.perf_counter() - started:.0f} s")
+                suffix = name.split("-", 1)[1] if "-" in name else ""
+                step.json = str(out / (f"results-{suffix}.json" if suffix else "results.json"))
+                step.plots = str(out / (f"plots-{suffix}" if suffix else "plots"))
+                if cfg.runs is not None:
+                    step.runs = cfg.runs
+                if cfg.epochs is not None:
+                    step.epochs = cfg.epochs
+                if cfg.device is not None and step.devices == ["cpu"]:
+                    step.devices = [cfg.device]
+                doc = run_eval(step, _chosen_sets(data[name], sets, name), note=note, bars=bars)
+        seconds = time.perf_counter() - started
+        _log_step(out, name, seconds, peak)
+        note(f"{name}: done in {seconds:.0f} s")
     note(f"pipeline finished in {(time.perf_counter() - t0) / 60:.1f} min; outputs in {out}/")
     return doc
 
 
-def _synth(method: str, step, out: Path, store: str | None, device: torch.device, note, bars) -> str:
+def _chosen_sets(section: dict | None, sets: dict[str, str], name: str) -> list[str]:
+    """The set files an eval step evaluates: those of the synth steps it lists, else all so far."""
+    wanted = (section or {}).get("sets")
+    if wanted is None:
+        return list(sets.values())
+    unknown = [w for w in wanted if w not in sets]
+    if unknown:
+        raise ConfigError(f"section {name!r} lists set {unknown[0]!r}, which is not a synth step run before it")
+    return [sets[w] for w in wanted]
+
+
+def _log_step(out: Path, name: str, seconds: float, peak: PeakMemory) -> None:
+    """One line of ``steps.jsonl``: what this segment of the step cost."""
+    row = {"step": name, "seconds": round(seconds, 1), "peak_rss_mib": round(peak.rss_mib, 1),
+           "peak_scope": peak.scope, "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if peak.cuda_mib is not None:
+        row["peak_cuda_mib"] = round(peak.cuda_mib, 1)
+    with open(out / "steps.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _synth(method: str, step, out: Path, stores: dict[str, str], device: torch.device, note, bars) -> str:
     """Run one synthesis step; returns the set's path (and writes its PNG grid beside it)."""
     from condense.data import dataset_info
     from condense.methods import get_method, runner
     from condense.viz import save_grid
 
     step.out = _under(out, None if step.out == _default(step, "out") else step.out, f"{method}_ipc{step.ipc}.h5")
-    if hasattr(step, "trajectories") and (step.trajectories is None or step.trajectories == _default(step, "trajectories")):
-        if store is None:
-            raise ConfigError(f"the {method} step needs trajectories: put a buffer step before it")
-        step.trajectories = store
+    if hasattr(step, "trajectories"):
+        if step.trajectories is None or step.trajectories == _default(step, "trajectories"):
+            if not stores:
+                raise ConfigError(f"the {method} step needs trajectories: put a buffer step before it")
+            step.trajectories = list(stores.values())[-1]
+        elif step.trajectories in stores:
+            step.trajectories = stores[step.trajectories]
+        elif step_kind(step.trajectories) == "buffer" and not Path(step.trajectories).exists():
+            raise ConfigError(f"the {method} step reads the store of step {step.trajectories!r}, which is not run "
+                              "before it")
     s = runner(get_method(method))(step, device, progress=note, bars=bars)  # each method's default backend
     grid = Path(step.out).with_suffix(".png")
     save_grid(s.to_pixels(), s.classes, grid, class_names=dataset_info(s.dataset).class_names,

@@ -1,7 +1,8 @@
 """What one evaluation job trains on, and the job function every executor runs.
 
 A job trains fresh networks of one architecture on one *source* under one *variant*
-and reports their test accuracies:
+and reports their test accuracies (or, with ``split="val"``, their accuracies on the
+validation split carved from the training set: what settings are chosen on):
 
 - sources: a synthetic-set file (``synset``); the random-real baseline of the same IPC
   (``random``: run r trains on the class-balanced subset drawn with seed ``seed + r``,
@@ -37,6 +38,7 @@ from condense.train import TrainProtocol, evaluate
 
 SOURCES = ("synset", "random", "full")
 VARIANTS = ("set", "hard", "no-dsa", "fixed-lr")
+SPLITS = ("test", "val")
 # Set by the harness for jobs it runs in its own process: an epoch-level progress bar under
 # the grid's bar (worker processes and Ray tasks keep it off: their output would interleave).
 EPOCH_BARS = False
@@ -117,17 +119,21 @@ def hard_labels(labels: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
 
 
 def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, runs: list[int],
-            stacked: bool = False, temperature: float | None = None, device: str = "cpu") -> dict[str, Any]:
+            stacked: bool = False, temperature: float | None = None, device: str = "cpu", split: str = "test"
+            ) -> dict[str, Any]:
     """Train ``arch`` on ``source`` once per run; the executors' job function.
 
-    ``temperature`` overrides a soft-label set's distillation temperature.
+    ``temperature`` overrides a soft-label set's distillation temperature; ``split`` is
+    what the accuracy is measured on (test, or val: the held-out part of the training set).
     Returns ``{"accs": [percent per run], "curves": [[mean train loss per epoch] per run]}``
     (curves are empty for stacked training).
     """
     src = Source(**source)
     proto = TrainProtocol(**{**protocol, "dsa": protocol["dsa"] and variant != "no-dsa"})
     ds = dataset_of(src)
-    test = (ds.x_test, ds.y_test)
+    test = (ds.x_test, ds.y_test) if split == "test" else (ds.x_val, ds.y_val)
+    if not len(test[1]):
+        raise ConfigError(f"{ds.info.name} has no validation split here (val_size 0): nothing to measure on")
     k = ds.info.num_classes
     if stacked:
         from .vmap import train_stacked
@@ -152,7 +158,9 @@ def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, ru
 
 
 def job_kwargs(src: Source, arch: str, variant: str, protocol: TrainProtocol, seed: int, runs: list[int],
-               stacked: bool, temperature: float | None = None) -> dict[str, Any]:
-    """The keyword arguments of :func:`run_job` (plain data: picklable, JSON-able)."""
-    return {"source": asdict(src), "arch": arch, "variant": variant, "protocol": asdict(protocol), "seed": seed,
-            "runs": list(runs), "stacked": stacked, "temperature": temperature}
+               stacked: bool, temperature: float | None = None, split: str = "test") -> dict[str, Any]:
+    """The keyword arguments of :func:`run_job` (plain data: picklable, JSON-able). The test split
+    is implied, not named, so the resume keys of earlier job logs stay valid."""
+    kwargs = {"source": asdict(src), "arch": arch, "variant": variant, "protocol": asdict(protocol), "seed": seed,
+              "runs": list(runs), "stacked": stacked, "temperature": temperature}
+    return kwargs if split == "test" else {**kwargs, "split": split}

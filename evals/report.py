@@ -111,7 +111,7 @@ def _pm(ci95: float) -> str:
     return "" if math.isnan(ci95) else f"± {ci95:.2f}"
 
 
-def plot(rows: Sequence[dict], folder: str | os.PathLike) -> list[Path]:
+def plot(rows: Sequence[dict], folder: str | os.PathLike, split: str = "test") -> list[Path]:
     """``accuracy.png`` (mean ± std per arch, one bar per set/baseline) and ``curves.png``
     (mean training loss per epoch). Returns the files written."""
     import matplotlib
@@ -138,7 +138,7 @@ def plot(rows: Sequence[dict], folder: str | os.PathLike) -> list[Path]:
         bars = ax.bar(xs, ms, width, yerr=ss, capsize=3, label=lab, color=colors[i % len(colors)])
         ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
     ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(archs))], archs, rotation=15, fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{'validation' if split == 'val' else 'test'} accuracy (%)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     ax.set_title("accuracy per architecture (mean ± std over runs)")
     fig.tight_layout()

@@ -70,6 +70,9 @@ def test_every_shipped_preset_loads_and_validates(name):
                 cfg.trajectories = "<the buffer step's store>"
             cfg.validate()
             continue
+        if step_kind(section) == "eval" and "sets" in values:  # a pipeline's eval names synth steps run before it
+            steps = data["run"]["steps"]
+            assert all(step_kind(s) == "synth" and steps.index(s) < steps.index(section) for s in values.pop("sets"))
         cls = SECTIONS[step_kind(section)] or get_method(values.pop("method")).config
         make_config(cls, values, where=name).validate()
 

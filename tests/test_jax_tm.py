@@ -60,7 +60,7 @@ def test_matching_loss_and_gradients_equal_torch_in_float64(soft, dsa, path, mon
                 for t, b in enumerate(batches)]
         targets = [Target(4, target), Target(2, mid, 0.5)]  # with an intermediate target (AST)
         loss_fn = (lambda z, y: 1.3 * soft_cross_entropy(z, y)) if soft else (lambda z, y: 1.3 * F.cross_entropy(z, y))
-        loss = match_exact(net, start, targets, images, labels, log_lr, plan, loss_fn)
+        loss = match_exact(net, start, targets, images, labels, log_lr.exp(), plan, loss_fn)
         wrt = [images, log_lr] + ([labels] if soft else [])
         grads = torch.autograd.grad(loss, wrt)
 
@@ -112,19 +112,19 @@ def test_loss_goes_down_resume_equals_uninterrupted_and_bad_steps_roll_back(stor
     def explode(it):
         out = real(it)
         if it == 1:
-            method.log_lr.grad = torch.tensor(-1e6)  # would make the lr astronomically large
+            method.lr_param.grad = torch.tensor(-1e6)  # would make the lr astronomically large
         return out
 
     monkeypatch.setattr(method, "compute_grads", explode)
     events = []
     synthesize(method, tm_cfg(store_path, tmp_path / "c", iters=1).loop(), tmp_path / "c" / "x.h5", {"method": "tm"},
                **QUIET)
-    lr_before = float(method.log_lr.detach())
+    lr_before = float(method.lr_param.detach())
     momentum = [t.clone() for t in method.opts["log_lr"].state_dict()["optax_leaves"]]
     synthesize(method, tm_cfg(store_path, tmp_path / "c", iters=2).loop(), tmp_path / "c" / "x.h5", {"method": "tm"},
                progress=events.append, bars=False)
     assert any("rolled back: learned lr" in e for e in events)
-    assert float(method.log_lr.detach()) == lr_before  # the value and the optax momentum are restored
+    assert float(method.lr_param.detach()) == lr_before  # the value and the optax momentum are restored
     assert all(torch.equal(a, b) for a, b in zip(momentum, method.opts["log_lr"].state_dict()["optax_leaves"]))
 
 

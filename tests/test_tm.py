@@ -34,17 +34,18 @@ def small_problem(dtype=torch.float64, soft=False):
     target = start + 0.05 * torch.randn(layout.numel, generator=g, dtype=dtype)
     images = torch.randn(6, 1, 8, 8, generator=g, dtype=dtype).requires_grad_(True)
     labels = torch.randn(6, 3, generator=g, dtype=dtype).requires_grad_(True) if soft else torch.tensor([0, 0, 1, 1, 2, 2])
-    log_lr = torch.tensor(0.02, dtype=dtype).log().requires_grad_(True)
+    lr = torch.tensor(0.02, dtype=dtype).requires_grad_(True)  # α itself: each parametrisation chains onto it
     plan = [Step(torch.tensor([4, 0, 2]), sample_dsa(DSAConfig(), 3, (1, 8, 8), generator(5, t))) for t in range(3)]
     plan.append(Step(torch.tensor([1, 3, 5])))
-    return net, layout, start, mid, target, images, labels, log_lr, plan
+    return net, layout, start, mid, target, images, labels, lr, plan
 
 
-def naive_matching_loss(net, layout, start, targets, images, labels, log_lr, plan, loss_fn):
-    """An independent reference: per-tensor parameters, an explicit Python loop of SGD steps."""
+def naive_matching_loss(net, layout, start, targets, images, labels, lr, plan, loss_fn, momentum=0.0):
+    """An independent reference: per-tensor parameters and momentum buffers, an explicit Python
+    loop of heavy-ball SGD steps (buffer = μ·buffer + grad, p -= α·buffer, as torch.optim.SGD)."""
     params = {n: start[o:o + math.prod(s)].reshape(s).detach().requires_grad_(True)
               for n, s, o in zip(layout.names, layout.shapes, layout.offsets)}
-    lr = log_lr.exp()
+    bufs = {n: torch.zeros_like(p) for n, p in params.items()}
     states = [params]
     for step in plan:
         x = images[step.indices]
@@ -52,7 +53,8 @@ def naive_matching_loss(net, layout, start, targets, images, labels, log_lr, pla
             x = apply_dsa(x, step.draw)
         loss = loss_fn(torch_functional_call(net, states[-1], (x,)), labels[step.indices])
         grads = torch.autograd.grad(loss, list(states[-1].values()), create_graph=True)
-        states.append({n: p - lr * gr for (n, p), gr in zip(states[-1].items(), grads)})
+        bufs = {n: momentum * bufs[n] + gr for n, gr in zip(bufs, grads)}
+        states.append({n: p - lr * bufs[n] for n, p in states[-1].items()})
     total = 0.0
     for t, target_flat, w in targets:
         num = sum(((states[t][n] - target_flat[o:o + p.numel()].reshape(p.shape)) ** 2).sum()
@@ -61,43 +63,52 @@ def naive_matching_loss(net, layout, start, targets, images, labels, log_lr, pla
     return total
 
 
-def test_exact_loss_and_gradients_equal_a_naive_loop():
-    net, layout, start, mid, target, images, labels, log_lr, plan = small_problem()
-    ours = match_exact(net, start, [Target(4, target)], images, labels, log_lr, plan, F.cross_entropy)
-    ref = naive_matching_loss(net, layout, start, [(4, target, 1.0)], images, labels, log_lr, plan, F.cross_entropy)
-    g_ours = torch.autograd.grad(ours, [images, log_lr])
-    g_ref = torch.autograd.grad(ref, [images, log_lr])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_exact_loss_and_gradients_equal_a_naive_loop(momentum):
+    net, layout, start, mid, target, images, labels, lr, plan = small_problem()
+    ours = match_exact(net, start, [Target(4, target)], images, labels, lr, plan, F.cross_entropy, momentum)
+    ref = naive_matching_loss(net, layout, start, [(4, target, 1.0)], images, labels, lr, plan, F.cross_entropy,
+                              momentum)
+    g_ours = torch.autograd.grad(ours, [images, lr])
+    g_ref = torch.autograd.grad(ref, [images, lr])
     assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
     for a, b in zip(g_ours, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
     assert float(g_ours[0].abs().max()) > 0 and float(g_ours[1]) != 0
 
 
-@pytest.mark.parametrize("soft", [False, True])
-def test_constant_memory_gradients_equal_exact_ones(soft):
-    net, layout, start, mid, target, images, labels, log_lr, plan = small_problem(soft=soft)
+def test_student_momentum_changes_the_trajectory():
+    net, layout, start, mid, target, images, labels, lr, plan = small_problem()
+    plain = match_exact(net, start, [Target(4, target)], images, labels, lr, plan, F.cross_entropy, 0.0)
+    heavy = match_exact(net, start, [Target(4, target)], images, labels, lr, plan, F.cross_entropy, 0.9)
+    assert abs(float(plain.detach()) - float(heavy.detach())) > 1e-6
+
+
+@pytest.mark.parametrize("soft, momentum", [(False, 0.0), (True, 0.0), (False, 0.9), (True, 0.9)])
+def test_constant_memory_gradients_equal_exact_ones(soft, momentum):
+    net, layout, start, mid, target, images, labels, lr, plan = small_problem(soft=soft)
     loss_fn = soft_cross_entropy if soft else F.cross_entropy
     targets = [Target(4, target), Target(2, mid, 0.5)]  # with an intermediate target (AST)
-    exact = match_exact(net, start, targets, images, labels, log_lr, plan, loss_fn)
-    inputs = [images, log_lr] + ([labels] if soft else [])
+    exact = match_exact(net, start, targets, images, labels, lr, plan, loss_fn, momentum)
+    inputs = [images, lr] + ([labels] if soft else [])
     g_exact = torch.autograd.grad(exact, inputs)
-    loss, g_const = match_constant_memory(net, start, targets, images, labels, log_lr, plan, loss_fn)
+    loss, g_const = match_constant_memory(net, start, targets, images, labels, lr, plan, loss_fn, momentum)
     assert loss == pytest.approx(float(exact.detach()), rel=1e-12)
-    for name, ge in zip(["images", "log_lr", "labels"], g_exact):
+    for name, ge in zip(["images", "lr", "labels"], g_exact):
         torch.testing.assert_close(g_const[name], ge, rtol=1e-10, atol=1e-15)
-    ref = naive_matching_loss(net, layout, start, [(4, target, 1.0), (2, mid, 0.5)], images, labels, log_lr, plan,
-                              loss_fn)
+    ref = naive_matching_loss(net, layout, start, [(4, target, 1.0), (2, mid, 0.5)], images, labels, lr, plan,
+                              loss_fn, momentum)
     assert float(ref.detach()) == pytest.approx(loss, rel=1e-12)
 
 
 def test_constant_memory_in_float32_stays_close():
-    net, layout, start, mid, target, images, labels, log_lr, plan = small_problem(torch.float32)
-    exact = match_exact(net, start, [Target(4, target)], images, labels, log_lr, plan, F.cross_entropy)
-    g_exact = torch.autograd.grad(exact, [images, log_lr])
-    _, g = match_constant_memory(net, start, [Target(4, target)], images, labels, log_lr, plan, F.cross_entropy)
+    net, layout, start, mid, target, images, labels, lr, plan = small_problem(torch.float32)
+    exact = match_exact(net, start, [Target(4, target)], images, labels, lr, plan, F.cross_entropy)
+    g_exact = torch.autograd.grad(exact, [images, lr])
+    _, g = match_constant_memory(net, start, [Target(4, target)], images, labels, lr, plan, F.cross_entropy)
     rel = (g["images"] - g_exact[0]).norm() / g_exact[0].norm()
     assert float(rel) < 1e-4
-    assert float(g["log_lr"]) == pytest.approx(float(g_exact[1]), rel=1e-3)
+    assert float(g["lr"]) == pytest.approx(float(g_exact[1]), rel=1e-3)
 
 
 # --- the method on a tiny store --------------------------------------------------------------------
@@ -152,7 +163,7 @@ def test_a_step_that_breaks_the_lr_is_rolled_back(store_path, tmp_path, monkeypa
     def explode(it):
         out = real(it)
         if it == 1:
-            method.log_lr.grad = torch.tensor(-1e6)  # would make the lr astronomically large
+            method.lr_param.grad = torch.tensor(-1e6)  # would make the lr astronomically large
         return out
 
     monkeypatch.setattr(method, "compute_grads", explode)

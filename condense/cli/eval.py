@@ -64,6 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=("local", "ray"), help="local (in-process or --devices pool) or ray")
     p.add_argument("--devices", type=_devices, help="comma-separated: cuda:0,cuda:1 or cpu,cpu (one worker each)")
     p.add_argument("--address", help="Ray cluster address (auto, or host:port; default: a local Ray instance)")
+    p.add_argument("--split", choices=("test", "val"),
+                   help="measure on the test set (default) or the validation split (to choose settings)")
     p.add_argument("--json", help="report file (default runs/eval/results.json)")
     p.add_argument("--plots", help="folder for accuracy.png and curves.png")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")

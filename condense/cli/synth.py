@@ -57,9 +57,16 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--lr-img",), dict(dest="lr_img", type=float, help="image learning rate (frepo: images and labels)")),
     (("--lr-lr",), dict(dest="lr_lr", type=float, help="learning rate of the learned step size (published meaning)")),
     (("--lr-init",), dict(dest="lr_init", type=float, help="initial learned step size (default: the experts' lr)")),
+    (("--lr-param",), dict(dest="lr_param", choices=["exp", "direct"],
+                           help="tm: the learned step size as exp(rho) (default) or itself (MTT's direct)")),
+    (("--student-momentum",), dict(dest="student_momentum", type=float,
+                                   help="tm: SGD momentum of the student's inner steps (default 0, MTT; AST: 0.9)")),
     (("--init",), dict(help="initial images: real, noise, correct (DATM: ones an expert gets right), confident "
                             "(the expert's most confident) or kmeans (AST's representative init) (default real)")),
-    (("--labels",), dict(help="tm labels: hard, expert (TESLA: fixed expert soft labels) or learned (DATM)")),
+    (("--labels",), dict(help="tm labels: hard, expert (TESLA: expert soft labels) or learned (DATM)")),
+    (("--label-refresh",), dict(dest="label_refresh", choices=["iteration", "once"],
+                                help="tm --labels expert: recompute them every iteration from the target epoch "
+                                     "(default, TESLA) or fix them once at the start")),
     (("--lr-labels",), dict(dest="lr_labels", type=float, help="learning rate of learned labels (DATM lr_y, default 2)")),
     (("--window-schedule",), dict(dest="window_schedule", help="start-epoch window: fixed, or linear (DATM) from "
                                                                 "--window-start-max to --max-start-epoch")),
@@ -95,7 +102,7 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--eval-every",), dict(dest="eval_every", type=int, help="evaluate on the validation split every N iterations")),
     (("--eval-epochs",), dict(dest="eval_epochs", type=int, help="training epochs of those evaluations (default 100)")),
     (("--max-bad-steps",), dict(dest="max_bad_steps", type=int, help="stop after N non-finite steps in a row")),
-    (("--skip-loss-above",), dict(dest="skip_loss_above", type=float, help="skip steps whose loss exceeds this")),
+    (("--skip-loss-above",), dict(dest="skip_loss_above", type=float, help="skip steps whose loss exceeds this (DATM's threshold; not counted as bad steps)")),
     (("--seed",), dict(type=int, help="seed (default 0)")),
     (("--out",), dict(help="synthetic-set file to write (.h5)")),
     (("--device",), dict(help="cpu, cuda or cuda:N (default: cuda if available)")),

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import torch
 
 from ..augment import DSADraw, cat_draws, select_draw
+from ..errors import ConfigError
 from ..methods.tm import TMConfig, TrajectoryMatching, open_store_for
 from ..methods.tm_math import Step
 from ..synset import SynSet
@@ -222,13 +223,18 @@ class JaxTrajectoryMatching(TrajectoryMatching):
     """The tm method with its matching loss and gradients computed in JAX (see the module docstring)."""
 
     def __init__(self, cfg: TMConfig, store, ds):
+        unsupported = [flag for flag, on in (("--lr-param direct", cfg.lr_param == "direct"),
+                                             ("--student-momentum", bool(cfg.student_momentum)))
+                       if on]
+        if unsupported:
+            raise ConfigError(f"{unsupported[0]} is not in the JAX backend of tm; use --backend torch")
         super().__init__(cfg, store, ds, torch.device("cpu"))  # the torch side plans and holds state
         c, h, w = ds.info.shape
         self.twin = build_jax_net(self.arch, c, ds.info.num_classes, (h, w))
         self.twin.layout.check_compatible(store.layout)
         learned = cfg.labels == "learned"
         self.opts = {"images": sgd([self.images], cfg.lr_img, momentum=0.5),
-                     "log_lr": sgd([self.log_lr], cfg.lr_lr / self.lr_init ** 2, momentum=0.5)}
+                     "log_lr": sgd([self.lr_param], cfg.lr_lr / self.lr_init ** 2, momentum=0.5)}
         if learned:
             self.opts["labels"] = sgd([self.labels], cfg.lr_labels, momentum=0.9)
         self._value_and_grad = matcher(self.twin, cfg.labels != "hard", cfg.memory, learned)
@@ -236,15 +242,17 @@ class JaxTrajectoryMatching(TrajectoryMatching):
     def compute_grads(self, it: int) -> dict[str, float]:
         expert, s, steps = self.plan(it)
         start, targets = self.start_and_targets(it, expert, s)
+        if self.refreshes_labels:
+            self.refresh_labels(targets[0].params)
         spec = tuple((k.step, float(k.weight)) for k in targets)
         idx, mask, draws = padded_plan(steps)
         dtype = self.images.dtype  # trajectory rows (also of float16 stores) in the images' precision
         loss, grads = self._value_and_grad(
-            spec, to_jax(self.images), to_jax(self.log_lr), to_jax(self.labels), to_jax(start.to(dtype)),
+            spec, to_jax(self.images), to_jax(self.lr_param), to_jax(self.labels), to_jax(start.to(dtype)),
             [to_jax(k.params.to(dtype)) for k in targets], idx, mask, draws, jnp.asarray(self.loss_scale(s)))
         for tensor, g in zip(self.learnables().values(), grads):  # images, log_lr[, labels]: argnums order
             tensor.grad = to_torch(g, like=tensor)
-        return {"loss": float(loss), "lr": float(self.log_lr.detach().exp()), "expert": expert, "start_epoch": s,
+        return {"loss": float(loss), "lr": self.learned_lr(), "expert": expert, "start_epoch": s,
                 "inner_images": sum(len(step.indices) for step in steps)}
 
     def synset(self, it: int) -> SynSet:

@@ -9,7 +9,10 @@ The loop does the rest, identically for every method:
   leaves a learnable tensor non-finite (or the learned lr out of range) is rolled back
   to the state before it. Both are logged; after ``max_bad_steps`` bad steps in a row
   the run stops with a clear message (the last good state is saved). With
-  ``skip_loss_above`` (DATM) steps whose loss exceeds it are skipped as well.
+  ``skip_loss_above`` (DATM's threshold) an iteration whose loss exceeds it is skipped
+  and logged but is not a bad step: DATM skips such iterations as a matter of course
+  (early, hard starts), so they neither count toward ``max_bad_steps`` nor break a
+  streak of bad ones.
 - **Checkpoint/resume**: every ``checkpoint_every`` iterations the set is written to
   ``out`` and the full state (tensors, optimiser momenta, iteration) to the run folder;
   rerunning the same command continues from there and gives the same set as an
@@ -268,11 +271,11 @@ def synthesize(method: Synthesizer, loop: LoopConfig, out: str | os.PathLike, co
                 v.grad = None
             metrics = method.compute_grads(it)
             loss = metrics.get("loss", float("nan"))
-            event = ""
+            event, bad = "", True
             if not math.isfinite(loss) or not all(_finite(v.grad) for v in learn.values()):
                 event = "skipped: non-finite loss or gradient"
             elif loop.skip_loss_above is not None and loss > loop.skip_loss_above:
-                event = f"skipped: loss {loss:.4g} above {loop.skip_loss_above}"
+                event, bad = f"skipped: loss {loss:.4g} above {loop.skip_loss_above}", False
             else:
                 before = {k: v.detach().clone() for k, v in learn.items()}
                 before_opt = {k: _clone_state(o.state_dict()) for k, o in opts.items()}
@@ -290,13 +293,14 @@ def synthesize(method: Synthesizer, loop: LoopConfig, out: str | os.PathLike, co
                 else:
                     method.after_step(it)
             if event:
-                bad_in_a_row += 1
                 progress(f"iteration {it}: {event}")
+            if event and bad:
+                bad_in_a_row += 1
                 if bad_in_a_row >= loop.max_bad_steps:
                     _save(method, run, out, it)
                     raise CondenseError(f"{loop.max_bad_steps} bad steps in a row at iteration {it} ({event}); "
                                         f"the last good set is in {out}; lower the learning rates")
-            else:
+            elif not event:
                 bad_in_a_row = 0
             now = time.perf_counter()
             row = {"iteration": it, **metrics, "seconds": now - t_last, "event": event}

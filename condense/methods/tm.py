@@ -1,12 +1,19 @@
 """`tm`: trajectory matching (MTT) with a learned, positive step size, on one screen.
 
 Each iteration: pick an expert i and a start epoch s (s < the window's upper bound),
-take ``syn_steps`` student SGD steps from θ_i(s) on synthetic batches, and match the
-result to θ_i(s + expert_epochs) (the math and its two exact gradient paths are in
-:mod:`condense.methods.tm_math`). Images move by SGD (momentum 0.5, ``lr_img``); the
-student's step size α = exp(ρ) stays positive by construction and ρ moves by SGD with
-η_ρ = lr_lr / lr_init² so that the published ``lr_lr`` keeps its meaning near the
-initial lr (dα ≈ α dρ). All randomness of iteration ``it`` (expert, start epoch, batch
+take ``syn_steps`` student SGD steps (momentum ``student_momentum``: 0 in MTT, 0.9 in
+AST) from θ_i(s) on synthetic batches, and match the result to θ_i(s + expert_epochs)
+(the math and its two exact gradient paths are in :mod:`condense.methods.tm_math`).
+Images move by SGD (momentum 0.5, ``lr_img``). The student's step size α is learned in
+one of two parametrisations (``lr_param``):
+
+- ``exp`` (condense's default): α = exp(ρ), positive by construction, ρ by SGD with
+  η_ρ = lr_lr / lr_init², so that ``lr_lr`` keeps MTT's meaning near lr_init
+  (dα ≈ α dρ); away from it the steps in α scale like (α / lr_init)².
+- ``direct`` (MTT's): α itself by SGD with lr_lr (momentum 0.5); a step that would make
+  it non-positive is rolled back by the loop.
+
+All randomness of iteration ``it`` (expert, start epoch, batch
 order, DSA draws) comes from generators keyed by (seed, it, ...), so a resumed run
 equals an uninterrupted one.
 """
@@ -33,6 +40,8 @@ STREAM_PICK, STREAM_ORDER, STREAM_DSA = 0, 1, 2
 MEMORY_MODES = ("exact", "constant")
 LABEL_MODES = ("hard", "expert", "learned")
 WINDOWS = ("fixed", "linear")
+LR_PARAMS = ("exp", "direct")
+LABEL_REFRESH = ("iteration", "once")
 STREAM_PERTURB = 3
 
 
@@ -53,8 +62,11 @@ class TMConfig:
     lr_img: float = 100.0
     lr_lr: float = 1e-5
     lr_init: float | None = None  # None: the experts' training lr
+    lr_param: str | None = None  # exp (None, condense's α = exp(ρ)) | direct (MTT: α itself)
+    student_momentum: float | None = None  # the student's SGD momentum: None/0 = MTT's plain SGD, 0.9 = AST's
     init: str = "real"  # real | noise | correct (DATM) | confident | kmeans (AST's representative init)
-    labels: str = "hard"  # hard | expert (TESLA: fixed soft labels) | learned (DATM)
+    labels: str = "hard"  # hard | expert (TESLA: the expert's soft labels) | learned (DATM)
+    label_refresh: str | None = None  # --labels expert: iteration (None; TESLA) | once (fixed at init)
     lr_labels: float = 2.0  # DATM's lr_y (SGD, momentum 0.9) for --labels learned
     window_schedule: str = "fixed"  # fixed | linear (DATM: the start-epoch window widens)
     window_start_max: int | None = None  # linear: the initial upper bound (DATM current_max_start_epoch)
@@ -107,6 +119,12 @@ class TMConfig:
         for name in ("lr_img", "lr_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if (self.label_refresh or "iteration") not in LABEL_REFRESH:
+            raise ConfigError(f"--label-refresh must be one of {', '.join(LABEL_REFRESH)}, got {self.label_refresh!r}")
+        if (self.lr_param or "exp") not in LR_PARAMS:
+            raise ConfigError(f"--lr-param must be one of {', '.join(LR_PARAMS)}, got {self.lr_param!r}")
+        if not 0.0 <= (self.student_momentum or 0.0) < 1.0:
+            raise ConfigError(f"--student-momentum must be in [0, 1), got {self.student_momentum}")
         if self.batch_syn is not None and self.batch_syn <= 0:
             raise ConfigError(f"--batch-syn must be positive, got {self.batch_syn}")
         check_share(self.dsa_share)
@@ -153,9 +171,14 @@ class TrajectoryMatching:
             images, self.classes, self.indices = initial_images(ds.x_train, ds.y_train, k, cfg.ipc, cfg.init, cfg.seed)
         self.images = images.to(device).requires_grad_(True)
         self.lr_init = cfg.lr_init or float(store.meta["protocol"]["lr"])
-        self.log_lr = torch.tensor(math.log(self.lr_init), device=device).requires_grad_(True)
+        self.direct_lr = cfg.lr_param == "direct"
+        self.lr_name = "lr" if self.direct_lr else "log_lr"
+        start_value, step = (self.lr_init, cfg.lr_lr) if self.direct_lr else (math.log(self.lr_init),
+                                                                            cfg.lr_lr / self.lr_init ** 2)
+        self.lr_param = torch.tensor(start_value, device=device).requires_grad_(True)
+        self.momentum = cfg.student_momentum or 0.0
         self.opts = {"images": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5),
-                     "log_lr": torch.optim.SGD([self.log_lr], lr=cfg.lr_lr / self.lr_init ** 2, momentum=0.5)}
+                     self.lr_name: torch.optim.SGD([self.lr_param], lr=step, momentum=0.5)}
         if cfg.labels == "hard":
             self.labels, self.loss_fn = self.classes.to(device), F.cross_entropy
         else:
@@ -236,8 +259,15 @@ class TrajectoryMatching:
         return math.log(s - h + 8, 5) if s >= h else 1.0 / math.log(h - s + 8, 5)
 
     # -- Synthesizer -------------------------------------------------------------------------------
+    def student_lr(self) -> torch.Tensor:
+        """α as a function of its parameter (graph attached)."""
+        return self.lr_param if self.direct_lr else self.lr_param.exp()
+
+    def learned_lr(self) -> float:
+        return float(self.student_lr().detach())
+
     def learnables(self) -> dict[str, torch.Tensor]:
-        out = {"images": self.images, "log_lr": self.log_lr}
+        out = {"images": self.images, self.lr_name: self.lr_param}
         if self.labels.requires_grad:
             out["labels"] = self.labels
         return out
@@ -245,22 +275,36 @@ class TrajectoryMatching:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self.opts
 
+    @property
+    def refreshes_labels(self) -> bool:
+        return self.cfg.labels == "expert" and (self.cfg.label_refresh or "iteration") == "iteration"
+
+    @torch.no_grad()
+    def refresh_labels(self, target: torch.Tensor) -> None:
+        """TESLA's labels: the target epoch's logits on the current images, every iteration."""
+        self.labels = expert_logits(partial(functional_call, self.net, target), self.images.detach())
+
     def compute_grads(self, it: int) -> dict[str, float]:
         expert, s, steps = self.plan(it)
         start, targets = self.start_and_targets(it, expert, s)
+        if self.refreshes_labels:
+            self.refresh_labels(targets[0].params)
         loss_fn = self.loss_fn
         if self.cfg.balance_loss:
             loss_fn = partial(scaled, loss_fn, self.loss_scale(s))
         if self.cfg.memory == "exact":
-            loss_t = match_exact(self.net, start, targets, self.images, self.labels, self.log_lr, steps, loss_fn)
+            loss_t = match_exact(self.net, start, targets, self.images, self.labels, self.student_lr(), steps, loss_fn,
+                                 self.momentum)
             loss_t.backward()
             loss = float(loss_t.detach())
         else:
-            loss, grads = match_constant_memory(self.net, start, targets, self.images, self.labels, self.log_lr,
-                                                steps, loss_fn)
+            lr = self.learned_lr()
+            loss, grads = match_constant_memory(self.net, start, targets, self.images, self.labels, lr, steps,
+                                                loss_fn, self.momentum)
+            grads[self.lr_name] = grads.pop("lr") * (1.0 if self.direct_lr else lr)  # dℓ/dρ = dℓ/dα · α
             for name, tensor in self.learnables().items():
                 tensor.grad = grads[name]
-        return {"loss": loss, "lr": float(self.log_lr.detach().exp()), "expert": expert, "start_epoch": s,
+        return {"loss": loss, "lr": self.learned_lr(), "expert": expert, "start_epoch": s,
                 "inner_images": sum(len(step.indices) for step in steps)}
 
     def after_step(self, it: int) -> None:
@@ -276,20 +320,23 @@ class TrajectoryMatching:
             self.ema.copy_(state["ema"])
 
     def validate_state(self) -> str | None:
-        lr = float(self.log_lr.detach().exp())
+        lr = self.learned_lr()
         return None if math.isfinite(lr) and 0 < lr < 1e3 * self.lr_init else f"learned lr {lr:.4g} out of range"
 
     def synset(self, it: int) -> SynSet:
         images = (self.ema if self.ema is not None else self.images).detach().cpu().clone()
         s = SynSet.hard(images, self.classes.clone(), dataset=self.ds.info.name, num_classes=self.ds.info.num_classes,
-                        method="tm", lr=float(self.log_lr.detach().exp()), transform=self.ds.transform,
+                        method="tm", lr=self.learned_lr(), transform=self.ds.transform,
                         data=dict(self.ds.meta), config={"method": "tm", **asdict(self.cfg), "arch": self.arch},
                         provenance={"seed": self.cfg.seed, "iteration": it, "store": str(self.store.folder),
                                     "store_key": self.store.meta["store_key"],
                                     "store_dsa_share": self.store.dsa_share,
                                     "init_indices": None if self.indices is None else self.indices.tolist()})
         if self.cfg.labels != "hard":
-            s = s.with_labels(self.labels.detach().cpu().clone(), LabelSpec(kind="logits", loss="kl", temperature=1.0))
+            # TESLA's per-iteration labels belong to one random expert and epoch: the set keeps
+            # the final-epoch experts' labels of its final images instead (as --label-refresh once does)
+            labels = self._expert_label_logits(images.to(self.device)) if self.refreshes_labels else self.labels
+            s = s.with_labels(labels.detach().cpu().clone(), LabelSpec(kind="logits", loss="kl", temperature=1.0))
         return s
 
 

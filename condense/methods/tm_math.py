@@ -1,15 +1,18 @@
 """Trajectory matching's core computation, as pure functions over flat parameters.
 
 A student starts at an expert's parameters θ_s (epoch s) and takes N SGD steps on
-synthetic mini-batches with a learnable step size α = exp(ρ):
+synthetic mini-batches with a learnable step size α, with heavy-ball momentum μ
+(0 in MTT; 0.9 in AST's student, as ``torch.optim.SGD`` does it: m_0 = 0):
 
-    θ_{t+1} = θ_t − α ∇_θ L(f(θ_t, A_t(X[B_t])), Y[B_t])        t = 0 .. N−1
+    g_t = ∇_θ L(f(θ_t, A_t(X[B_t])), Y[B_t])
+    m_{t+1} = μ m_t + g_t,   θ_{t+1} = θ_t − α m_{t+1}          t = 0 .. N−1
 
 (B_t the step's batch, A_t its DSA draw). The matching loss (MTT, Cazenavette et al. 2022) is
 
     ℓ = ‖θ_N − θ*‖² / ‖θ_s − θ*‖²           θ* = the expert's parameters at epoch s + M
 
-and its gradients flow to the images X, to ρ and, when learned, to the labels Y. AST's
+and its gradients flow to the images X, to α (and so to its parameter: MTT's α
+itself or condense's ρ with α = exp(ρ)) and, when learned, to the labels Y. AST's
 intermediate matching adds terms w_k ‖θ_{m_k} − θ*_{s+k}‖² / ‖θ_s − θ*_{s+k}‖² for
 intermediate student steps m_k: every function here takes a list of such targets.
 
@@ -18,19 +21,22 @@ Two ways to get them, equal up to float rounding (tests check it):
 - :func:`match_exact` builds the whole unrolled graph and lets autograd differentiate
   it (what MTT does). Memory grows with N: every step's activations are kept.
 - :func:`match_constant_memory` runs the N steps without a graph, keeping only the
-  parameter vectors θ_0..θ_N, then walks back with the adjoint v_t = ∂ℓ/∂θ_t:
+  vectors θ_0..θ_N (and m_1..m_N), then walks back with the adjoints u_t = ∂ℓ/∂θ_t and
+  w_t = ∂ℓ/∂m_t (w_N = 0):
 
-      v_N  = 2 (θ_N − θ*) / ‖θ_s − θ*‖²           (+ the same term at every intermediate target)
-      ∂ℓ/∂X += −α · (∂g_t/∂X)ᵀ v_{t+1}          g_t = ∇_θ L_t(θ_t)  (same for Y)
-      ∂ℓ/∂α += −⟨v_{t+1}, g_t⟩
-      v_t   = v_{t+1} − α · H_t v_{t+1}         H_t = ∇²_θ L_t(θ_t)
+      u_N  = 2 (θ_N − θ*) / ‖θ_s − θ*‖²           (+ the same term at every intermediate target)
+      W    = w_{t+1} − α u_{t+1}                  the total adjoint of m_{t+1}
+      ∂ℓ/∂X += (∂g_t/∂X)ᵀ W                       (same for Y)
+      ∂ℓ/∂α += −⟨u_{t+1}, m_{t+1}⟩
+      u_t   = u_{t+1} + H_t W,   w_t = μ W        H_t = ∇²_θ L_t(θ_t)
 
-  recomputing step t's forward pass and taking one double-backward per step, so at
-  most one step's graph is alive: memory independent of N apart from the N+1
-  parameter vectors (N × 4 bytes × n_params; 2 MB for 20 steps of ConvNet W32). Unlike
-  TESLA's (Cui et al. 2023) batched gradient, which drops the Hessian terms H_t (the
-  cross-step interactions) and is therefore an approximation, this keeps every term:
-  it is the exact gradient, at the cost of one extra forward+backward per step.
+  (with μ = 0: W = −α u, the plain-SGD adjoint), recomputing step t's forward pass and
+  taking one double-backward per step, so at most one step's graph is alive: memory
+  independent of N apart from the stored vectors (N × 4 bytes × n_params each; 2 MB for
+  20 steps of ConvNet W32). Unlike TESLA's (Cui et al. 2023) batched gradient, which
+  drops the Hessian terms H_t (the cross-step interactions) and is therefore an
+  approximation, this keeps every term: it is the exact gradient, at the cost of one
+  extra forward+backward per step.
 
 A step "plan" fixes each step's batch indices and DSA draw, so both functions (and
 any backend) see exactly the same inputs.
@@ -80,21 +86,24 @@ def match_loss(theta: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -
 
 
 def match_exact(net: nn.Module, start: torch.Tensor, targets: list[Target], images: torch.Tensor,
-                labels: torch.Tensor, log_lr: torch.Tensor, plan: list[Step], loss_fn: LossFn) -> torch.Tensor:
+                labels: torch.Tensor, lr: torch.Tensor, plan: list[Step], loss_fn: LossFn,
+                momentum: float = 0.0) -> torch.Tensor:
     """Σ_k w_k ‖θ_{m_k} − T_k‖² / ‖θ_0 − T_k‖² with the whole unrolled graph attached
     (call ``.backward()`` on it).
 
     start: [P] flat parameters θ_0; targets: MTT's single (len(plan), θ*_{s+M}), plus
     intermediate ones for AST's intermediate matching; images [N, C, H, W]; labels [N]
-    or [N, K]; log_lr: scalar ρ with α = exp(ρ). Gradients reach whichever of images,
-    labels and log_lr require them.
+    or [N, K]; lr: scalar α (a function of whatever parametrises it: exp(ρ) or α itself);
+    momentum: the student's μ. Gradients reach whichever of images, labels and lr's
+    parameter require them.
     """
-    lr = log_lr.exp()
     theta = start.detach().requires_grad_(True)
+    buf = torch.zeros_like(theta)
     loss = _loss_at(0, theta, start, targets)
     for t, step in enumerate(plan, start=1):
         g = torch.autograd.grad(_inner_loss(net, theta, images, labels, step, loss_fn), theta, create_graph=True)[0]
-        theta = theta - lr * g
+        buf = momentum * buf + g if momentum else g
+        theta = theta - lr * buf
         loss = loss + _loss_at(t, theta, start, targets)
     return loss
 
@@ -105,31 +114,35 @@ def _loss_at(t: int, theta: torch.Tensor, start: torch.Tensor, targets: list[Tar
 
 
 def unroll(net: nn.Module, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr: float,
-           plan: list[Step], loss_fn: LossFn) -> list[torch.Tensor]:
-    """θ_0..θ_N of the student (no graph kept): a list of N + 1 [P] tensors."""
-    thetas = [start.detach()]
+           plan: list[Step], loss_fn: LossFn, momentum: float = 0.0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(θ_0..θ_N, m_1..m_N) of the student, no graph kept: N + 1 and N [P] tensors."""
+    thetas, bufs = [start.detach()], []
     images, labels = images.detach(), labels.detach()
+    buf = torch.zeros_like(thetas[0])
     for step in plan:
         theta = thetas[-1].requires_grad_(True)
         g = torch.autograd.grad(_inner_loss(net, theta, images, labels, step, loss_fn), theta)[0]
         thetas[-1] = theta.detach()
-        thetas.append((theta - lr * g).detach())
-    return thetas
+        buf = momentum * buf + g if momentum else g
+        bufs.append(buf)
+        thetas.append((theta - lr * buf).detach())
+    return thetas, bufs
 
 
 def match_constant_memory(net: nn.Module, start: torch.Tensor, targets: list[Target], images: torch.Tensor,
-                          labels: torch.Tensor, log_lr: torch.Tensor, plan: list[Step], loss_fn: LossFn,
-                          ) -> tuple[float, dict[str, torch.Tensor]]:
+                          labels: torch.Tensor, lr: float | torch.Tensor, plan: list[Step], loss_fn: LossFn,
+                          momentum: float = 0.0) -> tuple[float, dict[str, torch.Tensor]]:
     """The same loss as :func:`match_exact` and its exact gradients, one step's graph alive at a time.
 
-    Returns (loss, grads) with grads["images"] like images, grads["log_lr"] a scalar and
-    grads["labels"] like labels when labels require grad.
+    Returns (loss, grads) with grads["images"] like images, grads["lr"] = ∂ℓ/∂α (a scalar;
+    the caller applies the chain rule of its parametrisation) and grads["labels"] like
+    labels when labels require grad.
     """
-    lr = float(log_lr.detach().exp())
-    thetas = unroll(net, start, images, labels, lr, plan, loss_fn)
+    lr = float(lr)
+    thetas, bufs = unroll(net, start, images, labels, lr, plan, loss_fn, momentum)
     start = start.detach()
     loss = sum(float(k.weight * match_loss(thetas[k.step], start, k.params)) for k in targets)
-    v = torch.zeros_like(start)
+    u, w = torch.zeros_like(start), torch.zeros_like(start)
     want_labels = labels.requires_grad
     g_images = torch.zeros_like(images)
     g_labels = torch.zeros_like(labels) if want_labels else None
@@ -137,18 +150,20 @@ def match_constant_memory(net: nn.Module, start: torch.Tensor, targets: list[Tar
     for t in reversed(range(len(plan))):
         for k in targets:  # ∂ℓ/∂θ_{t+1} gains the direct term of every target matched there
             if k.step == t + 1:
-                v = v + k.weight * 2.0 * (thetas[t + 1] - k.params) / (start - k.params).pow(2).sum()
+                u = u + k.weight * 2.0 * (thetas[t + 1] - k.params) / (start - k.params).pow(2).sum()
+        big_w = w - lr * u
+        g_lr -= (u * bufs[t]).sum()
         theta = thetas[t].detach().requires_grad_(True)
         g = torch.autograd.grad(_inner_loss(net, theta, images, labels, plan[t], loss_fn), theta, create_graph=True)[0]
         inputs = [theta, images] + ([labels] if want_labels else [])
-        vjps = torch.autograd.grad(g, inputs, grad_outputs=v, allow_unused=True)
-        g_lr -= (v * g.detach()).sum()
+        vjps = torch.autograd.grad(g, inputs, grad_outputs=big_w, allow_unused=True)
         if vjps[1] is not None:
-            g_images -= lr * vjps[1]
+            g_images += vjps[1]
         if want_labels and vjps[2] is not None:
-            g_labels -= lr * vjps[2]
-        v = v - lr * vjps[0]
-    grads = {"images": g_images, "log_lr": g_lr * lr}  # dℓ/dρ = dℓ/dα · α
+            g_labels += vjps[2]
+        u = u + vjps[0]
+        w = momentum * big_w
+    grads = {"images": g_images, "lr": g_lr}
     if want_labels:
         grads["labels"] = g_labels
     return loss, grads
