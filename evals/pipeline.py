@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
     device = resolve_device(cfg.device)
     stores, sets, doc, t0 = {}, {}, {}, time.perf_counter()
     for name, method, step in configs:
-        kind, started = step_kind(name), time.perf_counter()
+        kind, started, cpu_started = step_kind(name), time.perf_counter(), _cpu_seconds()
         note(f"== {name}")
         with PeakMemory() as peak:
             if kind == "buffer":
@@ -130,7 +131,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
                     step.devices = [cfg.device]
                 doc = run_eval(step, _chosen_sets(data[name], sets, name), note=note, bars=bars)
         seconds = time.perf_counter() - started
-        _log_step(out, name, seconds, peak)
+        _log_step(out, name, seconds, _cpu_seconds() - cpu_started, peak)
         note(f"{name}: done in {seconds:.0f} s")
     note(f"pipeline finished in {(time.perf_counter() - t0) / 60:.1f} min; outputs in {out}/")
     return doc
@@ -147,9 +148,17 @@ def _chosen_sets(section: dict | None, sets: dict[str, str], name: str) -> list[
     return [sets[w] for w in wanted]
 
 
-def _log_step(out: Path, name: str, seconds: float, peak: PeakMemory) -> None:
-    """One line of ``steps.jsonl``: what this segment of the step cost."""
-    row = {"step": name, "seconds": round(seconds, 1), "peak_rss_mib": round(peak.rss_mib, 1),
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished worker processes (an eval pool's)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _log_step(out: Path, name: str, seconds: float, cpu_seconds: float, peak: PeakMemory) -> None:
+    """One line of ``steps.jsonl``: what this segment of the step cost (wall and CPU seconds of
+    this process: on a shared machine the CPU time is the cost, the wall time the wait)."""
+    row = {"step": name, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+           "peak_rss_mib": round(peak.rss_mib, 1),
            "peak_scope": peak.scope, "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if peak.cuda_mib is not None:
         row["peak_cuda_mib"] = round(peak.cuda_mib, 1)
