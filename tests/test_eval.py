@@ -67,6 +67,26 @@ def test_rows_equal_evaluate_run_by_run_and_the_random_baseline(toy, hard_set, t
     assert on_disk["results"][0]["accs"] == doc["results"][0]["accs"] and "curves" not in on_disk["results"][0]
 
 
+def test_split_val_measures_on_the_validation_split_and_keeps_test_keys(toy, hard_set, tmp_path):
+    path, s = hard_set
+    val = run_eval(cfg_for(tmp_path / "v", split="val", random_baseline=False), [path], **QUIET)
+    proto = TrainProtocol(epochs=3)
+    want = [100 * evaluate(s.images, s.labels, ARCH, proto, 0, test=(toy.x_val, toy.y_val), num_classes=4, run=r)
+            for r in range(2)]
+    assert val["results"][0]["accs"] == pytest.approx(want, abs=1e-9)
+    assert val["protocol"]["split"] == "val" and val["results"][0]["split"] == "val"
+    test = run_eval(cfg_for(tmp_path / "t", random_baseline=False), [path], **QUIET)
+    assert test["results"][0]["accs"] != val["results"][0]["accs"]  # 24 val images vs 128 test images
+    from evals.grid import job_key
+    from evals.protocol import Source, job_kwargs
+    src = Source("synset", "toy")
+    kw = job_kwargs(src, ARCH, "set", proto, 0, [0], False)
+    assert "split" not in kw  # job logs written before --split existed keep their keys
+    assert job_key(job_kwargs(src, ARCH, "set", proto, 0, [0], False, split="val")) != job_key(kw)
+    with pytest.raises(Exception, match="--split must be one of test, val"):
+        run_eval(cfg_for(tmp_path, split="train"), [path], **QUIET)
+
+
 def test_robustness_variants_train_what_they_say(toy, soft_set, tmp_path):
     path, s = soft_set
     doc = run_eval(cfg_for(tmp_path, robustness=True, random_baseline=False), [path], **QUIET)
