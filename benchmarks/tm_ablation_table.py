@@ -116,31 +116,54 @@ def selection_table(folder: Path) -> str:
 
 def cost_table(folder: Path, ipcs: list[int]) -> str:
     """Wall and CPU minutes and peak memory of every synthesis step (summed/maxed over its
-    logged segments: a resumed step has several)."""
+    logged segments: a resumed step has several); an expert store's recording time from its
+    expert files."""
     steps: dict[str, dict] = {}
     path = folder / "steps.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
         s = json.loads(line)
         acc = steps.setdefault(s["step"], {"seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_mib": 0.0})
         acc["seconds"] += s["seconds"]
-        acc["cpu_seconds"] += s.get("cpu_seconds", 0.0)
+        acc["cpu_seconds"] += s.get("cpu_seconds", float("nan"))  # nan: a segment logged without it
         acc["peak_rss_mib"] = max(acc["peak_rss_mib"], s["peak_rss_mib"])
     head = ["row"] + [f"IPC {k}: wall min / CPU min / peak RSS MiB" for k in ipcs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in ["buffer", "buffer-flat", "buffer-smooth"]:
-        if name in steps:
-            s = steps[name]
-            lines.append(f"| `{name}` (experts) | {s['seconds'] / 60:.1f} / {s['cpu_seconds'] / 60:.1f} / "
-                         f"{s['peak_rss_mib']:.0f} |" + " |" * (len(ipcs) - 1))
+    for name, store in (("buffer", "experts"), ("buffer-flat", "experts-flat"), ("buffer-smooth", "experts-smooth")):
+        recorded = store_seconds(folder / store)
+        if recorded is None:
+            continue
+        n, seconds = recorded
+        s = steps.get(name)  # its peak only if the logged segments did the recording (not a resume)
+        peak = f"{s['peak_rss_mib']:.0f}" if s and s["seconds"] > 0.5 * seconds else "-"
+        lines.append(f"| `{name}` ({n} experts, sum of their recording times) | {seconds / 60:.1f} / - / {peak} |"
+                     + " |" * (len(ipcs) - 1))
     for name, _ in ROWS:
         cells = []
         for k in ipcs:
             s = steps.get(f"synth-{name}-ipc{k}")
-            cells.append("-" if s is None else
-                         f"{s['seconds'] / 60:.1f} / {s['cpu_seconds'] / 60:.1f} / {s['peak_rss_mib']:.0f}")
+            cells.append("-" if s is None else cost(s))
         if any(c != "-" for c in cells):
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def store_seconds(store: Path) -> tuple[int, float] | None:
+    """(finished experts, the seconds they took to record: each expert file keeps its own)."""
+    import h5py
+
+    files = sorted(store.glob("expert_*.h5"))
+    if not files:
+        return None
+    total = 0.0
+    for f in files:
+        with h5py.File(f, "r") as h:
+            total += float(h.attrs.get("seconds", 0.0))
+    return len(files), total
+
+
+def cost(s: dict) -> str:
+    cpu = "-" if s["cpu_seconds"] != s["cpu_seconds"] else f"{s['cpu_seconds'] / 60:.1f}"
+    return f"{s['seconds'] / 60:.1f} / {cpu} / {s['peak_rss_mib']:.0f}"
 
 
 def plot(rows: dict, ipcs: list[int], path: Path) -> None:

@@ -54,7 +54,7 @@ def test_the_ablation_table_reads_the_run(ablation, tmp_path):
     accuracy, _, rest = out.partition("Validation-only selection")
     lines = {line.split("|")[1].strip(): line for line in accuracy.splitlines() if line.startswith("| `")}
     assert set(lines) == {"`tm`", "`tm-direct`", "`tm@0.01`", "`ftd`", "`random`"}
-    assert "`buffer` (experts)" in rest and "`buffer-flat` (experts)" in rest
+    assert "`buffer` (2 experts" in rest and "`buffer-flat` (2 experts" in rest
     results = {Path(r["synset"]).stem if r["synset"] else "random": r
                for r in json.loads((ablation / "results.json").read_text())["results"]}
     assert f"{results['ftd_ipc1']['mean']:.2f} ± {results['ftd_ipc1']['ci95']:.2f}" in lines["`ftd`"]
