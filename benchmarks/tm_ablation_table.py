@@ -32,6 +32,7 @@ ROWS = (  # (set name, what the row is)
     ("ast", "AST 5: + weight perturbation (= AST)"),
     ("datm", "DATM: learned soft labels, correct init, widening window"),
     ("tesla", "TESLA: constant memory, per-iteration expert labels"),
+    ("tesla-once", "TESLA with the expert labels fixed once (condense 0.2)"),
     ("dm", "DM (reference)"),
     ("frepo", "FRePo (reference)"),
 )
