@@ -30,6 +30,7 @@ ROWS = (  # (set name, what the row is)
     ("ast-balance", "AST 3: + balanced inner loss"),
     ("ast-middle", "AST 4: + intermediate matching"),
     ("ast", "AST 5: + weight perturbation (= AST)"),
+    ("ast-lr0.01", "AST 5 with the student starting at lr 0.01 (AST's scripts)"),
     ("datm", "DATM: learned soft labels, correct init, widening window"),
     ("tesla", "TESLA: constant memory, per-iteration expert labels"),
     ("tesla-once", "TESLA with the expert labels fixed once (condense 0.2)"),
