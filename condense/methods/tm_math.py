@@ -138,7 +138,7 @@ def match_constant_memory(net: nn.Module, start: torch.Tensor, targets: list[Tar
     the caller applies the chain rule of its parametrisation) and grads["labels"] like
     labels when labels require grad.
     """
-    lr = float(lr)
+    lr = float(lr.detach()) if isinstance(lr, torch.Tensor) else float(lr)
     thetas, bufs = unroll(net, start, images, labels, lr, plan, loss_fn, momentum)
     start = start.detach()
     loss = sum(float(k.weight * match_loss(thetas[k.step], start, k.params)) for k in targets)
