@@ -31,6 +31,8 @@ ROWS = (  # (set name, what the row is)
     ("ast-middle", "AST 4: + intermediate matching"),
     ("ast", "AST 5: + weight perturbation (= AST)"),
     ("ast-lr0.01", "AST 5 with the student starting at lr 0.01 (AST's scripts)"),
+    ("ast-middle@0.01", "AST 4's images trained at lr 0.01"),
+    ("ast@0.01", "AST 5's images trained at lr 0.01"),
     ("datm", "DATM: learned soft labels, correct init, widening window"),
     ("tesla", "TESLA: constant memory, per-iteration expert labels"),
     ("tesla-once", "TESLA with the expert labels fixed once (condense 0.2)"),
