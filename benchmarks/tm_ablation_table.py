@@ -119,17 +119,19 @@ def selection_table(folder: Path) -> str:
 
 
 def cost_table(folder: Path, ipcs: list[int]) -> str:
-    """Wall and CPU minutes and peak memory of every synthesis step (summed/maxed over its
-    logged segments: a resumed step has several); an expert store's recording time from its
-    expert files."""
+    """Wall and CPU minutes (summed over a step's logged segments: a resumed step has several)
+    and the peak memory of its longest segment (a quick resume in a long pipeline process
+    reports the memory that process already holds); an expert store's recording time from
+    its expert files."""
     steps: dict[str, dict] = {}
     path = folder / "steps.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
         s = json.loads(line)
-        acc = steps.setdefault(s["step"], {"seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_mib": 0.0})
+        acc = steps.setdefault(s["step"], {"seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_mib": 0.0, "longest": -1.0})
         acc["seconds"] += s["seconds"]
         acc["cpu_seconds"] += s.get("cpu_seconds", float("nan"))  # nan: a segment logged without it
-        acc["peak_rss_mib"] = max(acc["peak_rss_mib"], s["peak_rss_mib"])
+        if s["seconds"] > acc["longest"]:  # the peak of the segment that did the work: a quick resume
+            acc["longest"], acc["peak_rss_mib"] = s["seconds"], s["peak_rss_mib"]  # reports what it holds
     head = ["row"] + [f"IPC {k}: wall min / CPU min / peak RSS MiB" for k in ipcs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, store in (("buffer", "experts"), ("buffer-flat", "experts-flat"), ("buffer-smooth", "experts-smooth")):
