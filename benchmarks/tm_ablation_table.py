@@ -17,7 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from condense.stats import summarize
+from evals.report import paired
+from trajectories import open_store
 
 ROWS = (  # (set name, what the row is)
     ("random", "random real images (subset seeds 0-9)"),
@@ -59,11 +60,6 @@ def load_rows(folder: Path) -> dict[tuple[str, int, str], dict]:
                 continue
             out[(row_name(r) + suffix, r["ipc"], r["variant"])] = r
     return out
-
-
-def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    n = min(len(a), len(b))
-    return summarize([x - y for x, y in zip(a[:n], b[:n])])
 
 
 def fmt(s: dict | None, sign: bool = False) -> str:
@@ -155,16 +151,10 @@ def cost_table(folder: Path, ipcs: list[int]) -> str:
 
 def store_seconds(store: Path) -> tuple[int, float] | None:
     """(finished experts, the seconds they took to record: each expert file keeps its own)."""
-    import h5py
-
-    files = sorted(store.glob("expert_*.h5"))
-    if not files:
+    if not (store / "manifest.json").exists():
         return None
-    total = 0.0
-    for f in files:
-        with h5py.File(f, "r") as h:
-            total += float(h.attrs.get("seconds", 0.0))
-    return len(files), total
+    s = open_store(store)
+    return len(s), sum(float(s.expert_attrs(i).get("seconds", 0.0)) for i in range(len(s)))
 
 
 def cost(s: dict) -> str:

@@ -125,6 +125,12 @@ def _load_set(path: str):
     return load_synset(path)
 
 
+def _check_split(ds, cfg: EvalConfig) -> None:
+    """--split val on data without a validation split -> one line now, not a failure in every job."""
+    if cfg.split == "val" and not len(ds.y_val):
+        raise ConfigError(f"--split val: {ds.info.name} has no validation split here (val_size 0): nothing to measure on")
+
+
 def _check_arch(arch: str, ds) -> None:
     """ArchError -> one-line ConfigError now, not a failure in every job later."""
     c, h, w = ds.info.shape
@@ -158,6 +164,7 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
             raise ConfigError(f"{path}: its dataset {s.dataset!r} is not available here: {e}") from None
         if tuple(ds.info.shape) != tuple(s.image_shape):
             raise FormatError(f"{path}: images are {tuple(s.image_shape)} but {s.dataset} has {tuple(ds.info.shape)}")
+        _check_split(ds, cfg)
         archs = cfg.archs or [s.config.get("arch") or "convnet"]
         # Every soft-label set gets its hard-label gap (DD-Ranking) unless switched off; --robustness adds no-dsa.
         soft = s.label_spec.kind in ("probabilities", "logits")
@@ -176,6 +183,7 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
     if cfg.baseline is not None:
         base = Source("full", cfg.dataset, data_root=cfg.data_root)
         ds = dataset_of(base)
+        _check_split(ds, cfg)
         archs = cfg.archs or ["convnet"]
         for arch in archs:
             _check_arch(arch, ds)

@@ -85,6 +85,10 @@ def test_split_val_measures_on_the_validation_split_and_keeps_test_keys(toy, har
     assert job_key(job_kwargs(src, ARCH, "set", proto, 0, [0], False, split="val")) != job_key(kw)
     with pytest.raises(Exception, match="--split must be one of test, val"):
         run_eval(cfg_for(tmp_path, split="train"), [path], **QUIET)
+    no_val = load_dataset("toy", val_size=0)
+    s0 = real_subset(no_val, class_balanced_indices(no_val.y_train, 2, 1), "herding", config={"arch": ARCH})
+    with pytest.raises(Exception, match="--split val: toy has no validation split here"):
+        run_eval(cfg_for(tmp_path, split="val"), [str(s0.save(tmp_path / "noval.h5"))], **QUIET)  # before any job
 
 
 def test_robustness_variants_train_what_they_say(toy, soft_set, tmp_path):
