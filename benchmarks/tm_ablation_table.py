@@ -2,6 +2,8 @@
 
     condense run --preset fashion-mnist/tm-ablation --out runs/tm-ablation
     python benchmarks/tm_ablation_table.py runs/tm-ablation --plot docs/img/tm-ablation.png
+    condense run --preset fashion-mnist/tm-ablation-2 --out runs/tm-ablation-2   # the second round
+    python benchmarks/tm_ablation_table.py runs/tm-ablation-2 --plot docs/img/tm-ablation-2.png
 
 Reads the run folder: results.json (test accuracy of every row, 10 runs, same seeds for
 every row), results-fixed.json (plain tm's images at lr 0.01), results-val.json (the
@@ -24,6 +26,7 @@ ROWS = (  # (set name, what the row is)
     ("random", "random real images (subset seeds 0-9)"),
     ("tm", "MTT: plain experts, learned lr as exp(ρ)"),
     ("tm-direct", "MTT with MTT's direct lr parametrisation"),
+    ("tm-late", "MTT with a later start window (max_start_epoch 8)"),
     ("tm@0.01", "MTT's images trained at lr 0.01"),
     ("ftd", "FTD: flat (GSAM) experts + EMA of the images"),
     ("ast-smooth", "AST 1: smooth experts + momentum-0.9 student"),
@@ -109,7 +112,8 @@ def selection_table(folder: Path) -> str:
     for (name, k), r in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         ref = rows.get(("tm", k))
         delta = paired(r["accs"], ref["accs"]) if ref and name != "tm" else None
-        label = {"tm": "lr_param exp (ρ, condense)", "tm-direct": "lr_param direct (α, MTT)"}.get(name, name)
+        label = {"tm": "lr_param exp (ρ, condense)", "tm-direct": "lr_param direct (α, MTT)",
+                 "tm-late": "max_start_epoch 8 (exp ρ)"}.get(name, name)
         lines.append(f"| {label} | {k} | {fmt(r)} | {fmt(delta, True)} |")
     return "\n".join(lines)
 

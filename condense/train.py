@@ -25,9 +25,9 @@ difference, stated so nobody has to discover it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,10 @@ class TrainProtocol:
     batch_size: int = 256
     decay_at: float = 0.5  # fraction of the epochs after which lr is multiplied by decay_factor (1.0: never)
     decay_factor: float = 0.1
+    # AST's experts: the 0-based epoch from which lr is decayed (overrides decay_at), and whether
+    # the decay rebuilds the optimizer (momentum buffers cleared), as AST's buffer.py does.
+    decay_epoch: int | None = None
+    decay_restart: bool = False
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     dsa_share: str = "image"  # per-image parameters, one group per step: how the references train (augment.py)
@@ -70,6 +74,8 @@ class TrainProtocol:
             raise ConfigError(f"decay_at must be a fraction in [0, 1], got {self.decay_at}")
         if not self.decay_factor > 0:
             raise ConfigError(f"decay_factor must be positive, got {self.decay_factor}")
+        if self.decay_epoch is not None and not 0 <= self.decay_epoch:
+            raise ConfigError(f"decay_epoch must be a 0-based epoch, got {self.decay_epoch}")
         check_share(self.dsa_share)
 
     def dsa_config(self) -> DSAConfig | None:
@@ -95,10 +101,26 @@ def label_loss(logits: torch.Tensor, targets: torch.Tensor, spec: LabelSpec) -> 
     return F.mse_loss(logits, targets)
 
 
+def protocol_dict(protocol: TrainProtocol) -> dict[str, Any]:
+    """``protocol`` as plain data, without the AST-schedule keys while they hold their defaults:
+    manifests and job keys written before those keys existed stay valid."""
+    d = asdict(protocol)
+    if d["decay_epoch"] is None and not d["decay_restart"]:
+        del d["decay_epoch"], d["decay_restart"]
+    return d
+
+
+def decay_start(protocol: TrainProtocol) -> int | None:
+    """The first 0-based epoch trained at the decayed lr (None: never decayed)."""
+    if protocol.decay_epoch is not None:
+        return protocol.decay_epoch
+    return int(protocol.epochs * protocol.decay_at) if protocol.decay_at < 1.0 else None
+
+
 def lr_at(protocol: TrainProtocol, base_lr: float, epoch: int) -> float:
-    """The step size of 0-based ``epoch``: base, then x decay_factor from ``decay_at`` of the epochs on."""
-    decayed = protocol.decay_at < 1.0 and epoch >= int(protocol.epochs * protocol.decay_at)
-    return base_lr * (protocol.decay_factor if decayed else 1.0)
+    """The step size of 0-based ``epoch``: base, then x decay_factor from :func:`decay_start` on."""
+    start = decay_start(protocol)
+    return base_lr * (protocol.decay_factor if start is not None and epoch >= start else 1.0)
 
 
 @dataclass(frozen=True)
@@ -167,6 +189,8 @@ def train_model(
     losses = []
     model.train()
     for epoch in range(protocol.epochs):
+        if protocol.decay_restart and epoch == decay_start(protocol):
+            optimizer.state.clear()  # a rebuilt SGD: the momentum buffers start again from the next gradient
         for group in optimizer.param_groups:
             group["lr"] = lr_at(protocol, lr, epoch)
         order = torch.randperm(n, generator=generator(seed, run, epoch, 0, STREAM_ORDER)).to(device)

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
 from condense.errors import CondenseError
+from condense.train import protocol_dict
 
 from .grid import FULL_DATA_EPOCHS, EvalConfig, aggregate, plan, run_grid
 from .report import plot, scores, table, to_json
@@ -25,7 +25,7 @@ def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str]
     rows = aggregate(groups, cfg, done)
     score_rows = scores(rows)
     only_full = cfg.baseline == "full" and not paths
-    protocol = {**asdict(cfg.protocol(FULL_DATA_EPOCHS if only_full else None)), "seed": cfg.seed, "runs": cfg.runs,
+    protocol = {**protocol_dict(cfg.protocol(FULL_DATA_EPOCHS if only_full else None)), "seed": cfg.seed, "runs": cfg.runs,
                 "accs_unit": "percent", "split": cfg.split, "seconds": round(time.perf_counter() - t0, 1)}
     doc = to_json(rows, score_rows, protocol, cfg.json, errors)
     if rows:

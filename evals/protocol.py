@@ -34,7 +34,7 @@ from condense.data import load_dataset
 from condense.data.subset import class_balanced_indices
 from condense.errors import ConfigError
 from condense.synset import LabelSpec, SynSet, load_synset
-from condense.train import TrainProtocol, evaluate
+from condense.train import TrainProtocol, evaluate, protocol_dict
 
 SOURCES = ("synset", "random", "full")
 VARIANTS = ("set", "hard", "no-dsa", "fixed-lr")
@@ -159,6 +159,6 @@ def job_kwargs(src: Source, arch: str, variant: str, protocol: TrainProtocol, se
                stacked: bool, temperature: float | None = None, split: str = "test") -> dict[str, Any]:
     """The keyword arguments of :func:`run_job` (plain data: picklable, JSON-able). The test split
     is implied, not named, so the resume keys of earlier job logs stay valid."""
-    kwargs = {"source": asdict(src), "arch": arch, "variant": variant, "protocol": asdict(protocol), "seed": seed,
+    kwargs = {"source": asdict(src), "arch": arch, "variant": variant, "protocol": protocol_dict(protocol), "seed": seed,
               "runs": list(runs), "stacked": stacked, "temperature": temperature}
     return kwargs if split == "test" else {**kwargs, "split": split}

@@ -127,3 +127,46 @@ def test_training_draws_dsa_as_the_protocol_says(toy, monkeypatch, share):
 def test_protocol_refuses_an_unknown_dsa_share():
     with pytest.raises(ConfigError):
         TrainProtocol(dsa_share="pixel").validate()
+
+
+def test_decay_epoch_and_restart_equal_a_rebuilt_optimizer(toy):
+    """AST's experts: lr x0.6 from a given epoch, the optimizer rebuilt there (momentum lost),
+    against a naive loop that rebuilds torch's SGD at that epoch."""
+    proto = TrainProtocol(epochs=4, batch_size=64, momentum=0.9, weight_decay=1e-3, dsa=False, decay_epoch=3,
+                          decay_factor=0.6, decay_restart=True)
+    assert [lr_at(proto, 1.0, e) for e in range(4)] == [1.0, 1.0, 1.0, pytest.approx(0.6)]
+    x, y = toy.x_train[:192], toy.y_train[:192]
+
+    def fresh():
+        return build_net(ARCH, 3, 4, (16, 16), generator=generator(0, 0, 0, 0, 0)).double()
+
+    ours = fresh()
+    train_model(ours, x.double(), y, proto, seed=3, lr=0.05)
+    naive = fresh()
+    opt = torch.optim.SGD(naive.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    naive.train()
+    for epoch in range(4):
+        if epoch == 3:
+            opt = torch.optim.SGD(naive.parameters(), lr=0.05 * 0.6, momentum=0.9, weight_decay=1e-3)
+        order = torch.randperm(192, generator=generator(3, 0, epoch, 0, 1))
+        for start in range(0, 192, 64):
+            idx = order[start:start + 64]
+            loss = F.cross_entropy(naive(x[idx].double()), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    assert torch.allclose(flat(ours), flat(naive), atol=1e-10)
+    kept = fresh()
+    train_model(kept, x.double(), y, TrainProtocol(**{**proto.__dict__, "decay_restart": False}), seed=3, lr=0.05)
+    assert not torch.allclose(flat(kept), flat(naive), atol=1e-6), "keeping the momentum must differ"
+
+
+def test_protocol_dict_keeps_old_keys_unless_the_ast_schedule_is_used():
+    from dataclasses import asdict
+
+    from condense.train import protocol_dict
+    assert "decay_epoch" not in protocol_dict(TrainProtocol()) and "decay_restart" not in protocol_dict(TrainProtocol())
+    assert protocol_dict(TrainProtocol(decay_epoch=7, decay_restart=True)) == asdict(TrainProtocol(decay_epoch=7,
+                                                                                                   decay_restart=True))
+    assert TrainProtocol(**protocol_dict(TrainProtocol())) == TrainProtocol()

@@ -63,6 +63,18 @@ def test_stacked_nets_equal_runs_alone(data, arch, dsa, spec):
         assert acc == accuracy(ref, xt, yt) == accuracy(net, xt, yt)
 
 
+def test_stacked_nets_follow_asts_decay_restart(data):
+    x, y, _, _ = data
+    protocol = TrainProtocol(epochs=3, batch_size=8, dsa=False, decay_epoch=2, decay_factor=0.6, decay_restart=True)
+    runs = [1, 3]
+    nets = [_net(ARCH, r) for r in runs]
+    train_stacked_nets(nets, x, y, protocol, seed=SEED, runs=runs, lr=0.05)
+    for net, r in zip(nets, runs):
+        ref = _net(ARCH, r)
+        train_model(ref, x, y, protocol, seed=SEED, run=r, lr=0.05)
+        _assert_same_params(net, ref, 1e-5)
+
+
 def test_float64_and_one_channel_input():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(12, 1, 12, 12, generator=g, dtype=torch.float64)

@@ -31,7 +31,7 @@ from condense.jobs import Job, parse_device, run_jobs
 from condense.nets import FlatLayout, build_net, parse_arch
 from condense.rng import generator
 from condense.steps import ExpertRegularizer
-from condense.train import STREAM_INIT, TrainProtocol, accuracy, train_model
+from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
 from trajectories.store import DTYPES, ExpertWriter, prepare_store
 
 
@@ -51,6 +51,8 @@ class BufferConfig:
     batch_size: int = 256
     lr_decay_at: float = 1.0  # fraction of the epochs after which lr *= lr_decay_factor; 1.0 = never (MTT)
     lr_decay_factor: float = 0.1
+    lr_decay_epoch: int | None = None  # 0-based epoch from which lr is decayed (overrides lr_decay_at; AST: epochs//2 + 2)
+    lr_decay_restart: bool = False  # the decay rebuilds the optimizer, clearing its momentum (AST's buffer.py)
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     dsa_share: str = "image"  # per-image parameters, one group per step: MTT's buffer.py ('batch': condense 0.1)
@@ -87,6 +89,7 @@ class BufferConfig:
     def protocol(self) -> TrainProtocol:
         return TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                              batch_size=self.batch_size, decay_at=self.lr_decay_at, decay_factor=self.lr_decay_factor,
+                             decay_epoch=self.lr_decay_epoch, decay_restart=self.lr_decay_restart,
                              dsa=self.dsa, dsa_strategy=self.dsa_strategy, dsa_share=self.dsa_share)
 
     def regularizer(self) -> ExpertRegularizer:
@@ -114,7 +117,7 @@ def store_metadata(cfg: BufferConfig) -> dict[str, Any]:
         "source": "recorded", "dataset": ds.info.name, "num_classes": ds.info.num_classes,
         "image_shape": list(ds.info.shape), "arch": str(parse_arch(cfg.arch)), "layout": layout.to_json(),
         "n_params": layout.numel, "epochs": cfg.epochs, "dtype": cfg.dtype, "seed": cfg.seed,
-        "protocol": dataclasses.asdict(cfg.protocol()), "regularizer": cfg.regularizer().describe(),
+        "protocol": protocol_dict(cfg.protocol()), "regularizer": cfg.regularizer().describe(),
         "transform": ds.transform.describe(), "data": data, "config": dataclasses.asdict(cfg),
     }
 

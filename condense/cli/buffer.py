@@ -39,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-decay-at", dest="lr_decay_at", type=float,
                    help="fraction of the epochs after which lr is multiplied by --lr-decay-factor (default 1.0 = never)")
     p.add_argument("--lr-decay-factor", dest="lr_decay_factor", type=float, help="lr multiplier at --lr-decay-at (default 0.1)")
+    p.add_argument("--lr-decay-epoch", dest="lr_decay_epoch", type=int,
+                   help="0-based epoch from which lr is decayed (overrides --lr-decay-at; AST's buffer.py: epochs//2 + 2)")
+    p.add_argument("--lr-decay-restart", dest="lr_decay_restart", action=argparse.BooleanOptionalAction, default=None,
+                   help="the decay rebuilds the optimizer, clearing its momentum (AST's buffer.py; default off)")
     p.add_argument("--dsa", action=argparse.BooleanOptionalAction, default=None, help="DSA augmentation (default on)")
     p.add_argument("--dsa-strategy", dest="dsa_strategy", help="DSA transforms (default color_crop_cutout_flip_scale_rotate)")
     p.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None, help="ZCA-whiten the data (MTT's --zca)")
