@@ -74,8 +74,8 @@ class TrainProtocol:
             raise ConfigError(f"decay_at must be a fraction in [0, 1], got {self.decay_at}")
         if not self.decay_factor > 0:
             raise ConfigError(f"decay_factor must be positive, got {self.decay_factor}")
-        if self.decay_epoch is not None and not 0 <= self.decay_epoch:
-            raise ConfigError(f"decay_epoch must be a 0-based epoch, got {self.decay_epoch}")
+        if self.decay_epoch is not None and not 0 <= self.decay_epoch < self.epochs:
+            raise ConfigError(f"decay_epoch must be a 0-based epoch of the {self.epochs} trained, got {self.decay_epoch}")
         check_share(self.dsa_share)
 
     def dsa_config(self) -> DSAConfig | None:

@@ -43,7 +43,8 @@ def test_lr_schedule_decays_at_half():
 
 
 def test_protocol_validation():
-    for bad in (dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(decay_at=2.0)):
+    for bad in (dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(decay_at=2.0), dict(epochs=10, decay_epoch=10),
+                dict(decay_epoch=-1)):
         with pytest.raises(ConfigError):
             TrainProtocol(**bad).validate()
 
