@@ -198,7 +198,7 @@ def plot(rows: dict, ipcs: list[int], path: Path) -> None:
         ax.legend(loc="lower right", fontsize=8)
     axes[0][0].set_yticks(range(len(names)), names)
     axes[0][0].invert_yaxis()
-    fig.suptitle("Trajectory-matching ablation, Fashion-MNIST CPU protocol (condense tm-ablation)")
+    fig.suptitle("Trajectory-matching ablation, Fashion-MNIST CPU protocol")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
