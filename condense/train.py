@@ -123,6 +123,15 @@ def lr_at(protocol: TrainProtocol, base_lr: float, epoch: int) -> float:
     return base_lr * (protocol.decay_factor if start is not None and epoch >= start else 1.0)
 
 
+def begin_epoch(optimizer: torch.optim.Optimizer, protocol: TrainProtocol, base_lr: float, epoch: int) -> None:
+    """Put ``optimizer`` in epoch ``epoch``'s state: its lr (:func:`lr_at`) and, with
+    ``decay_restart``, cleared momentum at the decay, as a rebuilt SGD would have."""
+    if protocol.decay_restart and epoch == decay_start(protocol):
+        optimizer.state.clear()
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(protocol, base_lr, epoch)
+
+
 @dataclass(frozen=True)
 class Batch:
     """One training step's data: ``x`` [B, C, H, W] as the network sees it (augmented),
@@ -189,10 +198,7 @@ def train_model(
     losses = []
     model.train()
     for epoch in range(protocol.epochs):
-        if protocol.decay_restart and epoch == decay_start(protocol):
-            optimizer.state.clear()  # a rebuilt SGD: the momentum buffers start again from the next gradient
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(protocol, lr, epoch)
+        begin_epoch(optimizer, protocol, lr, epoch)
         order = torch.randperm(n, generator=generator(seed, run, epoch, 0, STREAM_ORDER)).to(device)
         epoch_views = view_draw(dsa, spec.view_seed, epoch, n, tuple(images.shape[1:])) if per_view else None
         total, count = 0.0, 0

@@ -61,8 +61,8 @@ from condense.nets import build_net, parse_arch
 from condense.nets.pool import AvgPool2x2, avg_pool_2x2
 from condense.rng import generator
 from condense.synset import LabelSpec
-from condense.train import (DEFAULT_LR, accuracy, STREAM_DSA, STREAM_INIT, STREAM_ORDER, TrainProtocol, decay_start, label_loss,
-                            lr_at, train_model)
+from condense.train import (DEFAULT_LR, accuracy, STREAM_DSA, STREAM_INIT, STREAM_ORDER, TrainProtocol, begin_epoch,
+                            label_loss, train_model)
 
 __all__ = ["stack_reason", "train_stacked", "train_stacked_nets", "plan_stack", "StackedConvNet"]
 
@@ -272,10 +272,7 @@ def train_stacked_nets(nets: Sequence[nn.Module], images: torch.Tensor, targets:
     device = images.device
     stack.train()
     for epoch in range(protocol.epochs):
-        if protocol.decay_restart and epoch == decay_start(protocol):
-            optimizer.state.clear()  # as train_model: a rebuilt optimizer
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(protocol, lr, epoch)
+        begin_epoch(optimizer, protocol, lr, epoch)
         orders = torch.stack([torch.randperm(n, generator=generator(seed, r, epoch, 0, STREAM_ORDER))
                               for r in runs]).to(device)  # [K, N]
         for t, start in enumerate(range(0, n, protocol.batch_size)):

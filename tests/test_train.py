@@ -10,7 +10,7 @@ from condense.errors import ConfigError
 from condense.nets import build_net
 from condense.rng import generator
 from condense.synset import LabelSpec, SynSet
-from condense.train import TrainProtocol, evaluate, evaluate_synset, label_loss, lr_at, train_model
+from condense.train import STREAM_ORDER, TrainProtocol, evaluate, evaluate_synset, label_loss, lr_at, train_model
 
 torch.set_num_threads(1)  # determinism claims hold at a fixed thread count
 ARCH = "convnet:width=16"
@@ -149,7 +149,7 @@ def test_decay_epoch_and_restart_equal_a_rebuilt_optimizer(toy):
     for epoch in range(4):
         if epoch == 3:
             opt = torch.optim.SGD(naive.parameters(), lr=0.05 * 0.6, momentum=0.9, weight_decay=1e-3)
-        order = torch.randperm(192, generator=generator(3, 0, epoch, 0, 1))
+        order = torch.randperm(192, generator=generator(3, 0, epoch, 0, STREAM_ORDER))
         for start in range(0, 192, 64):
             idx = order[start:start + 64]
             loss = F.cross_entropy(naive(x[idx].double()), y[idx])
