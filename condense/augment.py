@@ -62,10 +62,17 @@ Transforms and ranges (defaults of :class:`DSAConfig` = the reference's values)
     saturation  (x - mean_c) * (u * saturation) + mean_c, mean over channels (2.0)
     contrast    (x - mean) * (u + contrast) + mean, mean over C, H, W per image (0.5)
 
+Random-resized crop (``rrc``, not a DSA group)
+    The view SRe2L/FKD/CDA/RDED train and relabel on: a crop covering a fraction
+    ``rrc_scale`` (default U(0.08, 1)) of the area with aspect ratio in ``rrc_ratio``
+    (log-uniform in [3/4, 4/3]), resized back to H x W (bilinear). ``'rrc+flip'`` applies
+    the crop, then the flip, to every image: a ``'+'``-joined strategy applies all its
+    groups in order, an ``'_'``-joined one (DSA's) picks one per draw in mode 'S'.
+
 Random numbers are consumed in a fixed order whatever the strategy and mode:
 group choice, flip, sx, sy, angle, dy, dx, cy, cx, brightness, saturation,
 contrast (each a vector of n = 1 or batch_size values; the group choice is one value
-under ``'image'``).
+under ``'image'``), then, only for a strategy with ``rrc``, its area, ratio, left, top.
 """
 from __future__ import annotations
 
@@ -91,22 +98,31 @@ __all__ = [
     "cat_draws",
 ]
 
-GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")  # DSA's transform groups
+# Random-resized crop (torchvision's RandomResizedCrop as SRe2L/FKD/RDED augment: a crop of
+# scale x the area and aspect ratio in [3/4, 4/3], resized back to H x W, bilinear). Not a DSA
+# group; "rrc+flip" is the decoupled methods' view.
+EXTRA_GROUPS = ("rrc",)
 SHARES = ("image", "batch", "view")
+RRC_FLIP = "rrc+flip"
 
 
 def parse_strategy(strategy: str) -> tuple[str, ...]:
-    """Split ``'color_crop_cutout'`` into group names; ``'none'``/``''`` -> ``()``."""
+    """Split ``'color_crop_cutout'`` (one group per draw) or ``'rrc+flip'`` (every group, in
+    order) into group names; ``'none'``/``''`` -> ``()``."""
     if not isinstance(strategy, str):
         raise ConfigError(f"DSA strategy must be a string, got {type(strategy).__name__}")
     s = strategy.strip()
     if s.lower() in ("", "none"):
         return ()
-    names = tuple(s.split("_"))
-    unknown = [n for n in names if n not in GROUPS]
+    if "_" in s and "+" in s:
+        raise ConfigError(f"strategy {strategy!r} mixes '_' (one transform per draw) and '+' (all of them)")
+    names = tuple(s.split("+" if "+" in s else "_"))
+    unknown = [n for n in names if n not in GROUPS + EXTRA_GROUPS]
     if unknown:
         raise ConfigError(f"unknown DSA transform {unknown[0]!r} in strategy {strategy!r}; "
-                          f"choose from {', '.join(GROUPS)} joined by '_', or 'none'")
+                          f"choose from {', '.join(GROUPS + EXTRA_GROUPS)} joined by '_' (one per draw) or "
+                          "'+' (all, in order), or 'none'")
     if len(set(names)) != len(names):
         raise ConfigError(f"DSA strategy {strategy!r} names a transform twice")
     return names
@@ -136,6 +152,8 @@ class DSAConfig:
     saturation: float = 2.0
     contrast: float = 0.5
     share: str = "image"  # what a batch shares: 'image' (reference), 'batch' (siamese), 'view' (nothing)
+    rrc_scale: tuple[float, float] = (0.08, 1.0)  # rrc: area fraction of the crop (torchvision's default)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # rrc: aspect ratio w/h of the crop
 
     def __post_init__(self):
         parse_strategy(self.strategy)
@@ -152,10 +170,20 @@ class DSAConfig:
                 raise ConfigError(f"DSA {name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ratio_cutout <= 1.0:
             raise ConfigError(f"DSA ratio_cutout must be in [0, 1], got {self.ratio_cutout}")
+        lo, hi = self.rrc_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(f"rrc scale must satisfy 0 < min <= max <= 1, got {self.rrc_scale}")
+        if not 0.0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:
+            raise ConfigError(f"rrc ratio must satisfy 0 < min <= max, got {self.rrc_ratio}")
 
     @property
     def groups(self) -> tuple[str, ...]:
         return parse_strategy(self.strategy)
+
+    @property
+    def all_groups(self) -> bool:
+        """Whether every group applies to every image (mode 'M', or a '+'-joined strategy)."""
+        return self.mode == "M" or "+" in self.strategy
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,6 +207,7 @@ class DSADraw:
     brightness: torch.Tensor      # float32 [n]: additive shift
     saturation: torch.Tensor      # float32 [n]: factor around the channel mean
     contrast: torch.Tensor        # float32 [n]: factor around the image mean
+    rrc: torch.Tensor | None = None  # float32 [n, 4]: crop (width, height, left, top) as fractions of W, H; rrc only
 
     @property
     def n(self) -> int:
@@ -215,7 +244,7 @@ def sample_dsa(config: DSAConfig, batch_size: int, image_shape: Sequence[int],
         return torch.randint(lo, hi + 1, (n,), generator=generator, device=dev)
 
     u = torch.rand(1 if config.share == "image" else n, generator=generator, device=dev)
-    if config.mode == "M":
+    if config.all_groups:
         active = torch.ones(n, len(groups), dtype=torch.bool, device=dev)
     else:  # under 'image' one group for the call, broadcast to every image
         choice = (u * len(groups)).long().clamp_(max=max(len(groups) - 1, 0)).expand(n)
@@ -232,9 +261,26 @@ def sample_dsa(config: DSAConfig, batch_size: int, image_shape: Sequence[int],
     brightness = (torch.rand(n, generator=generator, device=dev) - 0.5) * config.brightness
     saturation = torch.rand(n, generator=generator, device=dev) * config.saturation
     contrast = torch.rand(n, generator=generator, device=dev) + config.contrast
+    # Drawn last and only when asked for, so every DSA strategy's draws stay what they were.
+    rrc = _sample_rrc(config, n, generator) if "rrc" in groups else None
     return DSADraw(groups=groups, image_size=(H, W), cutout_size=(ch, cw), per_image=per_image,
                    active=active, flip=flip, scale=scale, rotate=rotate, crop=crop, cutout=cutout,
-                   brightness=brightness, saturation=saturation, contrast=contrast)
+                   brightness=brightness, saturation=saturation, contrast=contrast, rrc=rrc)
+
+
+def _sample_rrc(config: DSAConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+    """[n, 4] crops (w, h, left, top) as fractions: area ~ U(scale), log aspect ~ U(log ratio),
+    sides clipped to the image (torchvision retries up to 10 times, then crops the centre; clipping
+    keeps one draw per image and the same distribution whenever the first try fits)."""
+    dev = generator.device
+    area = torch.rand(n, generator=generator, device=dev) * (config.rrc_scale[1] - config.rrc_scale[0]) + config.rrc_scale[0]
+    lo, hi = math.log(config.rrc_ratio[0]), math.log(config.rrc_ratio[1])
+    ratio = torch.exp(torch.rand(n, generator=generator, device=dev) * (hi - lo) + lo)
+    w = torch.sqrt(area * ratio).clamp(max=1.0)
+    h = torch.sqrt(area / ratio).clamp(max=1.0)
+    left = torch.rand(n, generator=generator, device=dev) * (1.0 - w)
+    top = torch.rand(n, generator=generator, device=dev) * (1.0 - h)
+    return torch.stack([w, h, left, top], dim=1)
 
 
 def cat_draws(draws: Sequence[DSADraw], sizes: Sequence[int] | None = None) -> DSADraw:
@@ -321,8 +367,28 @@ def _color(x, p):
     return (x - m) * _col(p.contrast) + m
 
 
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Crops of ``x`` [B, C, H, W] resized to ``size`` (h, w), bilinear; differentiable.
+
+    boxes [n, 4] (n = 1 or B): (width, height, left, top) as fractions of W and H.
+    """
+    B, C = x.shape[:2]
+    h_out, w_out = (int(v) for v in size)
+    w, h, left, top = boxes.to(x.dtype).unbind(1)
+    zero = torch.zeros_like(w)
+    # output pixel u in [-1, 1] samples the source at left + (u + 1) / 2 * w (in [0, 1] units)
+    theta = torch.stack([torch.stack([w, zero, 2 * left + w - 1], 1), torch.stack([zero, h, 2 * top + h - 1], 1)], 1)
+    grid = F.affine_grid(theta, [theta.shape[0], C, h_out, w_out], align_corners=False)
+    return F.grid_sample(x, grid.expand(B, h_out, w_out, 2), mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def _rrc(x, p):
+    return crop_resize(x, p.rrc, x.shape[2:])
+
+
 _APPLY = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip,
-          "scale": _scale, "rotate": _rotate}
+          "scale": _scale, "rotate": _rotate, "rrc": _rrc}
 
 
 def apply_dsa(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
@@ -340,7 +406,8 @@ def apply_dsa(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
         return x
     p = draw.to(x.device)
     p = replace(p, **{k: getattr(p, k).to(x.dtype)
-                      for k in ("scale", "rotate", "brightness", "saturation", "contrast")})
+                      for k in ("scale", "rotate", "brightness", "saturation", "contrast", "rrc")
+                      if getattr(p, k) is not None})
     active = draw.active.cpu()
     for g, name in enumerate(draw.groups):
         on = active[:, g]

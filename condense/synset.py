@@ -265,13 +265,28 @@ def _write(s: SynSet, path: Path) -> None:
             f.create_dataset("lr", data=float(s.lr))
         if s.indices is not None:
             f.create_dataset("indices", data=s.indices.detach().cpu().numpy().astype(np.int64))
-        t = f.create_group("transform")
-        z = s.transform.zca
-        t.attrs.update({"kind": s.transform.kind, "mean": list(s.transform.mean), "std": list(s.transform.std),
-                        "eps": -1.0 if z is None else z.eps, "key": "" if z is None else z.key})
-        if z is not None:
-            for name, arr in (("zca_mean", z.mean), ("zca_whiten", z.whiten), ("zca_unwhiten", z.unwhiten)):
-                t.create_dataset(name, data=arr.detach().cpu().float().numpy())
+        write_transform(f.create_group("transform"), s.transform)
+
+
+def write_transform(t: Any, transform: PixelTransform) -> None:
+    """Store ``transform`` in the HDF5 group ``t`` (set and teacher files share this layout)."""
+    z = transform.zca
+    t.attrs.update({"kind": transform.kind, "mean": list(transform.mean), "std": list(transform.std),
+                    "eps": -1.0 if z is None else z.eps, "key": "" if z is None else z.key})
+    if z is not None:
+        for name, arr in (("zca_mean", z.mean), ("zca_whiten", z.whiten), ("zca_unwhiten", z.unwhiten)):
+            t.create_dataset(name, data=arr.detach().cpu().float().numpy())
+
+
+def read_transform(t: Any) -> PixelTransform:
+    """The transform :func:`write_transform` stored in group ``t``."""
+    kind = str(t.attrs["kind"])
+    zca = None
+    if kind == "zca":
+        arrays = [torch.from_numpy(np.asarray(t[k][()], dtype=np.float32)) for k in ("zca_mean", "zca_whiten", "zca_unwhiten")]
+        zca = ZCA(*arrays, eps=float(t.attrs["eps"]), key=str(t.attrs["key"]))
+    return PixelTransform(kind=kind, mean=tuple(float(v) for v in t.attrs["mean"]),
+                          std=tuple(float(v) for v in t.attrs["std"]), zca=zca)
 
 
 def load_synset(path: str | os.PathLike) -> SynSet:
@@ -320,14 +335,7 @@ def _read(f: Any, path: Path) -> SynSet:
     payload = {k: np.asarray(g[k][()]) for k in g.keys()}
     labels = decode_labels(spec.codec, payload, shape,
                            LabelContext(images=images, spec=spec, num_classes=int(f.attrs["num_classes"])))
-    t = f["transform"]
-    kind = str(t.attrs["kind"])
-    zca = None
-    if kind == "zca":
-        arrays = [torch.from_numpy(np.asarray(t[k][()], dtype=np.float32)) for k in ("zca_mean", "zca_whiten", "zca_unwhiten")]
-        zca = ZCA(*arrays, eps=float(t.attrs["eps"]), key=str(t.attrs["key"]))
-    transform = PixelTransform(kind=kind, mean=tuple(float(v) for v in t.attrs["mean"]),
-                               std=tuple(float(v) for v in t.attrs["std"]), zca=zca)
+    transform = read_transform(f["transform"])
     s = SynSet(
         images=images,
         classes=torch.from_numpy(np.asarray(f["classes"][()], dtype=np.int64)),

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from condense.augment import check_share
+from condense.augment import DSAConfig, check_share
 from condense.errors import CondenseError, ConfigError, FormatError
 from condense.jobs import Job, JobResult, parse_device
 from condense.nets import build_net, parse_arch
@@ -26,7 +26,7 @@ from condense.stats import summarize
 from condense.synset import file_sha256, load_synset
 from condense.train import TrainProtocol
 
-from .protocol import SPLITS, Source, dataset_of, job_kwargs
+from .protocol import SPLITS, Source, dataset_of, job_kwargs, labels_tag
 
 JOB_FN = "evals.protocol:run_job"
 BASELINES = ("random", "full")
@@ -60,8 +60,14 @@ class EvalConfig:
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     address: str | None = None
     json: str = "runs/eval/results.json"
+    teacher: str | None = None  # where the teacher that labelled the sets is now (default: as recorded)
     plots: str | None = None
     split: str = "test"  # test | val: what the accuracies are measured on (select settings on val, report test)
+    dsa_strategy: str | None = None  # None: a per-view set's own view strategy, else DSA's default
+    scores: bool = False  # DD-Ranking's fair scores: adds full data, hard and no-augmentation rows, random alike
+    full_runs: int | None = None  # runs of the full-data reference (None: --runs); HLR uses their mean
+    lrs_weight: float = 0.5  # w of LRS (DD-Ranking's default)
+    ars_weight: float = 0.5  # gamma of ARS (DD-Ranking's default)
 
     def validate(self) -> None:
         if self.runs <= 0:
@@ -75,6 +81,13 @@ class EvalConfig:
         if self.also_lr is not None and not self.also_lr > 0:
             raise ConfigError(f"--also-lr must be positive, got {self.also_lr}")
         check_share(self.dsa_share)
+        if self.dsa_strategy is not None:
+            DSAConfig(strategy=self.dsa_strategy)
+        if self.full_runs is not None and self.full_runs <= 0:
+            raise ConfigError(f"--full-runs must be positive, got {self.full_runs}")
+        for name in ("lrs_weight", "ars_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if self.split not in SPLITS:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.temperature is not None and not self.temperature > 0:
@@ -97,7 +110,8 @@ class EvalConfig:
     def protocol(self, default_epochs: int | None = None) -> TrainProtocol:
         """The training protocol; ``default_epochs`` applies when no epochs were given."""
         p = TrainProtocol(epochs=self.epochs or default_epochs or SET_EPOCHS, lr=self.lr, batch_size=self.batch_size,
-                          dsa=self.dsa, dsa_share=self.dsa_share)
+                          dsa=self.dsa, dsa_share=self.dsa_share,
+                          **({"dsa_strategy": self.dsa_strategy} if self.dsa_strategy else {}))
         p.validate()
         return p
 
@@ -113,6 +127,8 @@ class Group:
     method: str
     ipc: int | None
     storage_bytes: dict[str, int] | None = None
+    random_labels: str | None = None  # a set's: the label recipe its random-real baseline shares
+    runs: int | None = None  # None: the grid's --runs
 
     @property
     def name(self) -> str:
@@ -147,13 +163,22 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         raise ConfigError("give synthetic-set files to evaluate, or --baseline random|full --dataset NAME")
     groups: list[Group] = []
     proto = cfg.protocol()
-    seen_random: set[tuple[Source, str]] = set()
+    seen: set[tuple[Source, str, str, TrainProtocol]] = set()
 
-    def add_random(src: Source, ipc: int, arch: str) -> None:
-        rnd = src.random_baseline(ipc)
-        if (rnd, arch) not in seen_random:
-            seen_random.add((rnd, arch))
-            groups.append(Group(rnd, arch, "set", proto, "random", ipc))
+    def add_random(src: Source, ipc: int, arch: str, p: TrainProtocol = proto, labels: str | None = None,
+                   variants: Sequence[str] = ("set",)) -> None:
+        rnd = src.random_baseline(ipc, labels)
+        for v in variants:
+            if (rnd, arch, v, p) not in seen:
+                seen.add((rnd, arch, v, p))
+                groups.append(Group(rnd, arch, v, p, "random", ipc))
+
+    def add_full(dataset: str, arch: str) -> None:
+        base = Source("full", dataset, data_root=cfg.data_root)
+        p = cfg.protocol(FULL_DATA_EPOCHS)
+        if (base, arch, "set", p) not in seen:
+            seen.add((base, arch, "set", p))
+            groups.append(Group(base, arch, "set", p, "full", None, runs=cfg.full_runs))
 
     for path in paths:
         s = _load_set(path)
@@ -168,18 +193,25 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         archs = cfg.archs or [s.config.get("arch") or "convnet"]
         # Every soft-label set gets its hard-label gap (DD-Ranking) unless switched off; --robustness adds no-dsa.
         soft = s.label_spec.kind in ("probabilities", "logits")
-        variants = ["set"] + (["hard"] if soft and cfg.hard_gap else [])
-        if cfg.robustness:
+        variants = ["set"] + (["hard"] if soft and (cfg.hard_gap or cfg.scores) else [])
+        if cfg.robustness or cfg.scores:
             variants += ["no-dsa"]
         if cfg.also_lr is not None and s.lr is not None and cfg.lr is None:
             variants += ["fixed-lr"]
+        p_set = set_protocol(proto, s, path, cfg)
+        recipe = random_recipe(s, path, cfg)
         for arch in archs:
             _check_arch(arch, ds)
             for v in variants:
-                p = replace(proto, lr=cfg.also_lr) if v == "fixed-lr" else proto
-                groups.append(Group(src, arch, v, p, s.method, s.ipc, s.storage_bytes()))
-            if cfg.random_baseline:
-                add_random(src, s.ipc, arch)
+                p = replace(p_set, lr=cfg.also_lr) if v == "fixed-lr" else p_set
+                groups.append(Group(src, arch, v, p, s.method, s.ipc, s.storage_bytes(), random_labels=recipe))
+            if cfg.random_baseline or cfg.scores:
+                rnd_variants = ["set"] + (["no-dsa"] if cfg.robustness or cfg.scores else [])
+                add_random(src, s.ipc, arch, p_set, recipe, rnd_variants)
+                if recipe is not None and cfg.scores:  # the hard-label row beside the soft one, random too
+                    add_random(src, s.ipc, arch, p_set, None, ["set"])
+            if cfg.scores:
+                add_full(src.dataset, arch)
     if cfg.baseline is not None:
         base = Source("full", cfg.dataset, data_root=cfg.data_root)
         ds = dataset_of(base)
@@ -188,12 +220,42 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         for arch in archs:
             _check_arch(arch, ds)
             if cfg.baseline == "full":
-                groups.append(Group(base, arch, "set", cfg.protocol(FULL_DATA_EPOCHS),
-                                    "full", None))
+                add_full(cfg.dataset, arch)
             else:
                 for ipc in cfg.ipc:
                     add_random(base, ipc, arch)
     return groups
+
+
+def set_protocol(proto: TrainProtocol, s, path: str, cfg: EvalConfig) -> TrainProtocol:
+    """The protocol a set trains under: per-view labels bring their own views' strategy (the
+    labels belong to those views), unless --dsa-strategy names the same one."""
+    view = s.label_spec.view_strategy if s.label_spec.view_mode == "per-view" else None
+    if view is None or not proto.dsa:
+        return proto
+    if cfg.dsa_strategy is not None and cfg.dsa_strategy != view:
+        raise ConfigError(f"{path}: its per-view labels belong to {view!r} views; --dsa-strategy "
+                          f"{cfg.dsa_strategy!r} would pair labels with other views")
+    return replace(proto, dsa_strategy=view)
+
+
+def random_recipe(s, path: str, cfg: EvalConfig) -> str | None:
+    """The label recipe the set's random-real baseline is labelled with (None: hard labels),
+    checked now: a missing or changed teacher is one line here, not a failure in every job."""
+    from .protocol import label_recipe
+
+    recipe = label_recipe(s)
+    if recipe is None:
+        return None
+    r = json.loads(recipe)
+    if cfg.teacher:
+        r["teacher"], r["sha256"] = cfg.teacher, file_sha256(cfg.teacher) if os.path.exists(cfg.teacher) else None
+    if not os.path.exists(r["teacher"]):
+        raise ConfigError(f"{path}: the teacher that labelled it ({r['teacher']}) is not there; its random-real "
+                          "baseline needs it (--teacher FILE names where it is now)")
+    if file_sha256(r["teacher"]) != r["sha256"]:
+        raise ConfigError(f"{path}: teacher {r['teacher']} is not the file that labelled the set (SHA-256 differs)")
+    return json.dumps(r, sort_keys=True)
 
 
 def stacking_plan(group: Group, cfg: EvalConfig) -> tuple[bool, str | None]:
@@ -212,7 +274,8 @@ def group_jobs(group: Group, cfg: EvalConfig) -> tuple[list[Job], str | None]:
     """The group's jobs in run order (one per run, or one for all runs when they are stacked),
     and the line to print when --vmap-seeds falls back for it."""
     stacked, why = stacking_plan(group, cfg)
-    run_lists = [list(range(cfg.runs))] if stacked else [[r] for r in range(cfg.runs)]
+    runs = group.runs or cfg.runs
+    run_lists = [list(range(runs))] if stacked else [[r] for r in range(runs)]
     jobs = []
     for runs in run_lists:
         kwargs = job_kwargs(group.source, group.arch, group.variant, group.protocol, cfg.seed, runs, stacked,
@@ -307,6 +370,20 @@ def run_grid(groups: Sequence[Group], cfg: EvalConfig, *, note: Callable[[str], 
     return done, errors
 
 
+def _labels_of(g: Group) -> str:
+    """What a row trained on, for tables: hard, a teacher's recipe, or the set's own soft labels."""
+    if g.variant == "hard" or g.source.kind == "full":
+        return "hard"
+    if g.source.kind == "random":
+        return labels_tag(g.source.labels)
+    if g.random_labels is not None:
+        return labels_tag(g.random_labels)
+    from .protocol import _synset
+
+    kind = _synset(g.source.path, g.source.sha256).label_spec.kind
+    return "hard" if kind == "hard" else f"own {kind}"
+
+
 def _bar(total: int, initial: int, enabled: bool):
     from condense.progress import bar
 
@@ -326,7 +403,9 @@ def aggregate(groups: Sequence[Group], cfg: EvalConfig, done: dict[str, dict[str
                "accs": accs, **summarize(accs), "storage_bytes": g.storage_bytes,
                "epochs": g.protocol.epochs, "lr": g.protocol.lr, "dsa_share": g.protocol.dsa_share,
                "seed": cfg.seed, "runs": len(accs), "split": cfg.split,
-               "baseline": None if g.source.kind == "synset" else g.source.kind, "curves": curves}
+               "baseline": None if g.source.kind == "synset" else g.source.kind, "curves": curves,
+               "dsa_strategy": g.protocol.dsa_strategy if g.protocol.dsa and g.variant != "no-dsa" else None,
+               "labels": _labels_of(g), "random_labels": labels_tag(g.random_labels)}
         if g.source.kind != "synset":
             row["dataset"] = g.source.dataset
         rows.append(row)

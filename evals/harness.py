@@ -8,7 +8,7 @@ from condense.errors import CondenseError
 from condense.train import protocol_dict
 
 from .grid import FULL_DATA_EPOCHS, EvalConfig, aggregate, plan, run_grid
-from .report import plot, scores, table, to_json
+from .report import fair_table, plot, scores, table, to_json
 
 
 def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str], None] = print,
@@ -23,13 +23,16 @@ def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str]
     groups = plan(cfg, list(paths))
     done, errors = run_grid(groups, cfg, note=note, bars=bars)
     rows = aggregate(groups, cfg, done)
-    score_rows = scores(rows)
+    score_rows = scores(rows, cfg.lrs_weight, cfg.ars_weight)
     only_full = cfg.baseline == "full" and not paths
     protocol = {**protocol_dict(cfg.protocol(FULL_DATA_EPOCHS if only_full else None)), "seed": cfg.seed, "runs": cfg.runs,
                 "accs_unit": "percent", "split": cfg.split, "seconds": round(time.perf_counter() - t0, 1)}
     doc = to_json(rows, score_rows, protocol, cfg.json, errors)
     if rows:
         note(table(rows, score_rows))
+        fair = fair_table(rows, score_rows)
+        if fair:
+            note(fair)
     if cfg.plots and rows:
         files = plot(rows, cfg.plots, split=cfg.split)
         note(f"plots: {', '.join(str(f) for f in files)}")

@@ -8,6 +8,9 @@ A pipeline preset has a ``run`` section naming its steps, and one section per st
     synth-dm: {method: dm, ...}               a set    -> <out>/dm_ipc1.h5 (+ dm_ipc1.png)
     eval:     {...EvalConfig...}              every set above, beside the random baseline
                                                        -> <out>/results.json, <out>/plots/
+    teacher:  {...TeacherConfig...}           a teacher file -> <out>/teacher.h5 (sre2l, rded: the last one)
+    labels-soft: {set: synth-x, views: per-epoch, ...LabelsConfig...}
+                                              the set relabelled -> <out>/<set>.soft.h5
 
 A step's kind is its name up to the first ``-``. Outputs always land under ``out``
 (a section's own ``out`` is taken relative to it); ``tm`` reads the trajectories of the
@@ -38,7 +41,7 @@ from condense.errors import ConfigError
 from condense.jobs import resolve_device
 from condense.perf import PeakMemory
 
-STEP_KINDS = ("buffer", "synth", "eval")
+STEP_KINDS = ("buffer", "teacher", "synth", "labels", "eval")
 
 
 @dataclass
@@ -56,7 +59,8 @@ class RunConfig:
             raise ConfigError("the run section lists no steps (e.g. steps: [buffer, synth-tm, eval])")
         for s in self.steps:
             if step_kind(s) not in STEP_KINDS:
-                raise ConfigError(f"unknown step {s!r}: a step is a section named buffer*, synth* or eval*")
+                raise ConfigError(f"unknown step {s!r}: a step is a section named buffer*, teacher*, synth*, labels* "
+                                  "or eval*")
         if self.runs is not None and self.runs <= 0:
             raise ConfigError(f"--runs must be positive, got {self.runs}")
         if self.epochs is not None and self.epochs <= 0:
@@ -75,6 +79,17 @@ def step_config(kind: str, values: dict[str, Any], where: str) -> tuple[str | No
         from trajectories.record import BufferConfig
 
         return None, make_config(BufferConfig, values, where=where)
+    if kind == "teacher":
+        from condense.labels.squeeze import TeacherConfig
+
+        return None, make_config(TeacherConfig, values, where=where)
+    if kind == "labels":
+        from condense.labels.run import LabelsConfig
+
+        values["synset"] = values.pop("set", None)
+        if not values["synset"]:
+            raise ConfigError(f"{where}: a labels step needs 'set' (a synth or labels step before it)")
+        return None, make_config(LabelsConfig, values, where=where)
     if kind == "synth":
         from condense.methods import get_method
 
@@ -102,7 +117,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    stores, sets, doc, t0 = {}, {}, {}, time.perf_counter()
+    stores, teachers, sets, doc, t0 = {}, {}, {}, {}, time.perf_counter()
     for name, method, step in configs:
         kind, started, cpu_started = step_kind(name), time.perf_counter(), _cpu_seconds()
         note(f"== {name}")
@@ -115,8 +130,25 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
                     step.devices = [cfg.device]
                 record_store(step, progress=note, bars=bars)
                 stores[name] = step.out
+            elif kind == "teacher":
+                from condense.labels.squeeze import train_teacher
+
+                step.out = _under(out, None if step.out == _default(step, "out") else step.out, f"{name}.h5")
+                train_teacher(step, device, progress=bars)
+                teachers[name] = step.out
             elif kind == "synth":
-                sets[name] = _synth(method, step, out, stores, device, note, bars)
+                sets[name] = _synth(method, step, out, stores, teachers, device, note, bars)
+            elif kind == "labels":
+                from condense.labels.run import run_labels
+
+                if step.synset not in sets:
+                    raise ConfigError(f"section {name!r} labels set {step.synset!r}, which is not a synth or labels "
+                                      "step run before it")
+                step.synset = sets[step.synset]
+                step.teacher = teachers.get(step.teacher, step.teacher)
+                step.out = _under(out, step.out, f"{Path(step.synset).stem}.{name.split('-', 1)[-1]}.h5")
+                run_labels(step, progress=note, bars=bars)
+                sets[name] = step.out
             else:
                 from .harness import run_eval
 
@@ -166,7 +198,8 @@ def _log_step(out: Path, name: str, seconds: float, cpu_seconds: float, peak: Pe
         f.write(json.dumps(row) + "\n")
 
 
-def _synth(method: str, step, out: Path, stores: dict[str, str], device: torch.device, note, bars) -> str:
+def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[str, str], device: torch.device,
+           note, bars) -> str:
     """Run one synthesis step; returns the set's path (and writes its PNG grid beside it)."""
     from condense.data import dataset_info
     from condense.methods import get_method, runner
@@ -183,6 +216,13 @@ def _synth(method: str, step, out: Path, stores: dict[str, str], device: torch.d
         elif step_kind(step.trajectories) == "buffer" and not Path(step.trajectories).exists():
             raise ConfigError(f"the {method} step reads the store of step {step.trajectories!r}, which is not run "
                               "before it")
+    if hasattr(step, "teacher"):  # sre2l, rded: the last teacher step's file unless the section names one
+        if step.teacher is None:
+            if not teachers:
+                raise ConfigError(f"the {method} step needs a teacher: put a teacher step before it")
+            step.teacher = list(teachers.values())[-1]
+        elif step.teacher in teachers:
+            step.teacher = teachers[step.teacher]
     s = runner(get_method(method))(step, device, progress=note, bars=bars)  # each method's default backend
     grid = Path(step.out).with_suffix(".png")
     save_grid(s.to_pixels(), s.classes, grid, class_names=dataset_info(s.dataset).class_names,

@@ -6,7 +6,9 @@ validation split carved from the training set: what settings are chosen on):
 
 - sources: a synthetic-set file (``synset``); the random-real baseline of the same IPC
   (``random``: run r trains on the class-balanced subset drawn with seed ``seed + r``,
-  in the same pixel space as the set, so every number has its reference beside it);
+  in the same pixel space as the set, so every number has its reference beside it; for a
+  set whose soft labels a teacher file made, the subset is labelled by the same teacher,
+  views and temperature: the same protocol, only the images differ);
   the full training split (``full``, the labelled full-data reference).
 - variants (DD-Ranking-style robustness): ``set`` (labels, lr and augmentation as the
   file says), ``hard`` (a soft-label set trained on the argmax of its labels with
@@ -25,6 +27,8 @@ percent.
 from __future__ import annotations
 
 import functools
+import json
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -57,22 +61,75 @@ class Source:
     val_size: int | None = None
     val_seed: int = 0
     data_root: str | None = None
+    # random: labelled by a teacher file as a set's labels were (JSON of :func:`label_recipe`), so
+    # the baseline trains under exactly the set's protocol; None: hard labels
+    labels: str | None = None
 
     @classmethod
     def of_synset(cls, path: str, s: SynSet, sha256: str, data_root: str | None = None) -> "Source":
         return cls("synset", s.dataset, path=path, sha256=sha256, zca=s.transform.kind == "zca",
                    val_size=s.data.get("val_size"), val_seed=int(s.data.get("val_seed", 0)), data_root=data_root)
 
-    def random_baseline(self, ipc: int) -> "Source":
-        """The random-real source in this source's data space (same dataset, ZCA and split)."""
+    def random_baseline(self, ipc: int, labels: str | None = None) -> "Source":
+        """The random-real source in this source's data space (same dataset, ZCA and split),
+        hard-labelled or labelled by the recipe ``labels``."""
         return Source("random", self.dataset, ipc=ipc, zca=self.zca, val_size=self.val_size,
-                      val_seed=self.val_seed, data_root=self.data_root)
+                      val_seed=self.val_seed, data_root=self.data_root, labels=labels)
 
     @property
     def label(self) -> str:
         if self.kind == "synset":
             return str(self.path)
-        return f"{self.kind} real ({self.dataset}{'' if self.ipc is None else f', IPC {self.ipc}'})"
+        tag = "" if self.labels is None else f", {labels_tag(self.labels)}"
+        return f"{self.kind} real ({self.dataset}{'' if self.ipc is None else f', IPC {self.ipc}'}{tag})"
+
+
+def label_recipe(s: SynSet) -> str | None:
+    """How a set's soft labels were made, when a teacher file made them (condense labels):
+    canonical JSON of teacher file + hash, views, epochs, seed, strategy, temperature. None
+    for hard labels and for labels no teacher file can remake (learned, or from a store)."""
+    made = s.provenance.get("labels") or {}
+    teacher = made.get("teacher") or {}
+    if s.label_spec.kind == "hard" or "file" not in teacher:
+        return None
+    recipe = {"teacher": teacher["file"], "sha256": teacher["sha256"], "views": made["views"],
+              "temperature": float(made["temperature"])}
+    if made["views"] != "static":
+        recipe.update(epochs=int(made["view_epochs"]), seed=int(made["view_seed"]),
+                      strategy=made.get("strategy") or s.label_spec.view_strategy)
+    return json.dumps(recipe, sort_keys=True)
+
+
+def labels_tag(recipe: str | None) -> str:
+    """A short name of a label recipe for tables: 'hard' or 'teacher T, per-epoch rrc+flip'."""
+    if recipe is None:
+        return "hard"
+    r = json.loads(recipe)
+    views = "static" if r["views"] == "static" else f"{r['views']} {r['strategy']}"
+    return f"teacher {os.path.basename(r['teacher'])}, {views}"
+
+
+@functools.lru_cache(maxsize=2)
+def _teacher(path: str, sha256: str):
+    from condense.labels.teacher_file import load_teacher_file
+    from condense.labels.teachers import teacher_of_file
+
+    t = teacher_of_file(path, load_teacher_file(path))
+    if t.source["sha256"] != sha256:
+        raise ConfigError(f"teacher {path} changed since the set was labelled (its SHA-256 differs)")
+    return t
+
+
+def teacher_labels(images: torch.Tensor, recipe: str, num_classes: int) -> tuple[torch.Tensor, LabelSpec]:
+    """``images`` labelled as ``recipe`` says (the same teacher, views and temperature)."""
+    from condense.labels.relabel import label_images
+
+    r = json.loads(recipe)
+    teacher = _teacher(r["teacher"], r["sha256"])
+    if r["views"] == "static":
+        return label_images(images, teacher, num_classes, temperature=r["temperature"])
+    return label_images(images, teacher, num_classes, views=r["views"], epochs=r["epochs"], temperature=r["temperature"],
+                        view_seed=r["seed"], strategy=r["strategy"])
 
 
 @functools.lru_cache(maxsize=2)
@@ -93,21 +150,26 @@ def _synset(path: str, sha256: str | None) -> SynSet:
 def training_data(src: Source, variant: str, seed: int, run: int, temperature: float | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, LabelSpec, float | None]:
     """(images [N, C, H, W], labels, label spec, learned lr or None) that run ``run`` trains on."""
+    lr = None
     if src.kind == "synset":
         s = _synset(src.path, src.sha256)
         images, labels, spec, lr = s.images, s.labels, s.label_spec, s.lr
-        if variant == "hard" and spec.kind != "hard":
-            labels, spec = hard_labels(labels, spec), LabelSpec()
-        elif variant == "no-dsa" and spec.view_mode == "per-view":
-            labels, spec = labels.mean(0), replace(spec, view_mode="static", view_seed=None, view_strategy=None)
-        if temperature is not None and spec.kind in ("probabilities", "logits"):
-            spec = replace(spec, temperature=temperature)
-        return images, labels, spec, lr
-    ds = dataset_of(src)
-    if src.kind == "random":
+    elif src.kind == "random":
+        ds = dataset_of(src)
         idx = class_balanced_indices(ds.y_train, int(src.ipc), seed + run)
-        return ds.x_train[idx], ds.y_train[idx], LabelSpec(), None
-    return ds.x_train, ds.y_train, LabelSpec(), None
+        images, labels, spec = ds.x_train[idx], ds.y_train[idx], LabelSpec()
+        if src.labels is not None:
+            labels, spec = teacher_labels(images, src.labels, ds.info.num_classes)
+    else:
+        ds = dataset_of(src)
+        return ds.x_train, ds.y_train, LabelSpec(), None
+    if variant == "hard" and spec.kind != "hard":
+        labels, spec = hard_labels(labels, spec), LabelSpec()
+    elif variant == "no-dsa" and spec.view_mode == "per-view":
+        labels, spec = labels.mean(0), replace(spec, view_mode="static", view_seed=None, view_strategy=None)
+    if temperature is not None and spec.kind in ("probabilities", "logits"):
+        spec = replace(spec, temperature=temperature)
+    return images, labels, spec, lr
 
 
 def hard_labels(labels: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
@@ -159,6 +221,7 @@ def job_kwargs(src: Source, arch: str, variant: str, protocol: TrainProtocol, se
                stacked: bool, temperature: float | None = None, split: str = "test") -> dict[str, Any]:
     """The keyword arguments of :func:`run_job` (plain data: picklable, JSON-able). The test split
     is implied, not named, so the resume keys of earlier job logs stay valid."""
-    kwargs = {"source": asdict(src), "arch": arch, "variant": variant, "protocol": protocol_dict(protocol), "seed": seed,
+    source = {k: v for k, v in asdict(src).items() if not (k == "labels" and v is None)}  # earlier keys stay valid
+    kwargs = {"source": source, "arch": arch, "variant": variant, "protocol": protocol_dict(protocol), "seed": seed,
               "runs": list(runs), "stacked": stacked, "temperature": temperature}
     return kwargs if split == "test" else {**kwargs, "split": split}

@@ -37,20 +37,98 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return summarize([x - y for x, y in zip(a[:n], b[:n])])
 
 
-def scores(rows: Sequence[dict]) -> list[dict[str, Any]]:
-    """The paired comparisons of every set row (variant ``set``) with its references."""
+def _random_of(rows: Sequence[dict], r: dict, variant: str = "set") -> dict | None:
+    """The random-real row trained as set row ``r`` is: same IPC, arch, labels (and protocol)."""
+    want = {"baseline": "random", "ipc": r["ipc"], "arch": r["arch"], "variant": variant}
+    if "random_labels" in r:
+        want.update(labels=r["random_labels"], dsa_strategy=r.get("dsa_strategy") if variant != "no-dsa" else None)
+    return _find(rows, **want)
+
+
+def scores(rows: Sequence[dict], lrs_weight: float = 0.5, ars_weight: float = 0.5) -> list[dict[str, Any]]:
+    """The paired comparisons of every set row (variant ``set``) with its references, and
+    DD-Ranking's fair scores where their rows exist (:func:`fair_scores`)."""
     out = []
     for r in rows:
         if r["baseline"] is not None or r["variant"] != "set":
             continue
         for name, ref in COMPARISONS:
             if ref == "random":
-                other = _find(rows, baseline="random", ipc=r["ipc"], arch=r["arch"])
+                other = _random_of(rows, r)
             else:
                 other = _find(rows, synset=r["synset"], arch=r["arch"], variant=ref)
             if other is not None:
                 out.append({"synset": r["synset"], "arch": r["arch"], "score": name, **paired(r["accs"], other["accs"])})
+        out += fair_scores(rows, r, lrs_weight, ars_weight)
     return out
+
+
+def normalized_exp(x: float) -> float:
+    """DD-Ranking's map of a difference of accuracy fractions to [0, 1]: (e^x − e^−1) / (e − e^−1)."""
+    return (math.exp(x) - math.exp(-1.0)) / (math.e - math.exp(-1.0))
+
+
+def fair_scores(rows: Sequence[dict], r: dict, w: float = 0.5, gamma: float = 0.5) -> list[dict[str, Any]]:
+    """HLR, IOR, LRS and ARS of set row ``r`` (DD-Ranking, NUS-HPC-AI-Lab/DD-Ranking ddranking/metrics),
+    run by run over the paired runs, then mean ± std ± CI:
+
+    - HLR = acc(full data, hard) − acc(set, hard labels)          (points; full: the mean of its runs)
+    - IOR = acc(set, its labels) − acc(random real, same labels and protocol)      (points)
+    - LRS = 100 · E(w·IOR − (1 − w)·HLR), with accuracies as fractions
+    - ARS = 100 · E(γ·(set − random, augmented) + (1 − γ)·(set − random, not augmented))
+    where E(x) = (e^x − e^−1) / (e − e^−1) maps [−1, 1] to [0, 1]. DD-Ranking's code feeds
+    percentages to E (scores far outside [0, 1]); its documentation and leaderboard state
+    the [0, 1] range, which fractions give, so fractions it is.
+    """
+    out = []
+    hard = r if r.get("labels") == "hard" else _find(rows, synset=r["synset"], arch=r["arch"], variant="hard")
+    full = _find(rows, baseline="full", arch=r["arch"])
+    rnd = _random_of(rows, r)
+
+    def emit(name: str, values: list[float]) -> None:
+        out.append({"synset": r["synset"], "arch": r["arch"], "score": name, **summarize(values)})
+
+    if hard is not None and full is not None and rnd is not None:
+        full_mean = sum(full["accs"]) / len(full["accs"])
+        hlr = [full_mean - a for a in hard["accs"]]
+        ior = [a - b for a, b in zip(r["accs"], rnd["accs"])]
+        emit("hlr", hlr)
+        emit("ior", ior)
+        emit("lrs", [100 * normalized_exp((w * i - (1 - w) * h) / 100) for i, h in zip(ior, hlr)])
+    set_plain = _find(rows, synset=r["synset"], arch=r["arch"], variant="no-dsa")
+    rnd_plain = _random_of(rows, r, "no-dsa")
+    if rnd is not None and set_plain is not None and rnd_plain is not None:
+        beta = [gamma * (a - b) + (1 - gamma) * (c - d)
+                for a, b, c, d in zip(r["accs"], rnd["accs"], set_plain["accs"], rnd_plain["accs"])]
+        emit("ars", [100 * normalized_exp(x / 100) for x in beta])
+    return out
+
+
+FAIR = ("hlr", "ior", "lrs", "ars")
+
+
+def fair_table(rows: Sequence[dict], score_rows: Sequence[dict]) -> str:
+    """The fair scores of every set, one line each ('' when none was computed)."""
+    head = ("set", "method", "IPC", "arch", "labels", "accuracy %", "HLR", "IOR", "LRS", "ARS", "label bytes")
+    lines = [head]
+    for r in rows:
+        if r["baseline"] is not None or r["variant"] != "set":
+            continue
+        got = {s["score"]: s for s in score_rows if s["synset"] == r["synset"] and s["arch"] == r["arch"]
+               and s["score"] in FAIR}
+        if not got:
+            continue
+        used, _ = label_cost(r.get("storage_bytes") or {})
+        lines.append((os.path.basename(r["synset"]), r["method"], str(r["ipc"]), r["arch"], r.get("labels", "-"),
+                      f"{r['mean']:.2f} ± {r['std']:.2f}",
+                      *(f"{got[k]['mean']:.2f} {_pm(got[k]['ci95'])}".rstrip() if k in got else "-" for k in FAIR),
+                      "-" if used is None else f"{used:,}"))
+    if len(lines) == 1:
+        return ""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(wd) for c, wd in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * wd for wd in widths))
+    return "fair scores (DD-Ranking; HLR, IOR in points, LRS, ARS in [0, 100]):\n" + "\n".join(text)
 
 
 def _kib(n: int | None) -> str:
@@ -69,16 +147,18 @@ def label_cost(sb: dict) -> tuple[int | None, float | None]:
 
 def table(rows: Sequence[dict], score_rows: Sequence[dict]) -> str:
     """The report as aligned text: one line per row, the paired difference to random real."""
-    head = ("set", "method", "IPC", "arch", "variant", "accuracy %", "95% CI", "runs", "images", "labels", "labels/plain",
-            "vs random")
+    head = ("set", "method", "IPC", "arch", "variant", "trained on", "accuracy %", "95% CI", "runs", "images",
+            "label bytes", "labels/plain", "vs random")
     lines = [head]
     for r in rows:
-        vs = _find(score_rows, synset=r["synset"], arch=r["arch"], score="vs_random") if r["variant"] == "set" else None
+        vs = _find(score_rows, synset=r["synset"], arch=r["arch"], score="vs_random") \
+            if r["variant"] == "set" and r["synset"] else None
         sb = r.get("storage_bytes") or {}
         used, fraction = label_cost(sb)
         name = os.path.basename(r["synset"]) if r["synset"] else (
             f"full data ({r['epochs']} epochs)" if r["baseline"] == "full" else "random real")
         lines.append((name, r["method"], "-" if r["ipc"] is None else str(r["ipc"]), r["arch"], r["variant"],
+                      r.get("labels", "-") if r["variant"] != "no-dsa" else f"{r.get('labels', '-')} (no aug)",
                       f"{r['mean']:.2f} ± {r['std']:.2f}", _pm(r["ci95"]) or "-", str(r["runs"]),
                       _kib(sb.get("images")), _kib(used), "-" if fraction is None else f"{100 * fraction:.3g} %",
                       "-" if vs is None else f"{vs['mean']:+.2f} {_pm(vs['ci95'])}".rstrip()))

@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   condense eval ... --executor ray --address auto                   the same grid on a Ray cluster
   condense eval ... --vmap-seeds                                    train the seeds of one arch at once
   condense eval SET.h5 --robustness                                 + the no-augmentation variant
+  condense eval SET.h5 --scores --full-runs 2                        + HLR / IOR / LRS / ARS (DD-Ranking)
   condense eval --baseline full --dataset fashion-mnist --arch convnet:width=32 --epochs 20
   condense eval --baseline random --dataset fashion-mnist --ipc 1 --ipc 10 --runs 10
 
@@ -55,6 +56,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="soft-label sets: also train on their hard labels and report the gap (default on)")
     p.add_argument("--random-baseline", dest="random_baseline", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate the random-real baseline of each IPC beside the sets (default on)")
+    p.add_argument("--scores", action="store_true", default=None,
+                   help="DD-Ranking's fair scores HLR, IOR, LRS, ARS: adds the full-data, hard-label and "
+                        "no-augmentation rows, and random real under each set's labels and augmentation")
+    p.add_argument("--full-runs", dest="full_runs", type=int, help="--scores: runs of the full-data reference (default --runs)")
+    p.add_argument("--lrs-weight", dest="lrs_weight", type=float, help="--scores: w of LRS (0.5)")
+    p.add_argument("--ars-weight", dest="ars_weight", type=float, help="--scores: gamma of ARS (0.5)")
+    p.add_argument("--teacher", help="where the teacher file that labelled the sets is now (default: as recorded)")
+    p.add_argument("--dsa-strategy", dest="dsa_strategy",
+                   help="augmentation strategy (default: a per-view set's own views, else DSA's groups; rrc+flip: "
+                        "random-resized crop + flip)")
     p.add_argument("--baseline", choices=("random", "full"), help="evaluate a baseline of --dataset")
     p.add_argument("--dataset", help="dataset of --baseline")
     p.add_argument("--ipc", type=int, action="append", help="--baseline random: IPC, repeat for several")

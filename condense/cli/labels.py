@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..codecs import codec_names
@@ -16,6 +15,8 @@ EXAMPLES = """examples:
   condense labels runs/fmnist/tm_ipc10.soft.h5 --codec projector:rank=8 --out runs/fmnist/tm_ipc10.proj.h5
   condense labels runs/fmnist/tm_ipc10.h5 --teacher runs/fmnist/experts --committee 5 --views static --out set.h5
   condense labels --info runs/fmnist/tm_ipc10.top3.h5
+  condense labels runs/fmnist/sre2l_ipc10.h5 --views per-epoch --view-strategy rrc+flip --out runs/fmnist/sre2l_ipc10.soft.h5
+                            (sre2l/rded sets: their own teacher by default; SRe2L/FKD's crop + flip views)
 
 codecs (--codec NAME or NAME:key=value,...):
   none                      float32 as they are
@@ -38,12 +39,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="file to write (must differ from the input)")
     p.add_argument("--info", action="store_true", help="print the labels' meaning, codec and bytes, and exit")
     t = p.add_argument_group("teacher (soft labels)")
-    t.add_argument("--teacher", help="trajectory-store folder whose experts label the set")
+    t.add_argument("--teacher", help="teacher file (condense teacher) or trajectory-store folder whose experts label "
+                                     "the set (default with --views: the teacher the set was made with, if any)")
     t.add_argument("--teacher-expert", dest="teacher_expert", type=int, default=0, help="first expert (default 0)")
     t.add_argument("--teacher-epoch", dest="teacher_epoch", type=int, help="epoch of the experts (default: the last)")
     t.add_argument("--committee", type=int, default=1, help="average the predictions of N experts (default 1)")
-    t.add_argument("--views", choices=("static", "per-epoch"), default="static",
+    t.add_argument("--views", choices=("static", "per-epoch"),
                    help="one label per image, or one per augmented view of every evaluation epoch (default static)")
+    t.add_argument("--view-strategy", dest="view_strategy", default="color_crop_cutout_flip_scale_rotate",
+                   help="augmentation of the views (and of the evaluation that trains on them): DSA's groups "
+                        "(default), or rrc+flip (SRe2L/FKD's random-resized crop and flip)")
     t.add_argument("--view-epochs", dest="view_epochs", type=int, default=300,
                    help="epochs of views to label (evaluation may train at most this many; default 300)")
     t.add_argument("--view-seed", dest="view_seed", type=int, default=0, help="seed of the views (default 0)")
@@ -79,32 +84,17 @@ def handle(args: argparse.Namespace) -> int:
     if args.info:
         print(info(args.synset))
         return 0
-    if not args.out:
-        raise ConfigError("--out is required (or --info to inspect)")
-    if not (args.teacher or args.codec):
-        raise ConfigError("nothing to do: give --teacher (soft labels) and/or --codec (compression)")
-    if os.path.exists(args.out) and os.path.samefile(args.out, args.synset):
-        raise ConfigError("--out must differ from the input: the input file is never modified")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    from ..codecs import parse_codec
-    from ..labels import compress, load_teacher, relabel
-    from ..labels.projector import ProjectorFit
+    from ..labels.run import LabelsConfig, run_labels
 
-    if args.codec:
-        parse_codec(args.codec)  # a bad spec fails before any work is done
-    fit = ProjectorFit(steps=args.projector_steps, lr=args.projector_lr)
-    fit.validate()
-    s = load_synset(args.synset)
-    if args.teacher:
-        teacher = load_teacher(args.teacher, s, expert=args.teacher_expert, epoch=args.teacher_epoch,
-                               committee=args.committee)
-        s = relabel(s, teacher, views=args.views, epochs=args.view_epochs, temperature=args.temperature,
-                    view_seed=args.view_seed, progress=True)
-    if args.codec:
-        s = compress(s, args.codec, fit, progress=True)
-    out = s.save(Path(args.out))
-    print(info(str(out)))
+    cfg = LabelsConfig(synset=args.synset, teacher=args.teacher, teacher_expert=args.teacher_expert,
+                       teacher_epoch=args.teacher_epoch, committee=args.committee, views=args.views,
+                       view_epochs=args.view_epochs, view_seed=args.view_seed, view_strategy=args.view_strategy,
+                       temperature=args.temperature, codec=args.codec, projector_steps=args.projector_steps,
+                       projector_lr=args.projector_lr, out=args.out)
+    run_labels(cfg)
+    print(info(cfg.out))
     return 0

@@ -13,12 +13,13 @@ import traceback
 
 from .. import __version__
 from ..errors import CondenseError, ConfigError
-from . import buffer, convert, datasets, labels, run, show, synth
+from . import buffer, convert, datasets, labels, run, show, synth, teacher
 from . import eval as eval_cmd
 
 EPILOG = """examples:
   condense datasets                          what is available, and where
   condense run                               the quick start on Fashion-MNIST: buffer, tm + dm, eval (CPU, minutes)
+  condense teacher --dataset fashion-mnist --out teacher.h5   train a teacher (sre2l, rded, soft labels)
   condense eval SET.h5 --runs 5              evaluate a set beside the random-real baseline
   condense show runs/quickstart/dm_ipc1.h5 --out grid.png
   condense convert set.h5 set.pt             export to the reference repositories' .pt layout
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"condense {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (buffer, synth, labels, eval_cmd, run, show, datasets, convert):
+    for module in (buffer, teacher, synth, labels, eval_cmd, run, show, datasets, convert):
         module.add_parser(sub)
     return parser
 

@@ -23,6 +23,9 @@ EXAMPLES = """examples:
   condense synth --method tm --backend jax --trajectories runs/fmnist/experts --ipc 10 --out runs/fmnist/tm_jax.h5
   condense synth --method dm --backend jax --dataset fashion-mnist --ipc 10 --out runs/fmnist/dm_jax.h5
   condense synth --method frepo --dataset fashion-mnist --ipc 10 --out runs/fmnist/frepo_ipc10.h5   (JAX only)
+  condense synth --method sre2l --teacher runs/fmnist/teacher.h5 --ipc 10 --out runs/fmnist/sre2l_ipc10.h5
+  condense synth --method sre2l ... --curriculum cda                CDA's easy-to-hard crops
+  condense synth --method rded --teacher runs/fmnist/teacher.h5 --ipc 10 --factor 2 --out runs/fmnist/rded_ipc10.h5
 
 Rerunning the same command resumes from the last checkpoint; the run folder <out>.run/ holds
 config, environment, metrics.csv, image grids and the checkpoint."""
@@ -37,6 +40,8 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
                               help="use a class-balanced subset of the training split of this size (recorded in the set)")),
     (("--arch",), dict(help="student network (default: the experts' arch; others are refused)")),
     (("--trajectories",), dict(help="trajectory store recorded by `condense buffer` (tm)")),
+    (("--teacher",), dict(help="sre2l, rded: teacher file from `condense teacher` (its dataset, transform and "
+                               "classes are the set's)")),
     (("--iters",), dict(type=int, help="synthesis iterations")),
     (("--lr-net",), dict(dest="lr_net", type=float, help="gm: learning rate of the network's inner training (0.01)")),
     (("--batch-real",), dict(dest="batch_real", type=int, help="real images per class per step (dm, dam, gm: 256)")),
@@ -96,8 +101,27 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--learn-labels",), dict(dest="learn_labels", action=argparse.BooleanOptionalAction, default=None,
                                help="frepo: learn the labels with the images (default on)")),
     (("--flip",), dict(action=argparse.BooleanOptionalAction, default=None,
-                       help="frepo: mirrored copies of the images in the kernel (reference: colour datasets)")),
+                       help="frepo: mirrored copies of the images in the kernel (reference: colour datasets); "
+                            "sre2l: flip the crops (default on)")),
     (("--reg",), dict(type=float, help="frepo: ridge = reg * trace(K_ss) / n (1e-6)")),
+    (("--r-bn",), dict(dest="r_bn", type=float, help="sre2l: weight of the BatchNorm-statistics loss (0.01)")),
+    (("--first-bn-multiplier",), dict(dest="first_bn_multiplier", type=float,
+                                      help="sre2l: extra weight of the first BN layer's term (10)")),
+    (("--batch-size",), dict(dest="batch_size", type=int,
+                             help="sre2l: classes per recovery batch (100), or images per class batch with --class-batches")),
+    (("--class-batches",), dict(dest="class_batches", action=argparse.BooleanOptionalAction, default=None,
+                                help="sre2l: every recovery batch is one class (LPLD)")),
+    (("--min-scale",), dict(dest="min_scale", type=float,
+                            help="sre2l, rded: smallest crop area fraction of the random-resized crop (0.08)")),
+    (("--jitter",), dict(type=int, help="sre2l: random roll of up to this many pixels (4)")),
+    (("--curriculum",), dict(help="sre2l: none, or cda (CDA's easy-to-hard crop scale)")),
+    (("--cda-mode",), dict(dest="cda_mode", help="sre2l --curriculum cda: cosine (default), linear or step")),
+    (("--milestone",), dict(type=float, help="sre2l --curriculum cda: fraction of the iterations it runs over (1)")),
+    (("--amp",), dict(action=argparse.BooleanOptionalAction, default=None,
+                      help="sre2l: bfloat16 autocast of the teacher on CUDA (default on; CPU: off)")),
+    (("--factor",), dict(type=int, help="rded: crops per side of a stitched image (2)")),
+    (("--num-crop",), dict(dest="num_crop", type=int, help="rded: crops scored per candidate image (5)")),
+    (("--candidates",), dict(type=int, help="rded: real images drawn per class (300)")),
     (("--checkpoint-every",), dict(dest="checkpoint_every", type=int, help="save set + state every N iterations")),
     (("--eval-every",), dict(dest="eval_every", type=int, help="evaluate on the validation split every N iterations")),
     (("--eval-epochs",), dict(dest="eval_epochs", type=int, help="training epochs of those evaluations (default 100)")),
@@ -113,7 +137,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..methods import method_names
 
     p = sub.add_parser(
-        "synth", help="synthesize a small training set (tm, dm, dam, gm, frepo, random, herding, kcenter)",
+        "synth", help="synthesize a small training set (tm, dm, dam, gm, frepo, sre2l, rded, random, herding, kcenter)",
         description="Synthesize a small training set and write it as a synthetic-set file.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "synth")

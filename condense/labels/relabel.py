@@ -29,28 +29,36 @@ def relabel(s: SynSet, teacher: Teacher, *, views: str = "static", epochs: int =
     """``s`` with the teacher's soft labels (logits, KL loss at ``temperature``).
 
     views: ``static`` -> labels [N, K] on the clean images; ``per-epoch`` -> [epochs, N, K]
-    on the views of epochs 0..epochs-1 under DSA ``strategy`` seeded by ``view_seed``.
+    on the views of epochs 0..epochs-1 under ``strategy`` (DSA's, or ``rrc+flip``: SRe2L/FKD's
+    random-resized crop and flip) seeded by ``view_seed``.
     """
-    if views not in VIEW_MODES:
-        raise ConfigError(f"--views must be one of {', '.join(VIEW_MODES)}, got {views!r}")
-    if not temperature > 0:
-        raise ConfigError(f"--temperature must be positive, got {temperature}")
-    images = s.images.float()
-    if views == "static":
-        labels = teacher.logits(images, temperature)
-        spec = LabelSpec(kind="logits", loss="kl", temperature=temperature)
-    else:
-        if epochs < 1:
-            raise ConfigError(f"--view-epochs must be >= 1, got {epochs}")
-        config = DSAConfig(strategy=strategy)
-        labels = torch.empty(epochs, images.shape[0], s.num_classes)
-        for e in bar(iterable=range(epochs), desc="label views", unit="epoch", disable=not progress):
-            labels[e] = teacher.logits(views_of(images, config, view_seed, e), temperature)
-        spec = LabelSpec(kind="logits", loss="kl", temperature=temperature, view_mode="per-view",
-                         view_seed=int(view_seed), view_strategy=strategy)
+    labels, spec = label_images(s.images, teacher, s.num_classes, views=views, epochs=epochs,
+                                temperature=temperature, view_seed=view_seed, strategy=strategy, progress=progress)
     provenance = dict(s.provenance, labels={"teacher": teacher.source, "views": views, "temperature": temperature,
-                                            **({"view_epochs": epochs, "view_seed": view_seed}
+                                            **({"view_epochs": epochs, "view_seed": view_seed, "strategy": strategy}
                                                if views != "static" else {})})
     out = replace(s, labels=labels, label_spec=spec, label_payload=None, provenance=provenance)
     out.validate()
     return out
+
+
+def label_images(images: torch.Tensor, teacher: Teacher, num_classes: int, *, views: str = "static", epochs: int = 300,
+                 temperature: float = 1.0, view_seed: int = 0, strategy: str = "color_crop_cutout_flip_scale_rotate",
+                 progress: bool = False) -> tuple[torch.Tensor, LabelSpec]:
+    """The teacher's logits for ``images`` [N, C, H, W] and their meaning: [N, K] (static) or
+    [epochs, N, K] on the views of each epoch (per-epoch; see :func:`relabel`)."""
+    if views not in VIEW_MODES:
+        raise ConfigError(f"--views must be one of {', '.join(VIEW_MODES)}, got {views!r}")
+    if not temperature > 0:
+        raise ConfigError(f"--temperature must be positive, got {temperature}")
+    images = images.float()
+    if views == "static":
+        return teacher.logits(images, temperature), LabelSpec(kind="logits", loss="kl", temperature=temperature)
+    if epochs < 1:
+        raise ConfigError(f"--view-epochs must be >= 1, got {epochs}")
+    config = DSAConfig(strategy=strategy)
+    labels = torch.empty(epochs, images.shape[0], num_classes)
+    for e in bar(iterable=range(epochs), desc="label views", unit="epoch", disable=not progress):
+        labels[e] = teacher.logits(views_of(images, config, view_seed, e), temperature)
+    return labels, LabelSpec(kind="logits", loss="kl", temperature=temperature, view_mode="per-view",
+                             view_seed=int(view_seed), view_strategy=strategy)

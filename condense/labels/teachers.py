@@ -1,6 +1,6 @@
 """Teachers: trained networks whose predictions become soft labels.
 
-A teacher is one epoch of one or more experts in a trajectory store (the final epoch
+A teacher is a teacher file written by ``condense teacher`` (:mod:`.teacher_file`), or one epoch of one or more experts in a trajectory store (the final epoch
 by default). With a committee of N experts (CV-DD's committee voting) the label is the
 average of their class probabilities at the labelling temperature, returned as logits
 T * log(mean p) so that softmax(. / T) gives that average back.
@@ -8,7 +8,7 @@ T * log(mean p) so that softmax(. / T) gives that average back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +16,8 @@ from torch import nn
 from condense.errors import ConfigError
 from condense.nets import build_net
 from condense.synset import SynSet
+
+from .teacher_file import TeacherFile, is_teacher_file, load_teacher_file
 
 
 @dataclass
@@ -40,14 +42,64 @@ class Teacher:
         return torch.cat(out).float()
 
 
+def class_order(dataset: str, data: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The class names, in label order, of a set or dataset: those it recorded, else the registry's
+    (empty when only the dataset's files know them)."""
+    from condense.data import dataset_info
+
+    names = (data or {}).get("class_names")
+    return tuple(names) if names else tuple(dataset_info(dataset).class_names)
+
+
+def check_fits(tf: TeacherFile, where: str, dataset: str, transform: dict[str, Any], image_shape: Sequence[int],
+               num_classes: int, class_names: Sequence[str]) -> None:
+    """One-line ConfigError unless teacher file ``tf`` (read from ``where``) takes the images and
+    speaks the classes of ``dataset``: same dataset, pixel transform, image shape and class order."""
+    if tf.dataset != dataset:
+        raise ConfigError(f"teacher {where} was trained on {tf.dataset}, the data is {dataset}")
+    if tf.num_classes != num_classes:
+        raise ConfigError(f"teacher {where} has {tf.num_classes} classes, {dataset} has {num_classes}")
+    if tf.transform.describe() != transform:
+        raise ConfigError(f"teacher {where} saw another normalisation/ZCA than the data "
+                          f"({tf.transform.describe()} vs {transform})")
+    if list(tf.image_shape) != [int(v) for v in image_shape]:
+        raise ConfigError(f"teacher {where} takes images of shape {list(tf.image_shape)}, the data's are "
+                          f"{[int(v) for v in image_shape]}")
+    if tf.class_names and class_names and tuple(tf.class_names) != tuple(class_names):
+        k = next(i for i, (a, b) in enumerate(zip(tf.class_names, class_names)) if a != b) \
+            if len(tf.class_names) == len(class_names) else 0
+        raise ConfigError(f"class order of teacher {where} and the data differ (class {k} is "
+                          f"{tf.class_names[k]!r} for the teacher, {class_names[k]!r} for the data); "
+                          "relabelling would pair images with the wrong classes")
+
+
+def teacher_of_file(path: str, tf: TeacherFile) -> Teacher:
+    """A :class:`Teacher` of a loaded teacher file (its network in eval mode, frozen)."""
+    from condense.synset import file_sha256
+
+    for p in tf.net.parameters():
+        p.requires_grad_(False)
+    return Teacher([tf.net.eval()], {"file": str(path), "sha256": file_sha256(path), "arch": tf.arch,
+                                     "accuracy": tf.accuracy})
+
+
 def load_teacher(folder: str, synset: SynSet, *, expert: int = 0, epoch: int | None = None,
                  committee: int = 1) -> Teacher:
-    """Experts ``expert .. expert + committee - 1`` of the store in ``folder`` at ``epoch``
-    (default: the last), built for ``synset``'s images.
+    """The teacher in ``folder`` built for ``synset``'s images: a teacher file (``condense
+    teacher``), or experts ``expert .. expert + committee - 1`` of a trajectory store at
+    ``epoch`` (default: the last).
 
-    Raises ConfigError (one line) when the store's dataset, normalisation/ZCA or image
-    shape differs from the set's, or the experts/epoch do not exist.
+    Raises ConfigError (one line) when the teacher's dataset, normalisation/ZCA, image
+    shape or class order differs from the set's, or the experts/epoch do not exist.
     """
+    if is_teacher_file(folder):
+        if committee != 1 or expert != 0 or epoch is not None:
+            raise ConfigError(f"{folder} is a teacher file: --committee, --teacher-expert and --teacher-epoch "
+                              "apply to trajectory stores only")
+        tf = load_teacher_file(folder)
+        check_fits(tf, folder, synset.dataset, synset.transform.describe(), synset.image_shape, synset.num_classes,
+                   class_order(synset.dataset, synset.data))
+        return teacher_of_file(folder, tf)
     from trajectories.store import open_store
 
     store = open_store(folder)

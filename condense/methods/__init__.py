@@ -74,6 +74,8 @@ def _register_builtins() -> None:
     from .dm import DMConfig, run_dm
     from .frepo import FRePoConfig, run_frepo_torch
     from .gm import GMConfig, run_gm
+    from .rded import RDEDConfig, run_rded
+    from .sre2l import SRe2LConfig, run_sre2l
     from .tm import TMConfig, run_tm
 
     register_method(MethodEntry("tm", TMConfig, run_tm, "trajectory matching (MTT, FTD, DATM, TESLA, AST variants)",
@@ -84,6 +86,10 @@ def _register_builtins() -> None:
                                 "neural feature regression with a model pool (FRePo; JAX only)",
                                 jax="condense.jax.frepo:run_frepo", jax_only=True))
     register_method(MethodEntry("gm", GMConfig, run_gm, "gradient matching with DSA (DC/DSA)"))
+    register_method(MethodEntry("sre2l", SRe2LConfig, run_sre2l,
+                                "recover from a teacher's BatchNorm statistics (SRe2L; --curriculum cda: CDA)"))
+    register_method(MethodEntry("rded", RDEDConfig, run_rded,
+                                "teacher-scored real crops stitched factor x factor (RDED)"))
     for name, summary in (("random", "class-balanced random real images"),
                           ("herding", "herding in a briefly trained network's embedding space"),
                           ("kcenter", "greedy k-center in the same space")):

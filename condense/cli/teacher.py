@@ -1,0 +1,71 @@
+"""``condense teacher``: train a teacher network (SRe2L's squeeze) and save it as a teacher file."""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_dsa_share_flag, add_preset_flag, config_from_args, describe
+
+EXAMPLES = """examples:
+  condense teacher --dataset fashion-mnist --arch convnet:norm=batch --epochs 20 --out runs/fmnist/teacher.h5
+  condense teacher --dataset fashion-mnist --arch resnet18 --out runs/fmnist/teacher-r18.h5
+  condense teacher --preset fashion-mnist/teacher-cpu
+  condense teacher --info runs/fmnist/teacher.h5
+
+The file holds the weights (and BatchNorm statistics) only, with the accuracy, data, pixel
+transform and class order they belong to; `condense synth --method sre2l|rded --teacher F`
+and `condense labels SET --teacher F` use it and refuse a set whose classes are ordered otherwise."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("teacher", help="train a teacher network and save it as a teacher file",
+                       description="Train a network on a dataset's training split (the loop every network here "
+                                   "trains with) and save its weights, accuracy, data, transform and class order.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_preset_flag(p, "teacher")
+    p.add_argument("--dataset", help="dataset (default fashion-mnist)")
+    p.add_argument("--data-root", dest="data_root", help="folder holding the dataset files")
+    p.add_argument("--arch", help="network (default convnet:norm=batch; resnet18 is ResNet-18 BN)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 20)")
+    p.add_argument("--lr", type=float, help="SGD learning rate (default 0.01)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay (default 5e-4)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default 256)")
+    p.add_argument("--lr-decay-at", dest="lr_decay_at", type=float, help="lr x0.1 from this fraction of the epochs (0.5)")
+    p.add_argument("--dsa", action=argparse.BooleanOptionalAction, default=None, help="augmentation (default on)")
+    p.add_argument("--dsa-strategy", dest="dsa_strategy", help="augmentation strategy (DSA groups, or rrc+flip)")
+    add_dsa_share_flag(p, "of the teacher's training")
+    p.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None, help="ZCA-whiten the data")
+    p.add_argument("--limit-train", dest="limit_train", type=int, help="class-balanced subset of the training split")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--out", help="teacher file to write (.h5)")
+    p.add_argument("--info", metavar="FILE", help="print what a teacher file records, and exit")
+    p.set_defaults(handler=handle)
+
+
+def info(path: str) -> str:
+    from ..labels.teacher_file import load_teacher_file
+
+    t = load_teacher_file(path)
+    names = ", ".join(t.class_names) if t.class_names else "(not recorded)"
+    val = "-" if t.val_accuracy is None else f"{t.val_accuracy:.2f} %"
+    params = sum(p.numel() for p in t.net.parameters())
+    return "\n".join([f"{path}: teacher {t.arch} ({params:,} parameters) on {t.dataset}",
+                      f"  accuracy: test {t.accuracy:.2f} %, validation {val}",
+                      f"  images {list(t.image_shape)}, transform {t.transform.kind}, {t.num_classes} classes: {names}",
+                      f"  trained: {t.config.get('protocol', {})}"])
+
+
+def handle(args: argparse.Namespace) -> int:
+    if args.info:
+        print(info(args.info))
+        return 0
+    from ..jobs import resolve_device
+    from ..labels.squeeze import TeacherConfig, train_teacher
+
+    cfg = config_from_args(TeacherConfig, args, "teacher")
+    print(f"condense teacher: {describe(cfg)}")
+    t = train_teacher(cfg, resolve_device(cfg.device))
+    val = "" if t.val_accuracy is None else f", validation {t.val_accuracy:.2f} %"
+    print(f"wrote {cfg.out}: {t.arch} on {t.dataset}, test accuracy {t.accuracy:.2f} %{val}")
+    return 0

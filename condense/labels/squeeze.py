@@ -1,0 +1,118 @@
+"""Squeeze: train a teacher on a dataset and save it as a teacher file (``condense teacher``).
+
+SRe2L's first stage. The teacher is trained by :func:`condense.train.train_model`, the
+loop every other network here trains with, as run (seed, 0): its init, batch order and
+augmentation come from generators keyed by the seed, so the same command gives the
+same teacher at a fixed thread count. Nothing selects on the test set: the file records
+the final epoch's network, its test accuracy and its accuracy on the validation split.
+A teacher costs minutes on a CPU at Fashion-MNIST size, so an interrupted one is
+trained again from its start (as an interrupted expert is).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from condense.data import load_dataset
+from condense.errors import CondenseError, ConfigError
+from condense.nets import build_net, parse_arch
+from condense.progress import bar
+from condense.rng import generator
+from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
+
+from .teacher_file import TeacherFile
+
+TEACHER_ARCHS = ("convnet:norm=batch", "resnet18")  # the issue's ConvNet BN and ResNet-18 BN; any arch is accepted
+
+
+@dataclass
+class TeacherConfig:
+    """How a teacher is trained (defaults: the field's evaluation protocol with a BN network)."""
+
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    arch: str = "convnet:norm=batch"
+    epochs: int = 20
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    lr_decay_at: float = 0.5
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_share: str = "image"
+    zca: bool = False
+    limit_train: int | None = None
+    seed: int = 0
+    out: str = "runs/teacher.h5"
+    device: str | None = None
+
+    def protocol(self) -> TrainProtocol:
+        p = TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                          batch_size=self.batch_size, decay_at=self.lr_decay_at, dsa=self.dsa,
+                          dsa_strategy=self.dsa_strategy, dsa_share=self.dsa_share)
+        p.validate()
+        return p
+
+    def validate(self) -> None:
+        self.protocol()
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        try:
+            parse_arch(self.arch)
+        except CondenseError as e:
+            raise ConfigError(f"--arch {self.arch}: {e}") from None
+
+
+def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, progress: bool = True) -> TeacherFile:
+    """Train ``cfg.arch`` on ``cfg.dataset``'s training split and write the teacher file ``cfg.out``."""
+    cfg.validate()
+    arch = str(parse_arch(cfg.arch))
+    done = _already_trained(cfg, arch)
+    if done is not None:
+        print(f"{cfg.out}: already trained with these settings")
+        return done
+    ds = load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca, limit_train=cfg.limit_train)
+    c, h, w = ds.info.shape
+    try:
+        net = build_net(arch, c, ds.info.num_classes, (h, w), generator=generator(cfg.seed, 0, 0, 0, STREAM_INIT))
+    except CondenseError as e:
+        raise ConfigError(f"--arch {arch} cannot take {ds.info.name} images {c}x{h}x{w}: {e}") from None
+    net = net.to(device)
+    protocol = cfg.protocol()
+    with bar(total=protocol.epochs, desc=f"teacher {arch}", unit="ep", disable=not progress) as b:
+        def on_epoch(epoch, model, loss):
+            b.update(1)
+            b.set_postfix({"loss": f"{loss:.4f}"})
+
+        train_model(net, ds.x_train.to(device), ds.y_train.to(device), protocol, seed=cfg.seed, run=0, lr=cfg.lr,
+                    on_epoch=on_epoch)
+    test = 100.0 * accuracy(net, ds.x_test, ds.y_test, protocol.test_batch_size)
+    val = 100.0 * accuracy(net, ds.x_val, ds.y_val, protocol.test_batch_size) if len(ds.y_val) else None
+    t = TeacherFile(net=net.cpu().eval(), arch=arch, dataset=ds.info.name, num_classes=ds.info.num_classes,
+                    image_shape=(c, h, w), class_names=tuple(ds.info.class_names), transform=ds.transform,
+                    accuracy=test, val_accuracy=val,
+                    config={**asdict(cfg), "arch": arch, "protocol": protocol_dict(protocol)}, data=dict(ds.meta))
+    t.save(cfg.out)
+    return t
+
+
+IGNORED = ("out", "device", "data_root")  # where it is written and run: not what the teacher is
+
+
+def _already_trained(cfg: TeacherConfig, arch: str) -> TeacherFile | None:
+    """The teacher at ``cfg.out`` if it was trained with these settings (a rerun does nothing)."""
+    import os
+
+    from .teacher_file import load_teacher_file
+
+    if not os.path.exists(cfg.out):
+        return None
+    try:
+        t = load_teacher_file(cfg.out)
+    except CondenseError:
+        return None
+    want = {k: v for k, v in {**asdict(cfg), "arch": arch}.items() if k not in IGNORED}
+    have = {k: v for k, v in t.config.items() if k not in IGNORED and k != "protocol"}
+    return t if have == want else None

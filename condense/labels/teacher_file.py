@@ -1,0 +1,138 @@
+"""The teacher file: one trained network, weights only, with what it was trained on.
+
+Decoupled methods (SRe2L, CDA, RDED) and relabelling need a *trained* network: its
+weights and BatchNorm running statistics (the statistics SRe2L's recovery matches), the
+pixel transform its inputs live in, and the order of its output classes. A teacher file
+is HDF5 (docs/FORMATS.md), read without unpickling anything:
+
+    /        attrs: format="condense.teacher", version, arch (canonical spec), dataset,
+                    num_classes, image_shape, class_names (JSON list), accuracy
+                    (test, percent), val_accuracy (percent or -1), config (JSON: how it
+                    was trained), data (JSON: split facts), condense_version, created
+    /state/  one dataset per state_dict entry (parameters and buffers), in the attr
+             ``names`` order
+    /transform/  the pixel transform (same layout as a synthetic-set file)
+
+Writers go through a temporary file and an atomic rename.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from condense import __version__
+from condense.data.transform import PixelTransform
+from condense.errors import FormatError
+from condense.nets import build_net
+
+FORMAT_NAME = "condense.teacher"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TeacherFile:
+    """A teacher file in memory: the network (eval mode) and its record."""
+
+    net: nn.Module
+    arch: str
+    dataset: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    transform: PixelTransform
+    accuracy: float  # test accuracy, percent
+    val_accuracy: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically to ``path`` (a kill never leaves a half-written teacher)."""
+        import h5py
+
+        from condense.synset import write_transform
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        state = self.net.state_dict()
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({
+                "format": FORMAT_NAME, "version": FORMAT_VERSION, "arch": self.arch, "dataset": self.dataset,
+                "num_classes": self.num_classes, "image_shape": list(self.image_shape),
+                "class_names": json.dumps(list(self.class_names)), "accuracy": float(self.accuracy),
+                "val_accuracy": -1.0 if self.val_accuracy is None else float(self.val_accuracy),
+                "config": json.dumps(self.config, sort_keys=True, default=str),
+                "data": json.dumps(self.data, sort_keys=True, default=str), "condense_version": __version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            })
+            g = f.create_group("state")
+            g.attrs["names"] = json.dumps(list(state))
+            for i, (name, t) in enumerate(state.items()):
+                g.create_dataset(str(i), data=t.detach().cpu().numpy())
+            write_transform(f.create_group("transform"), self.transform)
+        os.replace(tmp, path)
+        return path
+
+
+def load_teacher_file(path: str | os.PathLike) -> TeacherFile:
+    """Read a teacher file; one-line FormatError for a missing, foreign, newer or corrupt file."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such teacher file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise FormatError(f"{path} is not a readable HDF5 file (truncated or not a teacher)") from None
+    try:
+        with f:
+            return _read(f)
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from None
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as e:
+        raise FormatError(f"{path}: corrupt teacher file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def _read(f: Any) -> TeacherFile:
+    from condense.synset import read_transform
+
+    fmt = f.attrs.get("format")
+    if fmt != FORMAT_NAME:
+        raise FormatError(f"not a condense teacher (format attribute {fmt!r})")
+    version = int(f.attrs.get("version", -1))
+    if version < 1 or version > FORMAT_VERSION:
+        raise FormatError(f"teacher format version {version} is not supported (this condense reads 1..{FORMAT_VERSION})")
+    c, h, w = (int(v) for v in f.attrs["image_shape"])
+    k = int(f.attrs["num_classes"])
+    arch = str(f.attrs["arch"])
+    net = build_net(arch, c, k, (h, w))
+    g = f["state"]
+    names = json.loads(g.attrs["names"])
+    state = {name: torch.from_numpy(np.asarray(g[str(i)][()])) for i, name in enumerate(names)}
+    expected = net.state_dict()
+    if set(state) != set(expected):
+        raise FormatError(f"its weights do not fit a {arch} network (entries differ)")
+    for name, t in state.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise FormatError(f"weight {name} has shape {tuple(t.shape)}, a {arch} network needs "
+                              f"{tuple(expected[name].shape)}")
+    net.load_state_dict(state)
+    val = float(f.attrs["val_accuracy"])
+    return TeacherFile(net=net.eval(), arch=arch, dataset=str(f.attrs["dataset"]), num_classes=k, image_shape=(c, h, w),
+                       class_names=tuple(json.loads(f.attrs["class_names"])), transform=read_transform(f["transform"]),
+                       accuracy=float(f.attrs["accuracy"]), val_accuracy=None if val < 0 else val,
+                       config=json.loads(f.attrs["config"]), data=json.loads(f.attrs["data"]))
+
+
+def is_teacher_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file (a teacher file) rather than a trajectory-store folder."""
+    return Path(path).is_file()

@@ -1,0 +1,325 @@
+"""`sre2l`: recover images from a trained teacher (SRe2L, Yin et al. NeurIPS 2023; CDA, Yin &
+Shen TMLR 2024; class-wise batches of LPLD, Xiao & He NeurIPS 2024). Reference code:
+VILA-Lab/SRe2L (``SRe2L/recover``, ``CDA/recover_cda_*.py``), he-y/soft-label-pruning-for-
+dataset-distillation (``recover/data_synthesis_class.py``).
+
+No student is unrolled: the images are optimised so that the frozen teacher (eval mode)
+classifies them as their class *and* the statistics of its BatchNorm inputs on them match
+the running statistics it learnt on the real data. For a batch B and BN layers l = 1..L
+with running mean/variance (μ_l, σ²_l):
+
+    loss(B) = CE(teacher(aug(B)), y_B) + r_bn · Σ_l m_l (‖mean_B(x_l) − μ_l‖₂ + ‖var_B(x_l) − σ²_l‖₂)
+
+with per-channel mean and biased variance of layer l's input x_l over the batch and its
+pixels, plain (not squared) L2 norms, m_1 = ``first_bn_multiplier`` (10) and m_l = 1
+otherwise (:func:`bn_loss`). aug is one random-resized crop + flip shared by the batch,
+then a random roll by up to ``jitter`` pixels (SRe2L's multi-crop optimisation);
+``--curriculum cda`` raises the crop's smallest scale from easy (whole images) to hard
+(CDA: min_scale = 0.08 + 0.92 · (1 + cos(π t / (M·T))) / 2 until the milestone M·T, then
+0.08; :func:`cda_min_scale`). Images start as N(0, 1) in network space, move by Adam
+(β = 0.5, 0.9) with a cosine learning rate, and are clipped to the valid pixel range
+after every step.
+
+Batches are SRe2L's: batch j holds image j of every class (in chunks of ``batch_size``
+classes), or with ``class_batches`` (LPLD) one class's images. Batches are independent
+(their own BN statistics and loss), so the loop optimises all of them at once: one
+teacher forward over the whole set, the statistics taken per batch, the batch losses
+summed; Adam being elementwise, every batch follows exactly the path it would alone.
+Randomness of iteration ``it`` (crops, flips, rolls) comes from (seed, it, batch), so a
+resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import DSAConfig, apply_dsa, cat_draws, sample_dsa
+from ..errors import CondenseError, ConfigError
+from ..nets import parse_arch
+from ..rng import generator
+from ..synset import SynSet
+from .loop import ImageSynthesizer, LoopConfig
+
+CURRICULA = ("none", "cda")
+CDA_MODES = ("cosine", "linear", "step")
+INITS = ("noise", "real")
+STREAM_AUG, STREAM_JITTER = 31, 32
+
+
+@dataclass
+class SRe2LConfig:
+    teacher: str | None = None  # teacher file (condense teacher); its dataset, transform and classes are the set's
+    data_root: str | None = None  # only for --init real
+    limit_train: int | None = None  # only for --init real
+    ipc: int = 1
+    arch: str = "convnet"  # the student the set is evaluated with (recorded; recovery uses only the teacher)
+    iters: int = 1000
+    lr_img: float = 0.1  # Adam lr (SRe2L: 0.25 on ImageNet-1k, 0.1 on Tiny-ImageNet)
+    r_bn: float = 0.01  # weight of the BN-statistics term (ImageNet-1k 0.01, Tiny 1.0 in SRe2L; CDA Tiny 0.05)
+    first_bn_multiplier: float = 10.0
+    batch_size: int = 100  # classes per batch (class_batches: images of one class per batch)
+    class_batches: bool = False  # LPLD: every batch is one class
+    min_scale: float = 0.08  # smallest crop area of the random-resized crop
+    jitter: int = 4  # random roll of up to this many pixels (SRe2L Tiny: 4, ImageNet: 32)
+    flip: bool = True
+    curriculum: str = "none"  # none | cda (easy-to-hard crop scale)
+    cda_mode: str = "cosine"
+    milestone: float = 1.0  # fraction of the iterations over which the curriculum runs
+    init: str = "noise"
+    amp: bool = True  # bfloat16 autocast of the teacher's forward on CUDA (statistics stay float32); off on CPU
+    checkpoint_every: int = 100
+    eval_every: int = 0
+    eval_epochs: int = 100
+    max_bad_steps: int = 10
+    skip_loss_above: float | None = None
+    seed: int = 0
+    out: str = "runs/sre2l.h5"
+    device: str | None = None
+
+    def validate(self) -> None:
+        if not self.teacher:
+            raise ConfigError("sre2l needs --teacher FILE (a teacher file from `condense teacher`)")
+        for name in ("ipc", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        self.loop()
+        for name in ("lr_img", "first_bn_multiplier"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not self.r_bn >= 0:
+            raise ConfigError(f"--r-bn must be >= 0, got {self.r_bn}")
+        if not 0 < self.min_scale <= 1:
+            raise ConfigError(f"--min-scale must be in (0, 1], got {self.min_scale}")
+        if self.jitter < 0:
+            raise ConfigError(f"--jitter must be >= 0, got {self.jitter}")
+        if self.curriculum not in CURRICULA:
+            raise ConfigError(f"--curriculum must be one of {', '.join(CURRICULA)}, got {self.curriculum!r}")
+        if self.cda_mode not in CDA_MODES:
+            raise ConfigError(f"--cda-mode must be one of {', '.join(CDA_MODES)}, got {self.cda_mode!r}")
+        if not 0 <= self.milestone <= 1:
+            raise ConfigError(f"--milestone must be in [0, 1], got {self.milestone}")
+        if self.init not in INITS:
+            raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        try:
+            parse_arch(self.arch)
+        except CondenseError as e:
+            raise ConfigError(f"--arch {self.arch}: {e}") from None
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig.of(self)
+
+
+# --- the math, as pure functions ------------------------------------------------------------
+
+def cda_min_scale(it: int, iters: int, mode: str = "cosine", milestone: float = 1.0, low: float = 0.08) -> float:
+    """CDA's smallest crop scale at iteration ``it`` of ``iters``: from 1 (whole images) down to
+    ``low`` over the first ``milestone`` of the run (``step``: 1 until then), ``low`` after."""
+    end = milestone * iters
+    if it >= end:
+        return low
+    t = it / end
+    if mode == "step":
+        return 1.0
+    if mode == "linear":
+        return low + (1.0 - low) * (1.0 - t)
+    return low + (1.0 - low) * (1.0 + math.cos(math.pi * t)) / 2.0
+
+
+def cosine_lr(lr: float, it: int, iters: int) -> float:
+    """SRe2L's lr_cosine_policy without warm-up: ½ (1 + cos(π it / iters)) · lr."""
+    return 0.5 * (1.0 + math.cos(math.pi * it / iters)) * lr
+
+
+def batch_statistics(x: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-batch, per-channel mean and biased variance of ``x`` [sum(sizes), C, H, W], whose
+    rows are consecutive batches of ``sizes``: two [G, C] tensors, float32 or wider."""
+    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    if len(set(sizes)) == 1:  # one fused pass over equal batches
+        var, mean = torch.var_mean(x.unflatten(0, (len(sizes), sizes[0])), dim=(1, 3, 4), unbiased=False)
+        return mean, var
+    pairs = [torch.var_mean(part, dim=(0, 2, 3), unbiased=False) for part in torch.split(x, list(sizes))]
+    return torch.stack([m for _, m in pairs]), torch.stack([v for v, _ in pairs])
+
+
+def bn_loss(inputs: Sequence[torch.Tensor], running: Sequence[tuple[torch.Tensor, torch.Tensor]],
+            sizes: Sequence[int], first_multiplier: float = 10.0) -> torch.Tensor:
+    """Σ_l m_l (‖mean_g(x_l) − μ_l‖₂ + ‖var_g(x_l) − σ²_l‖₂) per batch g: a [G] tensor.
+
+    inputs: each BN layer's input [N, C_l, H_l, W_l] (batches of ``sizes`` consecutive rows);
+    running: each layer's (running_mean, running_var) [C_l]; m_1 = ``first_multiplier``, else 1.
+    """
+    total = None
+    for l, (x, (mu, var)) in enumerate(zip(inputs, running)):
+        m, v = batch_statistics(x, sizes)
+        term = torch.linalg.vector_norm(m - mu.to(m.dtype), dim=1) + torch.linalg.vector_norm(v - var.to(v.dtype), dim=1)
+        term = term * (first_multiplier if l == 0 else 1.0)
+        total = term if total is None else total + term
+    return total
+
+
+def bn_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The network's BatchNorm layers in ``modules()`` order (the first is the stem's)."""
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def bn_inputs(net: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the input of every BN layer during forwards inside the block (in call order)."""
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0])) for m in bn_layers(net)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def batches(num_classes: int, ipc: int, batch_size: int, class_batches: bool) -> list[torch.Tensor]:
+    """Indices into a class-ordered set (image j of class c at c·ipc + j) of each recovery batch:
+    SRe2L's (image j of ``batch_size`` classes at a time) or LPLD's (``batch_size`` images of one class)."""
+    out = []
+    if class_batches:
+        for c in range(num_classes):
+            for j0 in range(0, ipc, batch_size):
+                out.append(torch.arange(j0, min(ipc, j0 + batch_size)) + c * ipc)
+    else:
+        for j in range(ipc):
+            for c0 in range(0, num_classes, batch_size):
+                out.append(torch.arange(c0, min(num_classes, c0 + batch_size)) * ipc + j)
+    return out
+
+
+def jitter_roll(x: torch.Tensor, sizes: Sequence[int], offsets: torch.Tensor) -> torch.Tensor:
+    """Roll each batch (consecutive ``sizes`` rows of ``x``) by its (dy, dx) in ``offsets`` [G, 2]."""
+    parts = torch.split(x, list(sizes))
+    return torch.cat([torch.roll(p, shifts=(int(o[0]), int(o[1])), dims=(2, 3)) for p, o in zip(parts, offsets)])
+
+
+# --- the method ----------------------------------------------------------------------------------
+
+class SRe2L(ImageSynthesizer):
+    """The sre2l method as a :class:`~condense.methods.loop.Synthesizer`."""
+
+    method_name = "sre2l"
+
+    def __init__(self, cfg: SRe2LConfig, device: torch.device):
+        from ..labels.teacher_file import load_teacher_file
+        from ..labels.teachers import teacher_of_file
+
+        cfg.validate()
+        self.cfg, self.device = cfg, device
+        tf = load_teacher_file(cfg.teacher)
+        if not bn_layers(tf.net):
+            raise ConfigError(f"teacher {cfg.teacher} ({tf.arch}) has no BatchNorm layers: sre2l matches their "
+                              "statistics (train a teacher with norm=batch)")
+        self.tf, self.arch = tf, str(parse_arch(cfg.arch))
+        self.teacher = teacher_of_file(cfg.teacher, tf)
+        self.net = tf.net.to(device).eval()
+        self.running = [(m.running_mean.detach(), m.running_var.detach()) for m in bn_layers(self.net)]
+        k, (c, h, w) = tf.num_classes, tf.image_shape
+        self.classes = torch.arange(k).repeat_interleave(cfg.ipc)
+        self.indices = None
+        if cfg.init == "real":
+            images = self._real_init()
+        else:
+            images = torch.randn(k * cfg.ipc, c, h, w, generator=generator(cfg.seed, 0, 30))
+        self.images = images.to(device).requires_grad_(True)
+        self.opts = {"images": torch.optim.Adam([self.images], lr=cfg.lr_img, betas=(0.5, 0.9), eps=1e-8)}
+        self.groups = batches(k, cfg.ipc, cfg.batch_size, cfg.class_batches)
+        self.order = torch.cat(self.groups).to(device)
+        self.sizes = [len(g) for g in self.groups]
+        lo = tf.transform.from_pixels(torch.zeros(1, c, 1, 1))
+        hi = tf.transform.from_pixels(torch.ones(1, c, 1, 1))
+        # ZCA mixes pixels, so no per-channel box holds exactly the valid images: not clipped
+        self.box = None if tf.transform.kind == "zca" else (lo.to(device), hi.to(device))
+
+    def _real_init(self) -> torch.Tensor:
+        from ..data import load_dataset
+        from ..labels.teachers import check_fits
+        from .init import initial_images
+
+        ds = load_dataset(self.tf.dataset, self.cfg.data_root, zca=self.tf.transform.kind == "zca",
+                          limit_train=self.cfg.limit_train)
+        check_fits(self.tf, self.cfg.teacher, ds.info.name, ds.transform.describe(), ds.info.shape,
+                   ds.info.num_classes, ds.info.class_names)
+        images, _, self.indices = initial_images(ds.x_train, ds.y_train, ds.info.num_classes, self.cfg.ipc, "real",
+                                                 self.cfg.seed)
+        return images
+
+    def min_scale(self, it: int) -> float:
+        cfg = self.cfg
+        if cfg.curriculum == "cda":
+            return cda_min_scale(it, cfg.iters, cfg.cda_mode, cfg.milestone, cfg.min_scale)
+        return cfg.min_scale
+
+    def augment(self, x: torch.Tensor, it: int) -> torch.Tensor:
+        """Iteration ``it``'s views of ``x`` (batches in ``self.order``): per batch one crop + flip, one roll."""
+        cfg = self.cfg
+        strategy = "rrc+flip" if cfg.flip else "rrc"
+        config = DSAConfig(strategy=strategy, share="batch", rrc_scale=(self.min_scale(it), 1.0))
+        shape = tuple(x.shape[1:])
+        draws = [sample_dsa(config, 1, shape, generator(cfg.seed, it, g, STREAM_AUG)) for g in range(len(self.sizes))]
+        x = apply_dsa(x, cat_draws(draws, self.sizes))
+        if cfg.jitter:
+            j = cfg.jitter
+            offsets = torch.randint(-j, j + 1, (len(self.sizes), 2), generator=generator(cfg.seed, it, STREAM_JITTER))
+            x = jitter_roll(x, self.sizes, offsets)
+        return x
+
+    def loss(self, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, CE per batch [G], BN term per batch [G]) at the current images (differentiable)."""
+        x = self.augment(self.images[self.order], it)
+        y = self.classes.to(self.device)[self.order]
+        amp = self.cfg.amp and self.device.type == "cuda"
+        with bn_inputs(self.net) as inputs, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = self.net(x)
+        ce = torch.stack([F.cross_entropy(z.float(), t) for z, t in
+                          zip(torch.split(logits, self.sizes), torch.split(y, self.sizes))])
+        bn = bn_loss(inputs, self.running, self.sizes, self.cfg.first_bn_multiplier)
+        return (ce + self.cfg.r_bn * bn).sum(), ce, bn
+
+    def compute_grads(self, it: int) -> dict[str, float]:
+        lr = cosine_lr(self.cfg.lr_img, it, self.cfg.iters)
+        for group in self.opts["images"].param_groups:
+            group["lr"] = lr
+        total, ce, bn = self.loss(it)
+        total.backward()
+        return {"loss": float(total.detach()), "ce": float(ce.detach().mean()), "bn": float(bn.detach().mean()), "lr_img": lr,
+                "min_scale": self.min_scale(it)}
+
+    def after_step(self, it: int) -> None:
+        if self.box is not None:
+            with torch.no_grad():
+                self.images.copy_(torch.maximum(torch.minimum(self.images, self.box[1]), self.box[0]))
+
+    def config(self) -> dict:
+        """The run's identity and the set's config: the settings, the canonical student arch and
+        the teacher file's content hash (a retrained teacher under the same path is another run)."""
+        return {"method": self.method_name, **asdict(self.cfg), "arch": self.arch,
+                "teacher_sha256": self.teacher.source["sha256"]}
+
+    def synset(self, it: int) -> SynSet:
+        tf = self.tf
+        return SynSet.hard(self.images.detach().cpu().clone(), self.classes.clone(), dataset=tf.dataset,
+                           num_classes=tf.num_classes, method=self.method_name, transform=tf.transform,
+                           data={**tf.data, "class_names": list(tf.class_names)},
+                           config=self.config(),
+                           provenance={"seed": self.cfg.seed, "iteration": it, "teacher": self.teacher.source,
+                                       "init_indices": None if self.indices is None else self.indices.tolist()})
+
+
+def run_sre2l(cfg: SRe2LConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
+    """Recover (or resume) the set ``cfg.out`` from the teacher ``cfg.teacher``."""
+    from .loop import synthesize
+
+    method = SRe2L(cfg, device)
+    return synthesize(method, cfg.loop(), cfg.out, method.config(),
+                      progress=progress, bars=bars, evaluate=evaluate)
