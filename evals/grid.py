@@ -335,7 +335,7 @@ class ResultLog:
 def run_grid(groups: Sequence[Group], cfg: EvalConfig, *, note: Callable[[str], None] = print,
              bars: bool = True) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Run (or resume) every job; returns (results by job key, error lines of failed jobs)."""
-    from .executors import execute
+    from condense.executors import execute
 
     folder = Path(str(cfg.json) + ".run")
     log = ResultLog(folder)

@@ -154,8 +154,8 @@ def reference_loss(method: SRe2L, it: int) -> torch.Tensor:
     """SRe2L's way: each batch through the teacher alone, a hook per BN layer computing its term with
     the reference's permute/view variance, CE + r_bn · (first · r_1 + Σ r_l), summed over batches."""
     cfg = method.cfg
-    x_all = method.augment(method.images[method.order], it)  # the same views (sampling is tested apart)
-    y_all = method.classes[method.order]
+    x_all = method.augment(method.images, it)  # the same views (sampling is tested apart)
+    y_all = method.classes
     total, start = 0.0, 0
     for size in method.sizes:
         terms = []
@@ -232,11 +232,22 @@ def test_recovery_lowers_the_loss_and_a_killed_run_resumes_exactly(teacher, tmp_
     assert torch.equal(a.images, resumed.images)
     saved = load_synset(cfg.out)
     assert saved.method == "sre2l" and saved.provenance["teacher"]["sha256"] == saved.config["teacher_sha256"]
+    assert saved.classes.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     lo = saved.transform.from_pixels(torch.zeros(1, 3, 1, 1))
     hi = saved.transform.from_pixels(torch.ones(1, 3, 1, 1))
     assert bool((saved.images >= lo - 1e-6).all() and (saved.images <= hi + 1e-6).all())  # clipped to pixels
     rows = (tmp_path / "b" / "sre2l.h5.run" / "metrics.csv").read_text().splitlines()
     assert "min_scale" in rows[0] and float(rows[1].split(",")[rows[0].split(",").index("min_scale")]) == 1.0
+
+
+def test_shards_on_two_workers_merge_into_the_unsharded_set(teacher, tmp_path):
+    whole = run_sre2l(sre2l_cfg(teacher, tmp_path / "a", ipc=3, batch_size=3), CPU, **QUIET)
+    spread = run_sre2l(sre2l_cfg(teacher, tmp_path / "b", ipc=3, batch_size=3, devices=["cpu", "cpu"]), CPU, **QUIET)
+    torch.testing.assert_close(spread.images, whole.images, rtol=1e-4, atol=1e-5)
+    assert len(spread.provenance["shards"]) == 2 and "shard" not in spread.config
+    part = load_synset(spread.provenance["shards"][1])
+    # batches of 3 classes: [0, 3, 6], [9], [1, 4, 7], [10], ...; shard 1 holds batches 1, 3, 5
+    assert part.provenance["shard"] == [1, 2] and part.provenance["rows"] == [9, 10, 11]
 
 
 # --- rded ------------------------------------------------------------------------------------------

@@ -130,6 +130,11 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--seed",), dict(type=int, help="seed (default 0)")),
     (("--out",), dict(help="synthetic-set file to write (.h5)")),
     (("--device",), dict(help="cpu, cuda or cuda:N (default: cuda if available)")),
+    (("--devices",), dict(type=lambda v: [d.strip() for d in v.split(",") if d.strip()],
+                          help="sre2l: spread the recovery batches over these devices (cuda:0,cuda:1 or cpu,cpu)")),
+    (("--executor",), dict(choices=("local", "ray"), help="sre2l: local (default) or ray (one task per shard)")),
+    (("--address",), dict(help="sre2l --executor ray: the cluster (auto, host:port; default a local Ray)")),
+    (("--shards",), dict(type=int, help="sre2l: shards of the batches (default: one per device; Ray: 2)")),
 ]
 
 

@@ -25,8 +25,10 @@ classes), or with ``class_batches`` (LPLD) one class's images. Batches are indep
 (their own BN statistics and loss), so the loop optimises all of them at once: one
 teacher forward over the whole set, the statistics taken per batch, the batch losses
 summed; Adam being elementwise, every batch follows exactly the path it would alone.
-Randomness of iteration ``it`` (crops, flips, rolls) comes from (seed, it, batch), so a
-resumed run equals an uninterrupted one.
+Batch g's initial images come from (seed, g) and its crops, flips and rolls in iteration
+``it`` from (seed, it, g), so a resumed run equals an uninterrupted one, and the batches
+can be spread over devices or Ray tasks (``devices``, ``executor``: each worker recovers
+every K-th batch as its own resumable run, then the shards are merged) with the same result.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ from .loop import ImageSynthesizer, LoopConfig
 CURRICULA = ("none", "cda")
 CDA_MODES = ("cosine", "linear", "step")
 INITS = ("noise", "real")
-STREAM_AUG, STREAM_JITTER = 31, 32
+STREAM_INIT, STREAM_AUG, STREAM_JITTER = 30, 31, 32
 
 
 @dataclass
@@ -73,6 +75,11 @@ class SRe2LConfig:
     milestone: float = 1.0  # fraction of the iterations over which the curriculum runs
     init: str = "noise"
     amp: bool = True  # bfloat16 autocast of the teacher's forward on CUDA (statistics stay float32); off on CPU
+    # Spread the batches over workers (condense.executors): one shard per device, or per Ray task
+    devices: list[str] | None = None
+    executor: str = "local"
+    address: str | None = None
+    shards: int | None = None  # None: one per device (Ray: 2)
     checkpoint_every: int = 100
     eval_every: int = 0
     eval_epochs: int = 100
@@ -108,6 +115,8 @@ class SRe2LConfig:
             raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.shards is not None and self.shards <= 0:
+            raise ConfigError(f"--shards must be positive, got {self.shards}")
         try:
             parse_arch(self.arch)
         except CondenseError as e:
@@ -206,16 +215,17 @@ def jitter_roll(x: torch.Tensor, sizes: Sequence[int], offsets: torch.Tensor) ->
 # --- the method ----------------------------------------------------------------------------------
 
 class SRe2L(ImageSynthesizer):
-    """The sre2l method as a :class:`~condense.methods.loop.Synthesizer`."""
+    """The sre2l method as a :class:`~condense.methods.loop.Synthesizer`: all batches, or with
+    ``shard=(k, K)`` every K-th batch from batch k (a worker's share; :func:`run_sre2l`)."""
 
     method_name = "sre2l"
 
-    def __init__(self, cfg: SRe2LConfig, device: torch.device):
+    def __init__(self, cfg: SRe2LConfig, device: torch.device, shard: tuple[int, int] = (0, 1)):
         from ..labels.teacher_file import load_teacher_file
         from ..labels.teachers import teacher_of_file
 
         cfg.validate()
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.shard = cfg, device, shard
         tf = load_teacher_file(cfg.teacher)
         if not bn_layers(tf.net):
             raise ConfigError(f"teacher {cfg.teacher} ({tf.arch}) has no BatchNorm layers: sre2l matches their "
@@ -225,17 +235,21 @@ class SRe2L(ImageSynthesizer):
         self.net = tf.net.to(device).eval()
         self.running = [(m.running_mean.detach(), m.running_var.detach()) for m in bn_layers(self.net)]
         k, (c, h, w) = tf.num_classes, tf.image_shape
-        self.classes = torch.arange(k).repeat_interleave(cfg.ipc)
+        self.all_classes = torch.arange(k).repeat_interleave(cfg.ipc)
+        groups = batches(k, cfg.ipc, cfg.batch_size, cfg.class_batches)
+        # this worker's batches, by their global number g: all randomness of batch g is keyed by g
+        self.batch_ids = list(range(shard[0], len(groups), shard[1]))
+        self.index = torch.cat([groups[g] for g in self.batch_ids])  # global image index of each row
+        self.sizes = [len(groups[g]) for g in self.batch_ids]
+        self.classes = self.all_classes[self.index]
         self.indices = None
         if cfg.init == "real":
-            images = self._real_init()
-        else:
-            images = torch.randn(k * cfg.ipc, c, h, w, generator=generator(cfg.seed, 0, 30))
+            images = self._real_init()[self.index]
+        else:  # batch g starts from its own generator, so a shard draws only its images
+            images = torch.cat([torch.randn(len(groups[g]), c, h, w, generator=generator(cfg.seed, g, STREAM_INIT))
+                                for g in self.batch_ids])
         self.images = images.to(device).requires_grad_(True)
         self.opts = {"images": torch.optim.Adam([self.images], lr=cfg.lr_img, betas=(0.5, 0.9), eps=1e-8)}
-        self.groups = batches(k, cfg.ipc, cfg.batch_size, cfg.class_batches)
-        self.order = torch.cat(self.groups).to(device)
-        self.sizes = [len(g) for g in self.groups]
         lo = tf.transform.from_pixels(torch.zeros(1, c, 1, 1))
         hi = tf.transform.from_pixels(torch.ones(1, c, 1, 1))
         # ZCA mixes pixels, so no per-channel box holds exactly the valid images: not clipped
@@ -261,23 +275,25 @@ class SRe2L(ImageSynthesizer):
         return cfg.min_scale
 
     def augment(self, x: torch.Tensor, it: int) -> torch.Tensor:
-        """Iteration ``it``'s views of ``x`` (batches in ``self.order``): per batch one crop + flip, one roll."""
+        """Iteration ``it``'s views of ``x`` (this worker's batches in order): per batch one crop + flip,
+        one roll by (dy, dx) uniform in {-jitter..jitter}, drawn from (seed, it, batch)."""
         cfg = self.cfg
         strategy = "rrc+flip" if cfg.flip else "rrc"
         config = DSAConfig(strategy=strategy, share="batch", rrc_scale=(self.min_scale(it), 1.0))
         shape = tuple(x.shape[1:])
-        draws = [sample_dsa(config, 1, shape, generator(cfg.seed, it, g, STREAM_AUG)) for g in range(len(self.sizes))]
+        draws = [sample_dsa(config, 1, shape, generator(cfg.seed, it, g, STREAM_AUG)) for g in self.batch_ids]
         x = apply_dsa(x, cat_draws(draws, self.sizes))
         if cfg.jitter:
             j = cfg.jitter
-            offsets = torch.randint(-j, j + 1, (len(self.sizes), 2), generator=generator(cfg.seed, it, STREAM_JITTER))
+            offsets = torch.stack([torch.randint(-j, j + 1, (2,), generator=generator(cfg.seed, it, g, STREAM_JITTER))
+                                   for g in self.batch_ids])
             x = jitter_roll(x, self.sizes, offsets)
         return x
 
     def loss(self, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, CE per batch [G], BN term per batch [G]) at the current images (differentiable)."""
-        x = self.augment(self.images[self.order], it)
-        y = self.classes.to(self.device)[self.order]
+        x = self.augment(self.images, it)
+        y = self.classes.to(self.device)
         amp = self.cfg.amp and self.device.type == "cuda"
         with bn_inputs(self.net) as inputs, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             logits = self.net(x)
@@ -303,23 +319,98 @@ class SRe2L(ImageSynthesizer):
     def config(self) -> dict:
         """The run's identity and the set's config: the settings, the canonical student arch and
         the teacher file's content hash (a retrained teacher under the same path is another run)."""
-        return {"method": self.method_name, **asdict(self.cfg), "arch": self.arch,
-                "teacher_sha256": self.teacher.source["sha256"]}
+        config = {"method": self.method_name, **{k: v for k, v in asdict(self.cfg).items() if k not in SPREAD},
+                  "arch": self.arch, "teacher_sha256": self.teacher.source["sha256"]}
+        return config if self.shard == (0, 1) else {**config, "shard": list(self.shard)}
 
     def synset(self, it: int) -> SynSet:
+        """The set in class order. A shard's set holds its own images and zeros elsewhere (its
+        provenance names its batches); :func:`merge_shards` puts the shards together."""
         tf = self.tf
-        return SynSet.hard(self.images.detach().cpu().clone(), self.classes.clone(), dataset=tf.dataset,
+        images = torch.zeros(len(self.all_classes), *tf.image_shape)
+        images[self.index] = self.images.detach().cpu()
+        return SynSet.hard(images, self.all_classes.clone(), dataset=tf.dataset,
                            num_classes=tf.num_classes, method=self.method_name, transform=tf.transform,
                            data={**tf.data, "class_names": list(tf.class_names)},
                            config=self.config(),
                            provenance={"seed": self.cfg.seed, "iteration": it, "teacher": self.teacher.source,
-                                       "init_indices": None if self.indices is None else self.indices.tolist()})
+                                       "init_indices": None if self.indices is None else self.indices.tolist(),
+                                       **({} if self.shard == (0, 1) else {"shard": list(self.shard),
+                                                                           "rows": self.index.tolist()})})
+
+
+SPREAD = ("devices", "executor", "address", "shards")  # where the work runs: not what the set is
 
 
 def run_sre2l(cfg: SRe2LConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
-    """Recover (or resume) the set ``cfg.out`` from the teacher ``cfg.teacher``."""
+    """Recover (or resume) the set ``cfg.out`` from the teacher ``cfg.teacher``: here, or spread
+    over ``cfg.devices`` / Ray as shards of the batches, merged into the same set."""
     from .loop import synthesize
 
+    shards = cfg.shards or (len(cfg.devices) if cfg.devices else (2 if cfg.executor == "ray" else 1))
+    if shards > 1:
+        return run_sharded(cfg, shards, progress=progress)
     method = SRe2L(cfg, device)
-    return synthesize(method, cfg.loop(), cfg.out, method.config(),
-                      progress=progress, bars=bars, evaluate=evaluate)
+    return synthesize(method, cfg.loop(), cfg.out, method.config(), progress=progress, bars=bars, evaluate=evaluate)
+
+
+def shard_path(out: str, k: int, shards: int) -> str:
+    return f"{out}.shard{k}of{shards}.h5"
+
+
+def recover_shard(config: dict, shard: int, shards: int, device: str = "cpu") -> str:
+    """A job (:mod:`condense.jobs`): recover batches shard, shard + shards, ... into their own
+    resumable run; returns the shard's set file."""
+    cfg = SRe2LConfig(**{**config, "devices": None, "executor": "local", "shards": None,
+                         "out": shard_path(config["out"], shard, shards)})
+    method = SRe2L(cfg, torch.device(device), (shard, shards))
+    from .loop import synthesize
+
+    synthesize(method, cfg.loop(), cfg.out, method.config(), progress=lambda m: None, bars=False)
+    return cfg.out
+
+
+def run_sharded(cfg: SRe2LConfig, shards: int, *, progress=print) -> SynSet:
+    """Recover the shards as jobs on ``cfg.devices`` (or Ray), then merge them into ``cfg.out``.
+    Batches are independent and keyed by their global number, so the merged set is the one an
+    unsharded run makes (up to a convolution's rounding at another batch size)."""
+    from ..executors import execute
+    from ..jobs import Job
+
+    cfg.validate()
+    jobs = [Job(f"shard{k}", "condense.methods.sre2l:recover_shard",
+                {"config": asdict(cfg), "shard": k, "shards": shards}) for k in range(shards)]
+    paths, errors = {}, []
+    for res in execute(jobs, executor=cfg.executor, devices=cfg.devices if cfg.executor == "local" else None,
+                       address=cfg.address):
+        if res.ok:
+            paths[res.key] = res.value
+            progress(f"{res.key} of {shards} done on {res.device} ({res.seconds:.0f} s)")
+        else:
+            errors.append(f"{res.key}: {res.error.splitlines()[0]}")
+    if errors:
+        raise CondenseError(f"{len(errors)} of {shards} shards failed (rerun to resume them); first: {errors[0]}")
+    return merge_shards([paths[f"shard{k}"] for k in range(shards)], cfg.out)
+
+
+def merge_shards(paths: Sequence[str], out: str) -> SynSet:
+    """One set from shard sets: each contributes the rows its provenance names."""
+    from ..synset import load_synset
+
+    parts = [load_synset(p) for p in paths]
+    images = torch.zeros_like(parts[0].images)
+    covered = torch.zeros(len(images), dtype=torch.bool)
+    for p in parts:
+        rows = torch.tensor(p.provenance["rows"])
+        images[rows] = p.images[rows]
+        covered[rows] = True
+    if not bool(covered.all()):
+        raise CondenseError(f"the shards {', '.join(paths)} do not cover every image of the set")
+    first = parts[0]
+    config = {k: v for k, v in first.config.items() if k != "shard"}
+    provenance = {k: v for k, v in first.provenance.items() if k not in ("shard", "rows")}
+    s = SynSet.hard(images, first.classes.clone(), dataset=first.dataset, num_classes=first.num_classes,
+                    method=first.method, transform=first.transform, data=first.data, config=config,
+                    provenance={**provenance, "shards": [str(p) for p in paths]})
+    s.save(out)
+    return s

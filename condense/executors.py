@@ -1,0 +1,165 @@
+"""Executors: where the evaluation harness and the sharded methods run their jobs (:mod:`condense.jobs`).
+
+One entry point, :func:`execute`, yields one :class:`~condense.jobs.JobResult` per job in
+completion order, whatever the executor:
+
+- ``local``: :func:`condense.jobs.run_jobs`: in this process for one device, else a pool
+  of one spawn worker per listed device (``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]``
+  for CPU workers). Devices are checked first (:func:`condense.jobs.parse_device`).
+- ``ray``: one Ray task per job. ``address`` None or ``"local"`` starts a local Ray
+  instance with one CPU per core (shut down again afterwards); ``"auto"`` connects to the
+  cluster started on this machine (``ray start --head``) or named by ``RAY_ADDRESS``;
+  ``"host:port"`` or ``"ray://host:port"`` connects to that cluster. A Ray session this
+  process has already opened is used as it is. Where the cluster has GPUs every task
+  asks for one GPU and runs its job on ``"cuda"``; otherwise tasks run on ``"cpu"``
+  and ask for ``threads`` CPUs. Ray does not retry a job whose worker died: it is
+  reported as failed, like any other failing job.
+
+``threads`` is torch's thread count in every worker (in-process: for the duration of
+each job). Results are identical across executors at the same thread count (and the
+same device type); that is what "identical across executors" means (docs/DESIGN.md).
+Defaults: local keeps :func:`~condense.jobs.run_jobs`'s split of the cores; ray uses 1
+thread per task, i.e. one task per core.
+
+User mistakes (an unknown executor or device, ray not installed, an unreachable cluster)
+raise :class:`~condense.errors.ConfigError` with a one-line message, when
+:func:`execute` is called, before any job runs. A failing job never stops the others.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from condense.errors import ConfigError
+from condense.jobs import Job, JobResult, parse_device, run_jobs, run_one
+
+EXECUTORS = ("local", "ray")
+RAY_DEFAULT_PORT = 6379
+CONNECT_TIMEOUT_S = 5.0  # how long to wait for a Ray cluster's port to answer
+RAY_INSTALL_HINT = "--executor ray needs the ray package: pip install 'condense[ray]'"
+
+
+def execute(jobs: Sequence[Job], *, executor: str = "local", devices: Sequence[str] | None = None,
+            address: str | None = None, threads: int | None = None) -> Iterator[JobResult]:
+    """Run ``jobs`` with ``executor``; yields one :class:`JobResult` per job as each finishes.
+
+    devices: local only (default ``["cpu"]``, in-process; ray accepts only None or that
+    default, as callers pass their configured devices through). address: ray only (see the
+    module docstring). threads: torch threads per worker (>= 1). Options are checked
+    now (a Ray cluster's size when the first result is asked for); jobs run while the
+    returned iterator is consumed, and closing it early stops the workers or cancels the
+    Ray tasks still pending.
+    """
+    jobs = list(jobs)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    if executor == "local":
+        if address is not None:
+            raise ConfigError("--address is for --executor ray; the local executor runs on this machine")
+        devices = list(devices) if devices is not None else ["cpu"]
+        if not devices:
+            raise ConfigError("no devices given: use e.g. cpu, cuda or cuda:0,cuda:1")
+        for d in devices:
+            parse_device(d)
+        return run_jobs(jobs, devices, threads=threads)
+    if executor == "ray":
+        if devices is not None and list(devices) != ["cpu"]:  # ["cpu"] is the local default: harmless
+            raise ConfigError("--devices is for the local executor; Ray places jobs on the cluster's "
+                              "GPUs (or CPUs) itself")
+        ray = _import_ray()
+        _check_reachable(address)
+        return _run_ray(ray, jobs, address, threads or 1)
+    raise ConfigError(f"unknown executor {executor!r} (use one of: {', '.join(EXECUTORS)})")
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(RAY_INSTALL_HINT) from None
+    return ray
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail fast (one line) when a named cluster does not answer: ray.init would retry for minutes."""
+    if address is None or address == "local":
+        return
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address  # private: may move
+            target = canonicalize_bootstrap_address("auto")
+        except Exception:  # an unknown Ray version: let ray.init find the cluster
+            return
+        if target is None:
+            raise ConfigError("--address auto: no running Ray cluster found on this machine "
+                              "(start one with 'ray start --head', or set RAY_ADDRESS)")
+    hostport = target.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep:
+        host, port = hostport, str(RAY_DEFAULT_PORT)
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ConfigError(f"bad Ray address {address!r} (use host:port, ray://host:port, auto or local)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {hostport}: {e.strerror or e}") from None
+
+
+def _ray_job(job: Job, device: str, threads: int) -> JobResult:
+    """The body of every Ray task: same thread count as the local executor, then the job."""
+    torch.set_num_threads(threads)
+    return run_one(job, device)
+
+
+def _run_ray(ray: Any, jobs: list[Job], address: str | None, threads: int) -> Iterator[JobResult]:
+    started = False
+    if not ray.is_initialized():
+        try:
+            if address is None or address == "local":
+                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+            else:
+                ray.init(address=address)
+        except Exception as e:
+            where = "start a local Ray instance" if address in (None, "local") else f"connect to Ray at {address}"
+            raise ConfigError(f"could not {where}: {_first_line(e)}") from None
+        started = True
+    pending: dict[Any, Job] = {}
+    try:
+        resources = ray.cluster_resources()
+        if resources.get("GPU", 0) > 0:
+            device, options = "cuda", {"num_gpus": 1, "num_cpus": threads}
+        else:
+            device, options = "cpu", {"num_cpus": threads}
+        most = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        if threads > most:
+            raise ConfigError(f"{threads} threads per task, but no Ray node has more than {most:g} CPUs")
+        task = ray.remote(_ray_job).options(max_retries=0, **options)
+        pending = {task.remote(job, device, threads): job for job in jobs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                job = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # the worker died, or the result did not come back
+                    result = JobResult(job.key, False, error=_first_line(e), device=device)
+                yield result
+    finally:
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+        if started:
+            ray.shutdown()
