@@ -405,3 +405,17 @@ def test_the_decoupled_pipeline_runs_scores_every_family_and_resumes(tmp_path, c
     out = capsys.readouterr().out
     assert "already trained" in out and "already synthesized" in out and "already selected" in out
     assert "already labelled" in out and "resuming" in out
+
+
+def test_per_view_labels_spread_over_two_workers_equal_one_process(teacher, tmp_path):
+    from condense.labels.run import LabelsConfig, run_labels
+
+    s = run_rded(RDEDConfig(teacher=teacher, ipc=1, arch=ARCH, num_crop=2, candidates=8, out=str(tmp_path / "r.h5")),
+                 CPU, **QUIET)
+    base = dict(synset=s.config["out"], views="per-epoch", view_epochs=5, view_strategy="rrc+flip", temperature=2.0)
+    one = run_labels(LabelsConfig(**base, out=str(tmp_path / "one.h5")), progress=lambda m: None, bars=False)
+    two = run_labels(LabelsConfig(**base, devices=["cpu", "cpu"], out=str(tmp_path / "two.h5")),
+                     progress=lambda m: None, bars=False)
+    torch.testing.assert_close(two.labels, one.labels, rtol=1e-5, atol=1e-5)
+    assert two.label_spec == one.label_spec
+    assert two.provenance["labels_run"] == one.provenance["labels_run"]  # where it ran is not what it is

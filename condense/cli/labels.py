@@ -59,6 +59,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="projector training steps (default 1500)")
     c.add_argument("--projector-lr", dest="projector_lr", type=float, default=3e-3, help="projector Adam lr")
     c.add_argument("--threads", type=int, help="torch CPU threads")
+    w = p.add_argument_group("spreading the per-epoch views")
+    w.add_argument("--devices", type=lambda v: [d.strip() for d in v.split(",") if d.strip()],
+                   help="label ranges of epochs on these devices at once (cuda:0,cuda:1 or cpu,cpu)")
+    w.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray")
+    w.add_argument("--address", help="--executor ray: the cluster (auto, host:port; default a local Ray)")
     p.set_defaults(handler=handle)
 
 
@@ -94,7 +99,8 @@ def handle(args: argparse.Namespace) -> int:
                        teacher_epoch=args.teacher_epoch, committee=args.committee, views=args.views,
                        view_epochs=args.view_epochs, view_seed=args.view_seed, view_strategy=args.view_strategy,
                        temperature=args.temperature, codec=args.codec, projector_steps=args.projector_steps,
-                       projector_lr=args.projector_lr, out=args.out)
+                       projector_lr=args.projector_lr, out=args.out, devices=args.devices, executor=args.executor,
+                       address=args.address)
     run_labels(cfg)
     print(info(cfg.out))
     return 0

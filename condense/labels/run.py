@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from condense.errors import ConfigError, CondenseError
 from condense.synset import SynSet, file_sha256, load_synset
 
 DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
+SPREAD = ("devices", "executor", "address")  # where the work runs: not what the labels are
 
 
 @dataclass
@@ -32,6 +34,10 @@ class LabelsConfig:
     projector_steps: int = 1500
     projector_lr: float = 3e-3
     out: str | None = None
+    # spread the per-epoch views over workers (condense.executors): a range of epochs per job
+    devices: list[str] | None = None
+    executor: str = "local"
+    address: str | None = None
 
     def validate(self) -> None:
         from condense.augment import DSAConfig
@@ -70,17 +76,21 @@ def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSe
     fit.validate()
     if not os.path.exists(cfg.synset):
         raise ConfigError(f"no such synthetic-set file: {cfg.synset}")
-    record = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "synset")}, "input_sha256": file_sha256(cfg.synset)}
+    record = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "synset", *SPREAD)},
+              "input_sha256": file_sha256(cfg.synset)}
     done = _already_done(cfg.out, record)
     if done is not None:
         progress(f"{cfg.out}: already labelled with these settings")
         return done
     s = load_synset(cfg.synset)
     if cfg.teacher or cfg.views:
-        teacher = load_teacher(cfg.teacher or recorded_teacher(s, cfg.synset), s, expert=cfg.teacher_expert,
-                               epoch=cfg.teacher_epoch, committee=cfg.committee)
+        cfg.teacher = cfg.teacher or recorded_teacher(s, cfg.synset)
+        teacher = load_teacher(cfg.teacher, s, expert=cfg.teacher_expert, epoch=cfg.teacher_epoch,
+                               committee=cfg.committee)
+        spread = (cfg.devices and len(cfg.devices) > 1) or cfg.executor == "ray"
         s = relabel(s, teacher, views=cfg.views or "static", epochs=cfg.view_epochs, temperature=cfg.temperature,
-                    view_seed=cfg.view_seed, strategy=cfg.view_strategy, progress=bars)
+                    view_seed=cfg.view_seed, strategy=cfg.view_strategy, progress=bars,
+                    labeller=partial(spread_labels, cfg, progress) if spread and cfg.views == "per-epoch" else None)
     if cfg.codec:
         s = compress(s, cfg.codec, fit, progress=bars)
     s.provenance = dict(s.provenance, labels_run=record)
@@ -96,3 +106,48 @@ def _already_done(out: str, record: dict) -> SynSet | None:
     except CondenseError:
         return None
     return s if s.provenance.get("labels_run") == record else None
+
+
+def spread_labels(cfg: LabelsConfig, note, images, teacher, num_classes, *, epochs: int, progress: bool = False, **kw):
+    """:func:`~condense.labels.relabel.label_images` with the epochs split into one range per
+    worker (jobs on ``cfg.devices`` or Ray); every view is keyed by (view_seed, epoch), so the
+    labels are those of one process (up to a convolution's rounding on another device)."""
+    import torch
+
+    from condense.executors import execute
+    from condense.jobs import Job
+
+    workers = len(cfg.devices) if cfg.executor == "local" else 2
+    bounds = [round(epochs * k / workers) for k in range(workers + 1)]
+    jobs = [Job(f"epochs{a}-{b}", "condense.labels.run:label_epochs",
+                {"config": asdict(cfg), "first": a, "stop": b}) for a, b in zip(bounds, bounds[1:]) if b > a]
+    parts, errors = {}, []
+    for res in execute(jobs, executor=cfg.executor, devices=cfg.devices if cfg.executor == "local" else None,
+                       address=cfg.address):
+        if res.ok:
+            parts[res.key] = res.value
+            note(f"labelled {res.key} on {res.device} ({res.seconds:.0f} s)")
+        else:
+            errors.append(f"{res.key}: {res.error.splitlines()[0]}")
+    if errors:
+        raise CondenseError(f"{len(errors)} labelling job(s) failed; first: {errors[0]}")
+    labels = torch.cat([torch.from_numpy(parts[j.key]) for j in jobs])
+    from condense.synset import LabelSpec
+
+    return labels, LabelSpec(kind="logits", loss="kl", temperature=kw["temperature"], view_mode="per-view",
+                             view_seed=int(kw["view_seed"]), view_strategy=kw["strategy"])
+
+
+def label_epochs(config: dict, first: int, stop: int, device: str = "cpu"):
+    """A job: the per-view labels of epochs first..stop-1 of ``config``'s set and teacher."""
+    from . import load_teacher
+    from .relabel import label_images
+
+    cfg = LabelsConfig(**config)
+    s = load_synset(cfg.synset)
+    teacher = load_teacher(cfg.teacher, s, expert=cfg.teacher_expert, epoch=cfg.teacher_epoch,
+                           committee=cfg.committee).to(device)
+    labels, _ = label_images(s.images.to(device), teacher, s.num_classes, views="per-epoch", epochs=stop,
+                             temperature=cfg.temperature, view_seed=cfg.view_seed, strategy=cfg.view_strategy,
+                             first_epoch=first)
+    return labels.numpy()  # plain arrays travel between processes; tensors would share memory with a finished worker

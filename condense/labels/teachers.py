@@ -27,6 +27,10 @@ class Teacher:
     nets: list[nn.Module]
     source: dict[str, Any] = field(default_factory=dict)
 
+    def to(self, device: str | torch.device) -> "Teacher":
+        self.nets = [net.to(device) for net in self.nets]
+        return self
+
     @torch.no_grad()
     def logits(self, x: torch.Tensor, temperature: float = 1.0, batch: int = 512) -> torch.Tensor:
         """Teacher logits [B, K] for images ``x`` [B, C, H, W] (committee: see module doc)."""
