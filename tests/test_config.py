@@ -7,6 +7,8 @@ import pytest
 
 from condense.config import load_preset, make_config, preset_names, preset_section
 from condense.errors import ConfigError
+from condense.labels.run import LabelsConfig
+from condense.labels.squeeze import TeacherConfig
 from condense.methods import get_method
 from evals.grid import EvalConfig
 from evals.pipeline import RunConfig, step_config, step_kind
@@ -15,7 +17,8 @@ from condense.stats import summarize
 
 # Which dataclass validates each preset section (by kind: the name up to the first '-'); a new command
 # adds its row. synth: the config of its method.
-SECTIONS = {"run": RunConfig, "buffer": BufferConfig, "synth": None, "eval": EvalConfig}
+SECTIONS = {"run": RunConfig, "buffer": BufferConfig, "teacher": TeacherConfig, "synth": None, "labels": LabelsConfig,
+            "eval": EvalConfig}
 
 
 @dataclass
@@ -68,11 +71,21 @@ def test_every_shipped_preset_loads_and_validates(name):
             cfg = step_config("synth", values, name)[1]
             if getattr(cfg, "trajectories", None) == "":  # a pipeline's tm reads its buffer step's store
                 cfg.trajectories = "<the buffer step's store>"
+            if hasattr(cfg, "teacher") and cfg.teacher is None:  # sre2l, rded: the pipeline's teacher step
+                cfg.teacher = "<the teacher step's file>"
             cfg.validate()
             continue
-        if step_kind(section) == "eval" and "sets" in values:  # a pipeline's eval names synth steps run before it
+        if step_kind(section) == "labels":  # a pipeline's labels step names a set step run before it
             steps = data["run"]["steps"]
-            assert all(step_kind(s) == "synth" and steps.index(s) < steps.index(section) for s in values.pop("sets"))
+            assert step_kind(values["set"]) in ("synth", "labels") and steps.index(values["set"]) < steps.index(section)
+            cfg = step_config("labels", values, name)[1]
+            cfg.synset, cfg.out = "<the set>", cfg.out or "<out>"
+            cfg.validate()
+            continue
+        if step_kind(section) == "eval" and "sets" in values:  # a pipeline's eval names set steps run before it
+            steps = data["run"]["steps"]
+            assert all(step_kind(s) in ("synth", "labels") and steps.index(s) < steps.index(section)
+                       for s in values.pop("sets"))
         cls = SECTIONS[step_kind(section)] or get_method(values.pop("method")).config
         make_config(cls, values, where=name).validate()
 
