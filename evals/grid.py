@@ -66,6 +66,7 @@ class EvalConfig:
     dsa_strategy: str | None = None  # None: a per-view set's own view strategy, else DSA's default
     scores: bool = False  # DD-Ranking's fair scores: adds full data, hard and no-augmentation rows, random alike
     full_runs: int | None = None  # runs of the full-data reference (None: --runs); HLR uses their mean
+    full_accuracy: float | None = None  # --scores: a given full-data accuracy (percent) instead of training on it
     lrs_weight: float = 0.5  # w of LRS (DD-Ranking's default)
     ars_weight: float = 0.5  # gamma of ARS (DD-Ranking's default)
 
@@ -174,7 +175,14 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
                 groups.append(Group(rnd, arch, v, p, "random", ipc))
 
     def add_full(dataset: str, arch: str) -> None:
+        if cfg.full_accuracy is not None and cfg.baseline != "full":
+            return  # HLR uses the given number
         base = Source("full", dataset, data_root=cfg.data_root)
+        from condense.data.lazy import LazyImages
+
+        if isinstance(dataset_of(base).x_train, LazyImages):
+            raise ConfigError(f"{dataset} is read from its files as needed, so condense does not train on all of it: "
+                              "give --full-accuracy PERCENT (e.g. the teacher architecture's published accuracy) for HLR")
         p = cfg.protocol(FULL_DATA_EPOCHS)
         if (base, arch, "set", p) not in seen:
             seen.add((base, arch, "set", p))

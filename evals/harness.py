@@ -23,9 +23,10 @@ def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str]
     groups = plan(cfg, list(paths))
     done, errors = run_grid(groups, cfg, note=note, bars=bars)
     rows = aggregate(groups, cfg, done)
-    score_rows = scores(rows, cfg.lrs_weight, cfg.ars_weight)
+    score_rows = scores(rows, cfg.lrs_weight, cfg.ars_weight, cfg.full_accuracy)
     only_full = cfg.baseline == "full" and not paths
     protocol = {**protocol_dict(cfg.protocol(FULL_DATA_EPOCHS if only_full else None)), "seed": cfg.seed, "runs": cfg.runs,
+                **({"full_accuracy_given": cfg.full_accuracy} if cfg.full_accuracy is not None else {}),
                 "accs_unit": "percent", "split": cfg.split, "seconds": round(time.perf_counter() - t0, 1)}
     doc = to_json(rows, score_rows, protocol, cfg.json, errors)
     if rows:

@@ -45,7 +45,8 @@ def _random_of(rows: Sequence[dict], r: dict, variant: str = "set") -> dict | No
     return _find(rows, **want)
 
 
-def scores(rows: Sequence[dict], lrs_weight: float = 0.5, ars_weight: float = 0.5) -> list[dict[str, Any]]:
+def scores(rows: Sequence[dict], lrs_weight: float = 0.5, ars_weight: float = 0.5,
+           full_accuracy: float | None = None) -> list[dict[str, Any]]:
     """The paired comparisons of every set row (variant ``set``) with its references, and
     DD-Ranking's fair scores where their rows exist (:func:`fair_scores`)."""
     out = []
@@ -59,7 +60,7 @@ def scores(rows: Sequence[dict], lrs_weight: float = 0.5, ars_weight: float = 0.
                 other = _find(rows, synset=r["synset"], arch=r["arch"], variant=ref)
             if other is not None:
                 out.append({"synset": r["synset"], "arch": r["arch"], "score": name, **paired(r["accs"], other["accs"])})
-        out += fair_scores(rows, r, lrs_weight, ars_weight)
+        out += fair_scores(rows, r, lrs_weight, ars_weight, full_accuracy)
     return out
 
 
@@ -68,11 +69,13 @@ def normalized_exp(x: float) -> float:
     return (math.exp(x) - math.exp(-1.0)) / (math.e - math.exp(-1.0))
 
 
-def fair_scores(rows: Sequence[dict], r: dict, w: float = 0.5, gamma: float = 0.5) -> list[dict[str, Any]]:
+def fair_scores(rows: Sequence[dict], r: dict, w: float = 0.5, gamma: float = 0.5,
+                full_accuracy: float | None = None) -> list[dict[str, Any]]:
     """HLR, IOR, LRS and ARS of set row ``r`` (DD-Ranking, NUS-HPC-AI-Lab/DD-Ranking ddranking/metrics),
     run by run over the paired runs, then mean ± std ± CI:
 
-    - HLR = acc(full data, hard) − acc(set, hard labels)          (points; full: the mean of its runs)
+    - HLR = acc(full data, hard) − acc(set, hard labels)          (points; full: the mean of its runs,
+                                                                    or ``full_accuracy`` when given)
     - IOR = acc(set, its labels) − acc(random real, same labels and protocol)      (points)
     - LRS = 100 · E(w·IOR − (1 − w)·HLR), with accuracies as fractions
     - ARS = 100 · E(γ·(set − random, augmented) + (1 − γ)·(set − random, not augmented))
@@ -82,7 +85,7 @@ def fair_scores(rows: Sequence[dict], r: dict, w: float = 0.5, gamma: float = 0.
     """
     out = []
     hard = r if r.get("labels") == "hard" else _find(rows, synset=r["synset"], arch=r["arch"], variant="hard")
-    full = _find(rows, baseline="full", arch=r["arch"])
+    full = {"accs": [full_accuracy]} if full_accuracy is not None else _find(rows, baseline="full", arch=r["arch"])
     rnd = _random_of(rows, r)
 
     def emit(name: str, values: list[float]) -> None:

@@ -281,7 +281,7 @@ def test_rded_picks_the_teachers_most_realistic_crops_deterministically(teacher,
 
     t = load_teacher_file(teacher).net.eval()
     members = torch.nonzero(ds.y_train == 1).flatten()
-    images, picked = select_class(t, ds.x_train[members], 1, cfg, CPU)
+    images, picked = select_class(t, ds.x_train, members, 1, cfg, CPU)
     assert torch.equal(images, s.images[2:4])
     other = run_rded(RDEDConfig(**{**cfg.__dict__, "seed": 1, "out": str(tmp_path / "r3.h5")}), CPU, **QUIET)
     assert not torch.equal(other.images, s.images)

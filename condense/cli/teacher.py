@@ -10,6 +10,8 @@ EXAMPLES = """examples:
   condense teacher --dataset fashion-mnist --arch resnet18 --out runs/fmnist/teacher-r18.h5
   condense teacher --preset fashion-mnist/teacher-cpu
   condense teacher --info runs/fmnist/teacher.h5
+  condense teacher --dataset imagenet-1k --arch resnet18:stem=imagenet --weights resnet18-f37072fd.pth \
+      --out runs/in1k/teacher.h5          torchvision's pretrained ResNet-18 as a teacher file
 
 The file holds the weights (and BatchNorm statistics) only, with the accuracy, data, pixel
 transform and class order they belong to; `condense synth --method sre2l|rded --teacher F`
@@ -38,6 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-train", dest="limit_train", type=int, help="class-balanced subset of the training split")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--weights", help="import a state_dict file instead of training (torchvision resnet18: "
+                                     "--arch resnet18:stem=imagenet); read weights-only")
+    p.add_argument("--measure", action=argparse.BooleanOptionalAction, default=None,
+                   help="--weights: measure the test accuracy (default on)")
     p.add_argument("--out", help="teacher file to write (.h5)")
     p.add_argument("--info", metavar="FILE", help="print what a teacher file records, and exit")
     p.set_defaults(handler=handle)
@@ -47,11 +53,13 @@ def info(path: str) -> str:
     from ..labels.teacher_file import load_teacher_file
 
     t = load_teacher_file(path)
-    names = ", ".join(t.class_names) if t.class_names else "(not recorded)"
+    names = ", ".join(t.class_names[:10]) + (f", ... ({len(t.class_names)})" if len(t.class_names) > 10 else "") \
+        if t.class_names else "(not recorded)"
     val = "-" if t.val_accuracy is None else f"{t.val_accuracy:.2f} %"
     params = sum(p.numel() for p in t.net.parameters())
     return "\n".join([f"{path}: teacher {t.arch} ({params:,} parameters) on {t.dataset}",
-                      f"  accuracy: test {t.accuracy:.2f} %, validation {val}",
+                      f"  accuracy: test {'not measured' if t.accuracy != t.accuracy else f'{t.accuracy:.2f} %'}, "
+                      f"validation {val}",
                       f"  images {list(t.image_shape)}, transform {t.transform.kind}, {t.num_classes} classes: {names}",
                       f"  trained: {t.config.get('protocol', {})}"])
 
@@ -67,5 +75,6 @@ def handle(args: argparse.Namespace) -> int:
     print(f"condense teacher: {describe(cfg)}")
     t = train_teacher(cfg, resolve_device(cfg.device))
     val = "" if t.val_accuracy is None else f", validation {t.val_accuracy:.2f} %"
-    print(f"wrote {cfg.out}: {t.arch} on {t.dataset}, test accuracy {t.accuracy:.2f} %{val}")
+    acc = "not measured" if t.accuracy != t.accuracy else f"{t.accuracy:.2f} %"
+    print(f"wrote {cfg.out}: {t.arch} on {t.dataset}, test accuracy {acc}{val}")
     return 0

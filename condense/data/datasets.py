@@ -43,7 +43,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from condense.data import readers
+from condense.data import lazy, readers
 from condense.data.cache import cache_dir
 from condense.data.subset import balanced_subset, stratified_split
 from condense.data.toy import make_toy
@@ -285,6 +285,12 @@ class RawData:
 
 
 def _as_images(a: Any, what: str, info: DatasetInfo) -> torch.Tensor:
+    from .lazy import LazyImages
+
+    if isinstance(a, LazyImages):  # read from its files when indexed (ImageNet-1k)
+        if tuple(a.shape[1:]) != info.shape:
+            raise DataError(f"{info.name}: {what} gives images {tuple(a.shape[1:])}, expected {info.shape}")
+        return a
     t = torch.as_tensor(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else torch.as_tensor(a)
     if tuple(t.shape[1:]) != info.shape or t.ndim != 4:
         raise DataError(f"{info.name}: {what} has shape {tuple(t.shape)}, expected [N, {', '.join(map(str, info.shape))}]")
@@ -358,17 +364,23 @@ def load_dataset(
     info = _lookup(name).info
     if raw.class_names and raw.class_names != info.class_names:
         info = replace(info, class_names=tuple(raw.class_names))  # e.g. Tiny-ImageNet's words.txt
+    from .lazy import LazyImages
+
+    lazy = isinstance(raw.x_train, LazyImages)
+    take = (lambda x, i: x.subset(i)) if lazy else (lambda x, i: x[i])  # a lazy split stays lazy
     n_val = info.val_size if val_size is None else int(val_size)
     if n_val:
         val_idx, train_idx = stratified_split(raw.y_train, n_val, val_seed)
-        x_train, y_train = raw.x_train[train_idx], raw.y_train[train_idx]
-        x_val, y_val = raw.x_train[val_idx], raw.y_train[val_idx]
+        x_train, y_train = take(raw.x_train, train_idx), raw.y_train[train_idx]
+        x_val, y_val = take(raw.x_train, val_idx), raw.y_train[val_idx]
     else:
         x_train, y_train = raw.x_train, raw.y_train
-        x_val, y_val = raw.x_train[:0].clone(), raw.y_train[:0].clone()
+        x_val, y_val = take(raw.x_train, torch.zeros(0, dtype=torch.int64)), raw.y_train[:0].clone()
     x_test, y_test = raw.x_test, raw.y_test
 
     fitted: ZCA | None = None
+    if zca and lazy:
+        raise DataError(f"{info.name} is read from its files as needed; ZCA needs every training image in memory")
     if zca:
         # Fitted on the un-normalised [0, 1] training pixels, validation excluded (MTT's recipe).
         fitted = ZCA.fit_cached(x_train, zca_eps, key_parts=(info.name,))
@@ -379,9 +391,9 @@ def load_dataset(
 
     if limit_train is not None:
         keep = balanced_subset(y_train, int(limit_train), limit_seed)
-        x_train, y_train = x_train[keep], y_train[keep]
+        x_train, y_train = take(x_train, keep), y_train[keep]
 
-    splits = [transform.from_pixels(x) for x in (x_train, x_val, x_test)]
+    splits = [x.normalized(transform) if lazy else transform.from_pixels(x) for x in (x_train, x_val, x_test)]
 
     meta = {
         "dataset": info.name,
@@ -520,6 +532,15 @@ def _register_builtins() -> None:
         lambda root: readers.read_tiny_imagenet(root),
         locate=lambda root: readers.find_tiny_imagenet(root) is not None,
         expects="tiny-imagenet-200/ with wnids.txt, train/, val/",
+    )
+    register_dataset(
+        "imagenet-1k",
+        DatasetInfo("imagenet-1k", 1000, 3, (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (), 0,
+                    "ImageNet-1k (ILSVRC2012) in the ImageFolder layout, read from its files as needed "
+                    "(Resize 256, CenterCrop 224); the labelled val split serves as the test set", 1281167, 50000),
+        lambda root: lazy.read_imagenet(root),
+        locate=lambda root: lazy.find_imagenet(root) is not None,
+        expects="imagenet-1k/ with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (val sorted into class folders)",
     )
     x, _, _, _ = make_toy(0)
     register_dataset(

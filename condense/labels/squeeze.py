@@ -47,6 +47,11 @@ class TeacherConfig:
     seed: int = 0
     out: str = "runs/teacher.h5"
     device: str | None = None
+    # Import instead of training: a state_dict file (torchvision's resnet18 names are mapped to
+    # resnet18:stem=imagenet); read with weights_only, never unpickled. Accuracy is measured on the
+    # test split unless measure is off.
+    weights: str | None = None
+    measure: bool = True
 
     def protocol(self) -> TrainProtocol:
         p = TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
@@ -81,6 +86,8 @@ def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, pro
         raise ConfigError(f"--arch {arch} cannot take {ds.info.name} images {c}x{h}x{w}: {e}") from None
     net = net.to(device)
     protocol = cfg.protocol()
+    if cfg.weights:
+        return _import(cfg, arch, ds, net.cpu(), device, protocol, progress)
     with bar(total=protocol.epochs, desc=f"teacher {arch}", unit="ep", disable=not progress) as b:
         def on_epoch(epoch, model, loss):
             b.update(1)
@@ -114,5 +121,48 @@ def _already_trained(cfg: TeacherConfig, arch: str) -> TeacherFile | None:
     except CondenseError:
         return None
     want = {k: v for k, v in {**asdict(cfg), "arch": arch}.items() if k not in IGNORED}
-    have = {k: v for k, v in t.config.items() if k not in IGNORED and k != "protocol"}
+    have = {k: v for k, v in t.config.items() if k not in IGNORED and k not in ("protocol", "weights_sha256")}
     return t if have == want else None
+
+
+def load_weights(path: str, net: torch.nn.Module, arch: str) -> None:
+    """Load a state_dict file into ``net`` (torchvision ResNet-18 names mapped), one line on failure."""
+    from condense.nets.resnet import from_torchvision
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"--weights {path}: no such file") from None
+    except Exception as e:  # torch raises several types for files that are not weights-only state_dicts
+        raise ConfigError(f"--weights {path} is not a weights-only state_dict ({type(e).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"--weights {path} does not hold a state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if "fc.weight" in state:
+        state = from_torchvision(state)
+    expected = net.state_dict()
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ConfigError(f"--weights {path} does not fit {arch}: " +
+                          (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}") +
+                          f" ({len(missing)} missing, {len(extra)} unexpected)")
+    for k, t in state.items():
+        if tuple(t.shape) != tuple(expected[k].shape):
+            raise ConfigError(f"--weights {path}: {k} has shape {tuple(t.shape)}, {arch} needs {tuple(expected[k].shape)}")
+    net.load_state_dict(state)
+
+
+def _import(cfg: TeacherConfig, arch: str, ds, net, device, protocol, progress: bool) -> TeacherFile:
+    load_weights(cfg.weights, net, arch)
+    net = net.to(device).eval()
+    test = 100.0 * accuracy(net, ds.x_test, ds.y_test, protocol.test_batch_size) if cfg.measure else float("nan")
+    from condense.synset import file_sha256
+
+    t = TeacherFile(net=net.cpu().eval(), arch=arch, dataset=ds.info.name, num_classes=ds.info.num_classes,
+                    image_shape=ds.info.shape, class_names=tuple(ds.info.class_names), transform=ds.transform,
+                    accuracy=test, config={**asdict(cfg), "arch": arch, "weights_sha256": file_sha256(cfg.weights)},
+                    data=dict(ds.meta))
+    t.save(cfg.out)
+    return t

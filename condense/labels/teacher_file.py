@@ -48,7 +48,7 @@ class TeacherFile:
     image_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
     transform: PixelTransform
-    accuracy: float  # test accuracy, percent
+    accuracy: float  # test accuracy, percent (nan: not measured)
     val_accuracy: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)

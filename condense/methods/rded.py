@@ -96,12 +96,15 @@ def crop_scores(net: torch.nn.Module, crops: torch.Tensor, label: int, size: tup
     return torch.cat(out)
 
 
-def select_class(net, x_class: torch.Tensor, label: int, cfg: RDEDConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class ``label``'s ipc stitched images, the candidate index of each of their cells [ipc·factor²])."""
-    _, c, h, w = x_class.shape
+def select_class(net, x_train, members: torch.Tensor, label: int, cfg: RDEDConfig, device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class ``label``'s ipc stitched images, the index into ``members`` of each of their cells'
+    source image [ipc·factor²]). Only the drawn candidates are read from ``x_train`` (a lazy
+    dataset decodes just those files)."""
+    _, c, h, w = x_train.shape
     ph, pw = h // cfg.factor, w // cfg.factor
-    pick = torch.randperm(len(x_class), generator=generator(cfg.seed, label, STREAM_PICK))[:cfg.candidates]
-    images = x_class[pick].to(device)
+    pick = torch.randperm(len(members), generator=generator(cfg.seed, label, STREAM_PICK))[:cfg.candidates]
+    images = x_train[members[pick]].to(device)
     boxes = square_crops(len(pick) * cfg.num_crop, cfg.min_scale, generator(cfg.seed, label, STREAM_CROP))
     crops = crop_resize(images.repeat_interleave(cfg.num_crop, dim=0), boxes.to(device), (ph, pw))
     scores = crop_scores(net, crops, label, (h, w), cfg.score_batch).view(len(pick), cfg.num_crop)
@@ -140,7 +143,7 @@ def run_rded(cfg: RDEDConfig, device: torch.device, *, progress=print, bars: boo
     images, sources = [], []
     for k in bar(iterable=range(ds.info.num_classes), desc="rded classes", unit="class", disable=not bars):
         members = torch.nonzero(ds.y_train == k).flatten()
-        x, picked = select_class(net, ds.x_train[members], k, cfg, device)
+        x, picked = select_class(net, ds.x_train, members, k, cfg, device)
         images.append(x)
         sources.append(members[picked].view(cfg.factor ** 2, cfg.ipc).t().tolist())  # per image: its cells' sources
     classes = torch.arange(ds.info.num_classes).repeat_interleave(cfg.ipc)

@@ -5,7 +5,10 @@ BasicBlocks (64, 128, 256, 512 channels; stages 2-4 start with stride 2 and a 1x
 convolution + norm shortcut), then global average pooling and ``Linear(512, K)``.
 Convolutions have no bias. Option ``norm``: ``batch`` (default; the reference calls
 this variant ResNet18BN) or ``instance`` (``GroupNorm(C, C, affine=True)``; the
-reference's plain ResNet18).
+reference's plain ResNet18). Option ``stem``: ``cifar`` (default, above; SRe2L/RDED's
+"resnet18_modified") or ``imagenet`` (torchvision's 7x7 stride-2 convolution and 3x3
+stride-2 max-pool, for 224 px ImageNet teachers; :func:`from_torchvision` renames a
+torchvision state_dict to ours).
 
 Decision: the reference pools with ``avg_pool2d(out, 4)``, which is global pooling only
 for 28x28/32x32 inputs and breaks the classifier at 64x64. We use adaptive average
@@ -52,11 +55,15 @@ class ResNet18(Net):
     """ResNet-18 for inputs ``[B, channels, H, W]`` of any size; see the module docstring."""
 
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], *,
-                 norm: str = "batch") -> None:
+                 norm: str = "batch", stem: str = "cifar") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.input_shape = (channels, image_size[0], image_size[1])
-        self.conv1 = nn.Conv2d(channels, STAGES[0], 3, stride=1, padding=1, bias=False)
+        self.stem = stem
+        if stem == "imagenet":  # torchvision's: 7x7 stride 2, then 3x3 max-pool stride 2
+            self.conv1 = nn.Conv2d(channels, STAGES[0], 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(channels, STAGES[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = make_norm(norm, STAGES[0], (0, 0))
         in_planes = STAGES[0]
         for i, planes in enumerate(STAGES):
@@ -81,6 +88,8 @@ class ResNet18(Net):
         """Each stage's output: ``[B, C, H, W]`` -> 4 tensors ``[B, 64..512, h_i, w_i]``."""
         self.check_input(x)
         out = F.relu(self.bn1(self.conv1(x)))
+        if self.stem == "imagenet":
+            out = F.max_pool2d(out, 3, stride=2, padding=1)
         maps = []
         for stage in self._stages():
             out = stage(out)
@@ -103,5 +112,18 @@ def build_resnet18(channels: int, num_classes: int, image_size: tuple[int, int],
     return ResNet18(channels, num_classes, image_size, **options)
 
 
-DEFAULTS = {"norm": "batch"}
-CHOICES = {"norm": ("batch", "instance")}
+DEFAULTS = {"norm": "batch", "stem": "cifar"}
+CHOICES = {"norm": ("batch", "instance"), "stem": ("cifar", "imagenet")}
+
+# torchvision's resnet18 state_dict names -> ours (the rest are equal)
+TORCHVISION_NAMES = ((".downsample.", ".shortcut."), ("fc.", "classifier."))
+
+
+def from_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision ``resnet18`` state_dict renamed for ``resnet18:stem=imagenet``."""
+    out = {}
+    for name, t in state.items():
+        for a, b in TORCHVISION_NAMES:
+            name = name.replace(a, b) if a.startswith(".") else (b + name[len(a):] if name.startswith(a) else name)
+        out[name] = t
+    return out
