@@ -11,7 +11,7 @@ import torch
 from condense.cli.main import build_parser, main
 from condense.synset import load_synset
 
-COMMANDS = ("buffer", "synth", "labels", "eval", "run", "show", "datasets", "convert")
+COMMANDS = ("buffer", "teacher", "synth", "labels", "eval", "run", "show", "datasets", "convert")
 
 
 def run_cli(capsys, *argv):

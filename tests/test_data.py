@@ -395,7 +395,7 @@ def test_available_for_missing_root_names_the_path(tmp_path):
 
 def test_unknown_dataset_lists_known_ones():
     with pytest.raises(DataError) as e:
-        load_dataset("imagenet-1k")
+        load_dataset("imagenet-22k")
     for name in ("fashion-mnist", "cifar10", "toy"):
         assert name in str(e.value)
     with pytest.raises(DataError):
