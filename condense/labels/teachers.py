@@ -26,6 +26,7 @@ class Teacher:
 
     nets: list[nn.Module]
     source: dict[str, Any] = field(default_factory=dict)
+    amp: bool = True  # mixed precision when labelling on CUDA
 
     def to(self, device: str | torch.device) -> "Teacher":
         self.nets = [net.to(device) for net in self.nets]
@@ -35,9 +36,11 @@ class Teacher:
     def logits(self, x: torch.Tensor, temperature: float = 1.0, batch: int = 512) -> torch.Tensor:
         """Teacher logits [B, K] for images ``x`` [B, C, H, W] (committee: see module doc)."""
         out = []
+        amp = self.amp and x.is_cuda  # bfloat16 forward on GPUs (the labels are stored as float32 either way)
         for start in range(0, x.shape[0], batch):
             xb = x[start:start + batch]
-            z = [net(xb) for net in self.nets]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                z = [net(xb).float() for net in self.nets]
             if len(z) == 1:
                 out.append(z[0])
             else:
