@@ -191,6 +191,15 @@ def test_one_forward_for_all_batches_equals_a_forward_per_batch(teacher, tmp_pat
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-6)
 
 
+def test_chunked_forwards_give_the_gradient_of_one_forward(teacher, tmp_path):
+    whole = SRe2L(sre2l_cfg(teacher, tmp_path, ipc=3, batch_size=3, chunk=1000), CPU)
+    chunked = SRe2L(sre2l_cfg(teacher, tmp_path, ipc=3, batch_size=3, chunk=4), CPU)
+    assert len(whole.parts()) == 1 and [(p.start, p.stop) for p in chunked.parts()] == [(0, 2), (2, 4), (4, 6)]
+    a, b = whole.compute_grads(2), chunked.compute_grads(2)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    torch.testing.assert_close(chunked.images.grad, whole.images.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_batches_are_sre2l_and_lpld_layouts():
     assert [b.tolist() for b in batches(3, 2, 100, False)] == [[0, 2, 4], [1, 3, 5]]  # image j of every class
     assert [b.tolist() for b in batches(3, 2, 2, False)] == [[0, 2], [4], [1, 3], [5]]

@@ -80,6 +80,9 @@ class SRe2LConfig:
     executor: str = "local"
     address: str | None = None
     shards: int | None = None  # None: one per device (Ray: 2)
+    # images per teacher forward: whole batches are grouped up to this many (None: 128 on a CPU,
+    # where larger forwards lose cache locality, measured in docs/BENCHMARKS.md; all on a GPU)
+    chunk: int | None = None
     checkpoint_every: int = 100
     eval_every: int = 0
     eval_epochs: int = 100
@@ -274,41 +277,60 @@ class SRe2L(ImageSynthesizer):
             return cda_min_scale(it, cfg.iters, cfg.cda_mode, cfg.milestone, cfg.min_scale)
         return cfg.min_scale
 
-    def augment(self, x: torch.Tensor, it: int) -> torch.Tensor:
-        """Iteration ``it``'s views of ``x`` (this worker's batches in order): per batch one crop + flip,
-        one roll by (dy, dx) uniform in {-jitter..jitter}, drawn from (seed, it, batch)."""
+    def augment(self, x: torch.Tensor, it: int, part: slice = slice(None)) -> torch.Tensor:
+        """Iteration ``it``'s views of ``x``, the rows of this worker's batches ``part``: per batch one
+        crop + flip, one roll by (dy, dx) uniform in {-jitter..jitter}, drawn from (seed, it, batch)."""
         cfg = self.cfg
+        ids, sizes = self.batch_ids[part], self.sizes[part]
         strategy = "rrc+flip" if cfg.flip else "rrc"
         config = DSAConfig(strategy=strategy, share="batch", rrc_scale=(self.min_scale(it), 1.0))
         shape = tuple(x.shape[1:])
-        draws = [sample_dsa(config, 1, shape, generator(cfg.seed, it, g, STREAM_AUG)) for g in self.batch_ids]
-        x = apply_dsa(x, cat_draws(draws, self.sizes))
+        draws = [sample_dsa(config, 1, shape, generator(cfg.seed, it, g, STREAM_AUG)) for g in ids]
+        x = apply_dsa(x, cat_draws(draws, sizes))
         if cfg.jitter:
             j = cfg.jitter
             offsets = torch.stack([torch.randint(-j, j + 1, (2,), generator=generator(cfg.seed, it, g, STREAM_JITTER))
-                                   for g in self.batch_ids])
-            x = jitter_roll(x, self.sizes, offsets)
+                                   for g in ids])
+            x = jitter_roll(x, sizes, offsets)
         return x
 
-    def loss(self, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(total, CE per batch [G], BN term per batch [G]) at the current images (differentiable)."""
-        x = self.augment(self.images, it)
-        y = self.classes.to(self.device)
+    def parts(self) -> list[slice]:
+        """Consecutive batches grouped into teacher forwards of at most ``chunk`` images (whole batches)."""
+        limit = self.cfg.chunk or (128 if self.device.type == "cpu" else sum(self.sizes))
+        out, start, rows = [], 0, 0
+        for b, size in enumerate(self.sizes):
+            if b > start and rows + size > limit:
+                out.append(slice(start, b))
+                start, rows = b, 0
+            rows += size
+        return out + [slice(start, len(self.sizes))]
+
+    def loss(self, it: int, part: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, CE per batch, BN term per batch) of batches ``part`` at the current images (differentiable)."""
+        sizes = self.sizes[part]
+        first = sum(self.sizes[:part.start or 0])
+        rows = slice(first, first + sum(sizes))
+        x = self.augment(self.images[rows], it, part)
+        y = self.classes[rows].to(self.device)
         amp = self.cfg.amp and self.device.type == "cuda"
         with bn_inputs(self.net) as inputs, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             logits = self.net(x)
-        ce = torch.stack([F.cross_entropy(z.float(), t) for z, t in
-                          zip(torch.split(logits, self.sizes), torch.split(y, self.sizes))])
-        bn = bn_loss(inputs, self.running, self.sizes, self.cfg.first_bn_multiplier)
+        ce = torch.stack([F.cross_entropy(z.float(), t) for z, t in zip(torch.split(logits, sizes), torch.split(y, sizes))])
+        bn = bn_loss(inputs, self.running, sizes, self.cfg.first_bn_multiplier)
         return (ce + self.cfg.r_bn * bn).sum(), ce, bn
 
     def compute_grads(self, it: int) -> dict[str, float]:
         lr = cosine_lr(self.cfg.lr_img, it, self.cfg.iters)
         for group in self.opts["images"].param_groups:
             group["lr"] = lr
-        total, ce, bn = self.loss(it)
-        total.backward()
-        return {"loss": float(total.detach()), "ce": float(ce.detach().mean()), "bn": float(bn.detach().mean()), "lr_img": lr,
+        total, ces, bns = 0.0, [], []
+        for part in self.parts():  # batches are independent: each chunk's gradient lands on its own rows
+            loss, ce, bn = self.loss(it, part)
+            loss.backward()
+            total += float(loss.detach())
+            ces.append(ce.detach())
+            bns.append(bn.detach())
+        return {"loss": total, "ce": float(torch.cat(ces).mean()), "bn": float(torch.cat(bns).mean()), "lr_img": lr,
                 "min_scale": self.min_scale(it)}
 
     def after_step(self, it: int) -> None:
@@ -339,7 +361,7 @@ class SRe2L(ImageSynthesizer):
                                                                            "rows": self.index.tolist()})})
 
 
-SPREAD = ("devices", "executor", "address", "shards")  # where the work runs: not what the set is
+SPREAD = ("devices", "executor", "address", "shards", "chunk")  # how the work runs: not what the set is
 
 
 def run_sre2l(cfg: SRe2LConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
