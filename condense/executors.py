@@ -163,3 +163,21 @@ def _run_ray(ray: Any, jobs: list[Job], address: str | None, threads: int) -> It
                 pass
         if started:
             ray.shutdown()
+
+
+def run_all(jobs: Sequence[Job], *, executor: str = "local", devices: Sequence[str] | None = None,
+            address: str | None = None, note=print, what: str = "jobs") -> dict[str, Any]:
+    """Run every job (:func:`execute`) and return their values by key; a failure of any is one
+    CondenseError line after the others finished (naming how many of ``what`` failed)."""
+    from condense.errors import CondenseError
+
+    values, errors = {}, []
+    for res in execute(jobs, executor=executor, devices=devices if executor == "local" else None, address=address):
+        if res.ok:
+            values[res.key] = res.value
+            note(f"{res.key} done on {res.device} ({res.seconds:.0f} s)")
+        else:
+            errors.append(f"{res.key}: {res.error.splitlines()[0]}")
+    if errors:
+        raise CondenseError(f"{len(errors)} of {len(jobs)} {what} failed (rerun to resume); first: {errors[0]}")
+    return values

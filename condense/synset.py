@@ -295,6 +295,12 @@ def load_synset(path: str | os.PathLike) -> SynSet:
     Raises FormatError (one line) for a missing, non-HDF5, truncated, foreign,
     newer-version or internally inconsistent file.
     """
+    return read_h5(path, lambda f: _read(f, Path(path)), "synthetic set")
+
+
+def read_h5(path: str | os.PathLike, read: Any, what: str) -> Any:
+    """``read(f)`` on the HDF5 file ``path``; a missing, unreadable or corrupt file (or a
+    FormatError of ``read``) is one FormatError line naming the file and ``what`` it should be."""
     import h5py
 
     path = Path(path)
@@ -303,14 +309,14 @@ def load_synset(path: str | os.PathLike) -> SynSet:
     try:
         f = h5py.File(path, "r")
     except OSError:
-        raise FormatError(f"{path} is not a readable HDF5 file (truncated or not a synthetic set)") from None
+        raise FormatError(f"{path} is not a readable HDF5 file (truncated or not a {what})") from None
     try:
         with f:
-            return _read(f, path)
+            return read(f)
     except FormatError as e:
         raise FormatError(f"{path}: {e}") from None
-    except (KeyError, ValueError, TypeError, OSError) as e:
-        raise FormatError(f"{path}: corrupt synthetic-set file ({type(e).__name__}: {e})") from None
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as e:
+        raise FormatError(f"{path}: corrupt {what} file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _read(f: Any, path: Path) -> SynSet:

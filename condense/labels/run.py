@@ -114,23 +114,15 @@ def spread_labels(cfg: LabelsConfig, note, images, teacher, num_classes, *, epoc
     labels are those of one process (up to a convolution's rounding on another device)."""
     import torch
 
-    from condense.executors import execute
+    from condense.executors import run_all
     from condense.jobs import Job
 
     workers = len(cfg.devices) if cfg.executor == "local" else 2
     bounds = [round(epochs * k / workers) for k in range(workers + 1)]
     jobs = [Job(f"epochs{a}-{b}", "condense.labels.run:label_epochs",
                 {"config": asdict(cfg), "first": a, "stop": b}) for a, b in zip(bounds, bounds[1:]) if b > a]
-    parts, errors = {}, []
-    for res in execute(jobs, executor=cfg.executor, devices=cfg.devices if cfg.executor == "local" else None,
-                       address=cfg.address):
-        if res.ok:
-            parts[res.key] = res.value
-            note(f"labelled {res.key} on {res.device} ({res.seconds:.0f} s)")
-        else:
-            errors.append(f"{res.key}: {res.error.splitlines()[0]}")
-    if errors:
-        raise CondenseError(f"{len(errors)} labelling job(s) failed; first: {errors[0]}")
+    parts = run_all(jobs, executor=cfg.executor, devices=cfg.devices, address=cfg.address, note=note,
+                    what="labelling jobs")
     labels = torch.cat([torch.from_numpy(parts[j.key]) for j in jobs])
     from condense.synset import LabelSpec
 

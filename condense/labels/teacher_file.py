@@ -84,22 +84,9 @@ class TeacherFile:
 
 def load_teacher_file(path: str | os.PathLike) -> TeacherFile:
     """Read a teacher file; one-line FormatError for a missing, foreign, newer or corrupt file."""
-    import h5py
+    from condense.synset import read_h5
 
-    path = Path(path)
-    if not path.exists():
-        raise FormatError(f"{path}: no such teacher file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise FormatError(f"{path} is not a readable HDF5 file (truncated or not a teacher)") from None
-    try:
-        with f:
-            return _read(f)
-    except FormatError as e:
-        raise FormatError(f"{path}: {e}") from None
-    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as e:
-        raise FormatError(f"{path}: corrupt teacher file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return read_h5(path, _read, "teacher")
 
 
 def _read(f: Any) -> TeacherFile:

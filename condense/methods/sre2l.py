@@ -396,22 +396,14 @@ def run_sharded(cfg: SRe2LConfig, shards: int, *, progress=print) -> SynSet:
     """Recover the shards as jobs on ``cfg.devices`` (or Ray), then merge them into ``cfg.out``.
     Batches are independent and keyed by their global number, so the merged set is the one an
     unsharded run makes (up to a convolution's rounding at another batch size)."""
-    from ..executors import execute
+    from ..executors import run_all
     from ..jobs import Job
 
     cfg.validate()
     jobs = [Job(f"shard{k}", "condense.methods.sre2l:recover_shard",
                 {"config": asdict(cfg), "shard": k, "shards": shards}) for k in range(shards)]
-    paths, errors = {}, []
-    for res in execute(jobs, executor=cfg.executor, devices=cfg.devices if cfg.executor == "local" else None,
-                       address=cfg.address):
-        if res.ok:
-            paths[res.key] = res.value
-            progress(f"{res.key} of {shards} done on {res.device} ({res.seconds:.0f} s)")
-        else:
-            errors.append(f"{res.key}: {res.error.splitlines()[0]}")
-    if errors:
-        raise CondenseError(f"{len(errors)} of {shards} shards failed (rerun to resume them); first: {errors[0]}")
+    paths = run_all(jobs, executor=cfg.executor, devices=cfg.devices, address=cfg.address, note=progress,
+                    what="shards")
     return merge_shards([paths[f"shard{k}"] for k in range(shards)], cfg.out)
 
 
