@@ -201,7 +201,9 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         archs = cfg.archs or [s.config.get("arch") or "convnet"]
         # Every soft-label set gets its hard-label gap (DD-Ranking) unless switched off; --robustness adds no-dsa.
         soft = s.label_spec.kind in ("probabilities", "logits")
-        variants = ["set"] + (["hard"] if soft and (cfg.hard_gap or cfg.scores) else [])
+        # fair scores need every set on hard labels: regression targets (FRePo) train on their classes
+        variants = ["set"] + (["hard"] if (soft and (cfg.hard_gap or cfg.scores)) or
+                              (s.label_spec.kind == "regression" and cfg.scores) else [])
         if cfg.robustness or cfg.scores:
             variants += ["no-dsa"]
         if cfg.also_lr is not None and s.lr is not None and cfg.lr is None:

@@ -154,6 +154,8 @@ def training_data(src: Source, variant: str, seed: int, run: int, temperature: f
     if src.kind == "synset":
         s = _synset(src.path, src.sha256)
         images, labels, spec, lr = s.images, s.labels, s.label_spec, s.lr
+        if variant == "hard" and spec.kind == "regression":  # FRePo's targets: the class each image was made for
+            return images, s.classes, LabelSpec(), lr
     elif src.kind == "random":
         ds = dataset_of(src)
         idx = class_balanced_indices(ds.y_train, int(src.ipc), seed + run)

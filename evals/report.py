@@ -91,10 +91,10 @@ def fair_scores(rows: Sequence[dict], r: dict, w: float = 0.5, gamma: float = 0.
     def emit(name: str, values: list[float]) -> None:
         out.append({"synset": r["synset"], "arch": r["arch"], "score": name, **summarize(values)})
 
-    if hard is not None and full is not None and rnd is not None:
+    ior = [a - b for a, b in zip(r["accs"], rnd["accs"])] if rnd is not None else None
+    if hard is not None and full is not None and ior is not None:
         full_mean = sum(full["accs"]) / len(full["accs"])
         hlr = [full_mean - a for a in hard["accs"]]
-        ior = [a - b for a, b in zip(r["accs"], rnd["accs"])]
         emit("hlr", hlr)
         emit("ior", ior)
         emit("lrs", [100 * normalized_exp((w * i - (1 - w) * h) / 100) for i, h in zip(ior, hlr)])

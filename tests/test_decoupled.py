@@ -428,3 +428,24 @@ def test_per_view_labels_spread_over_two_workers_equal_one_process(teacher, tmp_
     torch.testing.assert_close(two.labels, one.labels, rtol=1e-5, atol=1e-5)
     assert two.label_spec == one.label_spec
     assert two.provenance["labels_run"] == one.provenance["labels_run"]  # where it ran is not what it is
+
+
+def test_regression_targets_train_on_their_classes_in_the_hard_row(tmp_path):
+    from condense.data import load_dataset
+    from condense.synset import LabelSpec, SynSet, file_sha256
+    from evals.protocol import Source, training_data
+
+    ds = load_dataset("toy")
+    classes = torch.arange(4).repeat_interleave(2)
+    targets = torch.randn(8, 4, generator=generator(3))  # FRePo-like learned class scores
+    s = SynSet(images=ds.x_train[:8].clone(), classes=classes, labels=targets, dataset="toy", num_classes=4,
+               method="frepo", label_spec=LabelSpec(kind="regression", loss="mse"), transform=ds.transform,
+               data=dict(ds.meta), config={"arch": ARCH})
+    path = str(s.save(tmp_path / "frepo.h5"))
+    src = Source.of_synset(path, s, file_sha256(path))
+    _, labels, spec, _ = training_data(src, "hard", 0, 0)
+    assert torch.equal(labels, classes) and spec.kind == "hard"
+    from evals.grid import EvalConfig, plan
+
+    variants = {(g.method, g.variant) for g in plan(EvalConfig(runs=1, epochs=1, scores=True, full_runs=1), [path])}
+    assert ("frepo", "hard") in variants and ("full", "set") in variants
