@@ -410,6 +410,17 @@ def test_the_decoupled_pipeline_runs_scores_every_family_and_resumes(tmp_path, c
     assert load_synset(tmp_path / "sre2l_ipc1.soft.h5").provenance["teacher"]["file"] == str(tmp_path / "teacher.h5")
     out = capsys.readouterr().out
     assert "fair scores" in out
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fair_scores_table.py"
+    table = subprocess.run([sys.executable, str(script), str(tmp_path / "results.json"), "--steps",
+                            str(tmp_path / "steps.jsonl")], capture_output=True, text=True, check=True).stdout
+    lines = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| `")}
+    assert {"`sre2l_ipc1.soft.h5`", "`rded_ipc1.top2.h5`", "`dm_ipc1.h5`", "`synth-sre2l`"} <= set(lines)
+    lrs = next(x for x in doc["scores"] if x["score"] == "lrs" and x["synset"].endswith("dm_ipc1.h5"))
+    assert f"{lrs['mean']:.2f}" in lines["`dm_ipc1.h5`"]
     assert main(argv) == 0  # a rerun finds every step done
     out = capsys.readouterr().out
     assert "already trained" in out and "already synthesized" in out and "already selected" in out
