@@ -3,7 +3,7 @@
 Top-level names are the ones a notebook needs first; everything else lives in its
 module (``condense.data``, ``condense.nets``, ``condense.augment``, ...).
 """
-__version__ = "0.3.1"
+__version__ = "0.4.0"
 
 from .perf import tune_cpu_allocator  # noqa: E402
 
