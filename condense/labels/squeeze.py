@@ -122,7 +122,20 @@ def _already_trained(cfg: TeacherConfig, arch: str) -> TeacherFile | None:
         return None
     want = {k: v for k, v in {**asdict(cfg), "arch": arch}.items() if k not in IGNORED}
     have = {k: v for k, v in t.config.items() if k not in IGNORED and k not in ("protocol", "weights_sha256")}
+    defaults = asdict(TeacherConfig())
+    # a setting the file predates was at its default then
+    have.update({k: defaults[k] for k in want if k not in have})
+    if cfg.weights and t.config.get("weights_sha256") != _sha256(cfg.weights):
+        return None
     return t if have == want else None
+
+
+def _sha256(path: str) -> str | None:
+    import os
+
+    from condense.synset import file_sha256
+
+    return file_sha256(path) if os.path.exists(path) else None
 
 
 def load_weights(path: str, net: torch.nn.Module, arch: str) -> None:
