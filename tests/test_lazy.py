@@ -63,7 +63,7 @@ def test_torchvision_resnet18_imports_as_a_teacher_with_the_same_outputs(folder,
     tv = torchvision.models.resnet18(num_classes=4).eval()
     torch.save(tv.state_dict(), tmp_path / "r18.pth")
     out = tmp_path / "teacher.h5"
-    assert main(["teacher", "--dataset", "lazytoy", "--arch", "resnet18:stem=imagenet", "--weights",
+    assert main(["teacher", "--dataset", "lazytoy", "--arch", "resnet18-imagenet", "--weights",
                  str(tmp_path / "r18.pth"), "--out", str(out)]) == 0
     t = load_teacher_file(out)
     x = load_dataset("lazytoy").x_test[0:4]
@@ -76,7 +76,7 @@ def test_torchvision_resnet18_imports_as_a_teacher_with_the_same_outputs(folder,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "conv1.weight has shape (64, 3, 7, 7)" in err[0]
     torch.save({"not": "weights", "x": [1, 2]}, tmp_path / "bad.pth")
-    assert main(["teacher", "--dataset", "lazytoy", "--arch", "resnet18:stem=imagenet", "--weights",
+    assert main(["teacher", "--dataset", "lazytoy", "--arch", "resnet18-imagenet", "--weights",
                  str(tmp_path / "bad.pth"), "--out", str(tmp_path / "y.h5")]) == 2
 
 
@@ -93,7 +93,7 @@ def test_rded_labels_and_fair_scores_run_on_a_lazy_dataset(folder, tmp_path):
     import torchvision
 
     torch.save(torchvision.models.resnet18(num_classes=4).state_dict(), tmp_path / "r18.pth")
-    train_teacher(TeacherConfig(dataset="lazytoy", arch="resnet18:stem=imagenet", weights=str(tmp_path / "r18.pth"),
+    train_teacher(TeacherConfig(dataset="lazytoy", arch="resnet18-imagenet", weights=str(tmp_path / "r18.pth"),
                                 out=teacher), CPU, progress=False)
     s = run_rded(RDEDConfig(teacher=teacher, ipc=1, arch="convnet:width=8", factor=2, num_crop=2, candidates=4,
                             out=str(tmp_path / "rded.h5")), CPU, **QUIET)

@@ -286,7 +286,7 @@ def test_spec_is_canonical_and_typed():
 
 @pytest.mark.parametrize("text,pattern", [
     ("", r"empty architecture spec; available: .*convnet"),
-    ("convnot", r"unknown architecture 'convnot'; available: alexnet, convnet, .*mlp, resnet18, vgg11"),
+    ("convnot", r"unknown architecture 'convnot'; available: alexnet, convnet, .*mlp, resnet18, resnet18-imagenet, vgg11"),
     ("convnet:widht=3", r"convnet has no option 'widht'; valid options: act, depth, norm, pool, width"),
     ("convnet:width=abc", r"width='abc' is not a valid int"),
     ("convnet:width=0", r"width=0 must be an integer from 1"),

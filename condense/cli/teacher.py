@@ -10,7 +10,7 @@ EXAMPLES = """examples:
   condense teacher --dataset fashion-mnist --arch resnet18 --out runs/fmnist/teacher-r18.h5
   condense teacher --preset fashion-mnist/teacher-cpu
   condense teacher --info runs/fmnist/teacher.h5
-  condense teacher --dataset imagenet-1k --arch resnet18:stem=imagenet --weights resnet18-f37072fd.pth \
+  condense teacher --dataset imagenet-1k --arch resnet18-imagenet --weights resnet18-f37072fd.pth \
       --out runs/in1k/teacher.h5          torchvision's pretrained ResNet-18 as a teacher file
 
 The file holds the weights (and BatchNorm statistics) only, with the accuracy, data, pixel
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--weights", help="import a state_dict file instead of training (torchvision resnet18: "
-                                     "--arch resnet18:stem=imagenet); read weights-only")
+                                     "--arch resnet18-imagenet); read weights-only")
     p.add_argument("--measure", action=argparse.BooleanOptionalAction, default=None,
                    help="--weights: measure the test accuracy (default on)")
     p.add_argument("--out", help="teacher file to write (.h5)")

@@ -48,7 +48,7 @@ class TeacherConfig:
     out: str = "runs/teacher.h5"
     device: str | None = None
     # Import instead of training: a state_dict file (torchvision's resnet18 names are mapped to
-    # resnet18:stem=imagenet); read with weights_only, never unpickled. Accuracy is measured on the
+    # resnet18-imagenet); read with weights_only, never unpickled. Accuracy is measured on the
     # test split unless measure is off.
     weights: str | None = None
     measure: bool = True

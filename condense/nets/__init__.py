@@ -6,7 +6,7 @@
     layout = nets.FlatLayout.of(net)            # MTT buffer order for the ConvNet
     logits = nets.functional_call(net, layout.flatten(net), x)
 
-Built-in architectures: ``convnet``, ``resnet18``, ``vgg11``, ``alexnet``, ``mlp``
+Built-in architectures: ``convnet``, ``resnet18`` (``resnet18-imagenet``: torchvision's stem), ``vgg11``, ``alexnet``, ``mlp``
 (see their modules for options and the choices made); add your own with
 :func:`register_arch`.
 """
@@ -26,6 +26,7 @@ __all__ = [
 for _name, _module, _factory in (
     ("convnet", convnet, convnet.build_convnet),
     ("resnet18", resnet, resnet.build_resnet18),
+    ("resnet18-imagenet", resnet, resnet.build_resnet18_imagenet),
     ("vgg11", vgg, vgg.build_vgg11),
     ("alexnet", alexnet, alexnet.build_alexnet),
     ("mlp", mlp, mlp.build_mlp),

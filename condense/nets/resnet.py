@@ -5,10 +5,10 @@ BasicBlocks (64, 128, 256, 512 channels; stages 2-4 start with stride 2 and a 1x
 convolution + norm shortcut), then global average pooling and ``Linear(512, K)``.
 Convolutions have no bias. Option ``norm``: ``batch`` (default; the reference calls
 this variant ResNet18BN) or ``instance`` (``GroupNorm(C, C, affine=True)``; the
-reference's plain ResNet18). Option ``stem``: ``cifar`` (default, above; SRe2L/RDED's
-"resnet18_modified") or ``imagenet`` (torchvision's 7x7 stride-2 convolution and 3x3
-stride-2 max-pool, for 224 px ImageNet teachers; :func:`from_torchvision` renames a
-torchvision state_dict to ours).
+reference's plain ResNet18). This is SRe2L/RDED's "resnet18_modified"; the registered
+``resnet18-imagenet`` is torchvision's ResNet-18 (7x7 stride-2 convolution and 3x3
+stride-2 max-pool in the stem, for 224 px ImageNet teachers; :func:`from_torchvision`
+renames a torchvision state_dict to ours).
 
 Decision: the reference pools with ``avg_pool2d(out, 4)``, which is global pooling only
 for 28x28/32x32 inputs and breaks the classifier at 64x64. We use adaptive average
@@ -112,15 +112,20 @@ def build_resnet18(channels: int, num_classes: int, image_size: tuple[int, int],
     return ResNet18(channels, num_classes, image_size, **options)
 
 
-DEFAULTS = {"norm": "batch", "stem": "cifar"}
-CHOICES = {"norm": ("batch", "instance"), "stem": ("cifar", "imagenet")}
+DEFAULTS = {"norm": "batch"}
+CHOICES = {"norm": ("batch", "instance")}
+
+
+def build_resnet18_imagenet(channels: int, num_classes: int, image_size: tuple[int, int], **options) -> ResNet18:
+    """Registry factory for ``resnet18-imagenet`` (torchvision's stem)."""
+    return ResNet18(channels, num_classes, image_size, stem="imagenet", **options)
 
 # torchvision's resnet18 state_dict names -> ours (the rest are equal)
 TORCHVISION_NAMES = ((".downsample.", ".shortcut."), ("fc.", "classifier."))
 
 
 def from_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A torchvision ``resnet18`` state_dict renamed for ``resnet18:stem=imagenet``."""
+    """A torchvision ``resnet18`` state_dict renamed for ``resnet18-imagenet``."""
     out = {}
     for name, t in state.items():
         for a, b in TORCHVISION_NAMES:
