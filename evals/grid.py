@@ -67,6 +67,7 @@ class EvalConfig:
     scores: bool = False  # DD-Ranking's fair scores: adds full data, hard and no-augmentation rows, random alike
     full_runs: int | None = None  # runs of the full-data reference (None: --runs); HLR uses their mean
     full_accuracy: float | None = None  # --scores: a given full-data accuracy (percent) instead of training on it
+    full_epochs: int | None = None  # --scores: epochs of the full-data reference (None: FULL_DATA_EPOCHS; --epochs is the sets')
     lrs_weight: float = 0.5  # w of LRS (DD-Ranking's default)
     ars_weight: float = 0.5  # gamma of ARS (DD-Ranking's default)
 
@@ -86,6 +87,8 @@ class EvalConfig:
             DSAConfig(strategy=self.dsa_strategy)
         if self.full_runs is not None and self.full_runs <= 0:
             raise ConfigError(f"--full-runs must be positive, got {self.full_runs}")
+        if self.full_epochs is not None and self.full_epochs <= 0:
+            raise ConfigError(f"--full-epochs must be positive, got {self.full_epochs}")
         for name in ("lrs_weight", "ars_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
@@ -183,7 +186,9 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         if isinstance(dataset_of(base).x_train, LazyImages):
             raise ConfigError(f"{dataset} is read from its files as needed, so condense does not train on all of it: "
                               "give --full-accuracy PERCENT (e.g. the teacher architecture's published accuracy) for HLR")
-        p = cfg.protocol(FULL_DATA_EPOCHS)
+        # --baseline full trains what --epochs says; beside sets (--scores) the reference keeps its own length
+        p = cfg.protocol(FULL_DATA_EPOCHS) if cfg.baseline == "full" else \
+            replace(cfg.protocol(), epochs=cfg.full_epochs or FULL_DATA_EPOCHS)
         if (base, arch, "set", p) not in seen:
             seen.add((base, arch, "set", p))
             groups.append(Group(base, arch, "set", p, "full", None, runs=cfg.full_runs))

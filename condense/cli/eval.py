@@ -60,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="DD-Ranking's fair scores HLR, IOR, LRS, ARS: adds the full-data, hard-label and "
                         "no-augmentation rows, and random real under each set's labels and augmentation")
     p.add_argument("--full-runs", dest="full_runs", type=int, help="--scores: runs of the full-data reference (default --runs)")
+    p.add_argument("--full-epochs", dest="full_epochs", type=int,
+                   help="--scores: epochs of the full-data reference (default 20; --epochs is the sets')")
     p.add_argument("--full-accuracy", dest="full_accuracy", type=float,
                    help="--scores: the full-data accuracy (percent) HLR uses, given instead of trained (ImageNet-1k)")
     p.add_argument("--lrs-weight", dest="lrs_weight", type=float, help="--scores: w of LRS (0.5)")
