@@ -62,5 +62,10 @@ def label_images(images: torch.Tensor, teacher: Teacher, num_classes: int, *, vi
     labels = torch.empty(epochs - first_epoch, images.shape[0], num_classes)
     for e in bar(iterable=range(first_epoch, epochs), desc="label views", unit="epoch", disable=not progress):
         labels[e - first_epoch] = teacher.logits(views_of(images, config, view_seed, e), temperature).cpu()
-    return labels, LabelSpec(kind="logits", loss="kl", temperature=temperature, view_mode="per-view",
-                             view_seed=int(view_seed), view_strategy=strategy)
+    return labels, per_view_spec(temperature, view_seed, strategy)
+
+
+def per_view_spec(temperature: float, view_seed: int, strategy: str) -> LabelSpec:
+    """What per-view teacher logits mean: KL at ``temperature`` on the ``strategy`` views of ``view_seed``."""
+    return LabelSpec(kind="logits", loss="kl", temperature=temperature, view_mode="per-view",
+                     view_seed=int(view_seed), view_strategy=strategy)

@@ -124,10 +124,9 @@ def spread_labels(cfg: LabelsConfig, note, images, teacher, num_classes, *, epoc
     parts = run_all(jobs, executor=cfg.executor, devices=cfg.devices, address=cfg.address, note=note,
                     what="labelling jobs")
     labels = torch.cat([torch.from_numpy(parts[j.key]) for j in jobs])
-    from condense.synset import LabelSpec
+    from .relabel import per_view_spec
 
-    return labels, LabelSpec(kind="logits", loss="kl", temperature=kw["temperature"], view_mode="per-view",
-                             view_seed=int(kw["view_seed"]), view_strategy=kw["strategy"])
+    return labels, per_view_spec(kw["temperature"], kw["view_seed"], kw["strategy"])
 
 
 def label_epochs(config: dict, first: int, stop: int, device: str = "cpu"):

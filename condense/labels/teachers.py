@@ -58,20 +58,27 @@ def class_order(dataset: str, data: dict[str, Any] | None = None) -> tuple[str, 
     return tuple(names) if names else tuple(dataset_info(dataset).class_names)
 
 
+def check_inputs(where: str, have: tuple[str, Any, Sequence[int]], want: tuple[str, Any, Sequence[int]],
+                 what: str = "data") -> None:
+    """One-line ConfigError unless a teacher (read from ``where``) trained on ``have`` = (dataset,
+    transform description, image shape) takes the images of ``want`` (the ``what``: set or data)."""
+    (dataset, transform, shape), (w_dataset, w_transform, w_shape) = have, want
+    if dataset != w_dataset:
+        raise ConfigError(f"teacher {where} was trained on {dataset}, the {what} is {w_dataset}")
+    if transform != w_transform:
+        raise ConfigError(f"teacher {where} saw another normalisation/ZCA than the {what} ({transform} vs {w_transform})")
+    if [int(v) for v in shape] != [int(v) for v in w_shape]:
+        raise ConfigError(f"teacher {where} takes images of shape {[int(v) for v in shape]}, the {what}'s are "
+                          f"{[int(v) for v in w_shape]}")
+
+
 def check_fits(tf: TeacherFile, where: str, dataset: str, transform: dict[str, Any], image_shape: Sequence[int],
                num_classes: int, class_names: Sequence[str]) -> None:
     """One-line ConfigError unless teacher file ``tf`` (read from ``where``) takes the images and
     speaks the classes of ``dataset``: same dataset, pixel transform, image shape and class order."""
-    if tf.dataset != dataset:
-        raise ConfigError(f"teacher {where} was trained on {tf.dataset}, the data is {dataset}")
+    check_inputs(where, (tf.dataset, tf.transform.describe(), tf.image_shape), (dataset, transform, image_shape))
     if tf.num_classes != num_classes:
         raise ConfigError(f"teacher {where} has {tf.num_classes} classes, {dataset} has {num_classes}")
-    if tf.transform.describe() != transform:
-        raise ConfigError(f"teacher {where} saw another normalisation/ZCA than the data "
-                          f"({tf.transform.describe()} vs {transform})")
-    if list(tf.image_shape) != [int(v) for v in image_shape]:
-        raise ConfigError(f"teacher {where} takes images of shape {list(tf.image_shape)}, the data's are "
-                          f"{[int(v) for v in image_shape]}")
     if tf.class_names and class_names and tuple(tf.class_names) != tuple(class_names):
         k = next(i for i, (a, b) in enumerate(zip(tf.class_names, class_names)) if a != b) \
             if len(tf.class_names) == len(class_names) else 0
@@ -111,14 +118,8 @@ def load_teacher(folder: str, synset: SynSet, *, expert: int = 0, epoch: int | N
 
     store = open_store(folder)
     meta = store.meta
-    if meta["dataset"] != synset.dataset:
-        raise ConfigError(f"teacher {folder} was trained on {meta['dataset']}, the set is {synset.dataset}")
-    if meta.get("transform") != synset.transform.describe():
-        raise ConfigError(f"teacher {folder} saw another normalisation/ZCA than the set "
-                          f"({meta.get('transform')} vs {synset.transform.describe()})")
-    shape = [int(v) for v in meta.get("image_shape", [])]
-    if shape != list(synset.image_shape):
-        raise ConfigError(f"teacher {folder} takes images of shape {shape}, the set's are {list(synset.image_shape)}")
+    check_inputs(folder, (meta["dataset"], meta.get("transform"), meta.get("image_shape", [])),
+                 (synset.dataset, synset.transform.describe(), synset.image_shape), "set")
     if committee < 1:
         raise ConfigError(f"--committee must be >= 1, got {committee}")
     if expert < 0 or expert + committee > len(store):
