@@ -118,7 +118,7 @@ def run_baseline(cfg: BaselineConfig, device: torch.device, *, selection: str, p
     """Choose the subset, write it to ``cfg.out`` and return it."""
     cfg.validate()
     config = {"method": selection, **asdict(cfg), "arch": cfg.arch}
-    done = _already_selected(cfg.out, config)
+    done = already_selected(cfg.out, config)
     if done is not None:  # a rerun pipeline (or command) does not retrain the embedding network
         progress(f"{cfg.out}: already selected with these settings")
         return done
@@ -131,7 +131,7 @@ def run_baseline(cfg: BaselineConfig, device: torch.device, *, selection: str, p
     return s
 
 
-def _already_selected(out: str, config: dict) -> SynSet | None:
+def already_selected(out: str, config: dict) -> SynSet | None:
     """The set at ``out`` if it exists and was chosen with the same settings (the identity a
     synthesis run resumes by: everything but where it is written and run), else None."""
     from .loop import identity_hash, same_identity

@@ -119,13 +119,13 @@ def run_rded(cfg: RDEDConfig, device: torch.device, *, progress=print, bars: boo
     from ..data import load_dataset
     from ..labels.teacher_file import load_teacher_file
     from ..labels.teachers import check_fits, teacher_of_file
-    from .baselines import _already_selected
+    from .baselines import already_selected
 
     cfg.validate()
     tf = load_teacher_file(cfg.teacher)
     teacher = teacher_of_file(cfg.teacher, tf)
     config = {"method": "rded", **asdict(cfg), "arch": str(parse_arch(cfg.arch)), "teacher_sha256": teacher.source["sha256"]}
-    done = _already_selected(cfg.out, config)
+    done = already_selected(cfg.out, config)
     if done is not None:
         progress(f"{cfg.out}: already selected with these settings")
         return done
