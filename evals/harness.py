@@ -8,7 +8,7 @@ from condense.errors import CondenseError
 from condense.train import protocol_dict
 
 from .grid import FULL_DATA_EPOCHS, EvalConfig, aggregate, plan, run_grid
-from .report import fair_table, plot, scores, table, to_json
+from .report import fair_table, plot, plot_fair, scores, table, to_json
 
 
 def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str], None] = print,
@@ -36,6 +36,7 @@ def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str]
             note(fair)
     if cfg.plots and rows:
         files = plot(rows, cfg.plots, split=cfg.split)
+        files += [f for f in [plot_fair(rows, score_rows, cfg.plots, split=cfg.split)] if f is not None]
         note(f"plots: {', '.join(str(f) for f in files)}")
     note(f"results: {cfg.json} (run folder {cfg.json}.run/)")
     if errors:

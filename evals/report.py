@@ -247,6 +247,61 @@ def plot(rows: Sequence[dict], folder: str | os.PathLike, split: str = "test") -
     return files
 
 
+def plot_fair(rows: Sequence[dict], score_rows: Sequence[dict], folder: str | os.PathLike,
+              split: str = "test") -> Path | None:
+    """``fair.png``: per set (one arch each), its accuracy beside the same images on hard labels
+    and random real under the set's protocol (left), and its IOR with the 95 % CI (right).
+    None when no set has fair scores."""
+    got = {(s["synset"], s["arch"]): s for s in score_rows if s["score"] == "ior"}
+    sets = [r for r in rows if r["baseline"] is None and r["variant"] == "set" and (r["synset"], r["arch"]) in got]
+    if not sets:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    multi_arch = len({r["arch"] for r in sets}) > 1
+    names = [os.path.basename(r["synset"]) + (f" | {r['arch']}" if multi_arch else "") for r in sets]
+    fig_height = 0.45 * len(sets) + 2.0
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, fig_height), sharey=True,
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    bars = (("its labels", lambda r: r),
+            ("same images, hard labels", lambda r: r if r.get("labels") == "hard" else
+             _find(rows, synset=r["synset"], arch=r["arch"], variant="hard")),
+            ("random real, same protocol", lambda r: _random_of(rows, r)))
+    height = 0.8 / len(bars)
+    for k, (label, pick) in enumerate(bars):
+        ys, ms, ss = [], [], []
+        for i, r in enumerate(sets):
+            other = pick(r)
+            if other is not None:
+                ys.append(i + (k - 1) * height)
+                ms.append(other["mean"])
+                ss.append(other["std"])
+        left.barh(ys, ms, height, xerr=ss, capsize=2, label=label, color=("tab:blue", "tab:orange", "tab:gray")[k])
+    left.set_yticks(range(len(sets)), names, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel(f"{'validation' if split == 'val' else 'test'} accuracy (%)")
+    iors = [got[(r["synset"], r["arch"])] for r in sets]
+    ci = [0.0 if math.isnan(s["ci95"]) else s["ci95"] for s in iors]
+    right.barh(range(len(sets)), [s["mean"] for s in iors], 0.6, xerr=ci, capsize=3,
+               color=["tab:green" if s["mean"] - c > 0 else "tab:red" if s["mean"] + c < 0 else "tab:gray"
+                      for s, c in zip(iors, ci)])
+    right.axvline(0, color="black", lw=0.8)
+    right.set_xlabel("IOR: set − random real, same protocol (points, 95 % CI)")
+    fig.suptitle("fair scores: each set against random real trained as it is", fontsize=10)
+    # The legend sits under the title, never over a bar.
+    fig.legend(*left.get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8,
+               bbox_to_anchor=(0.5, 1 - 0.35 / fig_height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig_height))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fig.savefig(folder / "fair.png", dpi=120)
+    plt.close(fig)
+    return folder / "fair.png"
+
+
 def _label(r: dict) -> str:
     if r["synset"]:
         return f"{os.path.basename(r['synset'])} ({r['method']}, IPC {r['ipc']})"

@@ -358,10 +358,16 @@ def test_eval_scores_train_random_real_under_the_sets_teacher_labels(teacher, tm
     soft = str(tmp_path / "rded.soft.h5")
     run_labels(LabelsConfig(synset=s.config["out"], views="per-epoch", view_epochs=4, view_strategy="rrc+flip",
                             temperature=4.0, out=soft), progress=lambda m: None, bars=False)
-    cfg = EvalConfig(runs=2, epochs=3, scores=True, full_runs=1, json=str(tmp_path / "ev" / "results.json"))
+    cfg = EvalConfig(runs=2, epochs=3, scores=True, full_runs=1, json=str(tmp_path / "ev" / "results.json"),
+                     plots=str(tmp_path / "ev" / "plots"))
     notes = []
     doc = run_eval(cfg, [soft], note=notes.append, bars=False)
     rows = doc["results"]
+    fair_png = tmp_path / "ev" / "plots" / "fair.png"
+    assert fair_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and any(str(fair_png) in n for n in notes)
+    from evals.report import plot_fair
+
+    assert plot_fair(rows, [], tmp_path / "none") is None and not (tmp_path / "none").exists()
     rnd = [r for r in rows if r["baseline"] == "random"]
     assert {r["labels"] for r in rnd} == {"teacher teacher.h5, per-epoch rrc+flip", "hard"}
     assert all(r["dsa_strategy"] in ("rrc+flip", None) for r in rows if r["baseline"] != "full")

@@ -58,7 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="evaluate the random-real baseline of each IPC beside the sets (default on)")
     p.add_argument("--scores", action="store_true", default=None,
                    help="DD-Ranking's fair scores HLR, IOR, LRS, ARS: adds the full-data, hard-label and "
-                        "no-augmentation rows, and random real under each set's labels and augmentation")
+                        "no-augmentation rows, and random real under each set's labels and augmentation "
+                        "(with --plots: fair.png)")
     p.add_argument("--full-runs", dest="full_runs", type=int, help="--scores: runs of the full-data reference (default --runs)")
     p.add_argument("--full-epochs", dest="full_epochs", type=int,
                    help="--scores: epochs of the full-data reference (default 20; --epochs is the sets')")
