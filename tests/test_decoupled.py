@@ -200,6 +200,26 @@ def test_chunked_forwards_give_the_gradient_of_one_forward(teacher, tmp_path):
     torch.testing.assert_close(chunked.images.grad, whole.images.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_bfloat16_forwards_keep_float32_statistics_loss_and_gradient(teacher, tmp_path):
+    # No GPU in CI: CPU autocast runs the same bfloat16 teacher forward that --amp runs on CUDA,
+    # so the casts that keep the BN statistics, the CE and the image gradient in float32 are checked here.
+    from condense.labels.teachers import teacher_of_file
+
+    method = SRe2L(sre2l_cfg(teacher, tmp_path, ipc=3, batch_size=3), CPU)
+    labeller = teacher_of_file(teacher, load_teacher_file(teacher))
+    ref, _, _ = method.loss(1)
+    (g_ref,) = torch.autograd.grad(ref, method.images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, ce, bn = method.loss(1)
+        logits = labeller.logits(method.images.detach())
+    assert low.dtype == ce.dtype == bn.dtype == logits.dtype == torch.float32
+    (g_low,) = torch.autograd.grad(low, method.images)
+    assert g_low.dtype == torch.float32
+    torch.testing.assert_close(low, ref, rtol=3e-2, atol=1e-3)
+    assert torch.nn.functional.cosine_similarity(g_low.flatten(), g_ref.flatten(), dim=0) > 0.98
+    torch.testing.assert_close(logits, labeller.logits(method.images.detach()), rtol=5e-2, atol=5e-2)
+
+
 def test_batches_are_sre2l_and_lpld_layouts():
     assert [b.tolist() for b in batches(3, 2, 100, False)] == [[0, 2, 4], [1, 3, 5]]  # image j of every class
     assert [b.tolist() for b in batches(3, 2, 2, False)] == [[0, 2], [4], [1, 3], [5]]
