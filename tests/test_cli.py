@@ -28,6 +28,22 @@ def test_every_command_has_help(command, capsys):
     assert command in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ("buffer", "teacher", "synth", "labels", "eval", "run"))
+def test_every_long_running_command_takes_no_progress(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "--no-progress" in capsys.readouterr().out
+
+
+def test_no_progress_leaves_stderr_empty(capsys, tmp_path):
+    argv = ["teacher", "--dataset", "toy", "--arch", "convnet:norm=batch,width=8", "--epochs", "1",
+            "--out", str(tmp_path / "t.h5")]
+    code, out, err = run_cli(capsys, *argv, "--no-progress")
+    assert code == 0 and "wrote" in out and err == ""
+    code, _, err = run_cli(capsys, *argv[:-1], str(tmp_path / "t2.h5"))
+    assert code == 0 and "teacher" in err  # the bar, when not asked away
+
+
 def test_top_level_help_lists_the_contract_commands():
     text = build_parser().format_help()
     for command in COMMANDS:

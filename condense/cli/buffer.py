@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import add_dsa_share_flag, add_preset_flag, config_from_args, describe
+from .common import add_dsa_share_flag, add_preset_flag, add_progress_flag, config_from_args, describe
 
 EXAMPLES = """examples:
   condense buffer --dataset fashion-mnist --arch convnet:width=32 --experts 5 --epochs 10 --out runs/fmnist/experts
@@ -66,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--import-mtt", dest="import_mtt", action="append", metavar="PT",
                    help="import MTT replay_buffer_*.pt files instead of training (repeatable)")
     p.add_argument("--out", help="store folder (default runs/experts)")
+    add_progress_flag(p)
     p.set_defaults(handler=handle)
 
 
@@ -88,7 +89,7 @@ def handle(args: argparse.Namespace) -> int:
         return 0
     cfg = config_from_args(BufferConfig, args, "buffer")
     print(f"condense buffer: {describe(cfg)}")
-    summaries = record_store(cfg)
+    summaries = record_store(cfg, bars=not args.no_progress)
     if summaries:
         mean = sum(s["final_test_acc"] for s in summaries) / len(summaries)
         print(f"{len(summaries)} experts recorded into {cfg.out} (mean final test acc {100 * mean:.2f}%)")

@@ -16,6 +16,11 @@ def add_preset_flag(p: argparse.ArgumentParser, command: str) -> None:
                         "sets the defaults and any flag given overrides it")
 
 
+def add_progress_flag(p: argparse.ArgumentParser) -> None:
+    """``--no-progress``: every long-running command can run without bars (logs stay lines either way)."""
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
+
+
 def add_dsa_share_flag(p: argparse.ArgumentParser, what: str) -> None:
     """``--dsa-share``: what the images of one training batch share of a DSA draw (condense.augment)."""
     from ..augment import SHARES

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_dsa_share_flag, add_preset_flag, config_from_args
+from .common import add_dsa_share_flag, add_preset_flag, add_progress_flag, config_from_args
 
 EXAMPLES = """examples:
   condense eval runs/fmnist/tm_ipc10.h5 --arch convnet --arch convnet:width=32 --arch resnet18 \\
@@ -84,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="measure on the test set (default) or the validation split (to choose settings)")
     p.add_argument("--json", help="report file (default runs/eval/results.json)")
     p.add_argument("--plots", help="folder for accuracy.png and curves.png")
-    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
     p.set_defaults(handler=handle, preset=None)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..codecs import codec_names
 from ..errors import ConfigError
 from ..synset import load_synset
+from .common import add_progress_flag
 
 EXAMPLES = """examples:
   condense labels runs/fmnist/tm_ipc10.h5 --teacher runs/fmnist/experts --views per-epoch --out runs/fmnist/tm_ipc10.soft.h5
@@ -64,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="label ranges of epochs on these devices at once (cuda:0,cuda:1 or cpu,cpu)")
     w.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray")
     w.add_argument("--address", help="--executor ray: the cluster (auto, host:port; default a local Ray)")
+    add_progress_flag(p)
     p.set_defaults(handler=handle)
 
 
@@ -101,6 +103,6 @@ def handle(args: argparse.Namespace) -> int:
                        temperature=args.temperature, codec=args.codec, projector_steps=args.projector_steps,
                        projector_lr=args.projector_lr, out=args.out, devices=args.devices, executor=args.executor,
                        address=args.address)
-    run_labels(cfg)
+    run_labels(cfg, bars=not args.no_progress)
     print(info(cfg.out))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import preset_section
-from .common import add_preset_flag, config_from_args
+from .common import add_preset_flag, add_progress_flag, config_from_args
 
 DEFAULT_PRESET = "fashion-mnist/quickstart"
 
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, help="evaluation runs (overrides the eval section)")
     p.add_argument("--epochs", type=int, help="evaluation training epochs (overrides the eval section)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
     p.set_defaults(handler=handle, preset=None)
 
 

@@ -8,7 +8,7 @@ from ..augment import SHARES
 from ..config import make_config, preset_section
 from ..errors import ConfigError
 from ..jobs import resolve_device
-from .common import add_preset_flag, describe
+from .common import add_preset_flag, add_progress_flag, describe
 
 EXAMPLES = """examples:
   condense synth --method tm --dataset fashion-mnist --ipc 10 --trajectories runs/fmnist/experts \\
@@ -152,7 +152,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "frepo runs only in JAX)")
     for names, kw in FLAGS:
         p.add_argument(*names, **kw)
-    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
     p.set_defaults(handler=handle)
 
 

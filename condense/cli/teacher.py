@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_dsa_share_flag, add_preset_flag, config_from_args, describe
+from .common import add_dsa_share_flag, add_preset_flag, add_progress_flag, config_from_args, describe
 
 EXAMPLES = """examples:
   condense teacher --dataset fashion-mnist --arch convnet:norm=batch --epochs 20 --out runs/fmnist/teacher.h5
@@ -46,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="--weights: measure the test accuracy (default on)")
     p.add_argument("--out", help="teacher file to write (.h5)")
     p.add_argument("--info", metavar="FILE", help="print what a teacher file records, and exit")
+    add_progress_flag(p)
     p.set_defaults(handler=handle)
 
 
@@ -73,7 +74,7 @@ def handle(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(TeacherConfig, args, "teacher")
     print(f"condense teacher: {describe(cfg)}")
-    t = train_teacher(cfg, resolve_device(cfg.device))
+    t = train_teacher(cfg, resolve_device(cfg.device), progress=not args.no_progress)
     val = "" if t.val_accuracy is None else f", validation {t.val_accuracy:.2f} %"
     acc = "not measured" if t.accuracy != t.accuracy else f"{t.accuracy:.2f} %"
     print(f"wrote {cfg.out}: {t.arch} on {t.dataset}, test accuracy {acc}{val}")
