@@ -49,3 +49,12 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_set_grid(s, out: str | os.PathLike) -> Path:
+    """The grid of set ``s`` beside its file ``out`` (``x.h5`` -> ``x.png``), titled with its
+    method, dataset and IPC: what `condense synth` and every pipeline synthesis step write."""
+    from .data import dataset_info
+
+    return save_grid(s.to_pixels(), s.classes, Path(out).with_suffix(".png"),
+                     class_names=dataset_info(s.dataset).class_names, title=f"{s.method}, {s.dataset}, IPC {s.ipc}")

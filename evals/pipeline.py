@@ -201,9 +201,8 @@ def _log_step(out: Path, name: str, seconds: float, cpu_seconds: float, peak: Pe
 def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[str, str], device: torch.device,
            note, bars) -> str:
     """Run one synthesis step; returns the set's path (and writes its PNG grid beside it)."""
-    from condense.data import dataset_info
     from condense.methods import get_method, runner
-    from condense.viz import save_grid
+    from condense.viz import save_set_grid
 
     step.out = _under(out, None if step.out == _default(step, "out") else step.out, f"{method}_ipc{step.ipc}.h5")
     if hasattr(step, "trajectories"):
@@ -224,9 +223,7 @@ def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[
         elif step.teacher in teachers:
             step.teacher = teachers[step.teacher]
     s = runner(get_method(method))(step, device, progress=note, bars=bars)  # each method's default backend
-    grid = Path(step.out).with_suffix(".png")
-    save_grid(s.to_pixels(), s.classes, grid, class_names=dataset_info(s.dataset).class_names,
-              title=f"{method}, {s.dataset}, IPC {s.ipc}")
+    grid = save_set_grid(s, step.out)
     note(f"wrote {step.out} and {grid}")
     return step.out
 

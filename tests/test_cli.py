@@ -189,6 +189,7 @@ def test_synth_limit_train_uses_and_records_a_balanced_subset(method, extra, cap
     code, _, err = run_cli(capsys, "synth", "--method", method, "--dataset", "toy", "--ipc", "2", "--limit-train", "40",
                            "--out", str(out), "--device", "cpu", "--no-progress", *extra)
     assert code == 0, err
+    assert (tmp_path / f"{method}.png").read_bytes()[:4] == b"\x89PNG"  # the set's grid beside it
     s = load_synset(out)
     assert s.data["limit_train"] == 40 and s.config["limit_train"] == 40
     if method == "random":  # the images come from the 40 kept training images

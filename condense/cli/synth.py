@@ -28,7 +28,7 @@ EXAMPLES = """examples:
   condense synth --method rded --teacher runs/fmnist/teacher.h5 --ipc 10 --factor 2 --out runs/fmnist/rded_ipc10.h5
 
 Rerunning the same command resumes from the last checkpoint; the run folder <out>.run/ holds
-config, environment, metrics.csv, image grids and the checkpoint."""
+config, environment, metrics.csv, image grids and the checkpoint; <out>.png is the set's grid."""
 
 BACKENDS = ("torch", "jax")
 
@@ -182,7 +182,11 @@ def handle(args: argparse.Namespace) -> int:
 
     evaluate_fn = validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None
     s = run(cfg, device, evaluate=evaluate_fn, bars=not args.no_progress)
-    print(f"wrote {cfg.out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else ""))
+    from ..viz import save_set_grid
+
+    grid = save_set_grid(s, cfg.out)
+    print(f"wrote {cfg.out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else "")
+          + f"; grid {grid}")
     return 0
 
 

@@ -152,10 +152,6 @@ def run_rded(cfg: RDEDConfig, device: torch.device, *, progress=print, bars: boo
                     provenance={"seed": cfg.seed, "teacher": teacher.source,
                                 "cell_sources": [cells for per_class in sources for cells in per_class]})
     s.save(cfg.out)
-    from ..viz import save_grid
-
-    save_grid(s.to_pixels(), s.classes, f"{cfg.out}.png", class_names=ds.info.class_names,
-              title=f"rded, {ds.info.name}, IPC {cfg.ipc}")
     if evaluate is not None:
         progress(f"validation accuracy {100 * evaluate(s):.2f}%")
     return s
