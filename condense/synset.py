@@ -30,7 +30,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -206,18 +206,7 @@ class SynSet:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the set to ``path`` atomically (temporary file + rename). Returns the path."""
         self.validate()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            _write(self, tmp)
-            os.replace(tmp, path)
-        except OSError as e:
-            raise FormatError(f"cannot write {path}: {e.strerror or e}") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        return write_atomically(path, lambda tmp: _write(self, tmp))
 
     def with_labels(self, labels: torch.Tensor, spec: LabelSpec) -> "SynSet":
         """A copy of this set with other labels (the images are shared, not copied)."""
@@ -234,6 +223,24 @@ def real_subset(ds: Any, indices: torch.Tensor, method: str, **kw: Any) -> SynSe
     return SynSet.hard(ds.x_train[indices].clone(), ds.y_train[indices].clone(), dataset=ds.info.name,
                        num_classes=ds.info.num_classes, method=method, indices=indices.clone(),
                        transform=ds.transform, data=dict(ds.meta), **kw)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` through ``write(tmp)`` into a temporary sibling, then rename it into place:
+    a kill never leaves a half-written file, and an existing one stays until the new one is
+    whole. An OSError is one-line FormatError; the temporary file never outlives the call."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise FormatError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def _json(obj: Any) -> str:
@@ -366,16 +373,11 @@ def export_pt(s: SynSet, path: str | os.PathLike) -> Path:
     The images stay in the space they were optimised in (normalised or ZCA-whitened),
     as the reference code expects; soft labels are exported as their float tensor.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"image_syn": s.images.detach().cpu().float().contiguous(),
                "label_syn": s.labels.detach().cpu().contiguous()}
     if s.lr is not None:
         payload["syn_lr"] = torch.tensor(float(s.lr))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def import_pt(path: str | os.PathLike, *, dataset: str, num_classes: int, image_shape: tuple[int, int, int],

@@ -55,15 +55,17 @@ class TeacherFile:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically to ``path`` (a kill never leaves a half-written teacher)."""
+        from condense.synset import write_atomically
+
+        return write_atomically(path, self._write)
+
+    def _write(self, path: Path) -> None:
         import h5py
 
         from condense.synset import write_transform
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         state = self.net.state_dict()
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(path, "w") as f:
             f.attrs.update({
                 "format": FORMAT_NAME, "version": FORMAT_VERSION, "arch": self.arch, "dataset": self.dataset,
                 "num_classes": self.num_classes, "image_shape": list(self.image_shape),
@@ -78,8 +80,6 @@ class TeacherFile:
             for i, (name, t) in enumerate(state.items()):
                 g.create_dataset(str(i), data=t.detach().cpu().numpy())
             write_transform(f.create_group("transform"), self.transform)
-        os.replace(tmp, path)
-        return path
 
 
 def load_teacher_file(path: str | os.PathLike) -> TeacherFile:
