@@ -165,6 +165,12 @@ def _run_ray(ray: Any, jobs: list[Job], address: str | None, threads: int) -> It
             ray.shutdown()
 
 
+def default_workers(executor: str, devices: Sequence[str] | None) -> int:
+    """Into how many jobs work that can be split is split by default: one per listed device on
+    the local executor, 2 Ray tasks (Ray places tasks itself; devices are the local executor's)."""
+    return 2 if executor == "ray" else len(devices or ["cpu"])
+
+
 def run_all(jobs: Sequence[Job], *, executor: str = "local", devices: Sequence[str] | None = None,
             address: str | None = None, note=print, what: str = "jobs") -> dict[str, Any]:
     """Run every job (:func:`execute`) and return their values by key; a failure of any is one

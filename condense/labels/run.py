@@ -114,10 +114,10 @@ def spread_labels(cfg: LabelsConfig, note, images, teacher, num_classes, *, epoc
     labels are those of one process (up to a convolution's rounding on another device)."""
     import torch
 
-    from condense.executors import run_all
+    from condense.executors import default_workers, run_all
     from condense.jobs import Job
 
-    workers = len(cfg.devices) if cfg.executor == "local" else 2
+    workers = default_workers(cfg.executor, cfg.devices)
     bounds = [round(epochs * k / workers) for k in range(workers + 1)]
     jobs = [Job(f"epochs{a}-{b}", "condense.labels.run:label_epochs",
                 {"config": asdict(cfg), "first": a, "stop": b}) for a, b in zip(bounds, bounds[1:]) if b > a]

@@ -367,9 +367,10 @@ SPREAD = ("devices", "executor", "address", "shards", "chunk")  # how the work r
 def run_sre2l(cfg: SRe2LConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
     """Recover (or resume) the set ``cfg.out`` from the teacher ``cfg.teacher``: here, or spread
     over ``cfg.devices`` / Ray as shards of the batches, merged into the same set."""
+    from ..executors import default_workers
     from .loop import synthesize
 
-    shards = cfg.shards or (len(cfg.devices) if cfg.devices else (2 if cfg.executor == "ray" else 1))
+    shards = cfg.shards or default_workers(cfg.executor, cfg.devices)
     if shards > 1:
         return run_sharded(cfg, shards, progress=progress)
     method = SRe2L(cfg, device)
