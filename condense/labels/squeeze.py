@@ -84,10 +84,15 @@ def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, pro
         net = build_net(arch, c, ds.info.num_classes, (h, w), generator=generator(cfg.seed, 0, 0, 0, STREAM_INIT))
     except CondenseError as e:
         raise ConfigError(f"--arch {arch} cannot take {ds.info.name} images {c}x{h}x{w}: {e}") from None
-    net = net.to(device)
     protocol = cfg.protocol()
     if cfg.weights:
-        return _import(cfg, arch, ds, net.cpu(), device, protocol, progress)
+        from condense.synset import file_sha256
+
+        load_weights(cfg.weights, net, arch)
+        net = net.to(device).eval()
+        test = 100.0 * accuracy(net, ds.x_test, ds.y_test, protocol.test_batch_size) if cfg.measure else float("nan")
+        return _save(cfg, arch, ds, net, test, None, {"weights_sha256": file_sha256(cfg.weights)})
+    net = net.to(device)
     with bar(total=protocol.epochs, desc=f"teacher {arch}", unit="ep", disable=not progress) as b:
         def on_epoch(epoch, model, loss):
             b.update(1)
@@ -97,10 +102,16 @@ def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, pro
                     on_epoch=on_epoch)
     test = 100.0 * accuracy(net, ds.x_test, ds.y_test, protocol.test_batch_size)
     val = 100.0 * accuracy(net, ds.x_val, ds.y_val, protocol.test_batch_size) if len(ds.y_val) else None
+    return _save(cfg, arch, ds, net, test, val, {"protocol": protocol_dict(protocol)})
+
+
+def _save(cfg: TeacherConfig, arch: str, ds, net: torch.nn.Module, test: float, val: float | None,
+          record: dict) -> TeacherFile:
+    """Write the teacher file of ``net`` (trained or imported) on ``ds``; ``record`` joins its config."""
     t = TeacherFile(net=net.cpu().eval(), arch=arch, dataset=ds.info.name, num_classes=ds.info.num_classes,
-                    image_shape=(c, h, w), class_names=tuple(ds.info.class_names), transform=ds.transform,
-                    accuracy=test, val_accuracy=val,
-                    config={**asdict(cfg), "arch": arch, "protocol": protocol_dict(protocol)}, data=dict(ds.meta))
+                    image_shape=tuple(ds.info.shape), class_names=tuple(ds.info.class_names), transform=ds.transform,
+                    accuracy=test, val_accuracy=val, config={**asdict(cfg), "arch": arch, **record},
+                    data=dict(ds.meta))
     t.save(cfg.out)
     return t
 
@@ -165,17 +176,3 @@ def load_weights(path: str, net: torch.nn.Module, arch: str) -> None:
         if tuple(t.shape) != tuple(expected[k].shape):
             raise ConfigError(f"--weights {path}: {k} has shape {tuple(t.shape)}, {arch} needs {tuple(expected[k].shape)}")
     net.load_state_dict(state)
-
-
-def _import(cfg: TeacherConfig, arch: str, ds, net, device, protocol, progress: bool) -> TeacherFile:
-    load_weights(cfg.weights, net, arch)
-    net = net.to(device).eval()
-    test = 100.0 * accuracy(net, ds.x_test, ds.y_test, protocol.test_batch_size) if cfg.measure else float("nan")
-    from condense.synset import file_sha256
-
-    t = TeacherFile(net=net.cpu().eval(), arch=arch, dataset=ds.info.name, num_classes=ds.info.num_classes,
-                    image_shape=ds.info.shape, class_names=tuple(ds.info.class_names), transform=ds.transform,
-                    accuracy=test, config={**asdict(cfg), "arch": arch, "weights_sha256": file_sha256(cfg.weights)},
-                    data=dict(ds.meta))
-    t.save(cfg.out)
-    return t
