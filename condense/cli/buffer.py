@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import add_dsa_share_flag, add_preset_flag, add_progress_flag, config_from_args, describe
+from .common import add_dsa_share_flag, add_preset_flag, add_progress_flag, config_from_args, describe, device_list
 
 EXAMPLES = """examples:
   condense buffer --dataset fashion-mnist --arch convnet:width=32 --experts 5 --epochs 10 --out runs/fmnist/experts
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gp-weight", dest="gp_weight", type=float, help="gradient-penalty weight with --smooth (default 2)")
     p.add_argument("--loss-decay", dest="loss_decay", action=argparse.BooleanOptionalAction, default=None,
                    help="with --smooth: scale the loss by 0.5, 0.55, ... in the first 10 epochs (default on)")
-    p.add_argument("--devices", help="comma-separated devices, one worker each (cpu, cuda:0,cuda:1, ...)")
+    p.add_argument("--devices", type=device_list, help="comma-separated devices, one worker each (cpu, cuda:0,cuda:1, ...)")
     p.add_argument("--workers", type=int, help="N CPU workers (same as --devices cpu,cpu,...)")
     p.add_argument("--import-mtt", dest="import_mtt", action="append", metavar="PT",
                    help="import MTT replay_buffer_*.pt files instead of training (repeatable)")
@@ -75,9 +75,7 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.devices and args.workers:
         raise ConfigError("give --devices or --workers, not both")
-    if args.devices:
-        args.devices = [d.strip() for d in args.devices.split(",") if d.strip()]
-    elif args.workers is not None:
+    if not args.devices and args.workers is not None:
         args.devices = ["cpu"] * args.workers
     if args.import_mtt:
         from trajectories.mtt_import import import_mtt

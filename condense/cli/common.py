@@ -16,6 +16,11 @@ def add_preset_flag(p: argparse.ArgumentParser, command: str) -> None:
                         "sets the defaults and any flag given overrides it")
 
 
+def device_list(text: str) -> list[str]:
+    """``--devices``' value: ``"cuda:0, cuda:1"`` -> ``["cuda:0", "cuda:1"]`` (one worker each)."""
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
 def add_progress_flag(p: argparse.ArgumentParser) -> None:
     """``--no-progress``: every long-running command can run without bars (logs stay lines either way)."""
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")

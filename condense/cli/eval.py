@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_dsa_share_flag, add_preset_flag, add_progress_flag, config_from_args
+from .common import add_dsa_share_flag, add_preset_flag, add_progress_flag, config_from_args, device_list
 
 EXAMPLES = """examples:
   condense eval runs/fmnist/tm_ipc10.h5 --arch convnet --arch convnet:width=32 --arch resnet18 \\
@@ -23,10 +23,6 @@ test accuracy on the full test set. Run r uses seed (--seed, r); the random-real
 baseline of each IPC is evaluated beside the sets (run r on the subset of seed --seed + r),
 and every set is compared with it run by run. Rerunning the same command resumes: the
 finished jobs are kept in <json>.run/jobs.jsonl."""
-
-
-def _devices(text: str) -> list[str]:
-    return [d.strip() for d in text.split(",") if d.strip()]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vmap-seeds", dest="vmap_seeds", action="store_true", default=None,
                    help="train the runs of one arch at once (stacked models; falls back where it cannot)")
     p.add_argument("--executor", choices=("local", "ray"), help="local (in-process or --devices pool) or ray")
-    p.add_argument("--devices", type=_devices, help="comma-separated: cuda:0,cuda:1 or cpu,cpu (one worker each)")
+    p.add_argument("--devices", type=device_list, help="comma-separated: cuda:0,cuda:1 or cpu,cpu (one worker each)")
     p.add_argument("--address", help="Ray cluster address (auto, or host:port; default: a local Ray instance)")
     p.add_argument("--split", choices=("test", "val"),
                    help="measure on the test set (default) or the validation split (to choose settings)")

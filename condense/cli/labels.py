@@ -7,7 +7,7 @@ from pathlib import Path
 from ..codecs import codec_names
 from ..errors import ConfigError
 from ..synset import load_synset
-from .common import add_progress_flag
+from .common import add_progress_flag, device_list
 
 EXAMPLES = """examples:
   condense labels runs/fmnist/tm_ipc10.h5 --teacher runs/fmnist/experts --views per-epoch --out runs/fmnist/tm_ipc10.soft.h5
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--projector-lr", dest="projector_lr", type=float, default=3e-3, help="projector Adam lr")
     c.add_argument("--threads", type=int, help="torch CPU threads")
     w = p.add_argument_group("spreading the per-epoch views")
-    w.add_argument("--devices", type=lambda v: [d.strip() for d in v.split(",") if d.strip()],
+    w.add_argument("--devices", type=device_list,
                    help="label ranges of epochs on these devices at once (cuda:0,cuda:1 or cpu,cpu)")
     w.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray")
     w.add_argument("--address", help="--executor ray: the cluster (auto, host:port; default a local Ray)")

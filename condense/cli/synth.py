@@ -8,7 +8,7 @@ from ..augment import SHARES
 from ..config import make_config, preset_section
 from ..errors import ConfigError
 from ..jobs import resolve_device
-from .common import add_preset_flag, add_progress_flag, describe
+from .common import add_preset_flag, add_progress_flag, describe, device_list
 
 EXAMPLES = """examples:
   condense synth --method tm --dataset fashion-mnist --ipc 10 --trajectories runs/fmnist/experts \\
@@ -130,7 +130,7 @@ FLAGS: list[tuple[tuple[str, ...], dict]] = [
     (("--seed",), dict(type=int, help="seed (default 0)")),
     (("--out",), dict(help="synthetic-set file to write (.h5)")),
     (("--device",), dict(help="cpu, cuda or cuda:N (default: cuda if available)")),
-    (("--devices",), dict(type=lambda v: [d.strip() for d in v.split(",") if d.strip()],
+    (("--devices",), dict(type=device_list,
                           help="sre2l: spread the recovery batches over these devices (cuda:0,cuda:1 or cpu,cpu)")),
     (("--executor",), dict(choices=("local", "ray"), help="sre2l: local (default) or ray (one task per shard)")),
     (("--address",), dict(help="sre2l --executor ray: the cluster (auto, host:port; default a local Ray)")),
