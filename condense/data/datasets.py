@@ -285,9 +285,7 @@ class RawData:
 
 
 def _as_images(a: Any, what: str, info: DatasetInfo) -> torch.Tensor:
-    from .lazy import LazyImages
-
-    if isinstance(a, LazyImages):  # read from its files when indexed (ImageNet-1k)
+    if isinstance(a, lazy.LazyImages):  # read from its files when indexed (ImageNet-1k)
         if tuple(a.shape[1:]) != info.shape:
             raise DataError(f"{info.name}: {what} gives images {tuple(a.shape[1:])}, expected {info.shape}")
         return a
@@ -364,10 +362,8 @@ def load_dataset(
     info = _lookup(name).info
     if raw.class_names and raw.class_names != info.class_names:
         info = replace(info, class_names=tuple(raw.class_names))  # e.g. Tiny-ImageNet's words.txt
-    from .lazy import LazyImages
-
-    lazy = isinstance(raw.x_train, LazyImages)
-    take = (lambda x, i: x.subset(i)) if lazy else (lambda x, i: x[i])  # a lazy split stays lazy
+    is_lazy = isinstance(raw.x_train, lazy.LazyImages)
+    take = (lambda x, i: x.subset(i)) if is_lazy else (lambda x, i: x[i])  # a lazy split stays lazy
     n_val = info.val_size if val_size is None else int(val_size)
     if n_val:
         val_idx, train_idx = stratified_split(raw.y_train, n_val, val_seed)
@@ -379,7 +375,7 @@ def load_dataset(
     x_test, y_test = raw.x_test, raw.y_test
 
     fitted: ZCA | None = None
-    if zca and lazy:
+    if zca and is_lazy:
         raise DataError(f"{info.name} is read from its files as needed; ZCA needs every training image in memory")
     if zca:
         # Fitted on the un-normalised [0, 1] training pixels, validation excluded (MTT's recipe).
@@ -393,7 +389,7 @@ def load_dataset(
         keep = balanced_subset(y_train, int(limit_train), limit_seed)
         x_train, y_train = take(x_train, keep), y_train[keep]
 
-    splits = [x.normalized(transform) if lazy else transform.from_pixels(x) for x in (x_train, x_val, x_test)]
+    splits = [x.normalized(transform) if is_lazy else transform.from_pixels(x) for x in (x_train, x_val, x_test)]
 
     meta = {
         "dataset": info.name,

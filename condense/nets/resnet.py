@@ -120,15 +120,12 @@ def build_resnet18_imagenet(channels: int, num_classes: int, image_size: tuple[i
     """Registry factory for ``resnet18-imagenet`` (torchvision's stem)."""
     return ResNet18(channels, num_classes, image_size, stem="imagenet", **options)
 
-# torchvision's resnet18 state_dict names -> ours (the rest are equal)
-TORCHVISION_NAMES = ((".downsample.", ".shortcut."), ("fc.", "classifier."))
-
 
 def from_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A torchvision ``resnet18`` state_dict renamed for ``resnet18-imagenet``."""
+    """A torchvision ``resnet18`` state_dict renamed for ``resnet18-imagenet``: its blocks'
+    ``downsample`` is our ``shortcut``, its ``fc`` our ``classifier``; the rest are equal."""
     out = {}
     for name, t in state.items():
-        for a, b in TORCHVISION_NAMES:
-            name = name.replace(a, b) if a.startswith(".") else (b + name[len(a):] if name.startswith(a) else name)
-        out[name] = t
+        name = name.replace(".downsample.", ".shortcut.")
+        out["classifier." + name[len("fc."):] if name.startswith("fc.") else name] = t
     return out
