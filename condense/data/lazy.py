@@ -23,6 +23,7 @@ from condense.errors import DataError
 from .transform import PixelTransform
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+IMAGENET_FOLDERS = ("imagenet-1k", "imagenet", "ILSVRC2012")  # names the ImageNet folder goes by under a data root
 
 
 def decode_resized(path: Path, size: int, resize: int) -> np.ndarray:
@@ -120,7 +121,7 @@ def find_image_folder(root: Path, names: Sequence[str] = ()) -> Path | None:
 
 
 def find_imagenet(root: Path) -> Path | None:
-    return find_image_folder(root, ("imagenet-1k", "imagenet", "ILSVRC2012"))
+    return find_image_folder(root, IMAGENET_FOLDERS)
 
 
 def imagenet_class_names(d: Path, wnids: Sequence[str]) -> list[str]:
@@ -151,4 +152,4 @@ def read_image_folder(folder: Path, name: str, size: int, resize: int, names: Se
 
 def read_imagenet(folder: Path, size: int = 224, resize: int = 256):
     """ImageNet-1k (ILSVRC2012) in the ImageFolder layout, the val images sorted into wnid folders."""
-    return read_image_folder(folder, "imagenet-1k", size, resize, ("imagenet-1k", "imagenet", "ILSVRC2012"))
+    return read_image_folder(folder, "imagenet-1k", size, resize, IMAGENET_FOLDERS)
