@@ -169,13 +169,17 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
     proto = cfg.protocol()
     seen: set[tuple[Source, str, str, TrainProtocol]] = set()
 
+    def add(g: Group) -> None:  # a baseline several sets share is trained once
+        key = (g.source, g.arch, g.variant, g.protocol)
+        if key not in seen:
+            seen.add(key)
+            groups.append(g)
+
     def add_random(src: Source, ipc: int, arch: str, p: TrainProtocol = proto, labels: str | None = None,
                    variants: Sequence[str] = ("set",)) -> None:
         rnd = src.random_baseline(ipc, labels)
         for v in variants:
-            if (rnd, arch, v, p) not in seen:
-                seen.add((rnd, arch, v, p))
-                groups.append(Group(rnd, arch, v, p, "random", ipc))
+            add(Group(rnd, arch, v, p, "random", ipc))
 
     def add_full(dataset: str, arch: str) -> None:
         if cfg.full_accuracy is not None and cfg.baseline != "full":
@@ -189,9 +193,7 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         # --baseline full trains what --epochs says; beside sets (--scores) the reference keeps its own length
         p = cfg.protocol(FULL_DATA_EPOCHS) if cfg.baseline == "full" else \
             replace(cfg.protocol(), epochs=cfg.full_epochs or FULL_DATA_EPOCHS)
-        if (base, arch, "set", p) not in seen:
-            seen.add((base, arch, "set", p))
-            groups.append(Group(base, arch, "set", p, "full", None, runs=cfg.full_runs))
+        add(Group(base, arch, "set", p, "full", None, runs=cfg.full_runs))
 
     for path in paths:
         s = _load_set(path)
@@ -263,8 +265,8 @@ def random_recipe(s, path: str, cfg: EvalConfig) -> str | None:
     if recipe is None:
         return None
     r = json.loads(recipe)
-    if cfg.teacher:
-        r["teacher"], r["sha256"] = cfg.teacher, file_sha256(cfg.teacher) if os.path.exists(cfg.teacher) else None
+    if cfg.teacher:  # the same teacher, moved: checked against the hash the set recorded
+        r["teacher"] = cfg.teacher
     if not os.path.exists(r["teacher"]):
         raise ConfigError(f"{path}: the teacher that labelled it ({r['teacher']}) is not there; its random-real "
                           "baseline needs it (--teacher FILE names where it is now)")

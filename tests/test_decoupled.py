@@ -411,11 +411,19 @@ def test_eval_scores_train_random_real_under_the_sets_teacher_labels(teacher, tm
     # a moved teacher is one line at plan time
     import os
 
+    from evals.grid import plan
+
     os.rename(teacher, teacher + ".moved")
     try:
         with pytest.raises(ConfigError, match="is not there"):
             run_eval(EvalConfig(runs=1, epochs=1, json=str(tmp_path / "ev2.json")), [soft], note=notes.append,
                      bars=False)
+        # --teacher names where it is now; another file there is refused, not used to label random real
+        assert plan(EvalConfig(runs=1, scores=True, teacher=teacher + ".moved"), [soft])
+        other = tmp_path / "other-teacher.h5"
+        other.write_bytes(open(teacher + ".moved", "rb").read() + b"\0")
+        with pytest.raises(ConfigError, match="is not the file that labelled the set"):
+            plan(EvalConfig(runs=1, scores=True, teacher=str(other)), [soft])
     finally:
         os.rename(teacher + ".moved", teacher)
 
