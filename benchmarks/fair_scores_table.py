@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-FAIR = ("hlr", "ior", "lrs", "ars")
+from evals.report import FAIR, hard_row_of, random_row_of
 
 
 def fmt(s: dict | None, digits: int = 2) -> str:
@@ -34,9 +34,6 @@ def main() -> None:
     doc = json.loads(Path(args.report).read_text())
     rows, scores = doc["results"], doc["scores"]
 
-    def find(**want):
-        return next((r for r in rows if all(r.get(k) == v for k, v in want.items())), None)
-
     def score(r, name):
         s = next((s for s in scores if s["synset"] == r["synset"] and s["arch"] == r["arch"] and s["score"] == name),
                  None)
@@ -47,9 +44,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     sets = [r for r in rows if r["baseline"] is None and r["variant"] == "set"]
     for r in sorted(sets, key=lambda r: -(score(r, "lrs") or {"mean": -1})["mean"]):
-        hard = r if r["labels"] == "hard" else find(synset=r["synset"], arch=r["arch"], variant="hard")
-        rnd = find(baseline="random", ipc=r["ipc"], arch=r["arch"], variant="set", labels=r["random_labels"],
-                   dsa_strategy=r.get("dsa_strategy"))
+        hard, rnd = hard_row_of(rows, r), random_row_of(rows, r)
         sb = r.get("storage_bytes") or {}
         label_bytes = int(sb.get("labels", 0)) + int(sb.get("label_generator", 0)) if sb else None
         hard_acc = "—" if hard is None else f"{hard['mean']:.2f}"

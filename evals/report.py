@@ -37,12 +37,17 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return summarize([x - y for x, y in zip(a[:n], b[:n])])
 
 
-def _random_of(rows: Sequence[dict], r: dict, variant: str = "set") -> dict | None:
+def random_row_of(rows: Sequence[dict], r: dict, variant: str = "set") -> dict | None:
     """The random-real row trained as set row ``r`` is: same IPC, arch, labels (and protocol)."""
     want = {"baseline": "random", "ipc": r["ipc"], "arch": r["arch"], "variant": variant}
     if "random_labels" in r:
         want.update(labels=r["random_labels"], dsa_strategy=r.get("dsa_strategy") if variant != "no-dsa" else None)
     return _find(rows, **want)
+
+
+def hard_row_of(rows: Sequence[dict], r: dict) -> dict | None:
+    """Set row ``r``'s images on hard labels: ``r`` itself when its labels are hard, else its ``hard`` variant."""
+    return r if r.get("labels") == "hard" else _find(rows, synset=r["synset"], arch=r["arch"], variant="hard")
 
 
 def scores(rows: Sequence[dict], lrs_weight: float = 0.5, ars_weight: float = 0.5,
@@ -55,7 +60,7 @@ def scores(rows: Sequence[dict], lrs_weight: float = 0.5, ars_weight: float = 0.
             continue
         for name, ref in COMPARISONS:
             if ref == "random":
-                other = _random_of(rows, r)
+                other = random_row_of(rows, r)
             else:
                 other = _find(rows, synset=r["synset"], arch=r["arch"], variant=ref)
             if other is not None:
@@ -84,9 +89,9 @@ def fair_scores(rows: Sequence[dict], r: dict, w: float = 0.5, gamma: float = 0.
     the [0, 1] range, which fractions give, so fractions it is.
     """
     out = []
-    hard = r if r.get("labels") == "hard" else _find(rows, synset=r["synset"], arch=r["arch"], variant="hard")
+    hard = hard_row_of(rows, r)
     full = {"accs": [full_accuracy]} if full_accuracy is not None else _find(rows, baseline="full", arch=r["arch"])
-    rnd = _random_of(rows, r)
+    rnd = random_row_of(rows, r)
 
     def emit(name: str, values: list[float]) -> None:
         out.append({"synset": r["synset"], "arch": r["arch"], "score": name, **summarize(values)})
@@ -99,7 +104,7 @@ def fair_scores(rows: Sequence[dict], r: dict, w: float = 0.5, gamma: float = 0.
         emit("ior", ior)
         emit("lrs", [100 * normalized_exp((w * i - (1 - w) * h) / 100) for i, h in zip(ior, hlr)])
     set_plain = _find(rows, synset=r["synset"], arch=r["arch"], variant="no-dsa")
-    rnd_plain = _random_of(rows, r, "no-dsa")
+    rnd_plain = random_row_of(rows, r, "no-dsa")
     if rnd is not None and set_plain is not None and rnd_plain is not None:
         beta = [gamma * (a - b) + (1 - gamma) * (c - d)
                 for a, b, c, d in zip(r["accs"], rnd["accs"], set_plain["accs"], rnd_plain["accs"])]
@@ -267,9 +272,8 @@ def plot_fair(rows: Sequence[dict], score_rows: Sequence[dict], folder: str | os
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, fig_height), sharey=True,
                                       gridspec_kw={"width_ratios": [3, 2]})
     bars = (("its labels", lambda r: r),
-            ("same images, hard labels", lambda r: r if r.get("labels") == "hard" else
-             _find(rows, synset=r["synset"], arch=r["arch"], variant="hard")),
-            ("random real, same protocol", lambda r: _random_of(rows, r)))
+            ("same images, hard labels", lambda r: hard_row_of(rows, r)),
+            ("random real, same protocol", lambda r: random_row_of(rows, r)))
     height = 0.8 / len(bars)
     for k, (label, pick) in enumerate(bars):
         ys, ms, ss = [], [], []
