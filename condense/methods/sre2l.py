@@ -336,7 +336,7 @@ class SRe2L(ImageSynthesizer):
     def after_step(self, it: int) -> None:
         if self.box is not None:
             with torch.no_grad():
-                self.images.copy_(torch.maximum(torch.minimum(self.images, self.box[1]), self.box[0]))
+                self.images.clamp_(*self.box)
 
     def config(self) -> dict:
         """The run's identity and the set's config: the settings, the canonical student arch and
