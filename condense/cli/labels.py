@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..codecs import codec_names
-from ..errors import ConfigError
 from ..synset import load_synset
 from .common import add_progress_flag, device_list
 

@@ -16,7 +16,7 @@ import torch
 
 from condense.data import load_dataset
 from condense.errors import CondenseError, ConfigError
-from condense.nets import build_net, parse_arch
+from condense.nets import build_net, parse_arch, parse_arch_flag
 from condense.progress import bar
 from condense.rng import generator
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
@@ -64,10 +64,7 @@ class TeacherConfig:
         self.protocol()
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        try:
-            parse_arch(self.arch)
-        except CondenseError as e:
-            raise ConfigError(f"--arch {self.arch}: {e}") from None
+        parse_arch_flag(self.arch)
 
 
 def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, progress: bool = True) -> TeacherFile:

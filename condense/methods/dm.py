@@ -30,8 +30,8 @@ import torch
 
 from ..augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
 from ..data import load_dataset
-from ..errors import CondenseError, ConfigError
-from ..nets import build_net, parse_arch
+from ..errors import ConfigError
+from ..nets import build_net, parse_arch, parse_arch_flag
 from ..nets.base import batch_independent
 from ..rng import generator
 from ..synset import SynSet
@@ -79,10 +79,7 @@ class DMConfig:
             raise ConfigError(f"--lr-img must be positive, got {self.lr_img}")
         if self.init not in INITS:
             raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
-        try:
-            parse_arch(self.arch)
-        except CondenseError as e:
-            raise ConfigError(f"--arch {self.arch}: {e}") from None
+        parse_arch_flag(self.arch)
         if self.dsa:
             DSAConfig(strategy=self.dsa_strategy)  # raises ConfigError for an unknown strategy
         if class_sizes is not None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CondenseError, ConfigError
-from ..nets import parse_arch
+from ..errors import ConfigError
+from ..nets import parse_arch_flag
 from .loop import LoopConfig
 
 INITS = ("real", "noise")
@@ -61,10 +61,7 @@ class FRePoConfig:
             raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        try:
-            parse_arch(self.arch)
-        except CondenseError as e:
-            raise ConfigError(f"--arch {self.arch}: {e}") from None
+        parse_arch_flag(self.arch)
         self.loop()
 
     def loop(self) -> LoopConfig:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import crop_resize
-from ..errors import CondenseError, ConfigError
-from ..nets import parse_arch
+from ..errors import ConfigError
+from ..nets import parse_arch, parse_arch_flag
 from ..progress import bar
 from ..rng import generator
 from ..synset import SynSet
@@ -57,10 +57,7 @@ class RDEDConfig:
         if self.ipc * self.factor ** 2 > self.candidates:
             raise ConfigError(f"--candidates {self.candidates} cannot fill {self.ipc} images of "
                               f"{self.factor}x{self.factor} crops per class (needs >= {self.ipc * self.factor ** 2})")
-        try:
-            parse_arch(self.arch)
-        except CondenseError as e:
-            raise ConfigError(f"--arch {self.arch}: {e}") from None
+        parse_arch_flag(self.arch)
 
 
 def square_crops(n: int, min_scale: float, g: torch.Generator) -> torch.Tensor:

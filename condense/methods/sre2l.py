@@ -43,7 +43,7 @@ from torch import nn
 
 from ..augment import DSAConfig, apply_dsa, cat_draws, sample_dsa
 from ..errors import CondenseError, ConfigError
-from ..nets import parse_arch
+from ..nets import parse_arch, parse_arch_flag
 from ..rng import generator
 from ..synset import SynSet
 from .loop import ImageSynthesizer, LoopConfig
@@ -120,10 +120,7 @@ class SRe2LConfig:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.shards is not None and self.shards <= 0:
             raise ConfigError(f"--shards must be positive, got {self.shards}")
-        try:
-            parse_arch(self.arch)
-        except CondenseError as e:
-            raise ConfigError(f"--arch {self.arch}: {e}") from None
+        parse_arch_flag(self.arch)
 
     def loop(self) -> LoopConfig:
         return LoopConfig.of(self)

@@ -15,11 +15,11 @@ from __future__ import annotations
 from condense.nets import alexnet, convnet, mlp, resnet, vgg
 from condense.nets.base import Net
 from condense.nets.flat import FlatLayout, functional_call
-from condense.nets.specs import ArchSpec, available_archs, build_net, parse_arch, register_arch
+from condense.nets.specs import ArchSpec, available_archs, build_net, parse_arch, parse_arch_flag, register_arch
 
 __all__ = [
     "ArchSpec", "FlatLayout", "Net", "available_archs", "build_net", "functional_call",
-    "parse_arch", "register_arch",
+    "parse_arch", "parse_arch_flag", "register_arch",
 ]
 
 # overwrite=True: re-importing this package (e.g. importlib.reload) must not fail

@@ -142,6 +142,16 @@ def parse_arch(text: str | ArchSpec) -> ArchSpec:
     return resolve(name.strip().lower(), options)
 
 
+def parse_arch_flag(text: str) -> ArchSpec:
+    """:func:`parse_arch` of a user's ``--arch``: a bad spec is one ConfigError line naming it."""
+    from condense.errors import CondenseError, ConfigError
+
+    try:
+        return parse_arch(text)
+    except CondenseError as e:
+        raise ConfigError(f"--arch {text}: {e}") from None
+
+
 def resolve(name: str, options: Mapping[str, Any]) -> ArchSpec:
     """Validate ``options`` (strings or typed values) for ``name``; fill in the defaults."""
     entry = _REGISTRY.get(name)
