@@ -63,7 +63,7 @@ def one(store: str, memory: str, steps: int, iters: int, backend: str = "torch")
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         times: list[float] = []
         time_iterations(method, times)
-        synthesize(method, cfg.loop(), cfg.out, {"method": "tm"}, progress=lambda s: None, bars=False)
+        synthesize(method, cfg, cfg.out, {"method": "tm"}, progress=lambda s: None, bars=False)
         x, y = method.images.detach()[:100], method.classes[:100]
         net = method.net
 

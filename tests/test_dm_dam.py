@@ -124,7 +124,7 @@ def dam_cfg(tmp_path, **kw):
 def test_dm_iterations_lower_the_matching_loss(toy, tmp_path):
     method = DistributionMatching(dm_cfg(tmp_path), toy, CPU)
     before = method.loss(0).item()
-    synthesize(method, dm_cfg(tmp_path, iters=10).loop(), tmp_path / "dm.h5", {"method": "dm"}, **QUIET)
+    synthesize(method, dm_cfg(tmp_path, iters=10), tmp_path / "dm.h5", {"method": "dm"}, **QUIET)
     assert method.loss(0).item() < before
 
 
@@ -132,7 +132,7 @@ def test_dam_iterations_lower_the_matching_loss(toy, tmp_path):
     # lr_img 0.1: with p = 4 the toy set's 16x16 maps overshoot at the paper's lr_img 1
     method = AttentionMatching(dam_cfg(tmp_path, lr_img=0.1), toy, CPU)
     before = method.loss(0).item()
-    synthesize(method, dam_cfg(tmp_path, lr_img=0.1, iters=10).loop(), tmp_path / "dam.h5", {"method": "dam"}, **QUIET)
+    synthesize(method, dam_cfg(tmp_path, lr_img=0.1, iters=10), tmp_path / "dam.h5", {"method": "dam"}, **QUIET)
     assert method.loss(0).item() < before
 
 

@@ -49,7 +49,7 @@ def test_iterations_lower_the_matching_loss(tmp_path):
     ds = load_dataset("toy")
     method = GradientMatching(cfg(tmp_path, lr_img=1.0), ds, CPU)
     before = method.compute_grads(0)["loss"]
-    synthesize(method, cfg(tmp_path, iters=15, lr_img=1.0).loop(), tmp_path / "gm.h5", {"method": "gm"},
+    synthesize(method, cfg(tmp_path, iters=15, lr_img=1.0), tmp_path / "gm.h5", {"method": "gm"},
                progress=lambda s: None, bars=False)
     assert method.compute_grads(0)["loss"] < before
 
@@ -63,7 +63,7 @@ def test_resume_equals_uninterrupted_with_inner_training(tmp_path):
 
 @pytest.mark.parametrize("over, message", [(dict(ipc=0), "--ipc must be positive"),
                                            (dict(ipc=10_000), "exceeds the smallest class"),
-                                           (dict(init="kmeans"), "--init must be real or noise")])
+                                           (dict(init="kmeans"), "--init must be one of real, noise")])
 def test_bad_input(tmp_path, over, message):
     with pytest.raises(ConfigError, match=message):
         run_gm(cfg(tmp_path, **over), CPU, progress=lambda s: None, bars=False)

@@ -95,7 +95,7 @@ def test_loss_goes_down_and_resume_equals_an_uninterrupted_run(toy, tmp_path):
     before = held_out_loss()
     from condense.methods.loop import synthesize
 
-    synthesize(method, cfg(tmp_path, iters=8).loop(), tmp_path / "x.h5", {"method": "dm"}, **QUIET)
+    synthesize(method, cfg(tmp_path, iters=8), tmp_path / "x.h5", {"method": "dm"}, **QUIET)
     assert held_out_loss() < 0.8 * before  # measured: 87.6 -> 59.0, as the torch method
 
     whole = run_dm(cfg(tmp_path / "a"), **QUIET)

@@ -103,7 +103,7 @@ def test_iterations_lower_the_loss_on_toy_data(toy, tmp_path):
         return sum(float(method._loss(images, labels, f, x, y)[0][1]) for f in judges) / len(judges)
 
     before = held_out_loss()
-    synthesize(method, cfg(tmp_path, iters=10).loop(), tmp_path / "x.h5", {"method": "frepo"}, **QUIET)
+    synthesize(method, cfg(tmp_path, iters=10), tmp_path / "x.h5", {"method": "frepo"}, **QUIET)
     after = held_out_loss()
     assert after < 0.85 * before, (before, after)  # measured: 0.157 -> 0.123
     assert int(method.pool["steps"].max()) <= 3  # every member was re-initialised after max_online_steps

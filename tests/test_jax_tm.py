@@ -96,7 +96,7 @@ def test_an_iteration_equals_the_torch_method_on_a_torch_recorded_store(store_pa
 def test_loss_goes_down_resume_equals_uninterrupted_and_bad_steps_roll_back(store_path, tmp_path, monkeypatch):
     method, _ = both(tm_cfg(store_path, tmp_path, lr_img=100.0))
     before = method.compute_grads(0)["loss"]
-    synthesize(method, tm_cfg(store_path, tmp_path, iters=8).loop(), tmp_path / "tm.h5", {"method": "tm"}, **QUIET)
+    synthesize(method, tm_cfg(store_path, tmp_path, iters=8), tmp_path / "tm.h5", {"method": "tm"}, **QUIET)
     assert method.compute_grads(0)["loss"] < before
 
     whole = run_tm(tm_cfg(store_path, tmp_path / "a", iters=4, checkpoint_every=2), **QUIET)
@@ -117,11 +117,11 @@ def test_loss_goes_down_resume_equals_uninterrupted_and_bad_steps_roll_back(stor
 
     monkeypatch.setattr(method, "compute_grads", explode)
     events = []
-    synthesize(method, tm_cfg(store_path, tmp_path / "c", iters=1).loop(), tmp_path / "c" / "x.h5", {"method": "tm"},
+    synthesize(method, tm_cfg(store_path, tmp_path / "c", iters=1), tmp_path / "c" / "x.h5", {"method": "tm"},
                **QUIET)
     lr_before = float(method.lr_param.detach())
     momentum = [t.clone() for t in method.opts["log_lr"].state_dict()["optax_leaves"]]
-    synthesize(method, tm_cfg(store_path, tmp_path / "c", iters=2).loop(), tmp_path / "c" / "x.h5", {"method": "tm"},
+    synthesize(method, tm_cfg(store_path, tmp_path / "c", iters=2), tmp_path / "c" / "x.h5", {"method": "tm"},
                progress=events.append, bars=False)
     assert any("rolled back: learned lr" in e for e in events)
     assert float(method.lr_param.detach()) == lr_before  # the value and the optax momentum are restored

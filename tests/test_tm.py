@@ -121,7 +121,7 @@ def make(cfg):
 def test_iterations_lower_the_matching_loss(store_path, tmp_path):
     method = make(tm_cfg(store_path, tmp_path, lr_img=100.0, syn_steps=6))
     before = method.compute_grads(0)["loss"]
-    synthesize(method, tm_cfg(store_path, tmp_path, iters=25).loop(), tmp_path / "tm.h5", {"method": "tm"},
+    synthesize(method, tm_cfg(store_path, tmp_path, iters=25), tmp_path / "tm.h5", {"method": "tm"},
                progress=lambda s: None, bars=False)
     assert method.compute_grads(0)["loss"] < before
 
@@ -149,7 +149,7 @@ def test_nan_steps_are_skipped_then_stop_with_the_last_good_set(store_path, tmp_
     monkeypatch.setattr(method, "compute_grads", lambda it: real(it) if it < 2 or it == 3 else {"loss": float("nan")})
     events = []
     with pytest.raises(CondenseError, match="3 bad steps in a row"):
-        synthesize(method, cfg.loop(), cfg.out, {"method": "tm"}, progress=events.append, bars=False)
+        synthesize(method, cfg, cfg.out, {"method": "tm"}, progress=events.append, bars=False)
     assert any("iteration 2: skipped" in e for e in events)
     saved = load_synset(cfg.out)
     assert bool(torch.isfinite(saved.images).all())
@@ -168,7 +168,7 @@ def test_a_step_that_breaks_the_lr_is_rolled_back(store_path, tmp_path, monkeypa
 
     monkeypatch.setattr(method, "compute_grads", explode)
     events = []
-    synthesize(method, cfg.loop(), cfg.out, {"method": "tm"}, progress=events.append, bars=False)
+    synthesize(method, cfg, cfg.out, {"method": "tm"}, progress=events.append, bars=False)
     assert any("rolled back: learned lr" in e for e in events)
     assert load_synset(cfg.out).lr < 1.0
 
@@ -197,7 +197,7 @@ def test_expert_labels_and_inits(store_path, tmp_path):
     assert bool((functional_call(learned.net, teacher, learned.images.detach()).argmax(1) == learned.classes).all())
     assert learned.labels.shape == (8, 4) and learned.labels.requires_grad
     before = learned.labels.detach().clone()
-    synthesize(learned, tm_cfg(store_path, tmp_path).loop(), tmp_path / "l.h5", {"method": "tm"},
+    synthesize(learned, tm_cfg(store_path, tmp_path), tmp_path / "l.h5", {"method": "tm"},
                progress=lambda s: None, bars=False)
     assert not torch.equal(before, learned.labels.detach())
     s = load_synset(tmp_path / "l.h5")

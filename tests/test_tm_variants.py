@@ -65,7 +65,7 @@ def test_ema_is_a_naive_exponential_average(store_path, tmp_path):
 
     method.after_step = record
     cfg = method.cfg
-    synthesize(method, cfg.loop(), cfg.out, {"method": "tm"}, **QUIET)
+    synthesize(method, cfg, cfg.out, {"method": "tm"}, **QUIET)
     e = seen[0]
     for x in seen[1:]:
         e = decay * e + (1 - decay) * x
@@ -143,7 +143,7 @@ def test_datm_threshold_skips_are_not_bad_steps(store_path, tmp_path, monkeypatc
     method = make(cfg)
     before = method.images.detach().clone()
     events = []
-    synthesize(method, cfg.loop(), cfg.out, {"method": "tm"}, progress=events.append, bars=False)  # no abort
+    synthesize(method, cfg, cfg.out, {"method": "tm"}, progress=events.append, bars=False)  # no abort
     assert sum("above 1e-09" in e for e in events) == 6
     assert torch.equal(load_synset(cfg.out).images, before)
     # ... and they do not break a streak of real bad steps either: NaN, skip, NaN is two in a row.
@@ -152,7 +152,7 @@ def test_datm_threshold_skips_are_not_bad_steps(store_path, tmp_path, monkeypatc
     real = method.compute_grads
     monkeypatch.setattr(method, "compute_grads", lambda it: real(it) if it == 1 else {"loss": float("nan")})
     with pytest.raises(CondenseError, match="2 bad steps in a row at iteration 2"):
-        synthesize(method, cfg.loop(), cfg.out, {"method": "tm"}, **QUIET)
+        synthesize(method, cfg, cfg.out, {"method": "tm"}, **QUIET)
 
 
 @pytest.mark.parametrize("over, message", [

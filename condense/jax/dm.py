@@ -113,6 +113,6 @@ def run_dm(cfg: DMConfig, device=None, *, progress=print, bars: bool = True, eva
 
     cfg.validate()
     method = JaxDistributionMatching(cfg, load_for(cfg))
-    return synthesize(method, cfg.loop(), cfg.out,
+    return synthesize(method, cfg, cfg.out,
                       {"method": "dm", "backend": "jax", **asdict(cfg), "arch": method.arch},
                       progress=progress, bars=bars, evaluate=evaluate)

@@ -298,6 +298,6 @@ def run_frepo(cfg: FRePoConfig, device=None, *, progress=print, bars: bool = Tru
 
     cfg.validate()
     method = FRePo(cfg, load_for(cfg))
-    return synthesize(method, cfg.loop(), cfg.out, {"method": "frepo", "backend": "jax", **asdict(cfg),
+    return synthesize(method, cfg, cfg.out, {"method": "frepo", "backend": "jax", **asdict(cfg),
                                                      "arch": method.arch},
                       progress=progress, bars=bars, evaluate=evaluate)

@@ -15,42 +15,32 @@ The chosen indices into the training split are recorded in the set file.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ..config import configclass, setting
+from ..config.parts import Augmentation, Data, Run
 from ..data import class_balanced_indices, load_dataset
 from ..errors import CondenseError, ConfigError
-from ..nets import build_net, parse_arch
+from ..nets import build_net
 from ..rng import generator
 from ..synset import SynSet, load_synset, real_subset
-from ..augment import check_share
 from ..train import STREAM_INIT, TrainProtocol, train_model
 
 SELECTIONS = ("random", "herding", "kcenter")
 
 
-@dataclass
+@configclass(Data, Run, Augmentation, part="baseline",
+             drop=("val_size", "zca", "trajectories", "teacher", "dsa", "dsa_strategy", "min_scale", "flip"),
+             defaults={"out": "runs/baseline.h5"},
+             helps={"arch": "the embedding network of herding and k-center",
+                    "dsa_share": "DSA draws of the embedding network's training: image = per-image parameters "
+                                 "(the references); batch = one draw per batch (condense 0.1)"})
 class BaselineConfig:
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    limit_train: int | None = None  # a class-balanced subset of the training split of this size (recorded)
-    ipc: int = 1
-    arch: str = "convnet"  # the embedding network of herding and k-center
-    embed_epochs: int = 2  # how briefly it is trained on the real data
-    dsa_share: str = "image"  # the embedding network's training augmentation (condense.augment; 0.1: 'batch')
-    seed: int = 0
-    out: str = "runs/baseline.h5"
-    device: str | None = None
-
-    def validate(self) -> None:
-        if self.ipc <= 0:
-            raise ConfigError(f"--ipc must be positive, got {self.ipc}")
-        if self.embed_epochs < 0:
-            raise ConfigError(f"--embed-epochs must be >= 0, got {self.embed_epochs}")
-        parse_arch(self.arch)
-        check_share(self.dsa_share)
+    embed_epochs: int = setting(2, "epochs of real-data training of the embedding network (herding, kcenter)",
+                                ge=0, unit="epochs")
 
 
 def herding(features: torch.Tensor, k: int) -> torch.Tensor:

@@ -28,35 +28,26 @@ InstanceNorm; the code's ``get_network('ConvNet')`` builds a BatchNorm one).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..config import configclass, setting
 from ..nets.base import SequentialConvNet
 from ..synset import SynSet
 from .dm import DMConfig, MatchingBase, class_means, load_for, real_class_means
 
 
-@dataclass
+@configclass(part="dam", defaults={"iters": 8000, "batch_real": 64, "out": "runs/dam.h5"},
+             helps={"iters": "synthesis iterations (paper 8,000; the released code 20,000)"})
 class DAMConfig(DMConfig):
-    iters: int = 8000  # paper; the released code runs 20,000
-    batch_real: int = 64  # main_DataDAM.py --batch_real
-    power: float = 4.0  # p of the SAM module: paper 4, released code 1
-    mmd_weight: float = 0.01  # λ (--task_balance), low-resolution datasets; 0.02 for high resolution
-    loss_scale: float = 100.0  # the code multiplies both terms by 100 (matters for lr_img)
-    out: str = "runs/dam.h5"
-
-    def validate(self, class_sizes: Sequence[int] | None = None) -> None:
-        super().validate(class_sizes)
-        if not self.power >= 1:
-            raise ConfigError(f"--power must be >= 1, got {self.power}")
-        if not self.mmd_weight >= 0:
-            raise ConfigError(f"--mmd-weight must be >= 0, got {self.mmd_weight}")
-        if not self.loss_scale > 0:
-            raise ConfigError(f"--loss-scale must be positive, got {self.loss_scale}")
+    power: float = setting(4.0, "power p of the attention maps (paper 4, released code 1)", ge=1)
+    mmd_weight: float = setting(0.01, "weight of the final-layer MMD term (DataDAM's task_balance; 0.02 at "
+                                      "high resolution)", ge=0)
+    loss_scale: float = setting(100.0, "factor on the whole loss (the released code's 100; matters for --lr-img)",
+                                gt=0)
 
 
 def attention_map(feature: torch.Tensor, p: float) -> torch.Tensor:
@@ -129,5 +120,5 @@ def run_dam(cfg: DAMConfig, device: torch.device, *, progress=print, bars: bool 
 
     cfg.validate()
     method = AttentionMatching(cfg, load_for(cfg), device)
-    return synthesize(method, cfg.loop(), cfg.out, {"method": "dam", **asdict(cfg), "arch": method.arch},
+    return synthesize(method, cfg, cfg.out, {"method": "dam", **asdict(cfg), "arch": method.arch},
                       progress=progress, bars=bars, evaluate=evaluate)

@@ -23,73 +23,42 @@ with fewer than ``batch_real`` images contributes all of them, as the reference'
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable, Sequence
 
 import torch
 
 from ..augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
+from ..config import configclass, setting
+from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 from ..data import load_dataset
 from ..errors import ConfigError
-from ..nets import build_net, parse_arch, parse_arch_flag
+from ..nets import build_net, parse_arch
 from ..nets.base import batch_independent
 from ..rng import generator
 from ..synset import SynSet
-from .loop import ImageSynthesizer, LoopConfig
+from .loop import ImageSynthesizer
 
 INITS = ("real", "noise")
 STREAM_NET, STREAM_REAL, STREAM_DSA = 11, 12, 13
 
 
-@dataclass
+@configclass(Data, Run, Loop, Synthesis, Augmentation, part="dm",
+             drop=("val_size", "trajectories", "teacher", "dsa_share", "min_scale", "flip"),
+             defaults={"out": "runs/dm.h5"}, choices={"init": INITS},
+             helps={"arch": "the embedding network (random, frozen); the reference's ConvNet-3 is convnet:width=128",
+                    "dsa": "DSA augmentation (siamese: one draw per real/synthetic pair of a class)"})
 class DMConfig:
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    limit_train: int | None = None  # a class-balanced subset of the training split of this size (recorded)
-    ipc: int = 1
-    arch: str = "convnet"  # the embedding network; the reference's ConvNet-3 (width 128, instance norm)
-    iters: int = 1000
-    lr_img: float = 1.0
-    batch_real: int = 256  # real images per class and iteration
-    init: str = "real"  # real | noise
-    zca: bool = False
-    dsa: bool = True
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    real_chunk: int | None = None  # real images per no-grad forward; None: 32 on a CPU, all at once elsewhere
-    checkpoint_every: int = 100
-    eval_every: int = 0
-    eval_epochs: int = 100
-    max_bad_steps: int = 10
-    skip_loss_above: float | None = None
-    seed: int = 0
-    out: str = "runs/dm.h5"
-    device: str | None = None
+    real_chunk: int | None = setting(None, "real images per no-grad forward (0: all at once; default: 32 on a CPU, "
+                                           "all elsewhere)", ge=0, unit="images")
 
     def validate(self, class_sizes: Sequence[int] | None = None) -> None:
-        """One-line ConfigError for a bad value; ``class_sizes`` (train images per class) once known."""
-        for name in ("ipc", "batch_real"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        self.loop()  # iters, checkpoint/eval cadence, max bad steps (LoopConfig checks them)
-        if self.real_chunk is not None and self.real_chunk < 0:
-            raise ConfigError(f"real_chunk must be >= 0 (0 = one pass), got {self.real_chunk}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        if not self.lr_img > 0:
-            raise ConfigError(f"--lr-img must be positive, got {self.lr_img}")
-        if self.init not in INITS:
-            raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
-        parse_arch_flag(self.arch)
-        if self.dsa:
-            DSAConfig(strategy=self.dsa_strategy)  # raises ConfigError for an unknown strategy
+        """What the declarations cannot say: ``ipc`` against the smallest class once it is known."""
         if class_sizes is not None:
             smallest = min(class_sizes)
             if self.ipc > smallest:
                 raise ConfigError(f"--ipc {self.ipc} exceeds the smallest class of {self.dataset} "
                                   f"({smallest} training images)")
-
-    def loop(self) -> LoopConfig:
-        return LoopConfig.of(self)
 
 
 def class_means(features: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
@@ -218,5 +187,5 @@ def run_dm(cfg: DMConfig, device: torch.device, *, progress=print, bars: bool = 
 
     cfg.validate()
     method = DistributionMatching(cfg, load_for(cfg), device)
-    return synthesize(method, cfg.loop(), cfg.out, {"method": "dm", **asdict(cfg), "arch": method.arch},
+    return synthesize(method, cfg, cfg.out, {"method": "dm", **asdict(cfg), "arch": method.arch},
                       progress=progress, bars=bars, evaluate=evaluate)

@@ -17,12 +17,14 @@ dis_metric 'ours', get_loops). All randomness comes from generators keyed by
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
-from ..augment import DSAConfig, check_share, apply_dsa, sample_dsa
+from ..augment import DSAConfig, apply_dsa, sample_dsa
+from ..config import configclass, setting
+from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..nets import build_net
@@ -30,61 +32,27 @@ from ..rng import generator
 from ..synset import SynSet
 from ..train import STREAM_INIT, TrainProtocol, train_model
 from .init import initial_images
-from .loop import ImageSynthesizer, LoopConfig
+from .loop import ImageSynthesizer
 
 STREAM_REAL, STREAM_DSA = 10, 11
 # DC/DSA's get_loops: (outer_loop, inner_loop) by images per class.
 REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
 
-@dataclass
+@configclass(Data, Run, Loop, Synthesis, Augmentation, part="gm",
+             drop=("val_size", "trajectories", "teacher", "min_scale", "flip"),
+             defaults={"lr_img": 0.1, "out": "runs/gm.h5"}, choices={"init": ("real", "noise")},
+             helps={"dsa_share": "DSA draws of the inner network updates: image = per-image parameters (DC's "
+                                 "epoch(), default); batch = one draw per batch; matching is always siamese"})
 class GMConfig:
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    limit_train: int | None = None  # a class-balanced subset of the training split of this size (recorded)
-    ipc: int = 1
-    arch: str = "convnet"
-    iters: int = 1000
-    lr_img: float = 0.1
-    lr_net: float = 0.01
-    batch_real: int = 256
-    outer_loop: int | None = None  # None: DC/DSA's value for the ipc
-    inner_loop: int | None = None
-    init: str = "real"
-    zca: bool = False
-    dsa: bool = True
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    dsa_share: str = "image"  # the inner network updates (DC's epoch(): per-image parameters); matching is siamese
-    checkpoint_every: int = 100
-    eval_every: int = 0
-    eval_epochs: int = 100
-    max_bad_steps: int = 10
-    skip_loss_above: float | None = None
-    seed: int = 0
-    out: str = "runs/gm.h5"
-    device: str | None = None
+    lr_net: float = setting(0.01, "learning rate of the network's inner training", gt=0)
+    outer_loop: int | None = setting(None, "matching rounds per iteration (default: DC's for the ipc)", gt=0)
+    inner_loop: int | None = setting(None, "network epochs between rounds (default: DC's for the ipc)", ge=0)
 
     def loops(self) -> tuple[int, int]:
+        """(outer, inner): the given values, else DC/DSA's for the ipc."""
         ref = REFERENCE_LOOPS.get(self.ipc, (10, 50))
         return (self.outer_loop or ref[0], self.inner_loop if self.inner_loop is not None else ref[1])
-
-    def validate(self) -> None:
-        for name in ("ipc", "batch_real"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        self.loop()  # iters, checkpoint/eval cadence, max bad steps (LoopConfig checks them)
-        outer, inner = self.loops()
-        if outer <= 0 or inner < 0:
-            raise ConfigError(f"outer loop must be positive and inner loop >= 0, got {outer} and {inner}")
-        if self.init not in ("real", "noise"):
-            raise ConfigError(f"--init must be real or noise for gm, got {self.init!r}")
-        if not (self.lr_img > 0 and self.lr_net > 0):
-            raise ConfigError("--lr-img and --lr-net must be positive")
-        check_share(self.dsa_share)
-
-    def loop(self) -> LoopConfig:
-        return LoopConfig.of(self)
-
 
 def layer_distance(g_real: torch.Tensor, g_syn: torch.Tensor) -> torch.Tensor:
     """Σ_rows (1 − cos) between two gradients of one parameter; 0 for 1-D parameters."""
@@ -171,5 +139,5 @@ def run_gm(cfg: GMConfig, device: torch.device, *, progress=print, bars: bool = 
 
     cfg.validate()
     ds = load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca, limit_train=cfg.limit_train)
-    return synthesize(GradientMatching(cfg, ds, device), cfg.loop(), cfg.out, {"method": "gm", **asdict(cfg)},
+    return synthesize(GradientMatching(cfg, ds, device), cfg, cfg.out, {"method": "gm", **asdict(cfg)},
                       progress=progress, bars=bars, evaluate=evaluate)

@@ -33,7 +33,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -41,36 +41,12 @@ import torch
 
 from .. import __version__
 from ..data import dataset_info
-from ..errors import CondenseError, ConfigError
+from ..config.parts import Loop
+from ..errors import CondenseError
 from ..synset import SynSet
 from ..viz import save_grid
 
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class LoopConfig:
-    """What every iterative method shares."""
-
-    iters: int = 1000
-    checkpoint_every: int = 100
-    eval_every: int = 0  # 0: no evaluation during synthesis
-    max_bad_steps: int = 10
-    skip_loss_above: float | None = None
-
-    def __post_init__(self) -> None:
-        # Checked here, once, for every method: a zero cadence would fail mid-run (modulo by zero).
-        for name in ("iters", "checkpoint_every", "max_bad_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.eval_every < 0:
-            raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
-
-    @classmethod
-    def of(cls, cfg: Any) -> "LoopConfig":
-        """The loop settings of a method config that has these fields under the same names."""
-        return cls(iters=cfg.iters, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
-                   max_bad_steps=cfg.max_bad_steps, skip_loss_above=cfg.skip_loss_above)
 
 
 class Synthesizer(Protocol):
@@ -247,11 +223,12 @@ class Run:
             path.unlink()
 
 
-def synthesize(method: Synthesizer, loop: LoopConfig, out: str | os.PathLike, config: dict[str, Any],
+def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: dict[str, Any],
                *, progress: Callable[[str], None] = print, bars: bool = True,
                evaluate: Callable[[SynSet], float] | None = None) -> SynSet:
     """Run ``method`` for ``loop.iters`` iterations (resuming from the run folder if any),
-    saving the set to ``out``. Returns the final set."""
+    saving the set to ``out``. ``loop`` is the method's configuration (any config composed
+    with the :class:`~condense.config.parts.Loop` part). Returns the final set."""
     run = Run(out, config)
     start = run.load_checkpoint(method)
     if start >= loop.iters and Path(out).exists():

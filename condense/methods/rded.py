@@ -13,14 +13,16 @@ c's candidates come from (seed, c, PICK) and its crops from (seed, c, CROP).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
 from ..augment import crop_resize
+from ..config import configclass, setting
+from ..config.parts import Augmentation, Data, Run
 from ..errors import ConfigError
-from ..nets import parse_arch, parse_arch_flag
+from ..nets import parse_arch
 from ..progress import bar
 from ..rng import generator
 from ..synset import SynSet
@@ -28,36 +30,24 @@ from ..synset import SynSet
 STREAM_PICK, STREAM_CROP = 41, 42
 
 
-@dataclass
+@configclass(Data, Run, Augmentation, part="rded",
+             drop=("dataset", "val_size", "zca", "trajectories", "dsa", "dsa_strategy", "dsa_share", "flip"),
+             defaults={"out": "runs/rded.h5"},
+             helps={"limit_train": "candidates come from a class-balanced subset of this size (recorded)",
+                    "arch": "the student the set is evaluated with (recorded)"})
 class RDEDConfig:
-    teacher: str | None = None  # teacher file (condense teacher)
-    data_root: str | None = None
-    limit_train: int | None = None  # candidates come from a class-balanced subset of this size (recorded)
-    ipc: int = 1
-    arch: str = "convnet"  # the student the set is evaluated with (recorded)
-    factor: int = 2  # crops per side of a stitched image
-    num_crop: int = 5  # crops scored per candidate image
-    candidates: int = 300  # real images drawn per class (RDED's mipc)
-    min_scale: float = 0.08
-    score_batch: int = 512  # crops per teacher forward
-    seed: int = 0
-    out: str = "runs/rded.h5"
-    device: str | None = None
+    factor: int = setting(2, "crops per side of a stitched image", gt=0)
+    num_crop: int = setting(5, "crops scored per candidate image", gt=0)
+    candidates: int = setting(300, "real images drawn per class (RDED's mipc)", gt=0, unit="images")
+    score_batch: int = setting(512, "crops per teacher forward", gt=0, unit="crops")
 
     def validate(self) -> None:
+        """What the declarations cannot say: the teacher, and enough candidates for the crops."""
         if not self.teacher:
             raise ConfigError("rded needs --teacher FILE (a teacher file from `condense teacher`)")
-        for name in ("ipc", "factor", "num_crop", "candidates", "score_batch"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not 0 < self.min_scale <= 1:
-            raise ConfigError(f"--min-scale must be in (0, 1], got {self.min_scale}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.ipc * self.factor ** 2 > self.candidates:
             raise ConfigError(f"--candidates {self.candidates} cannot fill {self.ipc} images of "
                               f"{self.factor}x{self.factor} crops per class (needs >= {self.ipc * self.factor ** 2})")
-        parse_arch_flag(self.arch)
 
 
 def square_crops(n: int, min_scale: float, g: torch.Generator) -> torch.Tensor:

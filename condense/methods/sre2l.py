@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Iterator, Sequence
 
 import torch
@@ -42,11 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import DSAConfig, apply_dsa, cat_draws, sample_dsa
+from ..config import configclass, setting
+from ..config.parts import Augmentation, Data, Loop, Run, Synthesis, Training, Workers
 from ..errors import CondenseError, ConfigError
-from ..nets import parse_arch, parse_arch_flag
+from ..nets import parse_arch
 from ..rng import generator
 from ..synset import SynSet
-from .loop import ImageSynthesizer, LoopConfig
+from .loop import ImageSynthesizer
 
 CURRICULA = ("none", "cda")
 CDA_MODES = ("cosine", "linear", "step")
@@ -54,76 +56,39 @@ INITS = ("noise", "real")
 STREAM_INIT, STREAM_AUG, STREAM_JITTER = 30, 31, 32
 
 
-@dataclass
+@configclass(Data, Run, Loop, Synthesis, Augmentation, Training, Workers, part="sre2l",
+             drop=("dataset", "val_size", "zca", "trajectories", "batch_real", "dsa", "dsa_strategy", "dsa_share",
+                   "epochs", "lr", "momentum", "weight_decay", "lr_decay_at", "temperature"),
+             defaults={"lr_img": 0.1, "init": "noise", "batch_size": 100, "out": "runs/sre2l.h5"},
+             choices={"init": INITS},
+             helps={"data_root": "folder holding the dataset files (only for --init real)",
+                    "limit_train": "--init real: draw from a class-balanced subset of this size",
+                    "arch": "the student the set is evaluated with (recorded; recovery uses only the teacher)",
+                    "lr_img": "Adam learning rate of the images (SRe2L: 0.25 on ImageNet-1k, 0.1 on Tiny-ImageNet)",
+                    "init": "initial images: noise (SRe2L) or real",
+                    "batch_size": "classes per recovery batch, or images per class batch with --class-batches",
+                    "flip": "flip the crops",
+                    "devices": "spread the recovery batches over these devices: cuda:0,cuda:1 or cpu,cpu",
+                    "shards": "shards of the recovery batches (default: one per device; Ray: 2)"})
 class SRe2LConfig:
-    teacher: str | None = None  # teacher file (condense teacher); its dataset, transform and classes are the set's
-    data_root: str | None = None  # only for --init real
-    limit_train: int | None = None  # only for --init real
-    ipc: int = 1
-    arch: str = "convnet"  # the student the set is evaluated with (recorded; recovery uses only the teacher)
-    iters: int = 1000
-    lr_img: float = 0.1  # Adam lr (SRe2L: 0.25 on ImageNet-1k, 0.1 on Tiny-ImageNet)
-    r_bn: float = 0.01  # weight of the BN-statistics term (ImageNet-1k 0.01, Tiny 1.0 in SRe2L; CDA Tiny 0.05)
-    first_bn_multiplier: float = 10.0
-    batch_size: int = 100  # classes per batch (class_batches: images of one class per batch)
-    class_batches: bool = False  # LPLD: every batch is one class
-    min_scale: float = 0.08  # smallest crop area of the random-resized crop
-    jitter: int = 4  # random roll of up to this many pixels (SRe2L Tiny: 4, ImageNet: 32)
-    flip: bool = True
-    curriculum: str = "none"  # none | cda (easy-to-hard crop scale)
-    cda_mode: str = "cosine"
-    milestone: float = 1.0  # fraction of the iterations over which the curriculum runs
-    init: str = "noise"
-    amp: bool = True  # bfloat16 autocast of the teacher's forward on CUDA (statistics stay float32); off on CPU
-    # Spread the batches over workers (condense.executors): one shard per device, or per Ray task
-    devices: list[str] | None = None
-    executor: str = "local"
-    address: str | None = None
-    shards: int | None = None  # None: one per device (Ray: 2)
-    # images per teacher forward: whole batches are grouped up to this many (None: 128 on a CPU,
-    # where larger forwards lose cache locality, measured in docs/BENCHMARKS.md; all on a GPU)
-    chunk: int | None = None
-    checkpoint_every: int = 100
-    eval_every: int = 0
-    eval_epochs: int = 100
-    max_bad_steps: int = 10
-    skip_loss_above: float | None = None
-    seed: int = 0
-    out: str = "runs/sre2l.h5"
-    device: str | None = None
+    r_bn: float = setting(0.01, "weight of the BatchNorm-statistics loss (SRe2L: ImageNet-1k 0.01, Tiny 1.0; "
+                                "CDA Tiny 0.05)", ge=0)
+    first_bn_multiplier: float = setting(10.0, "extra weight of the first BN layer's term", gt=0)
+    class_batches: bool = setting(False, "every recovery batch is one class (LPLD)")
+    jitter: int = setting(4, "random roll of up to this many pixels (SRe2L Tiny: 4, ImageNet: 32)", ge=0,
+                          unit="pixels")
+    curriculum: str = setting("none", "none, or cda (CDA's easy-to-hard crop scale)", choices=CURRICULA)
+    cda_mode: str = setting("cosine", "--curriculum cda: its schedule", choices=CDA_MODES)
+    milestone: float = setting(1.0, "--curriculum cda: fraction of the iterations it runs over", ge=0, le=1)
+    amp: bool = setting(True, "bfloat16 autocast of the teacher on CUDA (statistics stay float32; CPU: off)")
+    # larger forwards lose cache locality on a CPU (docs/BENCHMARKS.md)
+    chunk: int | None = setting(None, "images per teacher forward: whole batches grouped up to this many "
+                                      "(default: 128 on a CPU, all on a GPU)", gt=0, unit="images")
 
     def validate(self) -> None:
+        """What the declarations cannot say: the teacher is required."""
         if not self.teacher:
             raise ConfigError("sre2l needs --teacher FILE (a teacher file from `condense teacher`)")
-        for name in ("ipc", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        self.loop()
-        for name in ("lr_img", "first_bn_multiplier"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not self.r_bn >= 0:
-            raise ConfigError(f"--r-bn must be >= 0, got {self.r_bn}")
-        if not 0 < self.min_scale <= 1:
-            raise ConfigError(f"--min-scale must be in (0, 1], got {self.min_scale}")
-        if self.jitter < 0:
-            raise ConfigError(f"--jitter must be >= 0, got {self.jitter}")
-        if self.curriculum not in CURRICULA:
-            raise ConfigError(f"--curriculum must be one of {', '.join(CURRICULA)}, got {self.curriculum!r}")
-        if self.cda_mode not in CDA_MODES:
-            raise ConfigError(f"--cda-mode must be one of {', '.join(CDA_MODES)}, got {self.cda_mode!r}")
-        if not 0 <= self.milestone <= 1:
-            raise ConfigError(f"--milestone must be in [0, 1], got {self.milestone}")
-        if self.init not in INITS:
-            raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        if self.shards is not None and self.shards <= 0:
-            raise ConfigError(f"--shards must be positive, got {self.shards}")
-        parse_arch_flag(self.arch)
-
-    def loop(self) -> LoopConfig:
-        return LoopConfig.of(self)
 
 
 # --- the math, as pure functions ------------------------------------------------------------
@@ -371,7 +336,7 @@ def run_sre2l(cfg: SRe2LConfig, device: torch.device, *, progress=print, bars: b
     if shards > 1:
         return run_sharded(cfg, shards, progress=progress)
     method = SRe2L(cfg, device)
-    return synthesize(method, cfg.loop(), cfg.out, method.config(), progress=progress, bars=bars, evaluate=evaluate)
+    return synthesize(method, cfg, cfg.out, method.config(), progress=progress, bars=bars, evaluate=evaluate)
 
 
 def shard_path(out: str, k: int, shards: int) -> str:
@@ -386,7 +351,7 @@ def recover_shard(config: dict, shard: int, shards: int, device: str = "cpu") ->
     method = SRe2L(cfg, torch.device(device), (shard, shards))
     from .loop import synthesize
 
-    synthesize(method, cfg.loop(), cfg.out, method.config(), progress=lambda m: None, bars=False)
+    synthesize(method, cfg, cfg.out, method.config(), progress=lambda m: None, bars=False)
     return cfg.out
 
 

@@ -20,20 +20,21 @@ equals an uninterrupted one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from ..augment import DSAConfig, check_share, sample_dsa
+from ..augment import DSAConfig, sample_dsa
+from ..config import configclass, setting
+from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..nets import FlatLayout, build_net, functional_call, parse_arch
 from ..rng import generator
 from ..synset import LabelSpec, SynSet
 from .init import EXPERT_INITS, INITS, expert_logits, expert_selected_images, initial_images
-from .loop import LoopConfig
 from .tm_math import Step, Target, match_constant_memory, match_exact
 
 STREAM_PICK, STREAM_ORDER, STREAM_DSA = 0, 1, 2
@@ -45,92 +46,60 @@ LABEL_REFRESH = ("iteration", "once")
 STREAM_PERTURB = 3
 
 
-@dataclass
+@configclass(Data, Run, Loop, Synthesis, Augmentation, part="tm", drop=("val_size", "zca", "teacher", "batch_real",
+                                                                     "min_scale", "flip"),
+             defaults={"dataset": None, "arch": None, "iters": 500, "lr_img": 100.0, "out": "runs/tm.h5"},
+             helps={"dataset": "dataset (default: the experts'; another is refused)",
+                    "arch": "student network (default: the experts' arch; another is refused)",
+                    "data_root": "folder holding the dataset files (normalisation and ZCA come from the experts)",
+                    "dsa_share": "DSA draws of the student's steps: image = per-image parameters, one group per "
+                                 "step (MTT); batch = one draw per batch (condense 0.1)",
+                    "init": "initial images: real, noise, correct (DATM: ones an expert gets right), confident "
+                            "(the expert's most confident) or kmeans (AST's representative init)"},
+             choices={"init": INITS})
 class TMConfig:
-    trajectories: str = ""
-    ipc: int = 1
-    arch: str | None = None  # the student; must be the store's arch (default: it)
-    dataset: str | None = None  # default: the store's dataset
-    data_root: str | None = None
-    limit_train: int | None = None  # a class-balanced subset of the training split of this size (recorded)
-    iters: int = 500
-    syn_steps: int = 20
-    expert_epochs: int = 2
-    min_start_epoch: int = 0
-    max_start_epoch: int = 5
-    batch_syn: int | None = None  # None: all synthetic images in every inner step (MTT's default)
-    lr_img: float = 100.0
-    lr_lr: float = 1e-5
-    lr_init: float | None = None  # None: the experts' training lr
-    lr_param: str | None = None  # exp (None, condense's α = exp(ρ)) | direct (MTT: α itself)
-    student_momentum: float | None = None  # the student's SGD momentum: None/0 = MTT's plain SGD, 0.9 = AST's
-    init: str = "real"  # real | noise | correct (DATM) | confident | kmeans (AST's representative init)
-    labels: str = "hard"  # hard | expert (TESLA: the expert's soft labels) | learned (DATM)
-    label_refresh: str | None = None  # --labels expert: iteration (None; TESLA) | once (fixed at init)
-    lr_labels: float = 2.0  # DATM's lr_y (SGD, momentum 0.9) for --labels learned
-    window_schedule: str = "fixed"  # fixed | linear (DATM: the start-epoch window widens)
-    window_start_max: int | None = None  # linear: the initial upper bound (DATM current_max_start_epoch)
-    window_end_iter: int = 1000  # linear: iteration at which the bound reaches max_start_epoch
-    balance_loss: bool = False  # AST
-    middle_loss: bool = False  # AST: also match intermediate student steps to intermediate epochs
-    weight_perturb: bool = False  # AST: perturb the start's conv weights
-    dsa: bool = True
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    dsa_share: str = "image"  # MTT's student steps: per-image parameters, one group per step ('batch': condense 0.1)
-    memory: str = "exact"
-    ema: float = 0.0  # FTD: decay of an exponential moving average of the images (0 = off)
-    checkpoint_every: int = 100
-    eval_every: int = 0
-    eval_epochs: int = 100  # training epochs of each --eval-every evaluation (on the validation split)
-    max_bad_steps: int = 10
-    skip_loss_above: float | None = None
-    seed: int = 0
-    out: str = "runs/tm.h5"
-    device: str | None = None
+    syn_steps: int = setting(20, "student steps per iteration", gt=0)
+    expert_epochs: int = setting(2, "expert epochs matched, M", gt=0, unit="epochs")
+    min_start_epoch: int = setting(0, "lowest start epoch", ge=0)
+    max_start_epoch: int = setting(5, "start epochs are below this", gt=0)
+    batch_syn: int | None = setting(None, "synthetic images per student step (default: all, as MTT)", gt=0)
+    lr_lr: float = setting(1e-5, "learning rate of the learned step size (MTT's meaning; with --lr-param exp "
+                                 "the step of rho is lr_lr / lr_init^2)", gt=0)
+    lr_init: float | None = setting(None, "initial learned step size (default: the experts' lr)", gt=0)
+    lr_param: str | None = setting(None, "the learned step size as exp(rho) (default: exp, positive by "
+                                         "construction) or itself (direct: MTT)", choices=LR_PARAMS)
+    student_momentum: float | None = setting(None, "SGD momentum of the student's steps (default 0: MTT; AST: 0.9)",
+                                             ge=0, lt=1)
+    labels: str = setting("hard", "labels: hard, expert (TESLA: the expert's soft labels) or learned (DATM)",
+                          choices=LABEL_MODES)
+    label_refresh: str | None = setting(None, "--labels expert: recompute them every iteration from the target "
+                                              "epoch (iteration, TESLA; default) or once", choices=LABEL_REFRESH)
+    lr_labels: float = setting(2.0, "learning rate of learned labels (DATM's lr_y; SGD, momentum 0.9)", gt=0)
+    window_schedule: str = setting("fixed", "start-epoch window: fixed, or linear (DATM) from --window-start-max "
+                                            "to --max-start-epoch", choices=WINDOWS)
+    window_start_max: int | None = setting(None, "linear window: initial upper bound of the start epoch", gt=0)
+    window_end_iter: int = setting(1000, "linear window: iteration at which it reaches --max-start-epoch", gt=0)
+    balance_loss: bool = setting(False, "AST's balanced inner loss")
+    middle_loss: bool = setting(False, "AST's intermediate matching loss")
+    weight_perturb: bool = setting(False, "AST's perturbation of the starting conv weights")
+    memory: str = setting("exact", "gradients: exact (unrolled graph) or constant (adjoint: exact, memory "
+                                   "independent of --syn-steps)", choices=MEMORY_MODES)
+    ema: float = setting(0.0, "decay of FTD's moving average of the images (0: off)", ge=0, lt=1)
 
     def validate(self, epochs_stored: int | None = None) -> None:
+        """What the declarations cannot say: relations between settings, and the store's length."""
         if not self.trajectories:
             raise ConfigError("tm needs --trajectories STORE (record one with `condense buffer`)")
-        for name in ("ipc", "syn_steps", "expert_epochs", "max_start_epoch"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        self.loop()  # iters, checkpoint/eval cadence, max bad steps (LoopConfig checks them)
-        if not 0 <= self.min_start_epoch < self.max_start_epoch:
-            raise ConfigError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {self.min_start_epoch} and "
+        if not self.min_start_epoch < self.max_start_epoch:
+            raise ConfigError(f"need --min-start-epoch < --max-start-epoch, got {self.min_start_epoch} and "
                               f"{self.max_start_epoch}")
         if epochs_stored is not None and self.max_start_epoch + self.expert_epochs > epochs_stored:
             raise ConfigError(f"--max-start-epoch ({self.max_start_epoch}) + --expert-epochs ({self.expert_epochs}) "
                               f"exceeds the {epochs_stored} epochs stored in {self.trajectories}")
-        if self.memory not in MEMORY_MODES:
-            raise ConfigError(f"--memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}")
-        if self.init not in INITS:
-            raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.labels not in LABEL_MODES:
-            raise ConfigError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}")
-        if self.window_schedule not in WINDOWS:
-            raise ConfigError(f"--window-schedule must be one of {', '.join(WINDOWS)}, got {self.window_schedule!r}")
         if self.window_schedule == "linear" and not (
-                self.window_start_max is not None and self.min_start_epoch < self.window_start_max <= self.max_start_epoch
-                and self.window_end_iter > 0):
+                self.window_start_max is not None and self.min_start_epoch < self.window_start_max <= self.max_start_epoch):
             raise ConfigError("--window-schedule linear needs --min-start-epoch < --window-start-max <= "
-                              "--max-start-epoch and --window-end-iter > 0")
-        if not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"--ema is a decay in [0, 1), got {self.ema}")
-        for name in ("lr_img", "lr_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if (self.label_refresh or "iteration") not in LABEL_REFRESH:
-            raise ConfigError(f"--label-refresh must be one of {', '.join(LABEL_REFRESH)}, got {self.label_refresh!r}")
-        if (self.lr_param or "exp") not in LR_PARAMS:
-            raise ConfigError(f"--lr-param must be one of {', '.join(LR_PARAMS)}, got {self.lr_param!r}")
-        if not 0.0 <= (self.student_momentum or 0.0) < 1.0:
-            raise ConfigError(f"--student-momentum must be in [0, 1), got {self.student_momentum}")
-        if self.batch_syn is not None and self.batch_syn <= 0:
-            raise ConfigError(f"--batch-syn must be positive, got {self.batch_syn}")
-        check_share(self.dsa_share)
-
-    def loop(self) -> LoopConfig:
-        return LoopConfig.of(self)
+                              "--max-start-epoch")
 
 
 def dataset_of_store(store, cfg: TMConfig):
@@ -367,5 +336,5 @@ def run_tm(cfg: TMConfig, device: torch.device, *, progress=print, bars: bool = 
 
     store, ds = open_store_for(cfg)
     method = TrajectoryMatching(cfg, store, ds, device)
-    return synthesize(method, cfg.loop(), cfg.out, {"method": "tm", **asdict(cfg)}, progress=progress, bars=bars,
+    return synthesize(method, cfg, cfg.out, {"method": "tm", **asdict(cfg)}, progress=progress, bars=bars,
                       evaluate=evaluate)

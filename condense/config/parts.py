@@ -1,0 +1,117 @@
+"""The shared parts every configuration is composed of, each field declared here once.
+
+A method or command takes the parts it needs (``configclass(DATA, RUN, ...)``), leaves
+out the fields that would have no effect for it, and may change a default or a help
+line; the field itself (type, bounds, choices, unit) lives only here.
+"""
+from __future__ import annotations
+
+from ..augment import SHARES
+from .declare import part, setting
+
+DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
+EXECUTORS = ("local", "ray")
+
+
+def _arch(text: str) -> None:
+    from ..nets import parse_arch_flag  # networks are imported only once a config is built
+
+    parse_arch_flag(text)
+
+
+def _strategy(text: str) -> None:
+    from ..augment import parse_strategy
+
+    parse_strategy(text)
+
+
+@part("data")
+class Data:
+    """What is distilled, and from what."""
+
+    dataset: str | None = setting("fashion-mnist", "dataset name (`condense datasets` lists what is available)")
+    data_root: str | None = setting(None, "folder holding the dataset files (default: $CONDENSE_DATA, then the "
+                                          "usual places)", metavar="DIR")
+    limit_train: int | None = setting(None, "use a class-balanced subset of the training split of this size "
+                                            "(recorded)", gt=0, unit="images")
+    val_size: int | None = setting(None, "validation images held out of training (default: the dataset's)",
+                                   ge=0, unit="images")
+    zca: bool = setting(False, "ZCA-whiten the data (MTT's; kornia's eps 0.1 on [0, 1] pixels)")
+    arch: str | None = setting("convnet", "network spec, e.g. convnet:width=32 or resnet18 (condense.nets)",
+                              check=_arch)
+    ipc: int = setting(1, "images per class of the set", gt=0, unit="images")
+    trajectories: str = setting("", "trajectory store recorded by `condense buffer`", metavar="STORE")
+    teacher: str | None = setting(None, "teacher file from `condense teacher` (its dataset, transform and "
+                                        "classes are the set's)", metavar="FILE")
+
+
+@part("run")
+class Run:
+    """Where the result goes, how it is seeded, where it runs."""
+
+    seed: int = setting(0, "seed: every random draw derives from it", ge=0)
+    out: str | None = setting("runs/out.h5", "file to write", metavar="PATH")
+    device: str | None = setting(None, "cpu, cuda or cuda:N (default: cuda if available)")
+
+
+@part("iterations")
+class Loop:
+    """What every iterative method shares (condense.methods.loop)."""
+
+    iters: int = setting(1000, "synthesis iterations", gt=0)
+    checkpoint_every: int = setting(100, "save the set and the full state every N iterations (a rerun resumes)",
+                                    gt=0, unit="iterations")
+    eval_every: int = setting(0, "evaluate on the validation split every N iterations (0: never)", ge=0,
+                              unit="iterations")
+    eval_epochs: int = setting(100, "training epochs of each --eval-every evaluation", gt=0, unit="epochs")
+    max_bad_steps: int = setting(10, "stop after N non-finite steps in a row (each is rolled back)", gt=0)
+    skip_loss_above: float | None = setting(None, "skip iterations whose loss exceeds this (DATM's threshold; "
+                                                  "not counted as bad steps)")
+
+
+@part("synthesis")
+class Synthesis:
+    """Settings that several synthesis methods have, with per-method defaults."""
+
+    lr_img: float = setting(1.0, "learning rate of the images", gt=0)
+    init: str = setting("real", "initial images")
+    batch_real: int = setting(256, "real images per class and iteration", gt=0, unit="images")
+
+
+@part("augmentation")
+class Augmentation:
+    """Differentiable siamese augmentation (condense.augment) and crops."""
+
+    dsa: bool = setting(True, "DSA augmentation")
+    dsa_strategy: str | None = setting(DSA_DEFAULT, "DSA transforms, joined by _ (or rrc+flip)", check=_strategy)
+    dsa_share: str = setting("image", "what one batch shares of a DSA draw: image = per-image parameters, one "
+                                      "group per step (the references); batch = one draw per batch (condense 0.1); "
+                                      "view = nothing shared", choices=SHARES)
+    min_scale: float = setting(0.08, "smallest crop area fraction of the random-resized crop", gt=0, le=1)
+    flip: bool = setting(True, "horizontal flips")
+
+
+@part("training")
+class Training:
+    """How a network is trained on real data (experts, teachers) or on a set (evaluation)."""
+
+    epochs: int | None = setting(50, "training epochs", gt=0, unit="epochs")
+    lr: float | None = setting(0.01, "SGD learning rate", gt=0)
+    momentum: float = setting(0.0, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = setting(0.0, "weight decay", ge=0)
+    batch_size: int = setting(256, "batch size", gt=0, unit="images")
+    lr_decay_at: float = setting(1.0, "lr x0.1 from this fraction of the epochs (1 = never)", gt=0, le=1)
+    temperature: float | None = setting(1.0, "distillation temperature of soft labels", gt=0)
+
+
+@part("workers")
+class Workers:
+    """Spreading independent work over devices, processes or a Ray cluster (condense.executors)."""
+
+    devices: list[str] | None = setting(None, "devices, one worker each: cuda:0,cuda:1 or cpu,cpu", metavar="LIST")
+    executor: str = setting("local", "local (in-process or a process per device) or ray", choices=EXECUTORS)
+    address: str | None = setting(None, "--executor ray: the cluster (auto, host:port; default a local Ray)")
+    shards: int | None = setting(None, "shards of the work (default: one per device; Ray: 2)", gt=0)
+
+
+ALL = (Data, Run, Loop, Synthesis, Augmentation, Training, Workers)
