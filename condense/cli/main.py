@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    command = next((a for a in argv if not a.startswith("-")), "condense")
+    try:
+        # Plugins first: the methods, datasets and networks they register get their subcommands and flags.
+        load_plugins(os.environ.get("CONDENSE_PLUGINS"))
+        argv = synth.with_method(argv)
+    except CondenseError as e:
+        print(f"condense {command}: error: {e}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "accepts_unknown_flags", False):
@@ -65,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        load_plugins(os.environ.get("CONDENSE_PLUGINS"))
         return int(args.handler(args) or 0)
     except CondenseError as e:
         if debug:
