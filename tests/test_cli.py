@@ -28,11 +28,38 @@ def test_every_command_has_help(command, capsys):
     assert command in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ("buffer", "teacher", "synth", "labels", "eval", "run"))
-def test_every_long_running_command_takes_no_progress(command, capsys):
+def test_no_progress_and_debug_are_global_flags(capsys):
     with pytest.raises(SystemExit):
-        main([command, "--help"])
-    assert "--no-progress" in capsys.readouterr().out
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "--no-progress" in out and "--debug" in out
+
+
+def test_synth_lists_methods_and_each_method_only_its_options(capsys):
+    from condense.methods import method_names
+
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"    {m} " in out for m in method_names())
+    counts = {}
+    for m in method_names():
+        with pytest.raises(SystemExit):
+            main(["synth", m, "--help"])
+        out = capsys.readouterr().out
+        counts[m] = sum(1 for line in out.splitlines() if line.startswith("  --"))
+        assert "data options:" in out and "run options:" in out
+    assert max(counts.values()) <= 35, counts
+    assert counts["random"] < counts["dm"] < counts["tm"]  # no option shows for a method it does not affect
+
+
+def test_synth_method_flag_still_works_with_a_deprecation_notice(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "synth", "--method", "random", "--dataset", "toy", "--ipc", "1",
+                             "--out", str(tmp_path / "r.h5"), "--device", "cpu")
+    assert code == 0 and "wrote" in out
+    assert "--method is deprecated" in err and "condense synth random" in err
+    code, _, err = run_cli(capsys, "synth", "tm", "--lr-lr", "0")
+    assert code == 2 and err.strip() == "condense synth: error: --lr-lr must be positive, got 0"
 
 
 def test_no_progress_leaves_stderr_empty(capsys, tmp_path):
@@ -186,7 +213,7 @@ def test_plugins_register_datasets_and_archs_for_the_cli(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("method, extra", [("random", ()), ("dm", ("--iters", "2", "--arch", "convnet:width=8"))])
 def test_synth_limit_train_uses_and_records_a_balanced_subset(method, extra, capsys, tmp_path):
     out = tmp_path / f"{method}.h5"
-    code, _, err = run_cli(capsys, "synth", "--method", method, "--dataset", "toy", "--ipc", "2", "--limit-train", "40",
+    code, _, err = run_cli(capsys, "synth", method, "--dataset", "toy", "--ipc", "2", "--limit-train", "40",
                            "--out", str(out), "--device", "cpu", "--no-progress", *extra)
     assert code == 0, err
     assert (tmp_path / f"{method}.png").read_bytes()[:4] == b"\x89PNG"  # the set's grid beside it
@@ -197,6 +224,6 @@ def test_synth_limit_train_uses_and_records_a_balanced_subset(method, extra, cap
 
         limited = load_dataset("toy", limit_train=40)
         assert all(any(torch.equal(img, x) for x in limited.x_train) for img in s.images)
-    code, _, err = run_cli(capsys, "synth", "--method", method, "--dataset", "toy", "--ipc", "1", "--limit-train", "2",
+    code, _, err = run_cli(capsys, "synth", method, "--dataset", "toy", "--ipc", "1", "--limit-train", "2",
                            "--out", str(tmp_path / "bad.h5"), "--device", "cpu", "--no-progress", *extra)
     assert code == 2 and err.count("\n") == 1 and "cannot cover 4 classes" in err

@@ -95,12 +95,12 @@ def test_class_order_mismatch_and_a_set_without_teacher_are_one_line_each(teache
     assert main(["labels", s.config["out"], "--teacher", bad, "--out", str(tmp_path / "x.h5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "class order" in err[0] and "pattern-0" in err[0]
-    assert main(["synth", "--method", "random", "--dataset", "toy", "--ipc", "1", "--out", str(tmp_path / "r.h5")]) == 0
+    assert main(["synth", "random", "--dataset", "toy", "--ipc", "1", "--out", str(tmp_path / "r.h5")]) == 0
     capsys.readouterr()
     assert main(["labels", str(tmp_path / "r.h5"), "--views", "per-epoch", "--out", str(tmp_path / "y.h5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "records no teacher" in err[0]
-    assert main(["synth", "--method", "sre2l", "--ipc", "1", "--out", str(tmp_path / "z.h5")]) == 2
+    assert main(["synth", "sre2l", "--ipc", "1", "--out", str(tmp_path / "z.h5")]) == 2
     assert "needs --teacher" in capsys.readouterr().err
     # the set's own teacher is the default: per-view labels on rrc+flip views
     assert main(["labels", s.config["out"], "--views", "per-epoch", "--view-epochs", "3", "--view-strategy",

@@ -111,7 +111,7 @@ def test_cli_synth_dm_backend_jax(tmp_path):
     from condense.cli.main import main
 
     out = tmp_path / "cli.h5"
-    assert main(["synth", "--method", "dm", "--backend", "jax", "--dataset", "toy", "--ipc", "2", "--arch", ARCH,
+    assert main(["synth", "dm", "--backend", "jax", "--dataset", "toy", "--ipc", "2", "--arch", ARCH,
                  "--batch-real", "16", "--iters", "2", "--out", str(out), "--device", "cpu"]) == 0
     s = load_synset(out)
     assert s.method == "dm" and s.ipc == 2 and s.config["backend"] == "jax" and s.provenance["iteration"] == 2

@@ -135,7 +135,7 @@ def test_cli_frepo_defaults_to_jax_and_torch_is_one_error_line(tmp_path, capsys)
     from condense.cli.main import main
 
     out = tmp_path / "cli.h5"
-    argv = ["synth", "--method", "frepo", "--dataset", "toy", "--ipc", "1", "--arch", ARCH, "--batch-real", "32",
+    argv = ["synth", "frepo", "--dataset", "toy", "--ipc", "1", "--arch", ARCH, "--batch-real", "32",
             "--pool-size", "2", "--iters", "2", "--out", str(out), "--device", "cpu"]
     assert main(argv) == 0
     s = load_synset(out)

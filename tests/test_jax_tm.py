@@ -82,7 +82,7 @@ def both(cfg):
     return JaxTrajectoryMatching(cfg, store, ds), TrajectoryMatching(cfg, store, ds, CPU)
 
 
-@pytest.mark.parametrize("over", [dict(), dict(labels="learned", batch_syn=3, middle_loss=True, balance_loss=True),
+@pytest.mark.parametrize("over", [dict(), dict(labels="learned", batch_syn=3, ast=["middle-loss", "balance-loss"]),
                                   dict(memory="constant", labels="learned", batch_syn=3)])
 def test_an_iteration_equals_the_torch_method_on_a_torch_recorded_store(store_path, tmp_path, over):
     ours, theirs = both(tm_cfg(store_path, tmp_path, **over))
@@ -132,13 +132,13 @@ def test_cli_synth_backend_jax(store_path, tmp_path, capsys, monkeypatch):
     from condense.cli.main import main
 
     out = tmp_path / "cli.h5"
-    argv = ["synth", "--method", "tm", "--backend", "jax", "--trajectories", store_path, "--ipc", "2", "--iters", "2",
+    argv = ["synth", "tm", "--backend", "jax", "--trajectories", store_path, "--ipc", "2", "--iters", "2",
             "--syn-steps", "4", "--max-start-epoch", "2", "--lr-img", "10", "--out", str(out), "--device", "cpu"]
     assert main(argv) == 0
     s = load_synset(out)
     assert s.method == "tm" and s.ipc == 2 and s.lr is not None and s.config["backend"] == "jax"
     assert "--backend jax" in capsys.readouterr().out
-    assert main(["synth", "--method", "gm", "--backend", "jax", "--dataset", "toy", "--out", str(tmp_path / "g.h5")]) == 2
+    assert main(["synth", "gm", "--backend", "jax", "--dataset", "toy", "--out", str(tmp_path / "g.h5")]) == 2
     err = capsys.readouterr().err
     assert "method 'gm' has no JAX version; --backend jax runs: dm, frepo, tm" in err and len(err.strip().splitlines()) == 1
     monkeypatch.setitem(__import__("sys").modules, "optax", None)  # as if optax were not installed

@@ -32,7 +32,7 @@ def make(cfg) -> TrajectoryMatching:
 def test_weight_perturbation_is_asts_formula(store_path, tmp_path):
     """AST's weightPerturb: for every conv weight W (4-D), d ~ N(0, 1) of W's shape,
     W' = W + (d / ‖d‖_F) ⊙ W; biases, norm and linear parameters untouched."""
-    method = make(tm_cfg(store_path, tmp_path, weight_perturb=True))
+    method = make(tm_cfg(store_path, tmp_path, ast=["weight-perturb"]))
     start, _ = method.start_and_targets(3, 1, 1)
     plain = method.store.epoch(1, 1)
     layout = method.store.layout
@@ -76,7 +76,7 @@ def test_ema_is_a_naive_exponential_average(store_path, tmp_path):
 def test_balanced_loss_scale_is_asts_and_scales_the_inner_loss(store_path, tmp_path):
     """AST: h = max_start_epoch // 2; the inner CE is × log₅(s − h + 8) for s ≥ h and
     ÷ log₅(h − s + 8) below. Values computed by hand (log 8 / log 5 = 1.29203, ...)."""
-    method = make(tm_cfg(store_path, tmp_path, balance_loss=True))  # max_start_epoch 2: h = 1
+    method = make(tm_cfg(store_path, tmp_path, ast=["balance-loss"]))  # max_start_epoch 2: h = 1
     assert [method.loss_scale(s) for s in (0, 1, 2)] == pytest.approx([0.7324868, 1.2920297, 1.3652124], rel=1e-6)
     method.cfg.max_start_epoch = 20  # h = 10
     assert [method.loss_scale(s) for s in (0, 10, 15)] == pytest.approx([0.5568273, 1.2920297, 1.5936926], rel=1e-6)
@@ -85,7 +85,7 @@ def test_balanced_loss_scale_is_asts_and_scales_the_inner_loss(store_path, tmp_p
     for it in range(3):
         _, s, _ = method.plan(it)
         same = make(tm_cfg(store_path, tmp_path, lr_init=0.01 * method.loss_scale(s)))
-        ours = make(tm_cfg(store_path, tmp_path, balance_loss=True, lr_init=0.01))
+        ours = make(tm_cfg(store_path, tmp_path, ast=["balance-loss"], lr_init=0.01))
         assert ours.compute_grads(it)["loss"] == pytest.approx(same.compute_grads(it)["loss"], rel=1e-5)
 
 
@@ -129,7 +129,7 @@ def test_tesla_labels_are_recomputed_every_iteration_from_the_target_epoch(store
         with torch.no_grad():
             expected = functional_call(method.net, target, method.images.detach())
         torch.testing.assert_close(method.labels, expected)
-    once = make(tm_cfg(store_path, tmp_path, labels="expert", label_refresh="once"))
+    once = make(tm_cfg(store_path, tmp_path, labels="expert-once"))
     first = once.labels.clone()
     for it in range(3):
         once.compute_grads(it)
@@ -158,7 +158,7 @@ def test_datm_threshold_skips_are_not_bad_steps(store_path, tmp_path, monkeypatc
 @pytest.mark.parametrize("over, message", [
     (dict(lr_param="log"), "--lr-param must be one of exp, direct"),
     (dict(student_momentum=1.0), "--student-momentum must be in"),
-    (dict(label_refresh="epoch"), "--label-refresh must be one of"),
+    (dict(labels="epoch"), "--labels must be one of"),
 ])
 def test_bad_variant_settings(store_path, tmp_path, over, message):
     with pytest.raises(ConfigError, match=message):

@@ -15,6 +15,7 @@ from ..config import declared, make_config, preset_section
 from ..config.declare import hints
 
 C = TypeVar("C")
+METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
@@ -29,11 +30,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
         if part not in groups:
             groups[part] = parser.add_argument_group(f"{part} options")
         base, many = _base_type(types_[f.name])
-        kw: dict[str, Any] = dict(dest=f.name, default=None, help=help_line(f))
-        if meta.metavar:
-            kw["metavar"] = meta.metavar
+        kw: dict[str, Any] = dict(dest=f.name, default=None, help=help_line(f, many))
+        kw["metavar"] = meta.metavar or METAVARS.get(base)
         if base is bool and not many:
             kw["action"] = argparse.BooleanOptionalAction
+            del kw["metavar"]
         elif many and meta.repeat:
             kw.update(action="append", type=base)
         elif many:
@@ -41,19 +42,21 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
         else:
             kw["type"] = base
             if meta.choices:
-                kw["choices"] = meta.choices
+                kw.update(choices=meta.choices, metavar=meta.metavar or "{" + ",".join(map(str, meta.choices)) + "}")
         groups[part].add_argument(meta.flag or f"--{f.name.replace('_', '-')}", **kw)
 
 
-def help_line(f: dataclasses.Field) -> str:
+def help_line(f: dataclasses.Field, many: bool = False) -> str:
     """The field's help with its unit, bounds and default, as ``--help`` and the docs show it."""
     meta = declared(f)
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     extras = [x for x in (meta.unit, meta.bounds_text()) if x]
-    if default not in (None, "", [], dataclasses.MISSING):
+    if isinstance(default, bool):
+        extras.append(f"default {'on' if default else 'off'}")
+    elif default not in (None, "", [], dataclasses.MISSING):
         extras.append(f"default {','.join(map(str, default)) if isinstance(default, list) else default}")
-    if meta.choices and not isinstance(default, list):
-        extras.insert(0, "|".join(map(str, meta.choices)))
+    if meta.choices and many:  # a single value's choices are in its metavar already
+        extras.insert(0, "of " + ", ".join(map(str, meta.choices)))
     text = meta.help.replace("%", "%%")
     return f"{text} ({'; '.join(extras)})" if extras else text
 

@@ -24,7 +24,7 @@ EPILOG = """examples:
   condense show runs/quickstart/dm_ipc1.h5 --out grid.png
   condense convert set.h5 set.pt             export to the reference repositories' .pt layout
 
-Add --debug anywhere to see full tracebacks. $CONDENSE_PLUGINS=mod1,mod2 imports your own
+Add --debug anywhere to see full tracebacks, --no-progress to turn progress bars off. $CONDENSE_PLUGINS=mod1,mod2 imports your own
 modules first, so the datasets and networks they register can be named here. `condense COMMAND --help` shows each command's flags."""
 
 
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="condense", description="Dataset distillation: record experts, synthesize tiny sets, evaluate them honestly.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"condense {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (anywhere on the line)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars for long work (anywhere on the line; log lines stay)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (buffer, teacher, synth, labels, eval_cmd, run, show, datasets, convert):
         module.add_parser(sub)
@@ -55,8 +57,8 @@ def load_plugins(spec: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    debug, no_progress = "--debug" in argv, "--no-progress" in argv
+    argv = [a for a in argv if a not in ("--debug", "--no-progress")]
     command = next((a for a in argv if not a.startswith("-")), "condense")
     try:
         # Plugins first: the methods, datasets and networks they register get their subcommands and flags.
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    args.no_progress = no_progress
     try:
         return int(args.handler(args) or 0)
     except CondenseError as e:

@@ -6,7 +6,7 @@ import sys
 
 from ..errors import ConfigError
 from ..jobs import resolve_device
-from .common import add_preset_flag, add_progress_flag, describe
+from .common import add_preset_flag, describe
 from .flags import add_config_flags, config_from_args
 
 BACKENDS = ("torch", "jax")
@@ -40,31 +40,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             m.add_argument("--backend", choices=BACKENDS, help=f"torch or jax (default {entry.default_backend}; "
                                                                "same options and set file)")
         add_config_flags(m, entry.config)
-        add_progress_flag(m)
         m.set_defaults(handler=handle)
     p.set_defaults(handler=lambda args: p.print_help() or 2)
 
 
 def with_method(argv: list[str]) -> list[str]:
-    """``synth --method X ...`` (deprecated) or ``synth --preset P`` naming its method, as ``synth X ...``."""
-    if not argv or argv[0] != "synth" or (len(argv) > 1 and not argv[1].startswith("-")):
+    """``synth --method X ...`` (deprecated) or ``synth --preset P`` naming its method, as ``synth X ...``;
+    an unknown method, or options without one, is one ConfigError line."""
+    from ..config import preset_section
+    from ..methods import get_method, method_names
+
+    if not argv or argv[0] != "synth" or len(argv) == 1 or {"-h", "--help"} & set(argv[1:2]):
         return argv
-    rest = argv[1:]
+    method, rest = (argv[1], argv[2:]) if not argv[1].startswith("-") else (None, argv[1:])
     for i, a in enumerate(rest):
-        if a == "--method" and i + 1 < len(rest) or a.startswith("--method="):
+        if method is None and (a == "--method" and i + 1 < len(rest) or a.startswith("--method=")):
             method = a.split("=", 1)[1] if "=" in a else rest[i + 1]
             del rest[i:i + (1 if "=" in a else 2)]
             print(f"condense synth: --method is deprecated and goes in the next release; write `condense synth "
                   f"{method} ...`", file=sys.stderr)
-            return ["synth", method, *rest]
+            break
     for i, a in enumerate(rest):
-        if (a == "--preset" and i + 1 < len(rest)) or a.startswith("--preset="):
-            from ..config import preset_section
-
+        if method is None and (a == "--preset" and i + 1 < len(rest) or a.startswith("--preset=")):
             method = preset_section(a.split("=", 1)[1] if "=" in a else rest[i + 1], "synth").get("method")
-            if method:
-                return ["synth", str(method), *rest]
-    return argv
+    if method is None:
+        raise ConfigError(f"give a method: condense synth METHOD ..., METHOD one of {', '.join(method_names())}")
+    get_method(str(method))  # an unknown one is one line naming the available methods
+    return ["synth", str(method), *rest]
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -265,5 +265,5 @@ def run_tm(cfg: TMConfig, device=None, *, progress=print, bars: bool = True, eva
 
     store, ds = open_store_for(cfg)
     method = JaxTrajectoryMatching(cfg, store, ds)
-    return synthesize(method, cfg, cfg.out, {"method": "tm", "backend": "jax", **asdict(cfg)},
+    return synthesize(method, cfg, cfg.out, {"method": "tm", "backend": "jax", **cfg.identity()},
                       progress=progress, bars=bars, evaluate=evaluate)

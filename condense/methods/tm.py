@@ -31,7 +31,7 @@ from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 from ..data import load_dataset
 from ..errors import ConfigError
-from ..nets import FlatLayout, build_net, functional_call, parse_arch
+from ..nets import FlatLayout, build_net, functional_call
 from ..rng import generator
 from ..synset import LabelSpec, SynSet
 from .init import EXPERT_INITS, INITS, expert_logits, expert_selected_images, initial_images
@@ -39,19 +39,17 @@ from .tm_math import Step, Target, match_constant_memory, match_exact
 
 STREAM_PICK, STREAM_ORDER, STREAM_DSA = 0, 1, 2
 MEMORY_MODES = ("exact", "constant")
-LABEL_MODES = ("hard", "expert", "learned")
-WINDOWS = ("fixed", "linear")
+LABEL_MODES = ("hard", "expert", "expert-once", "learned")
 LR_PARAMS = ("exp", "direct")
-LABEL_REFRESH = ("iteration", "once")
+AST_TERMS = ("balance-loss", "middle-loss", "weight-perturb")
 STREAM_PERTURB = 3
 
 
-@configclass(Data, Run, Loop, Synthesis, Augmentation, part="tm", drop=("val_size", "zca", "teacher", "batch_real",
-                                                                     "min_scale", "flip"),
-             defaults={"dataset": None, "arch": None, "iters": 500, "lr_img": 100.0, "out": "runs/tm.h5"},
-             helps={"dataset": "dataset (default: the experts'; another is refused)",
-                    "arch": "student network (default: the experts' arch; another is refused)",
-                    "data_root": "folder holding the dataset files (normalisation and ZCA come from the experts)",
+@configclass(Data, Run, Loop, Synthesis, Augmentation, part="tm",
+             # dataset, arch, normalisation and ZCA are the experts': the store says them
+             drop=("dataset", "arch", "val_size", "zca", "teacher", "batch_real", "min_scale", "flip"),
+             defaults={"iters": 500, "lr_img": 100.0, "out": "runs/tm.h5"},
+             helps={"data_root": "folder holding the dataset files (normalisation and ZCA come from the experts)",
                     "dsa_share": "DSA draws of the student's steps: image = per-image parameters, one group per "
                                  "step (MTT); batch = one draw per batch (condense 0.1)",
                     "init": "initial images: real, noise, correct (DATM: ones an expert gets right), confident "
@@ -70,18 +68,17 @@ class TMConfig:
                                          "construction) or itself (direct: MTT)", choices=LR_PARAMS)
     student_momentum: float | None = setting(None, "SGD momentum of the student's steps (default 0: MTT; AST: 0.9)",
                                              ge=0, lt=1)
-    labels: str = setting("hard", "labels: hard, expert (TESLA: the expert's soft labels) or learned (DATM)",
+    labels: str = setting("hard", "labels: hard, expert (TESLA: the expert's soft labels, recomputed every "
+                                  "iteration from the target epoch), expert-once (fixed at the start) or learned (DATM)",
                           choices=LABEL_MODES)
-    label_refresh: str | None = setting(None, "--labels expert: recompute them every iteration from the target "
-                                              "epoch (iteration, TESLA; default) or once", choices=LABEL_REFRESH)
     lr_labels: float = setting(2.0, "learning rate of learned labels (DATM's lr_y; SGD, momentum 0.9)", gt=0)
-    window_schedule: str = setting("fixed", "start-epoch window: fixed, or linear (DATM) from --window-start-max "
-                                            "to --max-start-epoch", choices=WINDOWS)
-    window_start_max: int | None = setting(None, "linear window: initial upper bound of the start epoch", gt=0)
-    window_end_iter: int = setting(1000, "linear window: iteration at which it reaches --max-start-epoch", gt=0)
-    balance_loss: bool = setting(False, "AST's balanced inner loss")
-    middle_loss: bool = setting(False, "AST's intermediate matching loss")
-    weight_perturb: bool = setting(False, "AST's perturbation of the starting conv weights")
+    window_growth: list[int] | None = setting(None, "DATM's growing start window: START_MAX,END_ITER (the upper "
+                                                    "start epoch grows linearly from START_MAX at iteration 0 to "
+                                                    "--max-start-epoch at END_ITER; default: a fixed window)",
+                                              gt=0, metavar="START_MAX,END_ITER")
+    ast: list[str] | None = setting(None, "AST's distillation terms: balance-loss (balanced inner loss), "
+                                          "middle-loss (intermediate matching), weight-perturb (perturbed start "
+                                          "weights)", choices=AST_TERMS, metavar="TERMS")
     memory: str = setting("exact", "gradients: exact (unrolled graph) or constant (adjoint: exact, memory "
                                    "independent of --syn-steps)", choices=MEMORY_MODES)
     ema: float = setting(0.0, "decay of FTD's moving average of the images (0: off)", ge=0, lt=1)
@@ -96,18 +93,33 @@ class TMConfig:
         if epochs_stored is not None and self.max_start_epoch + self.expert_epochs > epochs_stored:
             raise ConfigError(f"--max-start-epoch ({self.max_start_epoch}) + --expert-epochs ({self.expert_epochs}) "
                               f"exceeds the {epochs_stored} epochs stored in {self.trajectories}")
-        if self.window_schedule == "linear" and not (
-                self.window_start_max is not None and self.min_start_epoch < self.window_start_max <= self.max_start_epoch):
-            raise ConfigError("--window-schedule linear needs --min-start-epoch < --window-start-max <= "
-                              "--max-start-epoch")
+        if self.window_growth is not None and not (
+                len(self.window_growth) == 2 and self.min_start_epoch < self.window_growth[0] <= self.max_start_epoch):
+            raise ConfigError("--window-growth is START_MAX,END_ITER with --min-start-epoch < START_MAX <= "
+                              f"--max-start-epoch, got {self.window_growth}")
+
+    # The names the method reads (and 0.4.0 configs used): derived, so each is declared once above.
+    balance_loss = property(lambda self: "balance-loss" in (self.ast or ()))
+    middle_loss = property(lambda self: "middle-loss" in (self.ast or ()))
+    weight_perturb = property(lambda self: "weight-perturb" in (self.ast or ()))
+    window_schedule = property(lambda self: "linear" if self.window_growth else "fixed")
+    window_start_max = property(lambda self: self.window_growth[0] if self.window_growth else None)
+    window_end_iter = property(lambda self: self.window_growth[1] if self.window_growth else 1000)
+    label_refresh = property(lambda self: "once" if self.labels == "expert-once" else None)
+
+    def identity(self) -> dict:
+        """The settings under their 0.4.0 names: the run identity that checkpoints written then carry."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("ast", "window_growth")}
+        d.update({k: getattr(self, k) for k in ("balance_loss", "middle_loss", "weight_perturb", "window_schedule",
+                                                "window_start_max", "window_end_iter", "label_refresh")})
+        d["labels"] = "expert" if self.labels == "expert-once" else self.labels
+        return d
 
 
 def dataset_of_store(store, cfg: TMConfig):
-    """The dataset processed exactly as the store's experts saw it; refused if it differs."""
+    """The dataset processed exactly as the store's experts saw it; refused if it differs here."""
     meta, data = store.meta, store.meta.get("data", {})
-    name = cfg.dataset or meta["dataset"]
-    if name != meta["dataset"]:
-        raise ConfigError(f"{cfg.trajectories} holds {meta['dataset']} experts, not {name}")
+    name = meta["dataset"]
     zca = meta["transform"]["kind"] == "zca"
     ds = load_dataset(name, cfg.data_root, zca=zca, zca_eps=meta["transform"].get("zca_eps") or 0.1,
                       val_size=data.get("val_size"), val_seed=data.get("val_seed", 0), limit_train=cfg.limit_train)
@@ -122,9 +134,7 @@ class TrajectoryMatching:
 
     def __init__(self, cfg: TMConfig, store, ds, device: torch.device):
         self.cfg, self.store, self.ds, self.device = cfg, store, ds, device
-        self.arch = arch = cfg.arch or store.meta["arch"]
-        if str(parse_arch(arch)) != store.meta["arch"]:
-            raise ConfigError(f"--arch {arch} differs from the experts' arch {store.meta['arch']}")
+        self.arch = arch = store.meta["arch"]
         c, h, w = ds.info.shape
         self.net = build_net(arch, c, ds.info.num_classes, (h, w), generator=generator(cfg.seed, 0)).to(device)
         FlatLayout.of(self.net).check_compatible(store.layout)
