@@ -107,3 +107,86 @@ def test_summarize_against_hand_computation():
     assert s["std"] == pytest.approx((8 / 3) ** 0.5)
     # t(0.975, 2) = 4.302652729911275; sample std = 2
     assert s["ci95"] == pytest.approx(4.302652729911275 * 2 / 3 ** 0.5)
+
+
+PLUGIN = '''
+from dataclasses import asdict
+
+from condense.config import configclass, setting
+from condense.config.parts import Data, Run
+from condense.methods import MethodEntry, register_method
+from condense.methods.baselines import run_baseline, BaselineConfig
+
+
+@configclass(Data, Run, part="mine", drop=("val_size", "zca", "trajectories", "teacher"),
+             defaults={"out": "runs/mine.h5"})
+class MineConfig:
+    strength: float = setting(0.5, "how hard the images are pushed", gt=0, le=1)
+
+
+def run_mine(cfg, device, **kw):
+    base = BaselineConfig(**{k: v for k, v in asdict(cfg).items() if k != "strength"})
+    return run_baseline(base, device, selection="random", **kw)
+
+
+register_method(MethodEntry("mine", MineConfig, run_mine, "a plugin's method"))
+'''
+
+
+def test_a_plugin_method_gets_its_subcommand_flags_and_checks_from_its_config(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from condense.cli.main import main
+
+    (tmp_path / "my_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CONDENSE_PLUGINS", "my_plugin")
+    try:
+        with pytest.raises(SystemExit):
+            main(["synth", "mine", "--help"])
+        out = capsys.readouterr().out
+        assert "mine options:" in out and "--strength X" in out and "(in (0, 1]; default 0.5)" in out
+        assert "--iters" not in out  # not composed with the iterations part: no option without an effect
+        assert main(["synth", "mine", "--strength", "2"]) == 2
+        assert capsys.readouterr().err.strip() == "condense synth: error: --strength must be in (0, 1], got 2"
+        out_file = tmp_path / "m.h5"
+        assert main(["synth", "mine", "--dataset", "toy", "--strength", "0.2", "--out", str(out_file),
+                     "--device", "cpu", "--no-progress"]) == 0
+        assert out_file.exists()
+    finally:
+        from condense.methods import _METHODS
+
+        _METHODS.pop("mine", None)
+        sys.modules.pop("my_plugin", None)
+
+
+def test_a_mistyped_preset_key_names_the_nearest_valid_ones(tmp_path):
+    from condense.methods.dm import DMConfig
+
+    with pytest.raises(ConfigError) as e:
+        make_config(DMConfig, {"lr_imgs": 1.0}, where="preset 'x.yaml'")
+    assert str(e.value) == "unknown option 'lr_imgs' in preset 'x.yaml' for dm; did you mean lr_img?"
+    with pytest.raises(ConfigError, match=r"--batch-real must be positive, got 0"):
+        make_config(DMConfig, {"batch_real": 0})
+
+
+def test_no_setting_is_declared_by_two_configs():
+    """Each field is declared once: in a shared part, or as the own field of exactly one config."""
+    import dataclasses
+
+    from condense.config import declared
+    from condense.config.parts import ALL
+    from condense.methods import method_names
+
+    configs = {get_method(m).config for m in method_names()} | {c for c in SECTIONS.values() if c}
+    own: dict[str, list[str]] = {}
+    shared = {f.name for p in ALL for f in dataclasses.fields(p)}
+    for cls in configs:
+        part = getattr(cls, "__config_part__", None)
+        assert part, f"{cls.__name__} is not composed with configclass"
+        for f in dataclasses.fields(cls):
+            assert declared(f).help, f"{cls.__name__}.{f.name} has no help"
+            if declared(f).part == part and f.name not in getattr(cls.__mro__[1], "__dataclass_fields__", {}):
+                own.setdefault(f.name, []).append(cls.__name__)
+    twice = {k: v for k, v in own.items() if len(v) > 1 or k in shared}
+    assert not twice, twice
