@@ -14,7 +14,7 @@ EXAMPLES = """examples:
       --out runs/in1k/teacher.h5          torchvision's pretrained ResNet-18 as a teacher file
 
 The file holds the weights (and BatchNorm statistics) only, with the accuracy, data, pixel
-transform and class order they belong to; `condense synth --method sre2l|rded --teacher F`
+transform and class order they belong to; `condense synth sre2l|rded --teacher F`
 and `condense labels SET --teacher F` use it and refuse a set whose classes are ordered otherwise."""
 
 

@@ -230,7 +230,7 @@ class TrajectoryMatching:
         return start, targets
 
     def loss_scale(self, s: int) -> float:
-        """The inner loss's factor for start epoch ``s``: AST's --balance-loss weights late starts
+        """The inner loss's factor for start epoch ``s``: AST's --ast balance-loss weights late starts
         up and early ones down; 1 without it."""
         if not self.cfg.balance_loss:
             return 1.0
@@ -313,7 +313,7 @@ class TrajectoryMatching:
                                     "init_indices": None if self.indices is None else self.indices.tolist()})
         if self.cfg.labels != "hard":
             # TESLA's per-iteration labels belong to one random expert and epoch: the set keeps
-            # the final-epoch experts' labels of its final images instead (as --label-refresh once does)
+            # the final-epoch experts' labels of its final images instead (as --labels expert-once does)
             labels = self._expert_label_logits(images.to(self.device)) if self.refreshes_labels else self.labels
             s = s.with_labels(labels.detach().cpu().clone(), LabelSpec(kind="logits", loss="kl", temperature=1.0))
         return s
