@@ -112,22 +112,20 @@ class ImageSynthesizer:
                                        "init_indices": None if self.indices is None else self.indices.tolist()})
 
 
-def identity_hash(config: dict[str, Any], *, legacy: bool = False) -> str:
+def identity_hash(config: dict[str, Any]) -> str:
     """Hash of a run's identity: what must match for a checkpoint to be resumed.
 
     A setting left at None (unset) is not part of it, so adding an optional setting to a
-    method keeps the checkpoints of runs that never used it resumable. ``legacy=True`` is
-    condense 0.1's hash, which kept None settings: checkpoints written then still resume
-    (:func:`same_identity`).
+    method keeps the checkpoints of runs that never used it resumable.
     """
     ignore = {"iters", "checkpoint_every", "eval_every", "eval_epochs", "out", "device", "data_root"}
-    identity = {k: v for k, v in config.items() if k not in ignore and (legacy or v is not None)}
+    identity = {k: v for k, v in config.items() if k not in ignore and v is not None}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def same_identity(key: str | None, config: dict[str, Any]) -> bool:
-    """Whether a stored identity ``key`` belongs to a run of ``config`` (either hash form)."""
-    return key in (identity_hash(config), identity_hash(config, legacy=True))
+    """Whether a stored identity ``key`` belongs to a run of ``config``."""
+    return key == identity_hash(config)
 
 
 def environment() -> dict[str, Any]:
