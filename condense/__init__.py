@@ -5,7 +5,7 @@ module (``condense.data``, ``condense.nets``, ``condense.augment``, ...).
 """
 __version__ = "0.4.0"
 
-from .perf import tune_cpu_allocator  # noqa: E402
+from .runtime.perf import tune_cpu_allocator  # noqa: E402
 
 tune_cpu_allocator()
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from .runtime.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 META_KEYS = ("description", "source")

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from condense.augment import DSAConfig, check_share
-from condense.errors import CondenseError, ConfigError, FormatError
+from condense.runtime.errors import CondenseError, ConfigError, FormatError
 from condense.jobs import Job, JobResult, parse_device
 from condense.nets import build_net, parse_arch
-from condense.stats import summarize
+from evals.stats import summarize
 from condense.synset import file_sha256, load_synset
 from condense.train import TrainProtocol
 
@@ -352,7 +352,7 @@ class ResultLog:
 def run_grid(groups: Sequence[Group], cfg: EvalConfig, *, note: Callable[[str], None] = print,
              bars: bool = True) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Run (or resume) every job; returns (results by job key, error lines of failed jobs)."""
-    from condense.executors import execute
+    from condense.runtime.executors import execute
 
     folder = Path(str(cfg.json) + ".run")
     log = ResultLog(folder)
@@ -402,7 +402,7 @@ def _labels_of(g: Group) -> str:
 
 
 def _bar(total: int, initial: int, enabled: bool):
-    from condense.progress import bar
+    from condense.runtime.progress import bar
 
     return bar(total=total, initial=initial, desc="eval jobs", unit="job", disable=not enabled)
 

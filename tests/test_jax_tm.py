@@ -20,7 +20,7 @@ from condense.methods.loop import synthesize  # noqa: E402
 from condense.methods.tm import TrajectoryMatching, dataset_of_store, soft_cross_entropy  # noqa: E402
 from condense.methods.tm_math import Step, Target, match_exact  # noqa: E402
 from condense.nets import FlatLayout, build_net  # noqa: E402
-from condense.rng import generator  # noqa: E402
+from condense.runtime.rng import generator  # noqa: E402
 from condense.synset import load_synset  # noqa: E402
 from trajectories import open_store  # noqa: E402
 from conftest import tm_cfg  # noqa: E402

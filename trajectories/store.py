@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from condense import __version__
-from condense.errors import CondenseError, FormatError
+from condense.runtime.errors import CondenseError, FormatError
 from condense.nets import FlatLayout
 
 STORE_FORMAT = "condense.trajectories"

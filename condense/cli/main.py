@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from .. import __version__
-from ..errors import CondenseError, ConfigError
+from ..runtime.errors import CondenseError, ConfigError
 from . import buffer, convert, datasets, labels, run, show, synth, teacher
 from . import eval as eval_cmd
 

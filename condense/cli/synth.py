@@ -6,7 +6,7 @@ import dataclasses
 
 from ..augment import SHARES
 from ..config import make_config, preset_section
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..jobs import resolve_device
 from .common import add_preset_flag, add_progress_flag, describe, device_list
 
@@ -182,7 +182,7 @@ def handle(args: argparse.Namespace) -> int:
 
     evaluate_fn = validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None
     s = run(cfg, device, evaluate=evaluate_fn, bars=not args.no_progress)
-    from ..viz import save_set_grid
+    from ..plots import save_set_grid
 
     grid = save_set_grid(s, cfg.out)
     print(f"wrote {cfg.out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else "")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 
 REQUIRED = ("jax", "flax", "optax")
 

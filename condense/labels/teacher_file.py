@@ -30,7 +30,7 @@ from torch import nn
 
 from condense import __version__
 from condense.data.transform import PixelTransform
-from condense.errors import FormatError
+from condense.runtime.errors import FormatError
 from condense.nets import build_net
 
 FORMAT_NAME = "condense.teacher"

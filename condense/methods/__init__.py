@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

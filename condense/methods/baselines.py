@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from ..data import class_balanced_indices, load_dataset
-from ..errors import CondenseError, ConfigError
+from ..runtime.errors import CondenseError, ConfigError
 from ..nets import build_net, parse_arch
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import SynSet, load_synset, real_subset
 from ..augment import check_share
 from ..train import STREAM_INIT, TrainProtocol, train_model

@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets.base import SequentialConvNet
 from ..synset import SynSet
 from .dm import DMConfig, MatchingBase, class_means, load_for, real_class_means

@@ -30,10 +30,10 @@ import torch
 
 from ..augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets import build_net, parse_arch, parse_arch_flag
 from ..nets.base import batch_independent
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import SynSet
 from .loop import ImageSynthesizer, LoopConfig
 

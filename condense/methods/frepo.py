@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets import parse_arch_flag
 from .loop import LoopConfig
 

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from ..augment import DSAConfig, check_share, apply_dsa, sample_dsa
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets import build_net
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import SynSet
 from ..train import STREAM_INIT, TrainProtocol, train_model
 from .init import initial_images

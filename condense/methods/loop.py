@@ -41,9 +41,9 @@ import torch
 
 from .. import __version__
 from ..data import dataset_info
-from ..errors import CondenseError, ConfigError
+from ..runtime.errors import CondenseError, ConfigError
 from ..synset import SynSet
-from ..viz import save_grid
+from ..plots import save_grid
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -259,7 +259,7 @@ def synthesize(method: Synthesizer, loop: LoopConfig, out: str | os.PathLike, co
         return method.synset(loop.iters)
     if start:
         progress(f"resuming {out} at iteration {start}")
-    from ..progress import bar as progress_bar
+    from ..runtime.progress import bar as progress_bar
 
     bad_in_a_row = 0
     learn, opts = method.learnables(), method.optimizers()

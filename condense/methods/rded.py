@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import crop_resize
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets import parse_arch, parse_arch_flag
-from ..progress import bar
-from ..rng import generator
+from ..runtime.progress import bar
+from ..runtime.rng import generator
 from ..synset import SynSet
 
 STREAM_PICK, STREAM_CROP = 41, 42

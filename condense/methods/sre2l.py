@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import DSAConfig, apply_dsa, cat_draws, sample_dsa
-from ..errors import CondenseError, ConfigError
+from ..runtime.errors import CondenseError, ConfigError
 from ..nets import parse_arch, parse_arch_flag
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import SynSet
 from .loop import ImageSynthesizer, LoopConfig
 
@@ -75,7 +75,7 @@ class SRe2LConfig:
     milestone: float = 1.0  # fraction of the iterations over which the curriculum runs
     init: str = "noise"
     amp: bool = True  # bfloat16 autocast of the teacher's forward on CUDA (statistics stay float32); off on CPU
-    # Spread the batches over workers (condense.executors): one shard per device, or per Ray task
+    # Spread the batches over workers (condense.runtime.executors): one shard per device, or per Ray task
     devices: list[str] | None = None
     executor: str = "local"
     address: str | None = None
@@ -364,7 +364,7 @@ SPREAD = ("devices", "executor", "address", "shards", "chunk")  # how the work r
 def run_sre2l(cfg: SRe2LConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
     """Recover (or resume) the set ``cfg.out`` from the teacher ``cfg.teacher``: here, or spread
     over ``cfg.devices`` / Ray as shards of the batches, merged into the same set."""
-    from ..executors import default_workers
+    from ..runtime.executors import default_workers
     from .loop import synthesize
 
     shards = cfg.shards or default_workers(cfg.executor, cfg.devices)
@@ -394,7 +394,7 @@ def run_sharded(cfg: SRe2LConfig, shards: int, *, progress=print) -> SynSet:
     """Recover the shards as jobs on ``cfg.devices`` (or Ray), then merge them into ``cfg.out``.
     Batches are independent and keyed by their global number, so the merged set is the one an
     unsharded run makes (up to a convolution's rounding at another batch size)."""
-    from ..executors import run_all
+    from ..runtime.executors import run_all
     from ..jobs import Job
 
     cfg.validate()

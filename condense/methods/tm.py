@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from ..augment import DSAConfig, check_share, sample_dsa
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets import FlatLayout, build_net, functional_call, parse_arch
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
 from .init import EXPERT_INITS, INITS, expert_logits, expert_selected_images, initial_images
 from .loop import LoopConfig
