@@ -35,11 +35,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import __version__
 from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, split_bytes
 from .data.transform import TRANSFORM_KINDS, PixelTransform
 from .data.zca import ZCA
 from .runtime.errors import ConfigError, FormatError
+from .version import __version__
 
 FORMAT_NAME = "condense.synset"
 FORMAT_VERSION = 1

@@ -25,6 +25,7 @@ from condense.nets import build_net, parse_arch
 from evals.stats import summarize
 from condense.synset import file_sha256, load_synset
 from condense.train import TrainProtocol
+from condense.version import environment
 
 from .protocol import SPLITS, Source, dataset_of, job_kwargs, labels_tag
 
@@ -357,8 +358,6 @@ def run_grid(groups: Sequence[Group], cfg: EvalConfig, *, note: Callable[[str], 
     folder = Path(str(cfg.json) + ".run")
     log = ResultLog(folder)
     (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    from condense.methods.loop import environment
-
     (folder / "env.json").write_text(json.dumps(environment(), indent=1))
     pairs = jobs_of(groups, cfg, note)
     done = log.load()

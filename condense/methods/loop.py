@@ -30,8 +30,6 @@ import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,11 +37,11 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from .. import __version__
 from ..data import dataset_info
 from ..runtime.errors import CondenseError, ConfigError
 from ..synset import SynSet
 from ..plots import save_grid
+from ..version import environment
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -152,17 +150,6 @@ def identity_hash(config: dict[str, Any], *, legacy: bool = False) -> str:
 def same_identity(key: str | None, config: dict[str, Any]) -> bool:
     """Whether a stored identity ``key`` belongs to a run of ``config`` (either hash form)."""
     return key in (identity_hash(config), identity_hash(config, legacy=True))
-
-
-def environment() -> dict[str, Any]:
-    """Versions and git hash: what a run folder records so a number can be traced."""
-    try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        git = None
-    return {"condense": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "threads": torch.get_num_threads(), "git": git}
 
 
 def _finite(t: torch.Tensor | None) -> bool:
