@@ -144,4 +144,4 @@ def test_cli_synth_backend_jax(store_path, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "optax", None)  # as if optax were not installed
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "--backend jax needs jax, flax, optax (optax is not installed)" in err and len(err.strip().splitlines()) == 1
+    assert "--backend jax needs jax, flax, optax (optax is not installed): pip install 'condense[jax]'" in err and len(err.strip().splitlines()) == 1

@@ -34,12 +34,12 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from condense.runtime.errors import ConfigError
+from condense.runtime.extras import require_extra
 from condense.jobs import Job, JobResult, parse_device, run_jobs, run_one
 
 EXECUTORS = ("local", "ray")
 RAY_DEFAULT_PORT = 6379
 CONNECT_TIMEOUT_S = 5.0  # how long to wait for a Ray cluster's port to answer
-RAY_INSTALL_HINT = "--executor ray needs the ray package: pip install 'condense[ray]'"
 
 
 def execute(jobs: Sequence[Job], *, executor: str = "local", devices: Sequence[str] | None = None,
@@ -76,10 +76,9 @@ def execute(jobs: Sequence[Job], *, executor: str = "local", devices: Sequence[s
 
 
 def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(RAY_INSTALL_HINT) from None
+    require_extra("ray", "--executor ray")
+    import ray
+
     return ray
 
 
