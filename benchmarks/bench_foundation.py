@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from condense.augment import DSAConfig, apply_dsa, sample_dsa
 from condense.data import class_balanced_indices, load_dataset
 from condense.nets import build_net
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.train import TrainProtocol, evaluate
 
 

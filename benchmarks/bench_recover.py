@@ -34,8 +34,8 @@ from condense.data.transform import PixelTransform
 from condense.labels.teacher_file import TeacherFile
 from condense.methods.sre2l import STREAM_AUG, STREAM_JITTER, SRe2L, SRe2LConfig, bn_layers
 from condense.nets import build_net
-from condense.perf import PeakMemory
-from condense.rng import generator
+from condense.runtime.perf import PeakMemory
+from condense.runtime.rng import generator
 
 
 def make_teacher(arch: str, channels: int, classes: int, size: int, folder: Path) -> str:

@@ -29,7 +29,7 @@ ARCH = "convnet:width=32"
 
 def make_store(folder: Path) -> None:
     from condense.nets import FlatLayout, build_net
-    from condense.rng import generator
+    from condense.runtime.rng import generator
     from trajectories.record import BufferConfig, store_metadata
     from trajectories.store import ExpertWriter, prepare_store
 

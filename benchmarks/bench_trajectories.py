@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from condense.nets import FlatLayout, build_net
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, accuracy, train_model
 from trajectories.record import BufferConfig, dataset_for, record_expert, store_metadata
 from trajectories.store import ExpertWriter, prepare_store

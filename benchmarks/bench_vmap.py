@@ -22,7 +22,7 @@ import torch
 from condense.data import load_dataset
 from condense.data.subset import class_balanced_indices
 from condense.nets import build_net
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, evaluate
 from evals.vmap import StackedConvNet, plan_stack, stacked_accuracy, train_stacked
 

@@ -15,7 +15,7 @@ import json
 import time
 
 from condense.data import load_dataset
-from condense.stats import summarize
+from evals.stats import summarize
 from condense.synset import load_synset
 from condense.train import TrainProtocol, evaluate_synset
 

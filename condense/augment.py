@@ -83,7 +83,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 
 __all__ = [
     "GROUPS",
@@ -453,7 +453,7 @@ def view_draw(config: DSAConfig, view_seed: int, epoch: int, n: int, image_shape
     depends on (view_seed, epoch, image index) and the set's size only, never on the batch
     an image lands in or the run that trains on it (select rows with :func:`select_draw`).
     """
-    from .rng import generator
+    from .runtime.rng import generator
 
     return sample_dsa(replace(config, share="view"), n, image_shape, generator(view_seed, epoch))
 

@@ -29,7 +29,7 @@ Codecs and what they keep (K classes; labels [N, K] static or [V, N, K] per view
                Frobenius error equals the discarded singular values' energy (Eckart-Young),
                plus float16 rounding of the factors.
 ``projector``  no labels at all: a small label generator (HeLlO's label-lightening
-               projector) regenerates them from the images. See :mod:`condense.projector`.
+               projector) regenerates them from the images. See :mod:`condense.codec_projector`.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .errors import ConfigError, FormatError
+from .runtime.errors import ConfigError, FormatError
 
 
 @dataclass(frozen=True)
@@ -326,7 +326,7 @@ def _decode_lowrank(arrays, shape, ctx, params):
 # --- projector (decoder only; trained by condense.labels.projector) ------------------------------
 
 def _decode_projector(arrays, shape, ctx, params):
-    from .projector import regenerate_labels
+    from .codec_projector import regenerate_labels
 
     if ctx.images is None:
         raise FormatError("projector labels need the set's images to be regenerated")

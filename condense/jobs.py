@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .errors import CondenseError, ConfigError
+from .runtime.errors import CondenseError, ConfigError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ learning rate, the full configuration and provenance. Layout (docs/FORMATS.md):
 
 Writers go through a temporary file and an atomic rename, so a kill never leaves a
 half-written set under the final name. Readers refuse anything they do not fully
-understand with one :class:`~condense.errors.FormatError` line.
+understand with one :class:`~condense.runtime.errors.FormatError` line.
 """
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import __version__
 from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, split_bytes
 from .data.transform import TRANSFORM_KINDS, PixelTransform
 from .data.zca import ZCA
-from .errors import ConfigError, FormatError
+from .runtime.errors import ConfigError, FormatError
+from .version import __version__
 
 FORMAT_NAME = "condense.synset"
 FORMAT_VERSION = 1

@@ -5,7 +5,7 @@ recorder (on real data), ``--eval-every`` during synthesis, and the evaluation
 harness (on synthetic sets). Keeping one loop is what makes their numbers comparable.
 
 Randomness: every draw comes from a generator derived from explicit integers
-(:mod:`condense.rng`): network init from ``(seed, run, 0, 0, INIT)``, the batch order
+(:mod:`condense.runtime.rng`): network init from ``(seed, run, 0, 0, INIT)``, the batch order
 of epoch ``e`` from ``(seed, run, e, 0, ORDER)``, and the DSA parameters of step ``t``
 of epoch ``e`` from ``(seed, run, e, t, DSA)`` (per-image parameters and one transform
 group per step by default, as the references train: ``TrainProtocol.dsa_share``,
@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import DSAConfig, apply_dsa, check_share, sample_dsa, select_draw, view_draw
-from .errors import ConfigError
+from .runtime.errors import ConfigError
 from .nets import build_net
-from .rng import generator
+from .runtime.rng import generator
 from .synset import LabelSpec, SynSet
 
 STREAM_INIT, STREAM_ORDER, STREAM_DSA = 0, 1, 2
@@ -147,7 +147,7 @@ class StepRule(Protocol):
 
     ``loss_fn(logits, y)`` is the set's label loss; returns the step's training loss.
     Plain SGD is :func:`plain_step`; SAM/GSAM and the smooth-expert regularisers live in
-    :mod:`condense.steps`.
+    :mod:`condense.step_rules`.
     """
 
     def __call__(self, model: nn.Module, batch: Batch, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

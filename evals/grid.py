@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from condense.augment import DSAConfig, check_share
-from condense.errors import CondenseError, ConfigError, FormatError
+from condense.runtime.errors import CondenseError, ConfigError, FormatError
 from condense.jobs import Job, JobResult, parse_device
 from condense.nets import build_net, parse_arch
-from condense.stats import summarize
+from evals.stats import summarize
 from condense.synset import file_sha256, load_synset
 from condense.train import TrainProtocol
+from condense.version import environment
 
 from .protocol import SPLITS, Source, dataset_of, job_kwargs, labels_tag
 
@@ -352,13 +353,11 @@ class ResultLog:
 def run_grid(groups: Sequence[Group], cfg: EvalConfig, *, note: Callable[[str], None] = print,
              bars: bool = True) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Run (or resume) every job; returns (results by job key, error lines of failed jobs)."""
-    from condense.executors import execute
+    from condense.runtime.executors import execute
 
     folder = Path(str(cfg.json) + ".run")
     log = ResultLog(folder)
     (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    from condense.methods.loop import environment
-
     (folder / "env.json").write_text(json.dumps(environment(), indent=1))
     pairs = jobs_of(groups, cfg, note)
     done = log.load()
@@ -402,7 +401,7 @@ def _labels_of(g: Group) -> str:
 
 
 def _bar(total: int, initial: int, enabled: bool):
-    from condense.progress import bar
+    from condense.runtime.progress import bar
 
     return bar(total=total, initial=initial, desc="eval jobs", unit="job", disable=not enabled)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-from condense.errors import CondenseError
+from condense.runtime.errors import CondenseError
 from condense.train import protocol_dict
 
 from .grid import FULL_DATA_EPOCHS, EvalConfig, aggregate, plan, run_grid

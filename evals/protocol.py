@@ -36,7 +36,7 @@ import torch
 
 from condense.data import load_dataset
 from condense.data.subset import class_balanced_indices
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.synset import LabelSpec, SynSet, load_synset
 from condense.train import TrainProtocol, evaluate, protocol_dict
 
@@ -205,7 +205,7 @@ def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, ru
                              label_spec=spec, device=device)
         return {"accs": [100.0 * a for a in accs], "curves": []}
     accs, curves = [], []
-    from condense.progress import bar as progress_bar
+    from condense.runtime.progress import bar as progress_bar
 
     with progress_bar(total=proto.epochs * len(runs), desc=f"{arch} run {runs[0]}", unit="ep", leave=False,
                       disable=not EPOCH_BARS) as bar:

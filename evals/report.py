@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from condense.stats import summarize
+from evals.stats import summarize
 
 COMPARISONS = (("vs_random", "random"), ("hard_label_gap", "hard"), ("augmentation_gain", "no-dsa"),
                ("learned_lr_gain", "fixed-lr"))

@@ -56,10 +56,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.augment import DSADraw, apply_dsa, cat_draws, sample_dsa
-from condense.errors import ArchError, ConfigError
+from condense.runtime.errors import ArchError, ConfigError
 from condense.nets import build_net, parse_arch
 from condense.nets.pool import AvgPool2x2, avg_pool_2x2
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.synset import LabelSpec
 from condense.train import (DEFAULT_LR, accuracy, STREAM_DSA, STREAM_INIT, STREAM_ORDER, TrainProtocol, begin_epoch,
                             label_loss, train_model)

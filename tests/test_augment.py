@@ -7,7 +7,7 @@ import torch
 
 from condense.augment import (GROUPS, DSAConfig, apply_dsa, cat_draws, dsa, select_draw,
                               parse_strategy, sample_dsa, siamese)
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 
 
 def gen(seed=0):

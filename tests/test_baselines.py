@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.methods.baselines import BaselineConfig, herding, kcenter, run_baseline
 from condense.synset import load_synset
 

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from condense.config import load_preset, make_config, preset_names, preset_section
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.labels.run import LabelsConfig
 from condense.labels.squeeze import TeacherConfig
 from condense.methods import get_method
 from evals.grid import EvalConfig
-from evals.pipeline import RunConfig, step_config, step_kind
+from condense.workflows.pipeline import RunConfig, step_config, step_kind
 from trajectories.record import BufferConfig
-from condense.stats import summarize
+from evals.stats import summarize
 
 # Which dataclass validates each preset section (by kind: the name up to the first '-'); a new command
 # adds its row. synth: the config of its method.

@@ -32,8 +32,8 @@ from condense.data import (
     restricted_load,
     stratified_split,
 )
-from condense.errors import DataError
-from condense.rng import generator
+from condense.runtime.errors import DataError
+from condense.runtime.rng import generator
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from condense.augment import DSAConfig, apply_dsa, crop_resize, parse_strategy, sample_dsa
-from condense.errors import ConfigError, FormatError
+from condense.runtime.errors import ConfigError, FormatError
 from condense.labels.squeeze import TeacherConfig, train_teacher
 from condense.labels.teacher_file import load_teacher_file
 from condense.methods.rded import RDEDConfig, pad_center, run_rded, stitch
 from condense.methods.sre2l import SRe2L, SRe2LConfig, batches, bn_layers, bn_loss, cda_min_scale, run_sre2l
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.synset import load_synset
 
 CPU = torch.device("cpu")

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from condense.data import load_dataset
-from condense.errors import CondenseError, ConfigError
+from condense.runtime.errors import CondenseError, ConfigError
 from condense.methods.dam import AttentionMatching, DAMConfig, attention_map, dam_loss, maps_and_embedding, run_dam
 from condense.methods.dm import DistributionMatching, DMConfig, dm_loss, run_dm
 from condense.methods.loop import synthesize
 from condense.nets import build_net
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.synset import load_synset
 
 torch.set_num_threads(1)

@@ -152,7 +152,7 @@ def test_full_data_baseline_defaults_to_20_epochs_and_keeps_given_ones():
 def test_a_failing_job_is_reported_and_the_others_finish(hard_set, tmp_path, monkeypatch):
     path, _ = hard_set
     import evals.protocol as protocol
-    from condense.errors import CondenseError
+    from condense.runtime.errors import CondenseError
 
     real = protocol.run_job
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.jobs import Job
 from condense.train import TrainProtocol
 from evals.executors import EXECUTORS, execute

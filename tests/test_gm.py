@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from condense.data import load_dataset
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.methods.gm import GMConfig, GradientMatching, gm_distance, layer_distance, run_gm
 from condense.methods.loop import synthesize
 

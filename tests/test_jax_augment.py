@@ -12,7 +12,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from condense.augment import GROUPS, DSAConfig, apply_dsa, sample_dsa  # noqa: E402
 from condense.jax import augment as jaug  # noqa: E402
-from condense.rng import generator  # noqa: E402
+from condense.runtime.rng import generator  # noqa: E402
 
 torch.set_num_threads(1)
 SHAPE = (3, 12, 10)  # H != W catches a swapped axis

@@ -18,7 +18,7 @@ from condense.jax.dm import JaxDistributionMatching, dm_loss, run_dm  # noqa: E4
 from condense.jax.nets import build_jax_net  # noqa: E402
 from condense.methods import dm as torch_dm  # noqa: E402
 from condense.nets import FlatLayout, build_net  # noqa: E402
-from condense.rng import generator  # noqa: E402
+from condense.runtime.rng import generator  # noqa: E402
 from condense.synset import load_synset  # noqa: E402
 
 torch.set_num_threads(1)

@@ -16,7 +16,7 @@ from condense.jax.nets import build_jax_net  # noqa: E402
 from condense.methods.frepo import FRePoConfig  # noqa: E402
 from condense.methods.loop import synthesize  # noqa: E402
 from condense.nets import FlatLayout, build_net  # noqa: E402
-from condense.rng import generator  # noqa: E402
+from condense.runtime.rng import generator  # noqa: E402
 from condense.synset import load_synset  # noqa: E402
 
 torch.set_num_threads(1)
@@ -151,7 +151,7 @@ def test_cli_frepo_defaults_to_jax_and_torch_is_one_error_line(tmp_path, capsys)
 
 
 def test_a_pipeline_runs_a_frepo_step_with_its_jax_runner(tmp_path):
-    from evals.pipeline import RunConfig, run_pipeline
+    from condense.workflows.pipeline import RunConfig, run_pipeline
 
     preset = tmp_path / "p.yaml"
     preset.write_text(f"synth-frepo:\n  method: frepo\n  dataset: toy\n  ipc: 1\n  arch: {ARCH!r}\n"

@@ -11,10 +11,10 @@ import torch
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from condense.errors import ArchError  # noqa: E402
+from condense.runtime.errors import ArchError  # noqa: E402
 from condense.jax.nets import build_jax_net  # noqa: E402
 from condense.nets import FlatLayout, build_net  # noqa: E402
-from condense.rng import generator  # noqa: E402
+from condense.runtime.rng import generator  # noqa: E402
 
 torch.set_num_threads(1)
 

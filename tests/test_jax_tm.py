@@ -20,7 +20,7 @@ from condense.methods.loop import synthesize  # noqa: E402
 from condense.methods.tm import TrajectoryMatching, dataset_of_store, soft_cross_entropy  # noqa: E402
 from condense.methods.tm_math import Step, Target, match_exact  # noqa: E402
 from condense.nets import FlatLayout, build_net  # noqa: E402
-from condense.rng import generator  # noqa: E402
+from condense.runtime.rng import generator  # noqa: E402
 from condense.synset import load_synset  # noqa: E402
 from trajectories import open_store  # noqa: E402
 from conftest import tm_cfg  # noqa: E402
@@ -144,4 +144,4 @@ def test_cli_synth_backend_jax(store_path, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "optax", None)  # as if optax were not installed
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "--backend jax needs jax, flax, optax (optax is not installed)" in err and len(err.strip().splitlines()) == 1
+    assert "--backend jax needs jax, flax, optax (optax is not installed): pip install 'condense[jax]'" in err and len(err.strip().splitlines()) == 1

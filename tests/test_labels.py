@@ -15,7 +15,7 @@ from condense.cli.main import main
 from condense.codecs import LabelContext, decode_labels, encode_labels, fp16_relative_bound, topk_error_bound
 from condense.data import load_dataset
 from condense.data.subset import class_balanced_indices
-from condense.errors import ConfigError, FormatError
+from condense.runtime.errors import ConfigError, FormatError
 from condense.labels import compress, load_teacher, relabel
 from condense.labels.projector import ProjectorFit
 from condense.synset import LabelSpec, load_synset, real_subset

@@ -11,7 +11,7 @@ import torch
 from condense.data import load_dataset
 from condense.data.datasets import DatasetInfo, register_dataset
 from condense.data.lazy import LazyImages, decode_resized, read_image_folder
-from condense.errors import ConfigError, DataError
+from condense.runtime.errors import ConfigError, DataError
 
 CPU = torch.device("cpu")
 QUIET = dict(progress=lambda s: None, bars=False)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from condense.data import dataset_info
-from condense.errors import CondenseError, FormatError
+from condense.runtime.errors import CondenseError, FormatError
 from condense.nets import FlatLayout, build_net
-from condense.rng import generator
+from condense.runtime.rng import generator
 from trajectories.mtt_import import import_mtt
 from trajectories.record import BufferConfig, record_store
 from trajectories.store import open_store

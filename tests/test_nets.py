@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from condense import rng
-from condense.errors import ArchError, FormatError
+from condense.runtime import rng
+from condense.runtime.errors import ArchError, FormatError
 from condense.nets import (ArchSpec, FlatLayout, available_archs, build_net, functional_call,
                            parse_arch, register_arch)
 from condense.nets import specs as specs_module

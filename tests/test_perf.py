@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from condense.perf import tune_cpu_allocator
+from condense.runtime.perf import tune_cpu_allocator
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt only")
@@ -17,7 +17,7 @@ def test_allocator_tuning_applies_on_glibc(monkeypatch):
 def test_peak_memory_is_the_blocks_own_peak():
     import numpy as np
 
-    from condense.perf import PeakMemory
+    from condense.runtime.perf import PeakMemory
 
     with PeakMemory() as big:
         a = np.ones(200 * 2 ** 20 // 8)  # 200 MiB, touched

@@ -2,7 +2,7 @@
 import io
 import time
 
-from condense import progress
+from condense.runtime import progress
 
 
 class Tty(io.StringIO):

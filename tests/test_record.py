@@ -14,7 +14,7 @@ import torch
 from condense.cli.main import main
 from condense.data import load_dataset
 from condense.nets import FlatLayout, build_net
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, train_model
 from trajectories import open_store
 from trajectories.record import BufferConfig, record_store

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.nets import build_net
-from condense.rng import generator
-from condense.steps import (ExpertRegularizer, gsam_step, input_gradient_penalty, loss_decay_scale, sam_step,
+from condense.runtime.rng import generator
+from condense.step_rules import (ExpertRegularizer, gsam_step, input_gradient_penalty, loss_decay_scale, sam_step,
                             smooth_step)
 from condense.train import Batch, TrainProtocol, plain_step, train_model
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from condense.errors import CondenseError, FormatError
+from condense.runtime.errors import CondenseError, FormatError
 from condense.nets import FlatLayout, build_net
 from trajectories import open_store
 from trajectories.store import ExpertWriter, expert_path, prepare_store

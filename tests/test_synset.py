@@ -8,7 +8,7 @@ import torch
 
 from condense.data import ZCA
 from condense.data.transform import PixelTransform
-from condense.errors import FormatError
+from condense.runtime.errors import FormatError
 from condense.synset import FORMAT_VERSION, LabelSpec, SynSet, export_pt, import_pt, load_synset
 
 NORM = PixelTransform(kind="normalize", mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))

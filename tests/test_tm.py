@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch.func import functional_call as torch_functional_call
 
 from condense.augment import DSAConfig, apply_dsa, sample_dsa
-from condense.errors import CondenseError, ConfigError
+from condense.runtime.errors import CondenseError, ConfigError
 from condense.methods.loop import synthesize
 from condense.methods.tm import TrajectoryMatching, dataset_of_store, run_tm, soft_cross_entropy
 from condense.methods.tm_math import Step, Target, match_constant_memory, match_exact
 from condense.nets import FlatLayout, build_net
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.synset import load_synset
 from trajectories import open_store
 from conftest import tm_cfg

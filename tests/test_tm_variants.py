@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from condense.errors import CondenseError, ConfigError
+from condense.runtime.errors import CondenseError, ConfigError
 from condense.methods.loop import synthesize
 from condense.methods.tm import STREAM_PERTURB, TrajectoryMatching, dataset_of_store, run_tm
 from condense.methods.tm_math import match_exact
 from condense.nets import functional_call
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.synset import load_synset
 from trajectories import open_store
 from conftest import tm_cfg

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from condense.data import load_dataset
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.nets import build_net
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.synset import LabelSpec, SynSet
 from condense.train import STREAM_ORDER, TrainProtocol, evaluate, evaluate_synset, label_loss, lr_at, train_model
 

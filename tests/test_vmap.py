@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.nets import build_net
-from condense.rng import generator
+from condense.runtime.rng import generator
 from condense.synset import LabelSpec
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, evaluate, train_model
 from evals import vmap

@@ -10,7 +10,7 @@ every ``save_interval`` experts (``replay_buffer_0.pt``, ``replay_buffer_1.pt``,
 
 Safety: files are read with ``torch.load(..., weights_only=True)`` only. A file that
 needs anything else (a pickled custom object, a function reference) is refused with a
-:class:`~condense.errors.FormatError`; nothing in it is executed.
+:class:`~condense.runtime.errors.FormatError`; nothing in it is executed.
 
 What is checked, before anything is written (first pass, one file at a time, tensors
 memory-mapped, not read): every file loads weights-only; it holds a non-empty list of
@@ -57,7 +57,7 @@ from typing import Any, Callable
 import torch
 
 from condense.data import dataset_info
-from condense.errors import ConfigError, FormatError
+from condense.runtime.errors import ConfigError, FormatError
 from condense.nets import FlatLayout, build_net
 from condense.synset import file_sha256
 from trajectories.record import BufferConfig, store_metadata

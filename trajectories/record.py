@@ -26,11 +26,11 @@ from typing import Any, Callable
 import torch
 
 from condense.data import load_dataset
-from condense.errors import CondenseError, ConfigError
+from condense.runtime.errors import CondenseError, ConfigError
 from condense.jobs import Job, parse_device, run_jobs
 from condense.nets import FlatLayout, build_net, parse_arch
-from condense.rng import generator
-from condense.steps import ExpertRegularizer
+from condense.runtime.rng import generator
+from condense.step_rules import ExpertRegularizer
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
 from trajectories.store import DTYPES, ExpertWriter, prepare_store
 
@@ -168,7 +168,7 @@ def record_store(cfg: BufferConfig, progress: Callable[[str], None] = print, bar
         progress(f"{cfg.out}: all {cfg.experts} experts are already recorded")
         return []
     progress(f"{cfg.out}: recording experts {todo[0]}..{todo[-1]} ({len(todo)} to go) on {', '.join(cfg.devices)}")
-    from condense.progress import bar as progress_bar
+    from condense.runtime.progress import bar as progress_bar
 
     cfg_dict = dataclasses.asdict(cfg)
     summaries, failures = [], []

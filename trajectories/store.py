@@ -28,9 +28,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from condense import __version__
-from condense.errors import CondenseError, FormatError
+from condense.runtime.errors import CondenseError, FormatError
 from condense.nets import FlatLayout
+from condense.version import __version__
 
 STORE_FORMAT = "condense.trajectories"
 EXPERT_FORMAT = "condense.expert"

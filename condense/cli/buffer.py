@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from .common import add_dsa_share_flag, add_preset_flag, add_progress_flag, config_from_args, describe, device_list
 
 EXAMPLES = """examples:

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..synset import export_pt, import_pt, load_synset
 
 

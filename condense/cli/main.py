@@ -11,8 +11,8 @@ import os
 import sys
 import traceback
 
-from .. import __version__
-from ..errors import CondenseError, ConfigError
+from ..runtime.errors import CondenseError, ConfigError
+from ..version import __version__
 from . import buffer, convert, datasets, labels, run, show, synth, teacher
 from . import eval as eval_cmd
 

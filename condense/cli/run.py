@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from evals.pipeline import RunConfig, run_pipeline
+    from condense.workflows.pipeline import RunConfig, run_pipeline
 
     if args.preset is None:
         args.preset = DEFAULT_PRESET

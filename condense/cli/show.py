@@ -5,9 +5,9 @@ import argparse
 from pathlib import Path
 
 from ..data import dataset_info
-from ..errors import CondenseError
+from ..runtime.errors import CondenseError
 from ..synset import load_synset
-from ..viz import save_grid
+from ..plots import save_grid
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..jobs import resolve_device
 from .common import add_preset_flag, describe
 from .flags import add_config_flags, config_from_args
@@ -83,7 +83,7 @@ def handle(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.device)
     print(f"condense synth {args.method} --backend {backend}: {describe(cfg)}")
     from evals.validation import validation_evaluator
-    from ..viz import save_set_grid
+    from ..plots import save_set_grid
 
     s = run(cfg, device, evaluate=validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None,
             bars=not args.no_progress)

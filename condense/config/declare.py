@@ -5,7 +5,7 @@ augmentation, ...) and the fields its command or method adds. Each field is decl
 with :func:`setting`; :func:`configclass` composes the parts and gives the class a
 ``__post_init__`` that coerces every value to its declared type and checks its bounds
 and choices, so ``DMConfig(ipc=0)`` fails exactly as ``condense synth dm --ipc 0`` or a
-preset with ``ipc: 0`` does: one :class:`~condense.errors.ConfigError` line. The CLI's
+preset with ``ipc: 0`` does: one :class:`~condense.runtime.errors.ConfigError` line. The CLI's
 flags (:mod:`condense.cli.flags`), presets, the Python API and the docs' option tables
 all read the same declarations.
 
@@ -22,7 +22,7 @@ import typing
 from dataclasses import MISSING
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 
 C = TypeVar("C")
 META = "condense.setting"

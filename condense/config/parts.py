@@ -106,7 +106,7 @@ class Training:
 
 @part("workers")
 class Workers:
-    """Spreading independent work over devices, processes or a Ray cluster (condense.executors)."""
+    """Spreading independent work over devices, processes or a Ray cluster (condense.runtime.executors)."""
 
     devices: list[str] | None = setting(None, "devices, one worker each: cuda:0,cuda:1 or cpu,cpu", metavar="LIST")
     executor: str = setting("local", "local (in-process or a process per device) or ray", choices=EXECUTORS)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent.parent / "presets"
 META_KEYS = ("description", "source")

@@ -49,7 +49,7 @@ from condense.data.subset import balanced_subset, stratified_split
 from condense.data.toy import make_toy
 from condense.data.transform import PixelTransform
 from condense.data.zca import ZCA
-from condense.errors import DataError
+from condense.runtime.errors import DataError
 
 Loader = Callable[[Path], tuple]
 

@@ -4,7 +4,7 @@ Layout: a 4-byte magic number ``00 00 <type> <ndim>``, then ``ndim`` big-endian 
 dimension sizes, then the values big-endian in C order. A file is accepted only if
 the magic is valid and its length is exactly header + prod(dims) * itemsize, so a
 truncated download or a file with trailing garbage is rejected with a
-:class:`~condense.errors.DataError` instead of yielding silently wrong arrays.
+:class:`~condense.runtime.errors.DataError` instead of yielding silently wrong arrays.
 
 Compression is detected from the gzip magic bytes, not from the file name, so
 ``train-images-idx3-ubyte`` works whether or not it was decompressed.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from condense.errors import DataError
+from condense.runtime.errors import DataError
 
 # IDX type byte -> big-endian numpy dtype.
 _DTYPES: dict[int, str] = {

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from condense.errors import DataError
+from condense.runtime.errors import DataError
 
 from .transform import PixelTransform
 

@@ -36,7 +36,7 @@ import numpy as np
 from condense.data.cache import atomic_write, cache_dir
 from condense.data.idx import read_idx
 from condense.data.unpickle import restricted_load
-from condense.errors import DataError
+from condense.runtime.errors import DataError
 
 Raw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 _TINY_FORMAT = "condense-tiny-imagenet-v1"

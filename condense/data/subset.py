@@ -1,6 +1,6 @@
 """Seeded, class-aware selection of sample indices.
 
-All selections draw from ``condense.rng.generator`` with explicit integer keys, never
+All selections draw from ``condense.runtime.rng.generator`` with explicit integer keys, never
 from torch's global RNG, and each class gets its own stream: the images picked for
 class c depend only on (seed, the indices of class c, how many are taken), not on
 which other classes exist or how large they are.
@@ -22,8 +22,8 @@ from typing import Iterable, Mapping
 
 import torch
 
-from condense.errors import DataError
-from condense.rng import generator
+from condense.runtime.errors import DataError
+from condense.runtime.rng import generator
 
 # Stream tags: keep the validation and limit draws unrelated to the baseline's draws.
 _SPLIT_TAG = 0x5B1

@@ -2,7 +2,7 @@
 
 Defaults: 4 classes, 3x16x16 images, 64 train and 32 test images per class, pixel
 values in [0, 1], labels sorted by class. Everything is derived from ``seed`` through
-``condense.rng.generator`` (prototypes, train draws and test draws use separate
+``condense.runtime.rng.generator`` (prototypes, train draws and test draws use separate
 streams), so the same seed gives the same tensors in any process.
 
 What makes a class (its prototype, drawn once per seed):
@@ -24,8 +24,8 @@ import math
 
 import torch
 
-from condense.errors import DataError
-from condense.rng import generator
+from condense.runtime.errors import DataError
+from condense.runtime.rng import generator
 
 _TAG = 0x70E  # stream tag for toy data
 _NOISE = 0.1

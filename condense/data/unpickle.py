@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from condense.errors import DataError
+from condense.runtime.errors import DataError
 
 
 def _numpy_global(module: str, name: str) -> Any:

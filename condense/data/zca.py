@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from condense.data.cache import atomic_write, cache_dir, content_hash
-from condense.errors import DataError
+from condense.runtime.errors import DataError
 
 # Bump when the fit changes, so stale cache entries are never reused.
 _FORMAT = "condense-zca-v1"

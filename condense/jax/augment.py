@@ -56,7 +56,7 @@ class Draw:
 def from_torch(draw: DSADraw, dtype=None) -> Draw:
     """The JAX twin of a torch draw (same parameters; floats as ``dtype``, default JAX's float)."""
     if draw.rrc is not None:
-        from condense.errors import ConfigError
+        from condense.runtime.errors import ConfigError
 
         raise ConfigError("the JAX backend has no random-resized crop (rrc): use a DSA strategy or --backend torch")
     active = draw.active.cpu().numpy()

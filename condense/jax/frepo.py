@@ -69,11 +69,11 @@ import torch
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..methods.frepo import FRePoConfig
 from ..methods.loop import ImageSynthesizer
 from ..nets import FlatLayout, build_net, parse_arch
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
 from .bridge import mark_jax, to_jax, to_torch
 from .nets import JaxNet, build_jax_net

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ..errors import ArchError
+from ..runtime.errors import ArchError
 from ..nets import FlatLayout, parse_arch
 from ..nets.base import conv_out, require_positive
 

@@ -33,7 +33,6 @@ batch-independent, so padding changes nothing.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from functools import lru_cache, partial
 from typing import Any, Sequence
 
@@ -42,7 +41,7 @@ import jax.numpy as jnp
 import torch
 
 from ..augment import DSADraw, cat_draws, select_draw
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..methods.tm import TMConfig, TrajectoryMatching, open_store_for
 from ..methods.tm_math import Step
 from ..synset import SynSet

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from condense.codecs import LabelContext, canonical_codec, decode_labels, encode_labels, parse_codec
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.synset import SynSet
 
 from .projector import ProjectorFit, fit_projector

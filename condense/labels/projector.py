@@ -1,6 +1,6 @@
 """Training the label-lightening projector (HeLlO) to reproduce a set's soft labels.
 
-The projector (:mod:`condense.projector`: seeded frozen backbone + low-rank adapters)
+The projector (:mod:`condense.codec_projector`: seeded frozen backbone + low-rank adapters)
 is fitted with Adam to minimise the distillation loss KL(p || softmax(z / T)) T^2
 between the set's labels p and its own logits z, on exactly the inputs the labels belong
 to: the clean images for static labels, the views of epoch e (regenerated from the set's
@@ -15,13 +15,13 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from ..progress import bar
+from ..runtime.progress import bar
 
-from condense import projector as P
+from condense import codec_projector as P
 from condense.augment import DSAConfig, views
 from condense.codecs import probabilities
-from condense.errors import ConfigError
-from condense.rng import generator
+from condense.runtime.errors import ConfigError
+from condense.runtime.rng import generator
 from condense.synset import SynSet
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from ..progress import bar
+from ..runtime.progress import bar
 
 from condense.augment import DSAConfig
 from condense.augment import views as views_of  # `views` is relabel's mode argument
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.synset import LabelSpec, SynSet
 
 from .teachers import Teacher

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from condense.errors import ConfigError, CondenseError
+from condense.runtime.errors import ConfigError, CondenseError
 from condense.synset import SynSet, file_sha256, load_synset
 
 DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
@@ -34,7 +34,7 @@ class LabelsConfig:
     projector_steps: int = 1500
     projector_lr: float = 3e-3
     out: str | None = None
-    # spread the per-epoch views over workers (condense.executors): a range of epochs per job
+    # spread the per-epoch views over workers (condense.runtime.executors): a range of epochs per job
     devices: list[str] | None = None
     executor: str = "local"
     address: str | None = None
@@ -114,7 +114,7 @@ def spread_labels(cfg: LabelsConfig, note, images, teacher, num_classes, *, epoc
     labels are those of one process (up to a convolution's rounding on another device)."""
     import torch
 
-    from condense.executors import default_workers, run_all
+    from condense.runtime.executors import default_workers, run_all
     from condense.jobs import Job
 
     workers = default_workers(cfg.executor, cfg.devices)

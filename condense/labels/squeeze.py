@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from condense.data import load_dataset
-from condense.errors import CondenseError, ConfigError
+from condense.runtime.errors import CondenseError, ConfigError
 from condense.nets import build_net, parse_arch, parse_arch_flag
-from condense.progress import bar
-from condense.rng import generator
+from condense.runtime.progress import bar
+from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
 
 from .teacher_file import TeacherFile

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from condense import __version__
 from condense.data.transform import PixelTransform
-from condense.errors import FormatError
+from condense.runtime.errors import FormatError
 from condense.nets import build_net
+from condense.version import __version__
 
 FORMAT_NAME = "condense.teacher"
 FORMAT_VERSION = 1

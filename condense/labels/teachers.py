@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.nets import build_net
 from condense.synset import SynSet
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,9 @@ def jax_runner(entry: MethodEntry) -> Callable[..., Any]:
         raise ConfigError(f"method {entry.name!r} has no JAX version; --backend jax runs: {have}")
     import importlib
 
-    from ..jax import require_jax
+    from ..runtime.extras import require_extra
 
-    require_jax()
+    require_extra("jax", "--backend jax")
     module, _, function = entry.jax.partition(":")
     return getattr(importlib.import_module(module), function)
 

@@ -23,9 +23,9 @@ import torch
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Run
 from ..data import class_balanced_indices, load_dataset
-from ..errors import CondenseError, ConfigError
+from ..runtime.errors import CondenseError, ConfigError
 from ..nets import build_net
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import SynSet, load_synset, real_subset
 from ..train import STREAM_INIT, TrainProtocol, train_model
 

@@ -32,10 +32,10 @@ from ..augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets import build_net, parse_arch
 from ..nets.base import batch_independent
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import SynSet
 from .loop import ImageSynthesizer
 

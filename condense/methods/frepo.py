@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 

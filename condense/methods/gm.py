@@ -26,9 +26,9 @@ from ..augment import DSAConfig, apply_dsa, sample_dsa
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets import build_net
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import SynSet
 from ..train import STREAM_INIT, TrainProtocol, train_model
 from .init import initial_images

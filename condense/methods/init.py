@@ -18,8 +18,8 @@ from typing import Callable
 import torch
 
 from ..data import class_balanced_indices
-from ..errors import ConfigError
-from ..rng import generator
+from ..runtime.errors import ConfigError
+from ..runtime.rng import generator
 
 INITS = ("real", "noise", "correct", "confident", "kmeans")
 EXPERT_INITS = ("correct", "confident", "kmeans")

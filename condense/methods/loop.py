@@ -42,9 +42,9 @@ import torch
 from .. import __version__
 from ..data import dataset_info
 from ..config.parts import Loop
-from ..errors import CondenseError
+from ..runtime.errors import CondenseError
 from ..synset import SynSet
-from ..viz import save_grid
+from ..plots import save_grid
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -234,7 +234,7 @@ def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: 
         return method.synset(loop.iters)
     if start:
         progress(f"resuming {out} at iteration {start}")
-    from ..progress import bar as progress_bar
+    from ..runtime.progress import bar as progress_bar
 
     bad_in_a_row = 0
     learn, opts = method.learnables(), method.optimizers()

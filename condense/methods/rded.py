@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from ..augment import crop_resize
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Run
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets import parse_arch
-from ..progress import bar
-from ..rng import generator
+from ..runtime.progress import bar
+from ..runtime.rng import generator
 from ..synset import SynSet
 
 STREAM_PICK, STREAM_CROP = 41, 42

@@ -44,9 +44,9 @@ from torch import nn
 from ..augment import DSAConfig, apply_dsa, cat_draws, sample_dsa
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Run, Synthesis, Training, Workers
-from ..errors import CondenseError, ConfigError
+from ..runtime.errors import CondenseError, ConfigError
 from ..nets import parse_arch
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import SynSet
 from .loop import ImageSynthesizer
 
@@ -329,7 +329,7 @@ SPREAD = ("devices", "executor", "address", "shards", "chunk")  # how the work r
 def run_sre2l(cfg: SRe2LConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
     """Recover (or resume) the set ``cfg.out`` from the teacher ``cfg.teacher``: here, or spread
     over ``cfg.devices`` / Ray as shards of the batches, merged into the same set."""
-    from ..executors import default_workers
+    from ..runtime.executors import default_workers
     from .loop import synthesize
 
     shards = cfg.shards or default_workers(cfg.executor, cfg.devices)
@@ -359,7 +359,7 @@ def run_sharded(cfg: SRe2LConfig, shards: int, *, progress=print) -> SynSet:
     """Recover the shards as jobs on ``cfg.devices`` (or Ray), then merge them into ``cfg.out``.
     Batches are independent and keyed by their global number, so the merged set is the one an
     unsharded run makes (up to a convolution's rounding at another batch size)."""
-    from ..executors import run_all
+    from ..runtime.executors import run_all
     from ..jobs import Job
 
     cfg.validate()

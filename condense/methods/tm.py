@@ -30,9 +30,9 @@ from ..augment import DSAConfig, sample_dsa
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from ..nets import FlatLayout, build_net, functional_call
-from ..rng import generator
+from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
 from .init import EXPERT_INITS, INITS, expert_logits, expert_selected_images, initial_images
 from .tm_math import Step, Target, match_constant_memory, match_exact

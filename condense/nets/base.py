@@ -9,7 +9,7 @@ an input batch ``x`` of shape ``[B, C, H, W]``:
   attention matching compares).
 
 The shape arithmetic is done in plain integers before any layer exists, so a network
-that cannot take an input shape fails with an :class:`~condense.errors.ArchError`
+that cannot take an input shape fails with an :class:`~condense.runtime.errors.ArchError`
 naming the stage where the maps vanish, instead of a matrix-size error at the first
 forward pass.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from condense.errors import ArchError
+from condense.runtime.errors import ArchError
 
 NORMS = ("instance", "batch", "layer", "none")
 ACTIVATIONS = ("relu", "leakyrelu", "sigmoid", "swish")

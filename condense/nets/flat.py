@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from condense.errors import ArchError, FormatError
+from condense.runtime.errors import ArchError, FormatError
 
 ParamSource = nn.Module | Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
-from condense.errors import ArchError
+from condense.runtime.errors import ArchError
 
 _NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.errors import ArchError
+from condense.runtime.errors import ArchError
 from condense.nets.base import Net, make_norm
 
 STAGES = (64, 128, 256, 512)

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from condense.errors import ArchError
+from condense.runtime.errors import ArchError
 from condense.nets.init import fresh_generator, init_parameters
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -144,7 +144,7 @@ def parse_arch(text: str | ArchSpec) -> ArchSpec:
 
 def parse_arch_flag(text: str) -> ArchSpec:
     """:func:`parse_arch` of a user's ``--arch``: a bad spec is one ConfigError line naming it."""
-    from condense.errors import CondenseError, ConfigError
+    from condense.runtime.errors import CondenseError, ConfigError
 
     try:
         return parse_arch(text)
@@ -174,7 +174,7 @@ def build_net(spec: str | ArchSpec, channels: int, num_classes: int,
     Returns a CPU module in train mode whose ``forward`` gives logits ``[B, num_classes]``;
     it also carries ``spec`` (the complete ArchSpec) and ``num_classes``. All weights
     are drawn from ``generator`` (advanced by the draws; a CPU generator, e.g.
-    ``condense.rng.generator(seed)``), so the same generator state gives the same
+    ``condense.runtime.rng.generator(seed)``), so the same generator state gives the same
     weights; ``None`` means a fresh OS-seeded generator. Raises ArchError for an unknown
     spec or a shape the architecture cannot take.
     """

@@ -37,9 +37,9 @@ from typing import Any, Callable
 import torch
 
 from condense.config import load_preset, make_config
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.jobs import resolve_device
-from condense.perf import PeakMemory
+from condense.runtime.perf import PeakMemory
 
 STEP_KINDS = ("buffer", "teacher", "synth", "labels", "eval")
 
@@ -97,7 +97,7 @@ def step_config(kind: str, values: dict[str, Any], where: str) -> tuple[str | No
         if not method:
             raise ConfigError(f"{where}: a synth step needs 'method'")
         return method, make_config(get_method(method).config, values, where=where)
-    from .grid import EvalConfig
+    from evals.grid import EvalConfig
 
     return None, make_config(EvalConfig, values, where=where)
 
@@ -150,7 +150,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
                 run_labels(step, progress=note, bars=bars)
                 sets[name] = step.out
             else:
-                from .harness import run_eval
+                from evals.harness import run_eval
 
                 suffix = name.split("-", 1)[1] if "-" in name else ""
                 step.json = str(out / (f"results-{suffix}.json" if suffix else "results.json"))
@@ -202,7 +202,7 @@ def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[
            note, bars) -> str:
     """Run one synthesis step; returns the set's path (and writes its PNG grid beside it)."""
     from condense.methods import get_method, runner
-    from condense.viz import save_set_grid
+    from condense.plots import save_set_grid
 
     step.out = _under(out, None if step.out == _default(step, "out") else step.out, f"{method}_ipc{step.ipc}.h5")
     if hasattr(step, "trajectories"):

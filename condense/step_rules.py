@@ -105,7 +105,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
 from condense.train import Batch, StepRule, plain_step
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

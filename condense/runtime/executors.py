@@ -22,7 +22,7 @@ Defaults: local keeps :func:`~condense.jobs.run_jobs`'s split of the cores; ray 
 thread per task, i.e. one task per core.
 
 User mistakes (an unknown executor or device, ray not installed, an unreachable cluster)
-raise :class:`~condense.errors.ConfigError` with a one-line message, when
+raise :class:`~condense.runtime.errors.ConfigError` with a one-line message, when
 :func:`execute` is called, before any job runs. A failing job never stops the others.
 """
 from __future__ import annotations
@@ -33,13 +33,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from condense.errors import ConfigError
+from condense.runtime.errors import ConfigError
+from condense.runtime.extras import require_extra
 from condense.jobs import Job, JobResult, parse_device, run_jobs, run_one
 
 EXECUTORS = ("local", "ray")
 RAY_DEFAULT_PORT = 6379
 CONNECT_TIMEOUT_S = 5.0  # how long to wait for a Ray cluster's port to answer
-RAY_INSTALL_HINT = "--executor ray needs the ray package: pip install 'condense[ray]'"
 
 
 def execute(jobs: Sequence[Job], *, executor: str = "local", devices: Sequence[str] | None = None,
@@ -76,10 +76,9 @@ def execute(jobs: Sequence[Job], *, executor: str = "local", devices: Sequence[s
 
 
 def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(RAY_INSTALL_HINT) from None
+    require_extra("ray", "--executor ray")
+    import ray
+
     return ray
 
 
@@ -175,7 +174,7 @@ def run_all(jobs: Sequence[Job], *, executor: str = "local", devices: Sequence[s
             address: str | None = None, note=print, what: str = "jobs") -> dict[str, Any]:
     """Run every job (:func:`execute`) and return their values by key; a failure of any is one
     CondenseError line after the others finished (naming how many of ``what`` failed)."""
-    from condense.errors import CondenseError
+    from condense.runtime.errors import CondenseError
 
     values, errors = {}, []
     for res in execute(jobs, executor=executor, devices=devices if executor == "local" else None, address=address):

@@ -24,7 +24,7 @@ from torch import nn
 
 from .augment import DSAConfig, views
 from .nets import build_net
-from .rng import generator
+from .runtime.rng import generator
 
 STREAM_PROJECTOR = 7  # the backbone's weights: generator (seed, STREAM_PROJECTOR)
 

@@ -1,0 +1,1 @@
+"""Layer 1 (core) runtime: what every layer shares while it runs: errors, derived randomness, progress bars, process performance, executors."""
