@@ -48,7 +48,7 @@ def cli(*argv: str) -> int:
 
 
 def synth(method: str, *flags: str) -> int:
-    return cli("synth", "--method", method, *flags)
+    return cli("synth", method, *flags)
 
 
 def buffer(*flags: str) -> int:

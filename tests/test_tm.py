@@ -276,3 +276,19 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_set(store_path, tmp_path):
     subprocess.run(cmd(tmp_path / "killed.h5"), env=env, check=True, capture_output=True)
     a, b = load_synset(tmp_path / "whole.h5"), load_synset(tmp_path / "killed.h5")
     assert torch.equal(a.images, b.images) and a.lr == b.lr
+
+
+def test_identity_keeps_the_0_4_0_names_of_the_folded_options():
+    """--ast, --window-growth and --labels expert-once fold 0.4.0 fields; a run's identity (what a
+    checkpoint must match to resume) still names them as 0.4.0 did."""
+    from condense.methods.tm import TMConfig
+
+    c = TMConfig(trajectories="s", ast=["balance-loss", "weight-perturb"], window_growth=[2, 50], labels="expert-once")
+    d = c.identity()
+    assert "ast" not in d and "window_growth" not in d
+    assert {k: d[k] for k in ("balance_loss", "middle_loss", "weight_perturb", "window_schedule", "window_start_max",
+                              "window_end_iter", "labels", "label_refresh")} == {
+        "balance_loss": True, "middle_loss": False, "weight_perturb": True, "window_schedule": "linear",
+        "window_start_max": 2, "window_end_iter": 50, "labels": "expert", "label_refresh": "once"}
+    plain = TMConfig(trajectories="s").identity()
+    assert (plain["window_schedule"], plain["window_end_iter"], plain["label_refresh"]) == ("fixed", 1000, None)

@@ -346,5 +346,5 @@ def run_tm(cfg: TMConfig, device: torch.device, *, progress=print, bars: bool = 
 
     store, ds = open_store_for(cfg)
     method = TrajectoryMatching(cfg, store, ds, device)
-    return synthesize(method, cfg, cfg.out, {"method": "tm", **asdict(cfg)}, progress=progress, bars=bars,
+    return synthesize(method, cfg, cfg.out, {"method": "tm", **cfg.identity()}, progress=progress, bars=bars,
                       evaluate=evaluate)
