@@ -22,7 +22,7 @@ import torch
 from condense.data import class_balanced_indices, load_dataset
 from condense.jobs import Job
 from condense.train import TrainProtocol
-from evals.executors import execute
+from condense.runtime.executors import execute
 from condense.runtime.perf import tune_cpu_allocator
 
 MODES = {  # name: execute() options

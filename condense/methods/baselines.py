@@ -28,9 +28,6 @@ from ..synset import SynSet, load_synset, real_subset
 from ..augment import check_share
 from ..train import STREAM_INIT, TrainProtocol, train_model
 
-SELECTIONS = ("random", "herding", "kcenter")
-
-
 @dataclass
 class BaselineConfig:
     dataset: str = "fashion-mnist"
