@@ -22,7 +22,8 @@ import torch
 from condense.data import class_balanced_indices, load_dataset
 from condense.jobs import Job
 from condense.train import TrainProtocol
-from evals.executors import execute
+from condense.runtime.executors import execute
+from condense.runtime.perf import tune_cpu_allocator
 
 MODES = {  # name: execute() options
     "in-process, 2 threads": dict(devices=["cpu"], threads=2),
@@ -49,6 +50,7 @@ def run(jobs: list[Job], **options) -> tuple[float, float, dict[str, float]]:
 
 
 def main() -> None:
+    tune_cpu_allocator()  # what the condense command and its workers run with (docs/BENCHMARKS.md)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ray", action="store_true", help="also time a local Ray instance (2 tasks x 1 thread)")

@@ -22,6 +22,7 @@ from condense.data import class_balanced_indices, load_dataset
 from condense.nets import build_net
 from condense.runtime.rng import generator
 from condense.train import TrainProtocol, evaluate
+from condense.runtime.perf import tune_cpu_allocator
 
 
 def timed(fn, repeat: int = 5) -> float:
@@ -36,6 +37,7 @@ def timed(fn, repeat: int = 5) -> float:
 
 
 def main() -> None:
+    tune_cpu_allocator()  # what the condense command and its workers run with (docs/BENCHMARKS.md)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer epochs (smoke-test the benchmark itself)")
     ap.add_argument("--json", help="write the numbers here")

@@ -28,6 +28,7 @@ from condense.labels import compress, load_teacher, relabel
 from condense.labels.projector import ProjectorFit
 from evals import EvalConfig, run_eval
 from evals.report import label_cost, paired
+from condense.runtime.perf import tune_cpu_allocator
 
 CODECS = ("fp16", "topk:k=1,bits=4", "topk:k=2,bits=8", "lowrank:rank=1", "lowrank:rank=4",
           "projector:rank=2", "projector:rank=4")
@@ -81,6 +82,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    tune_cpu_allocator()  # what the condense command and its workers run with (docs/BENCHMARKS.md)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", required=True)
     ap.add_argument("--teacher", required=True)

@@ -36,6 +36,7 @@ from condense.methods.sre2l import STREAM_AUG, STREAM_JITTER, SRe2L, SRe2LConfig
 from condense.nets import build_net
 from condense.runtime.perf import PeakMemory
 from condense.runtime.rng import generator
+from condense.runtime.perf import tune_cpu_allocator
 
 
 def make_teacher(arch: str, channels: int, classes: int, size: int, folder: Path) -> str:
@@ -107,6 +108,7 @@ def timed(fn, iters: int, device: torch.device) -> tuple[float, PeakMemory]:
 
 
 def main() -> None:
+    tune_cpu_allocator()  # what the condense command and its workers run with (docs/BENCHMARKS.md)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="convnet:norm=batch,width=64")
     p.add_argument("--channels", type=int, default=1)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from timing import time_iterations  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+from condense.runtime.perf import tune_cpu_allocator
 
 
 def one(method: str, arch: str, iters: int, ipc: int, extra: dict) -> dict:
@@ -45,6 +46,7 @@ def one(method: str, arch: str, iters: int, ipc: int, extra: dict) -> dict:
 
 
 def main() -> None:
+    tune_cpu_allocator()  # what the condense command and its workers run with (docs/BENCHMARKS.md)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=["dm", "dam", "gm"])
     ap.add_argument("--archs", nargs="+", default=["convnet:width=32", "convnet"])

@@ -23,6 +23,7 @@ import torch
 
 from timing import time_iterations  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 import torch.nn.functional as F
+from condense.runtime.perf import tune_cpu_allocator
 
 ARCH = "convnet:width=32"
 
@@ -84,6 +85,7 @@ def one(store: str, memory: str, steps: int, iters: int, backend: str = "torch")
 
 
 def main() -> None:
+    tune_cpu_allocator()  # what the condense command and its workers run with (docs/BENCHMARKS.md)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80])
     ap.add_argument("--modes", nargs="+", default=["exact", "constant"])

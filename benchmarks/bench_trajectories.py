@@ -24,6 +24,7 @@ from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, accuracy, train_model
 from trajectories.record import BufferConfig, dataset_for, record_expert, store_metadata
 from trajectories.store import ExpertWriter, prepare_store
+from condense.runtime.perf import tune_cpu_allocator
 
 
 def epoch_seconds(cfg: BufferConfig, record: bool, folder: Path) -> float:
@@ -45,7 +46,9 @@ def epoch_seconds(cfg: BufferConfig, record: bool, folder: Path) -> float:
 
 READER = """
 import resource, sys, time, random, torch
+from condense.runtime.perf import tune_cpu_allocator
 from trajectories import open_store
+tune_cpu_allocator()
 store = open_store(sys.argv[1])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 random.seed(0)
@@ -77,6 +80,7 @@ def reading(folder: Path, experts: int, epochs: int, n_params: int) -> dict:
 
 
 def main() -> None:
+    tune_cpu_allocator()  # what the condense command and its workers run with (docs/BENCHMARKS.md)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check the benchmark itself runs")
     ap.add_argument("--plain-only", action="store_true", help="only the plain W32 epoch, recording on and off")

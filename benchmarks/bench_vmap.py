@@ -25,9 +25,11 @@ from condense.nets import build_net
 from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, evaluate
 from evals.vmap import StackedConvNet, plan_stack, stacked_accuracy, train_stacked
+from condense.runtime.perf import tune_cpu_allocator
 
 
 def main() -> None:
+    tune_cpu_allocator()  # what the condense command and its workers run with (docs/BENCHMARKS.md)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="convnet:width=32,depth=3")
     ap.add_argument("--k", type=int, default=8, help="runs (seeds) per measurement")

@@ -3,11 +3,8 @@
 Top-level names are the ones a notebook needs first; everything else lives in its
 module (``condense.data``, ``condense.nets``, ``condense.augment``, ...).
 """
-from .runtime.perf import tune_cpu_allocator
 from .synset import LabelSpec, SynSet, load_synset
 from .train import TrainProtocol, evaluate, evaluate_synset
 from .version import __version__
-
-tune_cpu_allocator()
 
 __all__ = ["LabelSpec", "SynSet", "TrainProtocol", "evaluate", "evaluate_synset", "load_synset", "__version__"]

@@ -104,7 +104,6 @@ GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")  # DSA's transfo
 # group; "rrc+flip" is the decoupled methods' view.
 EXTRA_GROUPS = ("rrc",)
 SHARES = ("image", "batch", "view")
-RRC_FLIP = "rrc+flip"
 
 
 def parse_strategy(strategy: str) -> tuple[str, ...]:

@@ -33,7 +33,6 @@ Codecs and what they keep (K classes; labels [N, K] static or [V, N, K] per view
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -347,17 +346,3 @@ register_codec(Codec("projector", _decode_projector, None, lossless=False, outpu
                              "bits": Param(int, 16, allowed=(16, 32))},
                      generator_arrays=lambda name: True,
                      summary="label-lightening projector: seeded backbone + low-rank adapters (HeLlO)"))
-
-
-def topk_error_bound(p: torch.Tensor, k: int, bits: int) -> torch.Tensor:
-    """Per-label L-infinity error bound of ``topk`` for probabilities ``p`` [..., K] (see module doc)."""
-    d = 0.5 / ((1 << bits) - 1)
-    num = p.shape[-1]
-    if k >= num:
-        return torch.full(p.shape[:-1], d)
-    nxt = torch.topk(p, k + 1, dim=-1).values[..., k]
-    return torch.maximum(torch.full_like(nxt, d), nxt + k * d / (num - k))
-
-
-def fp16_relative_bound() -> float:
-    return math.ldexp(1.0, -11)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .runtime.errors import CondenseError, ConfigError
+from .runtime.perf import tune_cpu_allocator
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def run_one(job: Job, device: str) -> JobResult:
 
 
 def _worker(device: str, threads: int, todo: Any, done: Any) -> None:
+    tune_cpu_allocator()  # a worker process is ours, as the command's own process is
     torch.set_num_threads(threads)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))

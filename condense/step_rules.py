@@ -99,7 +99,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -337,14 +337,3 @@ class ExpertRegularizer:
         d = asdict(self)
         d["rule"] = getattr(self.step_rule(), "__name__", "custom")
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ExpertRegularizer":
-        """Inverse of :meth:`describe` (extra key ``rule`` ignored); unknown keys are a ConfigError."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names - {"rule"})
-        if unknown:
-            raise ConfigError(f"unknown expert-regularizer setting(s): {', '.join(unknown)}")
-        reg = cls(**{k: v for k, v in d.items() if k in names})
-        reg.validate()
-        return reg

@@ -40,8 +40,6 @@ from condense.runtime.errors import ConfigError
 from condense.synset import LabelSpec, SynSet, load_synset
 from condense.train import TrainProtocol, evaluate, protocol_dict
 
-SOURCES = ("synset", "random", "full")
-VARIANTS = ("set", "hard", "no-dsa", "fixed-lr")
 SPLITS = ("test", "val")
 # Set by the harness for jobs it runs in its own process: an epoch-level progress bar under
 # the grid's bar (worker processes and Ray tasks keep it off: their output would interleave).

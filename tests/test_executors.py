@@ -10,7 +10,7 @@ import torch
 from condense.runtime.errors import ConfigError
 from condense.jobs import Job
 from condense.train import TrainProtocol
-from evals.executors import EXECUTORS, execute
+from condense.runtime.executors import EXECUTORS, execute
 
 
 def _jobs() -> list[Job]:

@@ -75,11 +75,6 @@ def to_nhwc(x: jax.Array) -> jax.Array:
     return jnp.transpose(x, (0, 2, 3, 1))
 
 
-def flatten_chw(x: jax.Array) -> jax.Array:
-    """NHWC maps -> ``[B, C·H·W]`` in torch's (C, H, W) order (see the module docstring)."""
-    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-
-
 # --- ConvNet -----------------------------------------------------------------------------------------
 
 class ConvNet(nn.Module):

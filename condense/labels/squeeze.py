@@ -23,9 +23,6 @@ from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, 
 
 from .teacher_file import TeacherFile
 
-TEACHER_ARCHS = ("convnet:norm=batch", "resnet18")  # the issue's ConvNet BN and ResNet-18 BN; any arch is accepted
-
-
 @dataclass
 class TeacherConfig:
     """How a teacher is trained (defaults: the field's evaluation protocol with a BN network)."""

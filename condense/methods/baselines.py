@@ -29,9 +29,6 @@ from ..runtime.rng import generator
 from ..synset import SynSet, load_synset, real_subset
 from ..train import STREAM_INIT, TrainProtocol, train_model
 
-SELECTIONS = ("random", "herding", "kcenter")
-
-
 @configclass(Data, Run, Augmentation, part="baseline",
              drop=("val_size", "zca", "trajectories", "teacher", "dsa", "dsa_strategy", "min_scale", "flip"),
              defaults={"out": "runs/baseline.h5"},

@@ -35,6 +35,7 @@ import torch
 
 from condense.runtime.errors import ConfigError
 from condense.runtime.extras import require_extra
+from condense.runtime.perf import tune_cpu_allocator
 from condense.jobs import Job, JobResult, parse_device, run_jobs, run_one
 
 EXECUTORS = ("local", "ray")
@@ -116,7 +117,8 @@ def _check_reachable(address: str | None) -> None:
 
 
 def _ray_job(job: Job, device: str, threads: int) -> JobResult:
-    """The body of every Ray task: same thread count as the local executor, then the job."""
+    """The body of every Ray task: the allocator and thread count of the local executor's workers, then the job."""
+    tune_cpu_allocator()
     torch.set_num_threads(threads)
     return run_one(job, device)
 

@@ -6,8 +6,11 @@ dozen such activation buffers, so every step pays for page faults on fresh memor
 measured here, one ConvNet W32 forward+backward on 100 Fashion-MNIST images takes
 ≈ 62 ms that way and ≈ 38 ms once freed blocks are kept for reuse (docs/BENCHMARKS.md).
 :func:`tune_cpu_allocator` raises the mmap threshold to 32 MiB (glibc's maximum) and
-the trim threshold to 1 GiB, so freed buffers are reused instead. It is applied when
-``condense`` is imported; set ``CONDENSE_NO_MALLOC_TUNING=1`` to opt out.
+the trim threshold to 1 GiB, so freed buffers are reused instead. It is a setting of the
+whole process, so only processes condense owns apply it: the ``condense`` command
+(:func:`condense.cli.main.main`), its job workers and Ray tasks, and the benchmark scripts.
+``import condense`` leaves the host's allocator alone (a notebook calls this itself for the
+same speed); set ``CONDENSE_NO_MALLOC_TUNING=1`` to opt out.
 """
 from __future__ import annotations
 
