@@ -23,7 +23,7 @@ CORE = 1
 # (package, layer): the longest matching prefix decides. Every sub-package of condense is named
 # here, so a new one gets a layer on purpose, not by falling into core.
 LAYERS = {
-    "condense": CORE, "condense.data": CORE, "condense.nets": CORE, "condense.runtime": CORE,
+    "condense": CORE, "condense.config": CORE, "condense.data": CORE, "condense.nets": CORE, "condense.runtime": CORE,
     "trajectories": 2,
     "condense.methods": 3, "condense.labels": 3, "condense.jax": 3,
     "evals": 4,

@@ -30,8 +30,6 @@ import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -39,11 +37,11 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from .. import __version__
 from ..data import dataset_info
 from ..config.parts import Loop
 from ..runtime.errors import CondenseError
 from ..synset import SynSet
+from ..version import environment
 from ..plots import save_grid
 
 CHECKPOINT = "checkpoint.pt"
@@ -126,17 +124,6 @@ def identity_hash(config: dict[str, Any]) -> str:
 def same_identity(key: str | None, config: dict[str, Any]) -> bool:
     """Whether a stored identity ``key`` belongs to a run of ``config``."""
     return key == identity_hash(config)
-
-
-def environment() -> dict[str, Any]:
-    """Versions and git hash: what a run folder records so a number can be traced."""
-    try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        git = None
-    return {"condense": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "threads": torch.get_num_threads(), "git": git}
 
 
 def _finite(t: torch.Tensor | None) -> bool:
