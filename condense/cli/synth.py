@@ -180,6 +180,8 @@ def handle(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.device)
     print(f"condense synth --method {method} --backend {backend}: {describe(cfg)}")
 
+    from evals.validation import validation_evaluator
+
     evaluate_fn = validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None
     s = run(cfg, device, evaluate=evaluate_fn, bars=not args.no_progress)
     from ..viz import save_set_grid
@@ -188,22 +190,3 @@ def handle(args: argparse.Namespace) -> int:
     print(f"wrote {cfg.out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else "")
           + f"; grid {grid}")
     return 0
-
-
-def validation_evaluator(cfg, device):
-    """``--eval-every``'s callback: a short training run on the set, accuracy on the validation
-    split (selection and tuning never see the test set). The dataset is loaded once."""
-    from ..data import load_dataset
-    from ..train import TrainProtocol, evaluate_synset
-
-    protocol = TrainProtocol(epochs=cfg.eval_epochs, dsa_share=getattr(cfg, "dsa_share", "image"))
-    cache = {}
-
-    def evaluate_fn(s):
-        if "ds" not in cache:
-            cache["ds"] = load_dataset(s.dataset, getattr(cfg, "data_root", None), zca=s.transform.kind == "zca",
-                                       val_size=s.data.get("val_size"), val_seed=s.data.get("val_seed", 0))
-        ds = cache["ds"]
-        return evaluate_synset(s, s.config["arch"], protocol, cfg.seed, test=(ds.x_val, ds.y_val), device=device)
-
-    return evaluate_fn
