@@ -39,6 +39,14 @@ def test_eval_every_scores_on_the_validation_split(tmp_path):
     assert "eval_acc" not in rows[0] and 0.0 <= rows[1]["eval_acc"] <= 1.0
 
 
+def test_a_preset_sets_defaults_that_keywords_override(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"synth:\n  method: dm\n  dataset: toy\n  arch: {ARCH!r}\n  ipc: 1\n  iters: 5\n"
+                      "  batch_real: 16\n  lr_img: 2.0\n")
+    s = synthesize("dm", preset=str(preset), iters=1, out=tmp_path / "x.h5")
+    assert s.provenance["iteration"] == 1 and s.config["lr_img"] == 2.0 and s.config["batch_real"] == 16
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: synthesize("dm", dataset="toy", lr_imgg=1.0), r"unknown option 'lr_imgg' for DMConfig"),
     (lambda: synthesize("dm", ipc="ten"), r"option 'ipc' must be int, got 'ten'"),
