@@ -14,10 +14,7 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
 
     pixels: [N, C, H, W] in [0, 1] (C = 1 or 3); classes: int64 [N].
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     num_classes = int(classes.max()) + 1 if classes.numel() else 0
     rows = [torch.nonzero(classes == c).flatten()[:max_per_class] for c in range(num_classes)]
@@ -26,7 +23,8 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
     scale = 0.9 * max(1.0, 28 / max(h, w))
     title_in = 0.35 if title else 0.0  # room for the title, so it never covers the first row
     height = 0.2 + title_in + num_classes * scale * h / 28
-    fig, axes = plt.subplots(num_classes, cols, squeeze=False, figsize=(1.5 + cols * scale * w / 28, height))
+    fig = Figure(figsize=(1.5 + cols * scale * w / 28, height))
+    axes = fig.subplots(num_classes, cols, squeeze=False)
     for c, idx in enumerate(rows):
         for j in range(cols):
             ax = axes[c][j]
@@ -47,7 +45,6 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
 from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, split_bytes
 from .data.transform import TRANSFORM_KINDS, PixelTransform
@@ -211,6 +212,59 @@ class SynSet:
     def with_labels(self, labels: torch.Tensor, spec: LabelSpec) -> "SynSet":
         """A copy of this set with other labels (the images are shared, not copied)."""
         return replace(self, labels=labels, label_spec=spec, label_payload=None)
+
+    def as_dataset(self, *, hard: bool = False, mean_views: bool = False) -> TensorDataset:
+        """The set as a ``torch.utils.data.Dataset`` of (image, label) pairs, for one's own loop::
+
+            for x, y in DataLoader(s.as_dataset(), batch_size=64, shuffle=True):
+                loss = F.cross_entropy(model(x), y)  # hard and soft labels alike
+
+        image: float32 [C, H, W] in the space the set was optimised in (``transform``: normalised
+        or ZCA-whitened, what a network trained on it expects; :meth:`to_pixels` gives [0, 1]).
+        label, as the set's codec decoded it when the set was loaded or made:
+
+        - hard labels: the int64 class index;
+        - soft labels: float32 [K] probabilities; logits become softmax(logits / temperature),
+          the target of the set's own KL loss (``F.cross_entropy`` takes class probabilities);
+        - regression targets (FRePo's): float32, as stored, for an MSE loss.
+
+        ``hard=True``: an int64 class index for every set, the argmax of soft labels (the
+        evaluation's ``hard`` variant) or, for regression targets, the class each image was made for.
+
+        Per-view labels ([V, N, K]: one label per augmented view of each epoch) belong to views
+        this dataset does not make, so they are refused unless ``mean_views=True``, which gives
+        their mean over views as static labels, as ``condense eval``'s no-augmentation variant
+        trains them; training on the views themselves is the evaluation harness's job.
+        """
+        return TensorDataset(self.images.detach(), training_targets(self, hard=hard, mean_views=mean_views))
+
+
+def training_targets(s: SynSet, *, hard: bool = False, mean_views: bool = False) -> torch.Tensor:
+    """One static target per image of ``s`` (see :meth:`SynSet.as_dataset`): int64 [N] class
+    indices, float32 [N, K] probabilities, or regression targets [N, ...]."""
+    spec, labels = s.label_spec, s.labels
+    if hard:
+        return s.classes.clone() if spec.kind == "regression" else hard_labels(labels, spec)
+    if spec.view_mode == "per-view":
+        if not mean_views:
+            raise ConfigError("this set's labels are per view (one per augmented view of each epoch): "
+                              "as_dataset(mean_views=True) gives their mean over views, as_dataset(hard=True) "
+                              "their argmax; condense eval trains on the views themselves")
+        labels = labels.mean(0)
+    if spec.kind == "logits":
+        return torch.softmax(labels.float() / spec.temperature, dim=-1)
+    return labels.float() if spec.kind != "hard" else labels
+
+
+def hard_labels(labels: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
+    """Labels as int64 [N] class indices: hard labels as they are; soft labels [N, K] (or per-view
+    [V, N, K]: their mean over views) as their argmax."""
+    if spec.kind == "hard":
+        return labels
+    if spec.kind == "regression":
+        raise ConfigError("regression targets have no hard-label version (the 'hard' variant needs class scores)")
+    y = labels.mean(0) if spec.view_mode == "per-view" else labels
+    return y.argmax(-1).to(torch.int64)
 
 
 def real_subset(ds: Any, indices: torch.Tensor, method: str, **kw: Any) -> SynSet:

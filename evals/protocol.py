@@ -37,7 +37,7 @@ import torch
 from condense.data import load_dataset
 from condense.data.subset import class_balanced_indices
 from condense.runtime.errors import ConfigError
-from condense.synset import LabelSpec, SynSet, load_synset
+from condense.synset import LabelSpec, SynSet, hard_labels, load_synset
 from condense.train import TrainProtocol, evaluate, protocol_dict
 
 SPLITS = ("test", "val")
@@ -170,14 +170,6 @@ def training_data(src: Source, variant: str, seed: int, run: int, temperature: f
     if temperature is not None and spec.kind in ("probabilities", "logits"):
         spec = replace(spec, temperature=temperature)
     return images, labels, spec, lr
-
-
-def hard_labels(labels: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
-    """Soft labels [N, K] (or per-view [V, N, K]: their mean over views) -> int64 [N] argmax."""
-    if spec.kind == "regression":
-        raise ConfigError("regression targets have no hard-label version (the 'hard' variant needs class scores)")
-    y = labels.mean(0) if spec.view_mode == "per-view" else labels
-    return y.argmax(-1).to(torch.int64)
 
 
 def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, runs: list[int],

@@ -202,19 +202,18 @@ def _pm(ci95: float) -> str:
 def plot(rows: Sequence[dict], folder: str | os.PathLike, split: str = "test") -> list[Path]:
     """``accuracy.png`` (mean ± std per arch, one bar per set/baseline) and ``curves.png``
     (mean training loss per epoch). Returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     main = [r for r in rows if r["variant"] == "set"]
     archs = list(dict.fromkeys(r["arch"] for r in main))
     labels = list(dict.fromkeys(_label(r) for r in main))
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(archs) * max(1, len(labels)) / 2), 4))
+    fig = Figure(figsize=(max(5, 1.6 * len(archs) * max(1, len(labels)) / 2), 4))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(labels))
-    colors = plt.get_cmap("tab20" if len(labels) > 10 else "tab10").colors  # no colour twice in one plot
+    colors = colormaps["tab20" if len(labels) > 10 else "tab10"].colors  # no colour twice in one plot
     for i, lab in enumerate(labels):
         xs, ms, ss = [], [], []
         for j, arch in enumerate(archs):
@@ -232,10 +231,10 @@ def plot(rows: Sequence[dict], folder: str | os.PathLike, split: str = "test") -
     fig.tight_layout()
     files = [folder / "accuracy.png"]
     fig.savefig(files[0], dpi=120)
-    plt.close(fig)
     with_curves = [r for r in rows if r.get("curves")]
     if with_curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for r in with_curves:
             n = min(len(c) for c in r["curves"])
             mean = [sum(c[e] for c in r["curves"]) / len(r["curves"]) for e in range(n)]
@@ -248,7 +247,6 @@ def plot(rows: Sequence[dict], folder: str | os.PathLike, split: str = "test") -
         fig.tight_layout()
         files.append(folder / "curves.png")
         fig.savefig(files[-1], dpi=120)
-        plt.close(fig)
     return files
 
 
@@ -261,16 +259,13 @@ def plot_fair(rows: Sequence[dict], score_rows: Sequence[dict], folder: str | os
     sets = [r for r in rows if r["baseline"] is None and r["variant"] == "set" and (r["synset"], r["arch"]) in got]
     if not sets:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     multi_arch = len({r["arch"] for r in sets}) > 1
     names = [os.path.basename(r["synset"]) + (f" | {r['arch']}" if multi_arch else "") for r in sets]
     fig_height = 0.45 * len(sets) + 2.0
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, fig_height), sharey=True,
-                                      gridspec_kw={"width_ratios": [3, 2]})
+    fig = Figure(figsize=(11, fig_height))
+    left, right = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     bars = (("its labels", lambda r: r),
             ("same images, hard labels", lambda r: hard_row_of(rows, r)),
             ("random real, same protocol", lambda r: random_row_of(rows, r)))
@@ -302,7 +297,6 @@ def plot_fair(rows: Sequence[dict], score_rows: Sequence[dict], folder: str | os
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fig.savefig(folder / "fair.png", dpi=120)
-    plt.close(fig)
     return folder / "fair.png"
 
 

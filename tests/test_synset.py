@@ -8,7 +8,7 @@ import torch
 
 from condense.data import ZCA
 from condense.data.transform import PixelTransform
-from condense.runtime.errors import FormatError
+from condense.runtime.errors import ConfigError, FormatError
 from condense.synset import FORMAT_VERSION, LabelSpec, SynSet, export_pt, import_pt, load_synset
 
 NORM = PixelTransform(kind="normalize", mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
@@ -185,3 +185,45 @@ def test_failed_save_keeps_previous_file(tmp_path):
     with pytest.raises(FormatError):
         bad.save(tmp_path / "s.h5")
     assert_same(load_synset(tmp_path / "s.h5"), good)
+
+
+# ----------------------------------------------------------------------------- as_dataset
+
+
+def test_as_dataset_hard_labels_are_class_indices():
+    s = make_set()
+    x, y = s.as_dataset()[3]
+    assert torch.equal(x, s.images[3]) and y.dtype == torch.int64 and int(y) == int(s.classes[3])
+    assert len(s.as_dataset()) == 6
+
+
+def test_as_dataset_soft_logits_decode_through_the_codec_to_probabilities(tmp_path):
+    s = make_set(soft=True)
+    s.with_labels(s.labels, LabelSpec(kind="logits", loss="kl", temperature=2.0, codec="fp16")).save(tmp_path / "s.h5")
+    back = load_synset(tmp_path / "s.h5")
+    ys = torch.stack([y for _, y in back.as_dataset()])
+    expected = torch.softmax(s.labels.half().float() / 2.0, dim=-1)  # what fp16 stored, at the set's temperature
+    assert ys.dtype == torch.float32 and torch.allclose(ys, expected, atol=1e-6)
+    assert torch.allclose(ys.sum(1), torch.ones(6))
+    hard = torch.stack([y for _, y in back.as_dataset(hard=True)])
+    assert torch.equal(hard, back.labels.argmax(1))
+
+
+def test_as_dataset_per_view_labels_need_a_choice():
+    s = make_set(soft=True)
+    views = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(1))
+    pv = s.with_labels(views, LabelSpec(kind="logits", loss="kl", view_mode="per-view", view_seed=0,
+                                        view_strategy="flip"))
+    with pytest.raises(ConfigError, match=r"per view .*mean_views=True"):
+        pv.as_dataset()
+    ys = torch.stack([y for _, y in pv.as_dataset(mean_views=True)])
+    assert torch.allclose(ys, torch.softmax(views.mean(0), dim=-1))
+    assert torch.equal(torch.stack([y for _, y in pv.as_dataset(hard=True)]), views.mean(0).argmax(1))
+
+
+def test_as_dataset_regression_targets_as_stored_or_their_classes():
+    s = make_set()
+    targets = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
+    r = s.with_labels(targets, LabelSpec(kind="regression", loss="mse"))
+    assert torch.equal(torch.stack([y for _, y in r.as_dataset()]), targets)
+    assert torch.equal(torch.stack([y for _, y in r.as_dataset(hard=True)]), s.classes)

@@ -13,12 +13,10 @@ def plot_store(store: TrajectoryStore, path: str | os.PathLike) -> Path:
     """PNG with, per expert: test accuracy per epoch, distance from init ||θ_e − θ_0||,
     and step length ||θ_e − θ_{e−1}|| (how far each epoch moves: smooth experts move less
     early on). Experts are read one at a time."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     epochs = np.arange(store.epochs + 1)
     for i in range(len(store)):
         traj = store.expert(i).double()
@@ -42,5 +40,4 @@ def plot_store(store: TrajectoryStore, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

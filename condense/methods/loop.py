@@ -22,23 +22,29 @@ The loop does the rest, identically for every method:
   checkpoint itself.
 - **Evaluation** every ``eval_every`` iterations through a callback (methods never
   import the evaluation harness).
+- **Observers**: a per-iteration ``callback(iteration, row, current_set)`` (a notebook's live
+  plot) and loggers (:mod:`condense.loggers`: TensorBoard, wandb) beside metrics.csv, given to
+  :func:`synthesize` or, through a method's runner, by :func:`observed`.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
 from ..data import dataset_info
 from ..config.parts import Loop
+from ..loggers import CsvLogger, Logger
 from ..runtime.errors import CondenseError
 from ..synset import SynSet
 from ..version import environment
@@ -130,34 +136,25 @@ def _finite(t: torch.Tensor | None) -> bool:
     return t is None or bool(torch.isfinite(t).all())
 
 
+def run_folder(out: str | os.PathLike) -> Path:
+    """The run folder of the set file ``out``: ``<out>.run/``."""
+    out = Path(out)
+    return out.with_name(out.name + ".run")
+
+
 class Run:
     """The run folder of one synthesis: config, environment, metrics, grids, checkpoint."""
 
     def __init__(self, out: str | os.PathLike, config: dict[str, Any]):
         self.out = Path(out)
-        self.folder = self.out.with_name(self.out.name + ".run")
+        self.folder = run_folder(out)
         self.config = config
         self.key = identity_hash(config)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CondenseError(f"cannot write the run folder {self.folder}: {e.strerror or e}") from None
-        self._metrics_file = None
-        self._writer = None
-
-    def log(self, row: dict[str, Any]) -> None:
-        if self._writer is None:
-            new = not (self.folder / "metrics.csv").exists()
-            self._metrics_file = open(self.folder / "metrics.csv", "a", newline="")
-            self._writer = csv.DictWriter(self._metrics_file, fieldnames=list(row), extrasaction="ignore")
-            if new:
-                self._writer.writeheader()
-        self._writer.writerow(row)
-        self._metrics_file.flush()
-
-    def close(self) -> None:
-        if self._metrics_file is not None:
-            self._metrics_file.close()
+        self.csv = CsvLogger(self.folder / "metrics.csv")
 
     def save_checkpoint(self, method: Synthesizer, it: int) -> None:
         state = {"key": self.key, "iteration": it,
@@ -208,12 +205,51 @@ class Run:
             path.unlink()
 
 
+IterationCallback = Callable[[int, dict[str, Any], Callable[[], SynSet]], None]
+
+
+@dataclass(frozen=True)
+class Observers:
+    """Who hears about each iteration besides metrics.csv (see :func:`observed`)."""
+
+    callback: IterationCallback | None = None
+    loggers: tuple[Logger, ...] = ()
+
+
+_OBSERVERS: ContextVar[Observers] = ContextVar("condense_synthesis_observers", default=Observers())
+
+
+@contextmanager
+def observed(callback: IterationCallback | None = None, loggers: Sequence[Logger] = ()) -> Iterator[None]:
+    """Within the block, every :func:`synthesize` not given its own reports each iteration to
+    ``callback`` and ``loggers``. This is how the Python API and ``--log`` reach the loop through
+    any method's runner, built in or a plugin, whose signature ``run(cfg, device, *, progress,
+    bars, evaluate)`` stays as it is."""
+    token = _OBSERVERS.set(Observers(callback, tuple(loggers)))
+    try:
+        yield
+    finally:
+        _OBSERVERS.reset(token)
+
+
 def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: dict[str, Any],
                *, progress: Callable[[str], None] = print, bars: bool = True,
-               evaluate: Callable[[SynSet], float] | None = None) -> SynSet:
+               evaluate: Callable[[SynSet], float] | None = None, callback: IterationCallback | None = None,
+               loggers: Sequence[Logger] | None = None) -> SynSet:
     """Run ``method`` for ``loop.iters`` iterations (resuming from the run folder if any),
     saving the set to ``out``. ``loop`` is the method's configuration (any config composed
-    with the :class:`~condense.config.parts.Loop` part). Returns the final set."""
+    with the :class:`~condense.config.parts.Loop` part). Returns the final set.
+
+    After each iteration (and its checkpoint, if one is due) ``callback(it, row, current)`` is
+    called with the 0-based iteration, its metrics row (what metrics.csv gets: ``loss``,
+    ``seconds``, ``event``, ...) and ``current()``, which makes the set after ``it + 1``
+    iterations only when called (during the callback). ``loggers`` (:mod:`condense.loggers`)
+    get every row and each checkpoint's grid, and are closed at the end. Either left at None
+    is taken from an enclosing :func:`observed` block.
+    """
+    ambient = _OBSERVERS.get()
+    callback = callback or ambient.callback
+    loggers = tuple(ambient.loggers if loggers is None else loggers)
     run = Run(out, config)
     start = run.load_checkpoint(method)
     if start >= loop.iters and Path(out).exists():
@@ -273,23 +309,32 @@ def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: 
             if loop.eval_every and evaluate is not None and done % loop.eval_every == 0:
                 row["eval_acc"] = evaluate(method.synset(done))
                 progress(f"iteration {done}: eval accuracy {100 * row['eval_acc']:.2f}%")
-            run.log(row)
+            for logger in (run.csv, *loggers):
+                logger.metrics(it, row)
             bar.update(1)
             bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "lr", "images_per_s") if k in row})
             if done % loop.checkpoint_every == 0 or done == loop.iters:
-                _save(method, run, out, done)
+                grid = _save(method, run, out, done)
+                for logger in loggers:
+                    logger.image(done, grid)
+            if callback is not None:
+                callback(it, row, partial(method.synset, done))
     finally:
         bar.close()
-        run.close()
+        for logger in (run.csv, *loggers):
+            logger.close()
     return method.synset(loop.iters)
 
 
-def _save(method: Synthesizer, run: Run, out: str | os.PathLike, it: int) -> None:
+def _save(method: Synthesizer, run: Run, out: str | os.PathLike, it: int) -> Path:
+    """Write the set, its grid (returned) and the checkpoint after ``it`` iterations."""
     s = method.synset(it)
     s.save(out)
-    save_grid(s.to_pixels(), s.classes, run.folder / f"grid_{it:06d}.png", class_names=dataset_info(s.dataset).class_names,
-              title=f"{s.method}, {s.dataset}, IPC {s.ipc}, iteration {it}")
+    grid = save_grid(s.to_pixels(), s.classes, run.folder / f"grid_{it:06d}.png",
+                     class_names=dataset_info(s.dataset).class_names,
+                     title=f"{s.method}, {s.dataset}, IPC {s.ipc}, iteration {it}")
     run.save_checkpoint(method, it)
+    return grid
 
 
 def _clone_state(state: Any) -> Any:

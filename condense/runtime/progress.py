@@ -52,11 +52,11 @@ def _is_terminal(stream: Any) -> bool:
 def bar(*, disable: bool = False, file: TextIO | None = None, **kwargs: Any):
     """A tqdm progress bar (``total``, ``desc``, ``unit``, ... as tqdm takes them) on ``file``
     (default stderr): redrawn in place on a terminal, a line per ~30 s in a log."""
+    if disable:  # before tqdm.auto, whose import alone warns in a notebook without ipywidgets
+        return tqdm(disable=True, **kwargs)
     from tqdm.auto import tqdm as auto_tqdm
 
     stream = file or sys.stderr
-    if disable:
-        return tqdm(disable=True, **kwargs)
     if any(c.__module__ == "tqdm.notebook" for c in auto_tqdm.__mro__):  # a Jupyter kernel: tqdm's widget
         return auto_tqdm(file=file, **kwargs)
     if _is_terminal(stream):
