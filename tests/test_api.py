@@ -48,7 +48,7 @@ def test_a_preset_sets_defaults_that_keywords_override(tmp_path):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: synthesize("dm", dataset="toy", lr_imgg=1.0), r"unknown option 'lr_imgg' for DMConfig"),
+    (lambda: synthesize("dm", dataset="toy", lr_imgg=1.0), r"unknown option 'lr_imgg' for dm; did you mean lr_img\?"),
     (lambda: synthesize("dm", ipc="ten"), r"option 'ipc' must be int, got 'ten'"),
     (lambda: synthesize("dn", dataset="toy"), r"unknown method 'dn'"),
     (lambda: synthesize("dm", backend="tf"), r"backend 'tf' is not one of: torch, jax"),
