@@ -227,3 +227,16 @@ def test_synth_limit_train_uses_and_records_a_balanced_subset(method, extra, cap
     code, _, err = run_cli(capsys, "synth", method, "--dataset", "toy", "--ipc", "1", "--limit-train", "2",
                            "--out", str(tmp_path / "bad.h5"), "--device", "cpu", "--no-progress", *extra)
     assert code == 2 and err.count("\n") == 1 and "cannot cover 4 classes" in err
+
+
+def test_log_names_what_to_install_and_belongs_to_synth(capsys, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as on a machine without it
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    code, _, err = run_cli(capsys, "synth", "random", "--dataset", "toy", "--out", str(tmp_path / "r.h5"),
+                           "--log", "tensorboard")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "pip install tensorboard" in err
+    assert not (tmp_path / "r.h5").exists()  # refused before any work
+    code, _, err = run_cli(capsys, "--log", "wandb", "datasets")
+    assert code == 2 and "--log applies to condense synth" in err

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (anywhere on the line)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars for long work (anywhere on the line; log lines stay)")
+    parser.add_argument("--log", metavar="KIND", help="synth: also log metrics and image grids to tensorboard "
+                                                      "and/or wandb (offline unless $WANDB_MODE says otherwise); "
+                                                      "metrics.csv is always written")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (buffer, teacher, synth, labels, eval_cmd, run, show, datasets, convert):
         module.add_parser(sub)
@@ -56,11 +59,26 @@ def load_plugins(spec: str | None) -> None:
             raise ConfigError(f"cannot import plugin module {name!r} from $CONDENSE_PLUGINS: {e}") from None
 
 
+def take_log(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``--log KIND`` (repeatable, or comma-separated) anywhere on the line, out of ``argv``."""
+    rest, kinds, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--log" and i + 1 < len(argv) or argv[i].startswith("--log="):
+            value = argv[i].split("=", 1)[1] if "=" in argv[i] else argv[i + 1]
+            kinds += [k.strip() for k in value.split(",") if k.strip()]
+            i += 1 if "=" in argv[i] else 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest, kinds
+
+
 def main(argv: list[str] | None = None) -> int:
     tune_cpu_allocator()  # this process is ours: the speed figures of docs/BENCHMARKS.md assume it
     argv = list(sys.argv[1:] if argv is None else argv)
     debug, no_progress = "--debug" in argv, "--no-progress" in argv
     argv = [a for a in argv if a not in ("--debug", "--no-progress")]
+    argv, log = take_log(argv)
     command = next((a for a in argv if not a.startswith("-")), "condense")
     try:
         # Plugins first: the methods, datasets and networks they register get their subcommands and flags.
@@ -76,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    args.no_progress = no_progress
+    args.no_progress, args.log = no_progress, log
+    if log and args.command != "synth":
+        print(f"condense {args.command}: error: --log applies to condense synth", file=sys.stderr)
+        return 2
     try:
         return int(args.handler(args) or 0)
     except CondenseError as e:

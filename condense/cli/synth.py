@@ -5,9 +5,8 @@ import argparse
 import sys
 
 from ..runtime.errors import ConfigError
-from ..jobs import resolve_device
-from .common import add_preset_flag, describe
-from .flags import add_config_flags, config_from_args
+from .common import add_preset_flag
+from .flags import add_config_flags
 
 BACKENDS = ("torch", "jax")
 EXAMPLES = """examples:
@@ -70,24 +69,16 @@ def with_method(argv: list[str]) -> list[str]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..config import preset_section
-    from ..methods import get_method, runner
+    import dataclasses
 
-    entry = get_method(args.method)
-    preset = preset_section(args.preset, "synth") if args.preset else {}
-    if preset.get("method", args.method) != args.method:
-        raise ConfigError(f"preset {args.preset!r} is for method {preset['method']}, not {args.method}")
-    backend = getattr(args, "backend", None) or preset.get("backend") or entry.default_backend
-    run = runner(entry, backend)
-    cfg = config_from_args(entry.config, args, "synth", exclude=("method", "backend"))
-    device = resolve_device(cfg.device)
-    print(f"condense synth {args.method} --backend {backend}: {describe(cfg)}")
-    from evals.validation import validation_evaluator
-    from ..plots import save_set_grid
+    from ..methods import get_method
+    from ..workflows.api import synthesize
 
-    s = run(cfg, device, evaluate=validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None,
-            bars=not args.no_progress)
-    grid = save_set_grid(s, cfg.out)
-    print(f"wrote {cfg.out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else "")
-          + f"; grid {grid}")
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(get_method(args.method).config)
+             if getattr(args, f.name, None) is not None}
+    s = synthesize(args.method, backend=getattr(args, "backend", None), preset=args.preset,
+                   progress=not args.no_progress, log=args.log, announce=print, **flags)
+    out = s.config["out"]
+    print(f"wrote {out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else "")
+          + f"; grid {out}.png")
     return 0

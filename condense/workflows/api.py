@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from evals import EvalConfig, run_eval
 from evals.validation import validation_evaluator
@@ -40,7 +40,8 @@ C = TypeVar("C")
 
 def synthesize(method: str, *, backend: str | None = None, preset: str | None = None,
                callback: IterationCallback | None = None, progress: bool = False,
-               log: str | Sequence[str] | None = None, **fields: Any) -> SynSet:
+               log: str | Sequence[str] | None = None, announce: Callable[[str], None] | None = None,
+               **fields: Any) -> SynSet:
     """``condense synth``: distil a set with ``method`` (tm, dm, dam, gm, sre2l, rded, random, ...),
     write it to ``out`` (with its run folder ``<out>.run/`` and grid ``<out>.png``) and return it.
 
@@ -50,11 +51,14 @@ def synthesize(method: str, *, backend: str | None = None, preset: str | None = 
     the set as it then stands (only when called, during the callback). ``log``: ``tensorboard``
     and/or ``wandb`` beside the run folder's metrics.csv (:mod:`condense.loggers`); a missing
     package is one ConfigError line before any work. ``eval_every=N`` scores the set on the
-    validation split every N iterations (the row's ``eval_acc``).
+    validation split every N iterations (the row's ``eval_acc``). ``announce`` gets one line
+    with the settings before the work starts (the CLI prints it).
     """
     entry = get_method(method)
     section = _section(preset, "synth")
-    section.pop("method", None)  # selects the method on the command line; here ``method`` does
+    named = section.pop("method", method)  # selects the method on the command line; here ``method`` does
+    if named != method:
+        raise ConfigError(f"preset {preset!r} is for method {named}, not {method}")
     preset_backend = section.pop("backend", None)
     backend = backend or preset_backend or entry.default_backend
     if backend not in BACKENDS:
@@ -63,6 +67,9 @@ def synthesize(method: str, *, backend: str | None = None, preset: str | None = 
     cfg = _config(entry.config, section, preset, fields)
     loggers = make_loggers(log, run_folder(cfg.out), {"method": method, "backend": backend, **asdict(cfg)})
     device = resolve_device(cfg.device)
+    if announce is not None:
+        announce(f"condense synth {method} --backend {backend}: "
+                 + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()))
     evaluate = validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None
     with observed(callback, loggers):
         s = run(cfg, device, evaluate=evaluate, bars=progress)
