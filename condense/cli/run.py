@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 
 from ..config import preset_section
-from .common import add_preset_flag, add_progress_flag, config_from_args
+from .common import add_preset_flag, add_progress_flag
+from .flags import add_config_flags, config_from_args
 
 DEFAULT_PRESET = "fashion-mnist/quickstart"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from evals.pipeline import RunConfig
+
     p = sub.add_parser(
         "run", help="run a whole pipeline from a preset (default: the Fashion-MNIST quick start)",
         description="Run a pipeline end to end: buffer -> synth -> eval, every output in one folder. With no "
@@ -21,11 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                "  condense run --out runs/try --runs 3               fewer evaluation runs",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "run")
-    p.add_argument("--out", help="output folder (default: the preset's, runs/quickstart)")
-    p.add_argument("--runs", type=int, help="evaluation runs (overrides the eval section)")
-    p.add_argument("--epochs", type=int, help="evaluation training epochs (overrides the eval section)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     add_progress_flag(p)
+    add_config_flags(p, RunConfig, skip=("steps",))
     p.set_defaults(handler=handle, preset=None)
 
 
