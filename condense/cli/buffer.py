@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import add_preset_flag, add_progress_flag, describe
+from .common import add_preset_flag, describe
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
@@ -29,10 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "(SGD lr 0.01, momentum 0, weight decay 0, batch 256, DSA on, no lr decay).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "buffer")
-    p.add_argument("--workers", type=int, help="N CPU workers (same as --devices cpu,cpu,...)")
+    p.add_argument("--workers", type=int, metavar="N", help="N CPU workers (same as --devices cpu,cpu,...)")
     p.add_argument("--import-mtt", dest="import_mtt", action="append", metavar="PT",
                    help="import MTT replay_buffer_*.pt files instead of training (repeatable)")
-    add_progress_flag(p)
     add_config_flags(p, BufferConfig)
     p.set_defaults(handler=handle)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_preset_flag, add_progress_flag
+from .common import add_preset_flag
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
@@ -35,7 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sets", nargs="*", metavar="SET", help="synthetic-set files (.h5)")
     add_preset_flag(p, "eval")
-    add_progress_flag(p)
     add_config_flags(p, EvalConfig)
     p.set_defaults(handler=handle, preset=None)
 

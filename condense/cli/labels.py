@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from ..synset import load_synset
-from .common import add_progress_flag
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
@@ -39,7 +38,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("synset", help="a synthetic-set file (.h5)")
     p.add_argument("--info", action="store_true", help="print the labels' meaning, codec and bytes, and exit")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    add_progress_flag(p)
     add_config_flags(p, LabelsConfig, skip=("synset",))
     p.set_defaults(handler=handle)
 

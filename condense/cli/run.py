@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import preset_section
-from .common import add_preset_flag, add_progress_flag
+from .common import add_preset_flag
 from .flags import add_config_flags, config_from_args
 
 DEFAULT_PRESET = "fashion-mnist/quickstart"
@@ -24,7 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                "  condense run --out runs/try --runs 3               fewer evaluation runs",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "run")
-    add_progress_flag(p)
     add_config_flags(p, RunConfig, skip=("steps",))
     p.set_defaults(handler=handle, preset=None)
 

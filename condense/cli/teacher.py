@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_preset_flag, add_progress_flag, describe
+from .common import add_preset_flag, describe
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
@@ -28,7 +28,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "teacher")
     p.add_argument("--info", metavar="FILE", help="print what a teacher file records, and exit")
-    add_progress_flag(p)
     add_config_flags(p, TeacherConfig)
     p.set_defaults(handler=handle)
 
