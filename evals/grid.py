@@ -55,7 +55,15 @@ FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (DESIGN.md)
                                  "view = nothing shared",
                     "devices": "devices, one worker each: cuda:0,cuda:1 or cpu,cpu"})
 class EvalConfig:
-    """Everything ``condense eval`` is asked to do (flags and presets fill it)."""
+    """An evaluation: fresh networks trained on synthetic sets with the standard protocol, accuracy reported
+    (mean ± std, 95% interval) beside the random-real baseline.
+
+    Protocol: SGD momentum 0.9, weight decay 5e-4, lr = the set's learned lr if it has one else
+    0.01 (lr overrides), batch 256, lr x0.1 at half the epochs, DSA augmentation, test accuracy
+    on the full test set. Run r uses seed (seed, r); the random-real baseline of each IPC is
+    evaluated beside the sets (run r on the subset of seed seed + r), and every set is compared
+    with it run by run. A rerun resumes: the finished jobs are kept in <json>.run/jobs.jsonl.
+    """
 
     archs: list[str] = setting(factory=list, help="network spec; repeat for several (default: each set's own arch)",
                                repeat=True, flag="--arch", metavar="ARCH", check=parse_arch_flag)

@@ -57,7 +57,8 @@ def _check_step(name: str) -> None:
                     "epochs": "evaluation training epochs (overrides the eval sections')",
                     "runs": "evaluation runs (overrides the eval sections')"})
 class RunConfig:
-    """The ``run`` section: which sections to run, in order, and where the outputs go."""
+    """The run section of a pipeline preset: which sections to run, in order (buffer -> synth -> eval, ...),
+    and the folder every output lands in. A rerun resumes every step."""
 
     steps: list[str] = setting(factory=list, help="the sections to run, in order (buffer*, teacher*, synth*, "
                                                   "labels*, eval*)", check=_check_step)

@@ -49,7 +49,9 @@ from trajectories.store import DTYPES, ExpertWriter, prepare_store
                                  "(condense 0.1); view = nothing shared",
                     "devices": "record experts on these devices at once, one worker each: cuda:0,cuda:1 or cpu,cpu"})
 class BufferConfig:
-    """Everything that defines a store of experts (defaults: MTT's buffer settings)."""
+    """Everything that defines a store of experts: train expert networks on the real training set and save
+    their parameters after every epoch (epoch 0 = init) with per-epoch test accuracy. Defaults follow MTT's
+    buffer.py (SGD lr 0.01, momentum 0, weight decay 0, batch 256, DSA on, no lr decay)."""
 
     download: bool = setting(False, "download the dataset if it is missing")
     experts: int = setting(5, "number of experts", gt=0)

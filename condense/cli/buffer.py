@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from ..errors import ConfigError
 from .common import add_preset_flag, describe
@@ -24,10 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "buffer", help="record expert training trajectories into a trajectory store",
-        description="Train expert networks on the real training set and save their parameters after every "
-                    "epoch (epoch 0 = init) with per-epoch test accuracy. Defaults follow MTT's buffer.py "
-                    "(SGD lr 0.01, momentum 0, weight decay 0, batch 256, DSA on, no lr decay).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=inspect.getdoc(BufferConfig), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "buffer")
     p.add_argument("--workers", type=int, metavar="N", help="N CPU workers (same as --devices cpu,cpu,...)")
     p.add_argument("--import-mtt", dest="import_mtt", action="append", metavar="PT",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from .common import add_preset_flag
 from .flags import add_config_flags, config_from_args
@@ -16,23 +17,14 @@ EXAMPLES = """examples:
   condense eval SET.h5 --robustness                                 + the no-augmentation variant
   condense eval SET.h5 --scores --full-runs 2                        + HLR / IOR / LRS / ARS (DD-Ranking)
   condense eval --baseline full --dataset fashion-mnist --arch convnet:width=32 --epochs 20
-  condense eval --baseline random --dataset fashion-mnist --ipc 1 --ipc 10 --runs 10
-
-Protocol: SGD momentum 0.9, weight decay 5e-4, lr = the set's learned lr if it has one
-else 0.01 (--lr overrides), batch 256, lr x0.1 at half the epochs, DSA augmentation,
-test accuracy on the full test set. Run r uses seed (--seed, r); the random-real
-baseline of each IPC is evaluated beside the sets (run r on the subset of seed --seed + r),
-and every set is compared with it run by run. Rerunning the same command resumes: the
-finished jobs are kept in <json>.run/jobs.jsonl."""
+  condense eval --baseline random --dataset fashion-mnist --ipc 1 --ipc 10 --runs 10"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from evals.grid import EvalConfig
 
     p = sub.add_parser("eval", help="evaluate synthetic sets over architectures x seeds (table, JSON, plots)",
-                       description="Train fresh networks on synthetic sets with the standard protocol and "
-                                   "report accuracy (mean ± std, 95% interval) beside the random-real baseline.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=inspect.getdoc(EvalConfig), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sets", nargs="*", metavar="SET", help="synthetic-set files (.h5)")
     add_preset_flag(p, "eval")
     add_config_flags(p, EvalConfig)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from ..synset import load_synset
 from .flags import add_config_flags, config_from_args
@@ -31,10 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..labels.run import LabelsConfig
 
     p = sub.add_parser("labels", help="make soft labels with a teacher, compress them with a codec, or show their cost",
-                       description="Soft labels for a synthetic set: a teacher's predictions per image (--views "
-                                   "static) or per augmented view the evaluation will train on (--views per-epoch), "
-                                   "then optionally a codec that compresses them. The input file is never modified.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=inspect.getdoc(LabelsConfig), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("synset", help="a synthetic-set file (.h5)")
     p.add_argument("--info", action="store_true", help="print the labels' meaning, codec and bytes, and exit")
     p.add_argument("--threads", type=int, help="torch CPU threads")

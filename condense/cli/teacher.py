@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from .common import add_preset_flag, describe
 from .flags import add_config_flags, config_from_args
@@ -23,9 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..labels.squeeze import TeacherConfig
 
     p = sub.add_parser("teacher", help="train a teacher network and save it as a teacher file",
-                       description="Train a network on a dataset's training split (the loop every network here "
-                                   "trains with) and save its weights, accuracy, data, transform and class order.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=inspect.getdoc(TeacherConfig), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "teacher")
     p.add_argument("--info", metavar="FILE", help="print what a teacher file records, and exit")
     add_config_flags(p, TeacherConfig)

@@ -34,7 +34,9 @@ SPREAD = ("devices", "executor", "address")  # where the work runs: not what the
                     "devices": "label ranges of the per-epoch views on these devices at once: cuda:0,cuda:1 or "
                                "cpu,cpu"})
 class LabelsConfig:
-    """A labelling run: which set, which teacher and views, which codec."""
+    """A labelling run: a teacher's predictions per image of a set (views static) or per augmented view the
+    evaluation will train on (views per-epoch), then optionally a codec that compresses them. The input file
+    is never modified."""
 
     synset: str | None = setting(None, "the input set file")
     teacher_expert: int = setting(0, "first expert of a store teacher", ge=0)

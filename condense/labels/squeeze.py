@@ -34,7 +34,9 @@ from .teacher_file import TeacherFile
                     "dsa_strategy": "augmentation: DSA transforms joined by _, or rrc+flip (random-resized crop "
                                     "and flip)"})
 class TeacherConfig:
-    """How a teacher is trained (defaults: the field's evaluation protocol with a BN network)."""
+    """How a teacher is trained: a network trained on a dataset's training split (the loop every network here
+    trains with; defaults: the field's evaluation protocol with a BN network), saved with its accuracy, data,
+    transform and class order."""
 
     # Read with weights_only, never unpickled.
     weights: str | None = setting(None, "import a state_dict file instead of training (torchvision's resnet18: "
