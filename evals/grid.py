@@ -14,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from condense.augment import DSAConfig, check_share
+from condense.config import configclass, setting
+from condense.config.parts import Augmentation, Data, Evaluation, Run, Training, Workers
 from condense.runtime.errors import CondenseError, ConfigError, FormatError
 from condense.jobs import Job, JobResult, parse_device
-from condense.nets import build_net, parse_arch
+from condense.nets import build_net, parse_arch_flag
 from evals.stats import summarize
 from condense.synset import file_sha256, load_synset
 from condense.train import TrainProtocol
@@ -35,90 +36,80 @@ SET_EPOCHS = 300  # the CPU protocol's evaluation epochs (DESIGN.md)
 FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (DESIGN.md)
 
 
-@dataclass
+@configclass(Data, Run, Training, Augmentation, Evaluation, Workers, part="eval",
+             drop=("limit_train", "val_size", "zca", "arch", "ipc", "trajectories", "out", "device", "momentum",
+                   "weight_decay", "lr_decay_at", "min_scale", "flip", "shards"),
+             defaults={"dataset": None, "epochs": None, "lr": None, "temperature": None, "dsa_strategy": None,
+                       "devices": ["cpu"]},
+             helps={"dataset": "dataset of --baseline",
+                    "teacher": "where the teacher file that labelled the sets is now (default: as recorded)",
+                    "seed": "base seed: run r uses seed (--seed, r)",
+                    "epochs": f"training epochs (default {SET_EPOCHS}; --baseline full: {FULL_DATA_EPOCHS})",
+                    "lr": "training lr (default: the set's learned lr, else 0.01)",
+                    "batch_size": "training batch size",
+                    "temperature": "soft labels: distillation temperature (default: the set's)",
+                    "dsa": "DSA augmentation while training",
+                    "dsa_strategy": "augmentation (default: a per-view set's own views, else DSA's groups; "
+                                    "rrc+flip: random-resized crop + flip)",
+                    "dsa_share": "what one training batch shares of a DSA draw: image = per-image parameters, one "
+                                 "group per step (the references); batch = one draw per batch (condense 0.1); "
+                                 "view = nothing shared",
+                    "devices": "devices, one worker each: cuda:0,cuda:1 or cpu,cpu"})
 class EvalConfig:
-    """Everything ``condense eval`` is asked to do (flags and presets fill it)."""
+    """An evaluation: fresh networks trained on synthetic sets with the standard protocol, accuracy reported
+    (mean ± std, 95% interval) beside the random-real baseline.
 
-    archs: list[str] = field(default_factory=list)  # empty: each set's own arch
-    runs: int = 5
-    seed: int = 0
-    epochs: int | None = None  # None: SET_EPOCHS, or FULL_DATA_EPOCHS for --baseline full
-    lr: float | None = None  # None: the set's learned lr, else 0.01
-    batch_size: int = 256
-    dsa: bool = True
-    dsa_share: str = "image"  # per-image parameters, one group per step (the references); 'batch': one draw per batch
-    also_lr: float | None = None  # a set with a learned lr also trains at this lr (variant 'fixed-lr')
-    temperature: float | None = None  # override the soft-label temperature
-    robustness: bool = False  # add the no-augmentation variant
-    hard_gap: bool = True  # soft-label sets also train on hard labels (DD-Ranking's hard-label gap)
-    random_baseline: bool = True  # the random-real baseline of each IPC beside the sets
-    baseline: str | None = None  # evaluate only a baseline: random | full (needs dataset)
-    dataset: str | None = None
-    ipc: list[int] = field(default_factory=list)  # --baseline random: the IPCs
-    data_root: str | None = None
-    vmap_seeds: bool = False
-    executor: str = "local"
-    devices: list[str] = field(default_factory=lambda: ["cpu"])
-    address: str | None = None
-    json: str = "runs/eval/results.json"
-    teacher: str | None = None  # where the teacher that labelled the sets is now (default: as recorded)
-    plots: str | None = None
-    split: str = "test"  # test | val: what the accuracies are measured on (select settings on val, report test)
-    dsa_strategy: str | None = None  # None: a per-view set's own view strategy, else DSA's default
-    scores: bool = False  # DD-Ranking's fair scores: adds full data, hard and no-augmentation rows, random alike
-    full_runs: int | None = None  # runs of the full-data reference (None: --runs); HLR uses their mean
-    full_accuracy: float | None = None  # --scores: a given full-data accuracy (percent) instead of training on it
-    full_epochs: int | None = None  # --scores: epochs of the full-data reference (None: FULL_DATA_EPOCHS; --epochs is the sets')
-    lrs_weight: float = 0.5  # w of LRS (DD-Ranking's default)
-    ars_weight: float = 0.5  # gamma of ARS (DD-Ranking's default)
+    Protocol: SGD momentum 0.9, weight decay 5e-4, lr = the set's learned lr if it has one else
+    0.01 (lr overrides), batch 256, lr x0.1 at half the epochs, DSA augmentation, test accuracy
+    on the full test set. Run r uses seed (seed, r); the random-real baseline of each IPC is
+    evaluated beside the sets (run r on the subset of seed seed + r), and every set is compared
+    with it run by run. A rerun resumes: the finished jobs are kept in <json>.run/jobs.jsonl.
+    """
+
+    archs: list[str] = setting(factory=list, help="network spec; repeat for several (default: each set's own arch)",
+                               repeat=True, flag="--arch", metavar="ARCH", check=parse_arch_flag)
+    also_lr: float | None = setting(None, "a set with a learned lr also trains at this lr (e.g. 0.01): a "
+                                          "'fixed-lr' row beside it", gt=0)
+    robustness: bool = setting(False, "also train every set without augmentation (soft-label sets always get "
+                                      "their hard-label variant)")
+    hard_gap: bool = setting(True, "soft-label sets: also train on their hard labels and report the gap")
+    random_baseline: bool = setting(True, "evaluate the random-real baseline of each IPC beside the sets")
+    baseline: str | None = setting(None, "evaluate a baseline of --dataset instead of sets", choices=BASELINES)
+    ipc: list[int] = setting(factory=list, help="--baseline random: images per class; repeat for several",
+                             repeat=True, gt=0, unit="images")
+    vmap_seeds: bool = setting(False, "train the runs of one arch at once (stacked models; falls back where it "
+                                      "cannot)")
+    json: str = setting("runs/eval/results.json", "report file (its jobs.jsonl beside it: a rerun resumes)",
+                        metavar="PATH")
+    plots: str | None = setting(None, "folder for accuracy.png and curves.png", metavar="DIR")
+    split: str = setting("test", "measure on the test set, or on the validation split (to choose settings)",
+                         choices=SPLITS)
+    scores: bool = setting(False, "DD-Ranking's fair scores HLR, IOR, LRS, ARS: adds the full-data, hard-label and "
+                                  "no-augmentation rows, and random real under each set's labels and augmentation "
+                                  "(with --plots: fair.png)")
+    full_runs: int | None = setting(None, "--scores: runs of the full-data reference (default --runs)", gt=0)
+    full_accuracy: float | None = setting(None, "--scores: the full-data accuracy HLR uses, given instead of "
+                                                "trained (ImageNet-1k)", ge=0, le=100, unit="percent")
+    full_epochs: int | None = setting(None, f"--scores: epochs of the full-data reference (default "
+                                            f"{FULL_DATA_EPOCHS}; --epochs is the sets')", gt=0, unit="epochs")
+    lrs_weight: float = setting(0.5, "--scores: w of LRS (DD-Ranking's)", ge=0, le=1)
+    ars_weight: float = setting(0.5, "--scores: gamma of ARS (DD-Ranking's)", ge=0, le=1)
 
     def validate(self) -> None:
-        if self.runs <= 0:
-            raise ConfigError(f"--runs must be positive, got {self.runs}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.also_lr is not None and not self.also_lr > 0:
-            raise ConfigError(f"--also-lr must be positive, got {self.also_lr}")
-        check_share(self.dsa_share)
-        if self.dsa_strategy is not None:
-            DSAConfig(strategy=self.dsa_strategy)
-        if self.full_runs is not None and self.full_runs <= 0:
-            raise ConfigError(f"--full-runs must be positive, got {self.full_runs}")
-        if self.full_epochs is not None and self.full_epochs <= 0:
-            raise ConfigError(f"--full-epochs must be positive, got {self.full_epochs}")
-        for name in ("lrs_weight", "ars_weight"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
-        if self.split not in SPLITS:
-            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.temperature is not None and not self.temperature > 0:
-            raise ConfigError(f"--temperature must be positive, got {self.temperature}")
+        """What the declarations cannot say: what a baseline needs, devices that exist here."""
         if self.baseline is not None:
-            if self.baseline not in BASELINES:
-                raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
             if not self.dataset:
                 raise ConfigError(f"--baseline {self.baseline} needs --dataset")
-            if self.baseline == "random" and (not self.ipc or min(self.ipc) <= 0):
-                raise ConfigError("--baseline random needs positive --ipc values (repeat --ipc for several)")
-        for arch in self.archs:
-            try:
-                parse_arch(arch)
-            except CondenseError as e:
-                raise ConfigError(f"--arch {arch}: {e}") from None
+            if self.baseline == "random" and not self.ipc:
+                raise ConfigError("--baseline random needs --ipc (repeat --ipc for several)")
         for d in self.devices:
             parse_device(d)
 
     def protocol(self, default_epochs: int | None = None) -> TrainProtocol:
         """The training protocol; ``default_epochs`` applies when no epochs were given."""
-        p = TrainProtocol(epochs=self.epochs or default_epochs or SET_EPOCHS, lr=self.lr, batch_size=self.batch_size,
-                          dsa=self.dsa, dsa_share=self.dsa_share,
-                          **({"dsa_strategy": self.dsa_strategy} if self.dsa_strategy else {}))
-        p.validate()
-        return p
+        return TrainProtocol(epochs=self.epochs or default_epochs or SET_EPOCHS, lr=self.lr, batch_size=self.batch_size,
+                             dsa=self.dsa, dsa_share=self.dsa_share,
+                             **({"dsa_strategy": self.dsa_strategy} if self.dsa_strategy else {}))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The CLI contract: subcommands, --help, the smoke job, show/convert, one-line errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -60,6 +61,80 @@ def test_synth_method_flag_still_works_with_a_deprecation_notice(capsys, tmp_pat
     assert "--method is deprecated" in err and "condense synth random" in err
     code, _, err = run_cli(capsys, "synth", "tm", "--lr-lr", "0")
     assert code == 2 and err.strip() == "condense synth: error: --lr-lr must be positive, got 0"
+
+
+def help_sections(capsys, *argv) -> dict[str, list[str]]:
+    """``condense ARGV --help`` as {options group title: the flags listed under it}."""
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    sections: dict[str, list[str]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith(" ") and line.endswith("options:"):
+            sections[line[:-1]] = current = []
+        elif line.startswith("  --") and sections:
+            current.append(line.split()[0].rstrip(","))
+    return sections
+
+
+def command_configs():
+    from condense.labels.run import LabelsConfig
+    from condense.labels.squeeze import TeacherConfig
+    from evals.grid import EvalConfig
+    from condense.workflows.pipeline import RunConfig
+    from trajectories.record import BufferConfig
+
+    return {"buffer": BufferConfig, "teacher": TeacherConfig, "labels": LabelsConfig, "eval": EvalConfig,
+            "run": RunConfig}
+
+
+@pytest.mark.parametrize("command", ("buffer", "teacher", "labels", "eval", "run"))
+def test_command_flags_are_its_configs_fields_grouped_by_part(command, capsys):
+    from condense.config import declared
+
+    sections = help_sections(capsys, command)
+    fields = [f for f in dataclasses.fields(command_configs()[command]) if f.name not in ("synset", "steps")]
+    for f in fields:  # synset is labels' positional SET, steps the run preset's own
+        meta = declared(f)
+        assert (meta.flag or f"--{f.name.replace('_', '-')}") in sections[f"{meta.part} options"], f.name
+    generated = sum(len(v) for k, v in sections.items() if k != "options")
+    assert generated == len(fields)
+
+
+def test_buffer_and_eval_help_show_the_declared_help_bounds_and_defaults(capsys):
+    sections = help_sections(capsys, "buffer")
+    assert list(sections) == ["options", "data options", "run options", "training options", "augmentation options",
+                              "workers options", "buffer options"]
+    assert "--experts" in sections["buffer options"] and "--momentum" in sections["training options"]
+    with pytest.raises(SystemExit):
+        main(["buffer", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--experts N number of experts (positive; default 5)" in text
+    assert "--momentum X SGD momentum (in [0, 1); default 0.0)" in text
+    sections = help_sections(capsys, "eval")
+    assert {"--arch", "--ipc", "--split"} <= set(sections["eval options"]) and "--runs" in sections["evaluation options"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("buffer", "--momentum", "1"), "condense buffer: error: --momentum must be in [0, 1), got 1"),
+    (("teacher", "--seed", "-1"), "condense teacher: error: --seed must be >= 0, got -1"),
+    (("labels", "s.h5", "--committee", "0", "--out", "o.h5"), "condense labels: error: --committee must be positive, got 0"),
+    (("eval", "--full-accuracy", "101"), "condense eval: error: --full-accuracy must be in [0, 100], got 101"),
+    (("run", "--epochs", "0"), "condense run: error: --epochs must be positive, got 0"),
+])
+def test_a_bad_value_is_one_line_naming_the_flag_and_its_bounds(argv, message, capsys):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and err.strip() == message
+
+
+@pytest.mark.parametrize("command, section, wrong, near", [
+    ("buffer", "buffer", "expert", "experts"), ("teacher", "teacher", "epoch", "epochs"),
+    ("eval", "eval", "arch", "archs"), ("run", "run", "step", "steps")])
+def test_a_mistyped_preset_key_names_the_nearest_valid_keys(command, section, wrong, near, capsys, tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"description: d\nsource: s\n{section}:\n  {wrong}: 3\n")
+    code, _, err = run_cli(capsys, command, "--preset", str(preset))
+    assert code == 2 and err.count("\n") == 1
+    assert f"unknown option {wrong!r} in preset {str(preset)!r}" in err and f"did you mean {near}" in err
 
 
 def test_no_progress_leaves_stderr_empty(capsys, tmp_path):

@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -28,63 +27,56 @@ import torch
 from condense.data import load_dataset
 from condense.runtime.errors import CondenseError, ConfigError
 from condense.jobs import Job, parse_device, run_jobs
+from condense.config import configclass, setting
+from condense.config.parts import Augmentation, Data, Run, Training, Workers
 from condense.nets import FlatLayout, build_net, parse_arch
 from condense.runtime.rng import generator
-from condense.step_rules import ExpertRegularizer
+from condense.step_rules import FLAT_KINDS, ExpertRegularizer
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
 from trajectories.store import DTYPES, ExpertWriter, prepare_store
 
 
-@dataclass
+@configclass(Data, Run, Training, Augmentation, Workers, part="buffer",
+             drop=("ipc", "trajectories", "teacher", "device", "temperature", "min_scale", "flip", "executor",
+                   "address", "shards"),
+             defaults={"out": "runs/experts", "devices": ["cpu"]},
+             helps={"out": "store folder (a rerun resumes: finished experts are kept)",
+                    "seed": "seed of the store: expert i is run (seed, i)",
+                    "epochs": "epochs per expert",
+                    "lr_decay_at": "lr x --lr-decay-factor from this fraction of the epochs (1 = never, MTT)",
+                    "dsa_share": "what one batch shares of a DSA draw while recording: image = per-image "
+                                 "parameters, one group per step (MTT's buffer.py); batch = one draw per batch "
+                                 "(condense 0.1); view = nothing shared",
+                    "devices": "record experts on these devices at once, one worker each: cuda:0,cuda:1 or cpu,cpu"})
 class BufferConfig:
-    """Everything that defines a store of experts (defaults: MTT's buffer settings)."""
+    """Everything that defines a store of experts: train expert networks on the real training set and save
+    their parameters after every epoch (epoch 0 = init) with per-epoch test accuracy. Defaults follow MTT's
+    buffer.py (SGD lr 0.01, momentum 0, weight decay 0, batch 256, DSA on, no lr decay)."""
 
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    download: bool = False
-    arch: str = "convnet"
-    experts: int = 5
-    epochs: int = 50
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    lr_decay_at: float = 1.0  # fraction of the epochs after which lr *= lr_decay_factor; 1.0 = never (MTT)
-    lr_decay_factor: float = 0.1
-    lr_decay_epoch: int | None = None  # 0-based epoch from which lr is decayed (overrides lr_decay_at; AST: epochs//2 + 2)
-    lr_decay_restart: bool = False  # the decay rebuilds the optimizer, clearing its momentum (AST's buffer.py)
-    dsa: bool = True
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    dsa_share: str = "image"  # per-image parameters, one group per step: MTT's buffer.py ('batch': condense 0.1)
-    zca: bool = False
-    val_size: int | None = None  # None: the dataset's default validation split
-    limit_train: int | None = None
-    seed: int = 0
-    dtype: str = "float32"
-    flat: str = "none"
-    sam_rho: float = 0.05
-    gsam_alpha: float = 0.4
-    adaptive: bool = False  # ASAM-style perturbation; FTD's code always uses it
-    smooth: bool = False
-    gp_weight: float = 2.0
-    loss_decay: bool = True
-    devices: list[str] = field(default_factory=lambda: ["cpu"])
-    out: str = "runs/experts"
+    download: bool = setting(False, "download the dataset if it is missing")
+    experts: int = setting(5, "number of experts", gt=0)
+    lr_decay_factor: float = setting(0.1, "lr multiplier at --lr-decay-at", gt=0)
+    lr_decay_epoch: int | None = setting(None, "0-based epoch from which lr is decayed (overrides --lr-decay-at; "
+                                               "AST's buffer.py: epochs//2 + 2)", ge=0, unit="epochs")
+    lr_decay_restart: bool = setting(False, "the decay rebuilds the optimizer, clearing its momentum (AST's buffer.py)")
+    dtype: str = setting("float32", "storage precision of the parameters", choices=tuple(DTYPES))
+    flat: str = setting("none", "flat experts via SAM or GSAM (FTD)", choices=FLAT_KINDS)
+    sam_rho: float = setting(0.05, "SAM/GSAM radius rho", gt=0)
+    gsam_alpha: float = setting(0.4, "GSAM's alpha", ge=0)
+    adaptive: bool = setting(False, "adaptive (ASAM-style) SAM/GSAM perturbation, as FTD's code uses")
+    smooth: bool = setting(False, "smooth experts: loss-decay schedule + gradient penalty (AST)")
+    gp_weight: float = setting(2.0, "gradient-penalty weight with --smooth", ge=0)
+    loss_decay: bool = setting(True, "with --smooth: scale the loss by 0.5, 0.55, ... in the first 10 epochs")
 
     def validate(self) -> None:
-        if self.experts <= 0:
-            raise ConfigError(f"--experts must be positive, got {self.experts}")
-        if self.epochs <= 0:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        """What the declarations cannot say: a decay epoch within the epochs, devices that exist here."""
+        if self.lr_decay_epoch is not None and self.lr_decay_epoch >= self.epochs:
+            raise ConfigError(f"--lr-decay-epoch must be a 0-based epoch of the {self.epochs} trained, "
+                              f"got {self.lr_decay_epoch}")
         if not self.devices:
             raise ConfigError("--devices needs at least one device")
         for d in self.devices:
             parse_device(d)
-        parse_arch(self.arch)
-        self.protocol().validate()
-        self.regularizer().validate()
 
     def protocol(self) -> TrainProtocol:
         return TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,

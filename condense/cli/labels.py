@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
-from ..codecs import codec_names
 from ..synset import load_synset
-from .common import add_progress_flag, device_list
+from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
   condense labels runs/fmnist/tm_ipc10.h5 --teacher runs/fmnist/experts --views per-epoch --out runs/fmnist/tm_ipc10.soft.h5
@@ -29,41 +29,14 @@ codecs (--codec NAME or NAME:key=value,...):
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..labels.run import LabelsConfig
+
     p = sub.add_parser("labels", help="make soft labels with a teacher, compress them with a codec, or show their cost",
-                       description="Soft labels for a synthetic set: a teacher's predictions per image (--views "
-                                   "static) or per augmented view the evaluation will train on (--views per-epoch), "
-                                   "then optionally a codec that compresses them. The input file is never modified.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=inspect.getdoc(LabelsConfig), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("synset", help="a synthetic-set file (.h5)")
-    p.add_argument("--out", help="file to write (must differ from the input)")
     p.add_argument("--info", action="store_true", help="print the labels' meaning, codec and bytes, and exit")
-    t = p.add_argument_group("teacher (soft labels)")
-    t.add_argument("--teacher", help="teacher file (condense teacher) or trajectory-store folder whose experts label "
-                                     "the set (default with --views: the teacher the set was made with, if any)")
-    t.add_argument("--teacher-expert", dest="teacher_expert", type=int, default=0, help="first expert (default 0)")
-    t.add_argument("--teacher-epoch", dest="teacher_epoch", type=int, help="epoch of the experts (default: the last)")
-    t.add_argument("--committee", type=int, default=1, help="average the predictions of N experts (default 1)")
-    t.add_argument("--views", choices=("static", "per-epoch"),
-                   help="one label per image, or one per augmented view of every evaluation epoch (default static)")
-    t.add_argument("--view-strategy", dest="view_strategy", default="color_crop_cutout_flip_scale_rotate",
-                   help="augmentation of the views (and of the evaluation that trains on them): DSA's groups "
-                        "(default), or rrc+flip (SRe2L/FKD's random-resized crop and flip)")
-    t.add_argument("--view-epochs", dest="view_epochs", type=int, default=300,
-                   help="epochs of views to label (evaluation may train at most this many; default 300)")
-    t.add_argument("--view-seed", dest="view_seed", type=int, default=0, help="seed of the views (default 0)")
-    t.add_argument("--temperature", type=float, default=1.0, help="distillation temperature, stored (default 1)")
-    c = p.add_argument_group("codec")
-    c.add_argument("--codec", help=f"label codec spec ({', '.join(codec_names())}; see below)")
-    c.add_argument("--projector-steps", dest="projector_steps", type=int, default=1500,
-                   help="projector training steps (default 1500)")
-    c.add_argument("--projector-lr", dest="projector_lr", type=float, default=3e-3, help="projector Adam lr")
-    c.add_argument("--threads", type=int, help="torch CPU threads")
-    w = p.add_argument_group("spreading the per-epoch views")
-    w.add_argument("--devices", type=device_list,
-                   help="label ranges of epochs on these devices at once (cuda:0,cuda:1 or cpu,cpu)")
-    w.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray")
-    w.add_argument("--address", help="--executor ray: the cluster (auto, host:port; default a local Ray)")
-    add_progress_flag(p)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_config_flags(p, LabelsConfig, skip=("synset",))
     p.set_defaults(handler=handle)
 
 
@@ -95,12 +68,7 @@ def handle(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from ..labels.run import LabelsConfig, run_labels
 
-    cfg = LabelsConfig(synset=args.synset, teacher=args.teacher, teacher_expert=args.teacher_expert,
-                       teacher_epoch=args.teacher_epoch, committee=args.committee, views=args.views,
-                       view_epochs=args.view_epochs, view_seed=args.view_seed, view_strategy=args.view_strategy,
-                       temperature=args.temperature, codec=args.codec, projector_steps=args.projector_steps,
-                       projector_lr=args.projector_lr, out=args.out, devices=args.devices, executor=args.executor,
-                       address=args.address)
+    cfg = config_from_args(LabelsConfig, args, "labels")
     run_labels(cfg, bars=not args.no_progress)
     print(info(cfg.out))
     return 0

@@ -2,30 +2,29 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from ..config import preset_section
-from .common import add_preset_flag, add_progress_flag, config_from_args
+from .common import add_preset_flag
+from .flags import add_config_flags, config_from_args
 
 DEFAULT_PRESET = "fashion-mnist/quickstart"
+EXAMPLES = """examples:
+  condense run                                       the quick start -> runs/quickstart/ (3 small experts, tm and dm
+                                                     at IPC 1 beside the random baseline; 9 minutes on 2 CPU cores)
+  condense run --preset fashion-mnist/cpu-protocol   every method at IPC 1 and 10 (hours)
+  condense run --preset fashion-mnist/smoke          the random baseline only (2 minutes)
+  condense run --out runs/try --runs 3               fewer evaluation runs"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run", help="run a whole pipeline from a preset (default: the Fashion-MNIST quick start)",
-        description="Run a pipeline end to end: buffer -> synth -> eval, every output in one folder. With no "
-                    "arguments: the quick start on Fashion-MNIST (3 small experts, tm and dm at IPC 1, evaluated "
-                    "beside the random-real baseline; about 9 minutes on 2 CPU cores). Rerunning resumes.",
-        epilog="examples:\n  condense run                                       the quick start -> runs/quickstart/\n"
-               "  condense run --preset fashion-mnist/cpu-protocol   every method at IPC 1 and 10 (hours)\n"
-               "  condense run --preset fashion-mnist/smoke          the random baseline only (2 minutes)\n"
-               "  condense run --out runs/try --runs 3               fewer evaluation runs",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from condense.workflows.pipeline import RunConfig
+
+    p = sub.add_parser("run", help="run a whole pipeline from a preset (default: the Fashion-MNIST quick start)",
+                       description=inspect.getdoc(RunConfig), epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "run")
-    p.add_argument("--out", help="output folder (default: the preset's, runs/quickstart)")
-    p.add_argument("--runs", type=int, help="evaluation runs (overrides the eval section)")
-    p.add_argument("--epochs", type=int, help="evaluation training epochs (overrides the eval section)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    add_progress_flag(p)
+    add_config_flags(p, RunConfig, skip=("steps",))
     p.set_defaults(handler=handle, preset=None)
 
 

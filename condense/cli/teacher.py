@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
-from .common import add_dsa_share_flag, add_preset_flag, add_progress_flag, config_from_args, describe
+from .common import add_preset_flag, describe
+from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
   condense teacher --dataset fashion-mnist --arch convnet:norm=batch --epochs 20 --out runs/fmnist/teacher.h5
   condense teacher --dataset fashion-mnist --arch resnet18 --out runs/fmnist/teacher-r18.h5
   condense teacher --preset fashion-mnist/teacher-cpu
   condense teacher --info runs/fmnist/teacher.h5
-  condense teacher --dataset imagenet-1k --arch resnet18-imagenet --weights resnet18-f37072fd.pth \
+  condense teacher --dataset imagenet-1k --arch resnet18-imagenet --weights resnet18-f37072fd.pth \\
       --out runs/in1k/teacher.h5          torchvision's pretrained ResNet-18 as a teacher file
 
 The file holds the weights (and BatchNorm statistics) only, with the accuracy, data, pixel
@@ -19,34 +21,13 @@ and `condense labels SET --teacher F` use it and refuse a set whose classes are 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..labels.squeeze import TeacherConfig
+
     p = sub.add_parser("teacher", help="train a teacher network and save it as a teacher file",
-                       description="Train a network on a dataset's training split (the loop every network here "
-                                   "trains with) and save its weights, accuracy, data, transform and class order.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=inspect.getdoc(TeacherConfig), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "teacher")
-    p.add_argument("--dataset", help="dataset (default fashion-mnist)")
-    p.add_argument("--data-root", dest="data_root", help="folder holding the dataset files")
-    p.add_argument("--arch", help="network (default convnet:norm=batch; resnet18 is ResNet-18 BN)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 20)")
-    p.add_argument("--lr", type=float, help="SGD learning rate (default 0.01)")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay (default 5e-4)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default 256)")
-    p.add_argument("--lr-decay-at", dest="lr_decay_at", type=float, help="lr x0.1 from this fraction of the epochs (0.5)")
-    p.add_argument("--dsa", action=argparse.BooleanOptionalAction, default=None, help="augmentation (default on)")
-    p.add_argument("--dsa-strategy", dest="dsa_strategy", help="augmentation strategy (DSA groups, or rrc+flip)")
-    add_dsa_share_flag(p, "of the teacher's training")
-    p.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None, help="ZCA-whiten the data")
-    p.add_argument("--limit-train", dest="limit_train", type=int, help="class-balanced subset of the training split")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--weights", help="import a state_dict file instead of training (torchvision resnet18: "
-                                     "--arch resnet18-imagenet); read weights-only")
-    p.add_argument("--measure", action=argparse.BooleanOptionalAction, default=None,
-                   help="--weights: measure the test accuracy (default on)")
-    p.add_argument("--out", help="teacher file to write (.h5)")
     p.add_argument("--info", metavar="FILE", help="print what a teacher file records, and exit")
-    add_progress_flag(p)
+    add_config_flags(p, TeacherConfig)
     p.set_defaults(handler=handle)
 
 

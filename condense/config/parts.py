@@ -104,6 +104,13 @@ class Training:
     temperature: float | None = setting(1.0, "distillation temperature of soft labels", gt=0)
 
 
+@part("evaluation")
+class Evaluation:
+    """How sets are evaluated (``condense eval``; a pipeline overrides its eval sections' with it)."""
+
+    runs: int | None = setting(5, "runs (seeds) per set and arch: run r trains with seed (--seed, r)", gt=0)
+
+
 @part("workers")
 class Workers:
     """Spreading independent work over devices, processes or a Ray cluster (condense.runtime.executors)."""
@@ -114,4 +121,4 @@ class Workers:
     shards: int | None = setting(None, "shards of the work (default: one per device; Ray: 2)", gt=0)
 
 
-ALL = (Data, Run, Loop, Synthesis, Augmentation, Training, Workers)
+ALL = (Data, Run, Loop, Synthesis, Augmentation, Training, Evaluation, Workers)

@@ -7,42 +7,58 @@ output records the settings and the input's SHA-256 (``provenance["labels_run"]`
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+from condense.augment import parse_strategy
+from condense.codecs import parse_codec
+from condense.config import configclass, setting
+from condense.config.parts import DSA_DEFAULT, Data, Run, Training, Workers
 from condense.runtime.errors import ConfigError, CondenseError
 from condense.synset import SynSet, file_sha256, load_synset
 
-DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
+from .relabel import VIEW_MODES
+
 SPREAD = ("devices", "executor", "address")  # where the work runs: not what the labels are
 
 
-@dataclass
+@configclass(Data, Run, Training, Workers, part="labels",
+             drop=("dataset", "data_root", "limit_train", "val_size", "zca", "arch", "ipc", "trajectories", "seed",
+                   "device", "epochs", "lr", "momentum", "weight_decay", "batch_size", "lr_decay_at", "shards"),
+             defaults={"out": None, "temperature": 1.0},
+             helps={"teacher": "teacher file (condense teacher) or trajectory-store folder whose experts label the set "
+                               "(default with --views: the teacher the set was made with, if any)",
+                    "out": "file to write (must differ from the input)",
+                    "temperature": "distillation temperature of the soft labels (stored with them)",
+                    "devices": "label ranges of the per-epoch views on these devices at once: cuda:0,cuda:1 or "
+                               "cpu,cpu"})
 class LabelsConfig:
-    synset: str | None = None  # the input set file
-    teacher: str | None = None  # teacher file or store; None with views: the teacher the set was made with
-    teacher_expert: int = 0
-    teacher_epoch: int | None = None
-    committee: int = 1
-    views: str | None = None  # static | per-epoch; None: no relabelling (codec only) unless a teacher is given
-    view_epochs: int = 300
-    view_seed: int = 0
-    view_strategy: str = DSA_DEFAULT
-    temperature: float = 1.0
-    codec: str | None = None
-    projector_steps: int = 1500
-    projector_lr: float = 3e-3
-    out: str | None = None
-    # spread the per-epoch views over workers (condense.runtime.executors): a range of epochs per job
-    devices: list[str] | None = None
-    executor: str = "local"
-    address: str | None = None
+    """A labelling run: a teacher's predictions per image of a set (views static) or per augmented view the
+    evaluation will train on (views per-epoch), then optionally a codec that compresses them. The input file
+    is never modified."""
+
+    synset: str | None = setting(None, "the input set file")
+    teacher_expert: int = setting(0, "first expert of a store teacher", ge=0)
+    teacher_epoch: int | None = setting(None, "epoch of the store's experts (default: the last)", ge=0,
+                                        unit="epochs")
+    committee: int = setting(1, "average the predictions of N experts", gt=0)
+    views: str | None = setting(None, "one label per image (static), or one per augmented view of every "
+                                      "evaluation epoch (per-epoch); default: static with --teacher",
+                                choices=VIEW_MODES)
+    view_epochs: int = setting(300, "epochs of views to label (an evaluation may train at most this many)", gt=0,
+                               unit="epochs")
+    view_seed: int = setting(0, "seed of the views", ge=0)
+    view_strategy: str = setting(DSA_DEFAULT, "augmentation of the views (and of the evaluation that trains on "
+                                              "them): DSA's groups joined by _, or rrc+flip (SRe2L/FKD's random-"
+                                              "resized crop and flip)", check=parse_strategy)
+    codec: str | None = setting(None, "label codec: NAME or NAME:key=value,... (`condense labels --help` lists them)",
+                                metavar="SPEC", check=parse_codec)
+    projector_steps: int = setting(1500, "projector training steps", gt=0)
+    projector_lr: float = setting(3e-3, "projector Adam learning rate", gt=0)
 
     def validate(self) -> None:
-        from condense.augment import DSAConfig
-        from condense.codecs import parse_codec
-
+        """What the declarations cannot say: an input, an output apart from it, and something to do."""
         if not self.synset:
             raise ConfigError("no input set given")
         if not self.out:
@@ -51,9 +67,6 @@ class LabelsConfig:
             raise ConfigError("nothing to do: give --teacher/--views (soft labels) and/or --codec (compression)")
         if os.path.exists(self.out) and os.path.samefile(self.out, self.synset):
             raise ConfigError("--out must differ from the input: the input file is never modified")
-        DSAConfig(strategy=self.view_strategy)  # a bad strategy or codec fails before any work
-        if self.codec:
-            parse_codec(self.codec)
 
 
 def recorded_teacher(s: SynSet, path: str) -> str:
@@ -73,7 +86,6 @@ def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSe
 
     cfg.validate()
     fit = ProjectorFit(steps=cfg.projector_steps, lr=cfg.projector_lr)
-    fit.validate()
     if not os.path.exists(cfg.synset):
         raise ConfigError(f"no such synthetic-set file: {cfg.synset}")
     record = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "synset", *SPREAD)},

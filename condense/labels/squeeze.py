@@ -10,58 +10,43 @@ trained again from its start (as an interrupted expert is).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
+from condense.config import configclass, setting
+from condense.config.parts import Augmentation, Data, Run, Training
 from condense.data import load_dataset
 from condense.runtime.errors import CondenseError, ConfigError
-from condense.nets import build_net, parse_arch, parse_arch_flag
+from condense.nets import build_net, parse_arch
 from condense.runtime.progress import bar
 from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
 
 from .teacher_file import TeacherFile
 
-@dataclass
+@configclass(Data, Run, Training, Augmentation, part="teacher",
+             drop=("val_size", "ipc", "trajectories", "teacher", "temperature", "min_scale", "flip"),
+             defaults={"arch": "convnet:norm=batch", "epochs": 20, "momentum": 0.9, "weight_decay": 5e-4,
+                       "lr_decay_at": 0.5, "out": "runs/teacher.h5"},
+             helps={"arch": "network spec (convnet:norm=batch is ConvNet BN, resnet18 is ResNet-18 BN)",
+                    "out": "teacher file to write (.h5)",
+                    "dsa_strategy": "augmentation: DSA transforms joined by _, or rrc+flip (random-resized crop "
+                                    "and flip)"})
 class TeacherConfig:
-    """How a teacher is trained (defaults: the field's evaluation protocol with a BN network)."""
+    """How a teacher is trained: a network trained on a dataset's training split (the loop every network here
+    trains with; defaults: the field's evaluation protocol with a BN network), saved with its accuracy, data,
+    transform and class order."""
 
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    arch: str = "convnet:norm=batch"
-    epochs: int = 20
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    lr_decay_at: float = 0.5
-    dsa: bool = True
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    dsa_share: str = "image"
-    zca: bool = False
-    limit_train: int | None = None
-    seed: int = 0
-    out: str = "runs/teacher.h5"
-    device: str | None = None
-    # Import instead of training: a state_dict file (torchvision's resnet18 names are mapped to
-    # resnet18-imagenet); read with weights_only, never unpickled. Accuracy is measured on the
-    # test split unless measure is off.
-    weights: str | None = None
-    measure: bool = True
+    # Read with weights_only, never unpickled.
+    weights: str | None = setting(None, "import a state_dict file instead of training (torchvision's resnet18: "
+                                        "--arch resnet18-imagenet)", metavar="FILE")
+    measure: bool = setting(True, "--weights: measure the test accuracy")
 
     def protocol(self) -> TrainProtocol:
-        p = TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                          batch_size=self.batch_size, decay_at=self.lr_decay_at, dsa=self.dsa,
-                          dsa_strategy=self.dsa_strategy, dsa_share=self.dsa_share)
-        p.validate()
-        return p
-
-    def validate(self) -> None:
-        self.protocol()
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        parse_arch_flag(self.arch)
+        return TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                             batch_size=self.batch_size, decay_at=self.lr_decay_at, dsa=self.dsa,
+                             dsa_strategy=self.dsa_strategy, dsa_share=self.dsa_share)
 
 
 def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, progress: bool = True) -> TeacherFile:

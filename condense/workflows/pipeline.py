@@ -30,13 +30,13 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from condense.config import load_preset, make_config
+from condense.config import configclass, load_preset, make_config, setting
+from condense.config.parts import Evaluation, Run, Training
 from condense.runtime.errors import ConfigError
 from condense.jobs import resolve_device
 from condense.runtime.perf import PeakMemory
@@ -44,27 +44,29 @@ from condense.runtime.perf import PeakMemory
 STEP_KINDS = ("buffer", "teacher", "synth", "labels", "eval")
 
 
-@dataclass
-class RunConfig:
-    """The ``run`` section: which sections to run, in order, and where the outputs go."""
+def _check_step(name: str) -> None:
+    if step_kind(name) not in STEP_KINDS:
+        raise ConfigError(f"unknown step {name!r}: a step is a section named buffer*, teacher*, synth*, labels* or eval*")
 
-    steps: list[str] = field(default_factory=list)
-    out: str = "runs/quickstart"
-    device: str | None = None  # synthesis and recording device; eval uses it unless its section lists devices
-    runs: int | None = None  # overrides the eval section's runs
-    epochs: int | None = None  # overrides the eval section's epochs
+
+@configclass(Run, Training, Evaluation, part="run",
+             drop=("seed", "lr", "momentum", "weight_decay", "batch_size", "lr_decay_at", "temperature"),
+             defaults={"out": "runs/quickstart", "epochs": None, "runs": None},
+             helps={"out": "output folder (every step's outputs land under it)",
+                    "device": "synthesis and recording device; eval uses it unless its section lists devices",
+                    "epochs": "evaluation training epochs (overrides the eval sections')",
+                    "runs": "evaluation runs (overrides the eval sections')"})
+class RunConfig:
+    """The run section of a pipeline preset: which sections to run, in order (buffer -> synth -> eval, ...),
+    and the folder every output lands in. A rerun resumes every step."""
+
+    steps: list[str] = setting(factory=list, help="the sections to run, in order (buffer*, teacher*, synth*, "
+                                                  "labels*, eval*)", check=_check_step)
 
     def validate(self) -> None:
+        """What the declarations cannot say: a pipeline has steps."""
         if not self.steps:
             raise ConfigError("the run section lists no steps (e.g. steps: [buffer, synth-tm, eval])")
-        for s in self.steps:
-            if step_kind(s) not in STEP_KINDS:
-                raise ConfigError(f"unknown step {s!r}: a step is a section named buffer*, teacher*, synth*, labels* "
-                                  "or eval*")
-        if self.runs is not None and self.runs <= 0:
-            raise ConfigError(f"--runs must be positive, got {self.runs}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
 
 
 def step_kind(name: str) -> str:
