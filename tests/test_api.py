@@ -52,9 +52,9 @@ def test_a_preset_sets_defaults_that_keywords_override(tmp_path):
     (lambda: synthesize("dm", ipc="ten"), r"option 'ipc' must be int, got 'ten'"),
     (lambda: synthesize("dn", dataset="toy"), r"unknown method 'dn'"),
     (lambda: synthesize("dm", backend="tf"), r"backend 'tf' is not one of: torch, jax"),
-    (lambda: record_experts(expert=2), r"unknown option 'expert' for BufferConfig"),
-    (lambda: train_teacher(epoch=1), r"unknown option 'epoch' for TeacherConfig"),
-    (lambda: evaluate_sets([], run=1), r"unknown option 'run' for EvalConfig"),
+    (lambda: record_experts(expert=2), r"unknown option 'expert' for buffer; did you mean experts\?"),
+    (lambda: train_teacher(epoch=1), r"unknown option 'epoch' for teacher; did you mean epochs\?"),
+    (lambda: evaluate_sets([], run=1), r"unknown option 'run' for eval; did you mean runs\?"),
 ])
 def test_a_wrong_keyword_is_one_line_naming_it(call, message):
     with pytest.raises(ConfigError, match=message) as e:
