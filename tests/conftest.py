@@ -22,3 +22,19 @@ def tm_cfg(store_path: str, tmp_path, **over) -> TMConfig:
     base = dict(trajectories=store_path, ipc=2, iters=6, syn_steps=4, expert_epochs=2, max_start_epoch=2,
                 lr_img=10.0, checkpoint_every=3, out=str(tmp_path / "tm.h5"))
     return TMConfig(**{**base, **over})
+
+
+def iteration_inputs(method, it: int) -> tuple[dict, dict]:
+    """Run iteration ``it`` of a tm method; return its metrics and what it handed to ``match``
+    (start, targets, steps, scale): the plan, start and targets the iteration drew."""
+    seen, real = {}, method.match
+
+    def spy(start, targets, steps, scale):
+        seen.update(start=start, targets=targets, steps=steps, scale=scale)
+        return real(start, targets, steps, scale)
+
+    method.match = spy
+    try:
+        return method.compute_grads(it), seen
+    finally:
+        del method.match

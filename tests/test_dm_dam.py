@@ -94,18 +94,19 @@ def test_dam_loss_equals_a_naive_loop_and_is_zero_for_equal_batches():
     net = small_net()
     reals, syns = class_batches()
     p, lam, scale = 4.0, 0.01, 100.0
-    loss = dam_loss(maps_and_embedding(net), reals, syns, p, lam, scale)
-    naive = 0.0
+    loss, sam, mmd = dam_loss(maps_and_embedding(net), reals, syns, p, lam, scale)
+    naive_sam, naive_mmd = 0.0, 0.0
     for r, s in zip(reals, syns):
         fr, fs = net.feature_maps(r), net.feature_maps(s)
         for a, b in zip(fr[:-1], fs[:-1]):  # every stage but the last
             ar = torch.stack([(x.abs() ** p).sum(0).flatten() / (x.abs() ** p).sum(0).flatten().norm() for x in a])
             as_ = torch.stack([(x.abs() ** p).sum(0).flatten() / (x.abs() ** p).sum(0).flatten().norm() for x in b])
-            naive = naive + scale * ((ar.mean(0) - as_.mean(0)) ** 2).sum()
-        naive = naive + scale * lam * ((net.embed(r).mean(0) - net.embed(s).mean(0)) ** 2).sum()
-    torch.testing.assert_close(loss, naive)
+            naive_sam = naive_sam + ((ar.mean(0) - as_.mean(0)) ** 2).sum()
+        naive_mmd = naive_mmd + ((net.embed(r).mean(0) - net.embed(s).mean(0)) ** 2).sum()
+    naive = scale * (naive_sam + lam * naive_mmd)
+    torch.testing.assert_close((loss, sam, mmd), (naive, naive_sam, naive_mmd))
     torch.testing.assert_close(torch.autograd.grad(loss, syns), torch.autograd.grad(naive, syns))
-    assert (dam_loss(maps_and_embedding(net), reals, [r.clone() for r in reals], p, lam).item()) == pytest.approx(0, abs=1e-12)
+    assert (dam_loss(maps_and_embedding(net), reals, [r.clone() for r in reals], p, lam)[0].item()) == pytest.approx(0, abs=1e-12)
 
 
 # --- the methods --------------------------------------------------------------------------------------
@@ -134,6 +135,16 @@ def test_dam_iterations_lower_the_matching_loss(toy, tmp_path):
     before = method.loss(0).item()
     synthesize(method, dam_cfg(tmp_path, lr_img=0.1, iters=10), tmp_path / "dam.h5", {"method": "dam"}, **QUIET)
     assert method.loss(0).item() < before
+
+
+def test_the_dam_method_steps_on_dam_loss_with_its_settings(toy, tmp_path):
+    method = AttentionMatching(dam_cfg(tmp_path, power=1.0, mmd_weight=0.5, loss_scale=3.0), toy, CPU)
+    metrics = method.compute_grads(2)
+    net = method.network(2)
+    reals, syns = method.batches(2)
+    loss, sam, mmd = dam_loss(maps_and_embedding(net), reals, syns, 1.0, 0.5, 3.0, method.real_chunk(net))
+    assert metrics == {"loss": float(loss.detach()), "sam": float(sam.detach()), "mmd": float(mmd.detach())}
+    torch.testing.assert_close(method.images.grad, torch.autograd.grad(loss, method.images)[0])
 
 
 @pytest.mark.parametrize("run, make_cfg, name", [(run_dm, dm_cfg, "dm"), (run_dam, dam_cfg, "dam")])

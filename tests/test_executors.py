@@ -1,4 +1,5 @@
-"""Executors: in-process, a pool of CPU workers and Ray give the same numbers; failures and bad options."""
+"""Executors: in-process, a pool of CPU workers and Ray give the same numbers; failures and bad options;
+independent keyed work in shards merges into what one process makes."""
 from __future__ import annotations
 
 import sys
@@ -7,8 +8,11 @@ import time
 import pytest
 import torch
 
-from condense.runtime.errors import ConfigError
+from condense.runtime.errors import CondenseError, ConfigError
+from condense.runtime.executors import merge_shards, run_shards, shard_keys
 from condense.jobs import Job
+from condense.runtime.rng import generator
+from condense.synset import SynSet, load_synset
 from condense.train import TrainProtocol
 from condense.runtime.executors import EXECUTORS, execute
 
@@ -121,3 +125,46 @@ def test_bad_options(kwargs, message):
 
 def test_executors_listed():
     assert EXECUTORS == ("local", "ray")
+
+
+# --- independent, keyed work in shards ------------------------------------------------------------
+
+def keyed_draws(n: int, shard: int, shards: int, fail: int = -1, device: str = "cpu") -> dict[int, float]:
+    """A shard job: per key of its share of 0..n-1, a number from that key's own generator (an item's
+    result depends on its key alone, as sre2l's batches); shard ``fail`` raises."""
+    if shard == fail:
+        raise ValueError(f"shard {shard} broke")
+    return {k: float(torch.rand(1, generator=generator(k))) for k in shard_keys(n, shard, shards)}
+
+
+def test_shards_split_the_keys_and_merge_into_what_one_process_makes():
+    assert [shard_keys(7, k, 3) for k in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
+    whole = keyed_draws(7, 0, 1)
+    parts = run_shards("test_executors:keyed_draws", {"n": 7}, 3, devices=["cpu", "cpu"], note=lambda m: None)
+    assert [list(p) for p in parts] == [[0, 3, 6], [1, 4], [2, 5]]  # shard order, whichever finished first
+    merged = {k: v for p in parts for k, v in p.items()}
+    assert [merged[k] for k in range(7)] == [whole[k] for k in range(7)]  # exact
+    with pytest.raises(CondenseError, match=r"^1 of 3 shards failed \(rerun to resume\); first: shard1: "
+                                            r"ValueError: shard 1 broke$"):
+        run_shards("test_executors:keyed_draws", {"n": 7, "fail": 1}, 3, note=lambda m: None)
+
+
+def test_merge_shards_puts_each_shards_rows_back_and_refuses_a_gap(tmp_path):
+    whole = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    classes = torch.arange(3).repeat_interleave(2)
+
+    def part(k: int, rows: list[int]) -> str:  # a shard's set: its rows, zeros elsewhere
+        images = torch.zeros_like(whole)
+        images[rows] = whole[rows]
+        path = str(tmp_path / f"part{k}.h5")
+        SynSet.hard(images, classes, dataset="toy", num_classes=3, method="sre2l",
+                    config={"method": "sre2l", "shard": [k, 2]},
+                    provenance={"seed": 0, "shard": [k, 2], "rows": rows}).save(path)
+        return path
+
+    paths = [part(0, [0, 2, 4]), part(1, [1, 3, 5])]
+    merged = merge_shards(paths, str(tmp_path / "set.h5"))
+    assert torch.equal(merged.images, whole) and torch.equal(load_synset(tmp_path / "set.h5").images, whole)
+    assert merged.config == {"method": "sre2l"} and merged.provenance == {"seed": 0, "shards": paths}
+    with pytest.raises(CondenseError, match="do not cover every image of the set"):
+        merge_shards(paths[:1], str(tmp_path / "gap.h5"))

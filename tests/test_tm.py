@@ -17,7 +17,7 @@ from condense.nets import FlatLayout, build_net
 from condense.runtime.rng import generator
 from condense.synset import load_synset
 from trajectories import open_store
-from conftest import tm_cfg
+from conftest import iteration_inputs, tm_cfg
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -179,13 +179,15 @@ def test_variants_do_what_they_say(store_path, tmp_path):
     lin = make(tm_cfg(store_path, tmp_path, max_start_epoch=2, min_start_epoch=0, window_growth=[1, 10]))
     assert [lin.window(it) for it in (0, 9, 10, 100)] == [1, 1, 2, 2]
     perturbed = make(tm_cfg(store_path, tmp_path, ast=["weight-perturb"]))
-    start, _ = perturbed.start_and_targets(0, 0, 1)
-    plain_start = base.store.epoch(0, 1)
-    changed = torch.nonzero(start != plain_start).flatten()
+    metrics, seen = iteration_inputs(perturbed, 0)
+    plain_start = base.store.epoch(metrics["expert"], metrics["start_epoch"])
+    changed = torch.nonzero(seen["start"] != plain_start).flatten()
     assert len(changed) and all(any(a <= int(i) < b for a, b in perturbed.conv_slices) for i in changed)
     middle = make(tm_cfg(store_path, tmp_path, ast=["middle-loss"], syn_steps=4, expert_epochs=2))
-    _, targets = middle.start_and_targets(0, 0, 1)
-    assert [(t.step, torch.equal(t.params, base.store.epoch(0, 1 + e))) for t, e in zip(targets, (2, 1))] == \
+    metrics, seen = iteration_inputs(middle, 0)
+    expert, s = metrics["expert"], metrics["start_epoch"]
+    targets = seen["targets"]
+    assert [(t.step, torch.equal(t.params, base.store.epoch(expert, s + e))) for t, e in zip(targets, (2, 1))] == \
         [(4, True), (2, True)]
 
 

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from condense.runtime.errors import CondenseError, ConfigError
 from condense.methods.loop import synthesize
 from condense.methods.tm import STREAM_PERTURB, TrajectoryMatching, dataset_of_store, run_tm
-from condense.methods.tm_math import match_exact
+from condense.methods.tm_math import balance_scale, match_exact
 from condense.nets import functional_call
 from condense.runtime.rng import generator
 from condense.synset import load_synset
 from trajectories import open_store
-from conftest import tm_cfg
+from conftest import iteration_inputs, tm_cfg
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -33,8 +33,8 @@ def test_weight_perturbation_is_asts_formula(store_path, tmp_path):
     """AST's weightPerturb: for every conv weight W (4-D), d ~ N(0, 1) of W's shape,
     W' = W + (d / ‖d‖_F) ⊙ W; biases, norm and linear parameters untouched."""
     method = make(tm_cfg(store_path, tmp_path, ast=["weight-perturb"]))
-    start, _ = method.start_and_targets(3, 1, 1)
-    plain = method.store.epoch(1, 1)
+    metrics, seen = iteration_inputs(method, 3)
+    start, plain = seen["start"], method.store.epoch(metrics["expert"], metrics["start_epoch"])
     layout = method.store.layout
     g = generator(method.cfg.seed, 3, 0, STREAM_PERTURB)
     convs = 0
@@ -76,27 +76,23 @@ def test_ema_is_a_naive_exponential_average(store_path, tmp_path):
 def test_balanced_loss_scale_is_asts_and_scales_the_inner_loss(store_path, tmp_path):
     """AST: h = max_start_epoch // 2; the inner CE is × log₅(s − h + 8) for s ≥ h and
     ÷ log₅(h − s + 8) below. Values computed by hand (log 8 / log 5 = 1.29203, ...)."""
-    method = make(tm_cfg(store_path, tmp_path, ast=["balance-loss"]))  # max_start_epoch 2: h = 1
-    assert [method.loss_scale(s) for s in (0, 1, 2)] == pytest.approx([0.7324868, 1.2920297, 1.3652124], rel=1e-6)
-    method.cfg.max_start_epoch = 20  # h = 10
-    assert [method.loss_scale(s) for s in (0, 10, 15)] == pytest.approx([0.5568273, 1.2920297, 1.5936926], rel=1e-6)
-    method.cfg.max_start_epoch = 2
+    assert [balance_scale(s, 2) for s in (0, 1, 2)] == pytest.approx([0.7324868, 1.2920297, 1.3652124], rel=1e-6)
+    assert [balance_scale(s, 20) for s in (0, 10, 15)] == pytest.approx([0.5568273, 1.2920297, 1.5936926], rel=1e-6)
     # With plain SGD, scaling the inner loss by c is the same student as the lr scaled by c.
     for it in range(3):
-        _, s, _ = method.plan(it)
-        same = make(tm_cfg(store_path, tmp_path, lr_init=0.01 * method.loss_scale(s)))
-        ours = make(tm_cfg(store_path, tmp_path, ast=["balance-loss"], lr_init=0.01))
-        assert ours.compute_grads(it)["loss"] == pytest.approx(same.compute_grads(it)["loss"], rel=1e-5)
+        ours = make(tm_cfg(store_path, tmp_path, ast=["balance-loss"], lr_init=0.01))  # max_start_epoch 2
+        got = ours.compute_grads(it)
+        same = make(tm_cfg(store_path, tmp_path, lr_init=0.01 * balance_scale(got["start_epoch"], 2)))
+        assert got["loss"] == pytest.approx(same.compute_grads(it)["loss"], rel=1e-5)
 
 
 def test_student_momentum_is_wired_and_constant_memory_agrees(store_path, tmp_path):
     plain = make(tm_cfg(store_path, tmp_path))
     heavy = make(tm_cfg(store_path, tmp_path, student_momentum=0.9))
-    expert, s, steps = heavy.plan(0)
-    start, targets = heavy.start_and_targets(0, expert, s)
-    ref = match_exact(heavy.net, start, targets, heavy.images, heavy.labels, heavy.student_lr(), steps,
-                      F.cross_entropy, 0.9)
-    assert heavy.compute_grads(0)["loss"] == pytest.approx(float(ref.detach()), rel=1e-6)
+    metrics, seen = iteration_inputs(heavy, 0)
+    ref = match_exact(heavy.net, seen["start"], seen["targets"], heavy.images, heavy.labels, heavy.student_lr(),
+                      seen["steps"], F.cross_entropy, 0.9)
+    assert metrics["loss"] == pytest.approx(float(ref.detach()), rel=1e-6)
     assert plain.compute_grads(0)["loss"] != pytest.approx(float(ref.detach()), rel=1e-3)
     over = dict(student_momentum=0.9, lr_param="direct")
     a = run_tm(tm_cfg(store_path, tmp_path / "a", **over), CPU, **QUIET)
@@ -123,9 +119,8 @@ def test_direct_lr_is_mtts_sgd_on_alpha_and_exp_chains_onto_rho(store_path, tmp_
 def test_tesla_labels_are_recomputed_every_iteration_from_the_target_epoch(store_path, tmp_path):
     method = make(tm_cfg(store_path, tmp_path, labels="expert"))  # --label-refresh iteration is the default
     for it in range(3):
-        method.compute_grads(it)
-        expert, s, _ = method.plan(it)
-        target = method.store.epoch(expert, s + method.cfg.expert_epochs)
+        metrics = method.compute_grads(it)
+        target = method.store.epoch(metrics["expert"], metrics["start_epoch"] + method.cfg.expert_epochs)
         with torch.no_grad():
             expected = functional_call(method.net, target, method.images.detach())
         torch.testing.assert_close(method.labels, expected)

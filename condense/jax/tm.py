@@ -19,10 +19,10 @@ from the N + 1 parameter vectors), in one of two ways chosen by :func:`constant_
   independent of N.
 
 Everything else is the torch method's, reused as is by subclassing
-:class:`~condense.methods.tm.TrajectoryMatching`: the store and its checks, the initial images
-and labels (TESLA/DATM), the plan of iteration ``it`` (expert, start epoch, MTT's batch order,
-DSA draws, all keyed by (seed, it)), the start perturbation and intermediate targets (AST), the
-balanced loss scale, FTD's EMA, the lr range check, and the set it writes. The torch-recorded
+:class:`~condense.methods.tm.TrajectoryMatching` and replacing only its ``match``: the store and
+its checks, the initial images and labels (TESLA/DATM), the iteration itself (expert, start epoch,
+MTT's batch order, DSA draws, all keyed by (seed, it); the start perturbation and intermediate
+targets (AST), the balanced loss scale), FTD's EMA, the lr range check, and the set it writes. The torch-recorded
 trajectory rows reach JAX through the flat-layout converter (:mod:`condense.jax.nets`). Images,
 ρ and labels stay torch tensors for the shared loop (checkpoint/resume, NaN guard) and move by
 optax SGD (momentum 0.5 for images and ρ with η_ρ = lr_lr / lr_init², 0.9 for labels).
@@ -43,7 +43,7 @@ import torch
 from ..augment import DSADraw, cat_draws, select_draw
 from ..runtime.errors import ConfigError
 from ..methods.tm import TMConfig, TrajectoryMatching, open_store_for
-from ..methods.tm_math import Step
+from ..methods.tm_math import Step, Target
 from ..synset import SynSet
 from .augment import Draw, apply_dsa, from_torch, stack
 from .bridge import mark_jax, to_jax, to_torch
@@ -238,21 +238,17 @@ class JaxTrajectoryMatching(TrajectoryMatching):
             self.opts["labels"] = sgd([self.labels], cfg.lr_labels, momentum=0.9)
         self._value_and_grad = matcher(self.twin, cfg.labels != "hard", cfg.memory, learned)
 
-    def compute_grads(self, it: int) -> dict[str, float]:
-        expert, s, steps = self.plan(it)
-        start, targets = self.start_and_targets(it, expert, s)
-        if self.refreshes_labels:
-            self.refresh_labels(targets[0].params)
+    def match(self, start: torch.Tensor, targets: list[Target], steps: list[Step],
+              scale: float) -> tuple[float, dict[str, torch.Tensor]]:
+        """The torch method's ``match`` in JAX: ℓ and ∂ℓ (images, ρ, DATM's labels) by name."""
         spec = tuple((k.step, float(k.weight)) for k in targets)
         idx, mask, draws = padded_plan(steps)
         dtype = self.images.dtype  # trajectory rows (also of float16 stores) in the images' precision
         loss, grads = self._value_and_grad(
             spec, to_jax(self.images), to_jax(self.lr_param), to_jax(self.labels), to_jax(start.to(dtype)),
-            [to_jax(k.params.to(dtype)) for k in targets], idx, mask, draws, jnp.asarray(self.loss_scale(s)))
-        for tensor, g in zip(self.learnables().values(), grads):  # images, log_lr[, labels]: argnums order
-            tensor.grad = to_torch(g, like=tensor)
-        return {"loss": float(loss), "lr": self.learned_lr(), "expert": expert, "start_epoch": s,
-                "inner_images": sum(len(step.indices) for step in steps)}
+            [to_jax(k.params.to(dtype)) for k in targets], idx, mask, draws, jnp.asarray(scale))
+        learn = self.learnables()  # images, log_lr[, labels]: the argnums order
+        return float(loss), {name: to_torch(g, like=tensor) for (name, tensor), g in zip(learn.items(), grads)}
 
     def synset(self, it: int) -> SynSet:
         return mark_jax(super().synset(it))

@@ -66,11 +66,16 @@ def maps_and_embedding(net) -> Callable[[torch.Tensor], tuple[list[torch.Tensor]
     return lambda x: (net.feature_maps(x), net.embed(x))
 
 
-def dam_parts(forward: Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]],
-              real_by_class: Sequence[torch.Tensor], syn_by_class: Sequence[torch.Tensor],
-              power: float, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(SAM, MMD) of the module docstring; real features carry no gradient (``chunk`` as in
-    :func:`~condense.methods.dm.real_class_means`)."""
+def dam_loss(forward: Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]],
+             real_by_class: Sequence[torch.Tensor], syn_by_class: Sequence[torch.Tensor], power: float,
+             mmd_weight: float, loss_scale: float = 100.0,
+             chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss_scale · (SAM + mmd_weight · MMD), SAM, MMD) of the module docstring: three scalars.
+
+    ``forward`` as :func:`maps_and_embedding` returns; real features carry no gradient (``chunk``
+    as in :func:`~condense.methods.dm.real_class_means`); the synthetic images of all classes go
+    through in one forward.
+    """
     def real_stats(x):
         maps, emb = forward(x)
         return [attention_map(f, power) for f in maps[:-1]] + [emb]
@@ -83,14 +88,7 @@ def dam_parts(forward: Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.
         for r, s in zip(real_layer, class_means(attention_map(f, power), ss)):
             sam = sam + ((r - s) ** 2).sum()
     mmd = sum(((r - s) ** 2).sum() for r, s in zip(real_mean, class_means(syn_emb, ss)))
-    return sam, mmd
-
-
-def dam_loss(forward, real_by_class, syn_by_class, power: float, mmd_weight: float,
-             loss_scale: float = 100.0, chunk: int = 0) -> torch.Tensor:
-    """loss_scale · (SAM + mmd_weight · MMD); ``forward`` as :func:`maps_and_embedding` returns."""
-    sam, mmd = dam_parts(forward, real_by_class, syn_by_class, power, chunk)
-    return loss_scale * (sam + mmd_weight * mmd)
+    return loss_scale * (sam + mmd_weight * mmd), sam, mmd
 
 
 class AttentionMatching(MatchingBase):
@@ -98,18 +96,18 @@ class AttentionMatching(MatchingBase):
 
     method_name = "dam"
 
-    def parts(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
-        net = self.network(it)
+    def terms(self, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, SAM, MMD) of iteration ``it`` at the current images (:func:`dam_loss`, differentiable)."""
+        cfg, net = self.cfg, self.network(it)
         reals, syns = self.batches(it)
-        return dam_parts(maps_and_embedding(net), reals, syns, self.cfg.power, self.real_chunk(net))
+        return dam_loss(maps_and_embedding(net), reals, syns, cfg.power, cfg.mmd_weight, cfg.loss_scale,
+                        self.real_chunk(net))
 
     def loss(self, it: int) -> torch.Tensor:
-        sam, mmd = self.parts(it)
-        return self.cfg.loss_scale * (sam + self.cfg.mmd_weight * mmd)
+        return self.terms(it)[0]
 
     def compute_grads(self, it: int) -> dict[str, float]:
-        sam, mmd = self.parts(it)
-        loss = self.cfg.loss_scale * (sam + self.cfg.mmd_weight * mmd)
+        loss, sam, mmd = self.terms(it)
         loss.backward()
         return {"loss": float(loss.detach()), "sam": float(sam.detach()), "mmd": float(mmd.detach())}
 

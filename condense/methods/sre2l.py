@@ -27,8 +27,8 @@ teacher forward over the whole set, the statistics taken per batch, the batch lo
 summed; Adam being elementwise, every batch follows exactly the path it would alone.
 Batch g's initial images come from (seed, g) and its crops, flips and rolls in iteration
 ``it`` from (seed, it, g), so a resumed run equals an uninterrupted one, and the batches
-can be spread over devices or Ray tasks (``devices``, ``executor``: each worker recovers
-every K-th batch as its own resumable run, then the shards are merged) with the same result.
+are independent work items keyed by g: spread over devices or Ray tasks (``devices``,
+``executor``, ``shards``) by :func:`condense.runtime.executors.run_shards`, they give the same set.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ from torch import nn
 from ..augment import DSAConfig, apply_dsa, cat_draws, sample_dsa
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Run, Synthesis, Training, Workers
-from ..runtime.errors import CondenseError, ConfigError
+from ..runtime.errors import ConfigError
+from ..runtime.executors import shard_keys
 from ..nets import parse_arch
 from ..runtime.rng import generator
 from ..synset import SynSet
@@ -203,7 +204,7 @@ class SRe2L(ImageSynthesizer):
         self.all_classes = torch.arange(k).repeat_interleave(cfg.ipc)
         groups = batches(k, cfg.ipc, cfg.batch_size, cfg.class_batches)
         # this worker's batches, by their global number g: all randomness of batch g is keyed by g
-        self.batch_ids = list(range(shard[0], len(groups), shard[1]))
+        self.batch_ids = shard_keys(len(groups), *shard)
         self.index = torch.cat([groups[g] for g in self.batch_ids])  # global image index of each row
         self.sizes = [len(groups[g]) for g in self.batch_ids]
         self.classes = self.all_classes[self.index]
@@ -309,7 +310,7 @@ class SRe2L(ImageSynthesizer):
 
     def synset(self, it: int) -> SynSet:
         """The set in class order. A shard's set holds its own images and zeros elsewhere (its
-        provenance names its batches); :func:`merge_shards` puts the shards together."""
+        provenance names its rows); :func:`condense.runtime.executors.merge_shards` puts the shards together."""
         tf = self.tf
         images = torch.zeros(len(self.all_classes), *tf.image_shape)
         images[self.index] = self.images.detach().cpu()
@@ -327,67 +328,29 @@ SPREAD = ("devices", "executor", "address", "shards", "chunk")  # how the work r
 
 
 def run_sre2l(cfg: SRe2LConfig, device: torch.device, *, progress=print, bars: bool = True, evaluate=None) -> SynSet:
-    """Recover (or resume) the set ``cfg.out`` from the teacher ``cfg.teacher``: here, or spread
-    over ``cfg.devices`` / Ray as shards of the batches, merged into the same set."""
-    from ..runtime.executors import default_workers
+    """Recover (or resume) the set ``cfg.out`` from the teacher ``cfg.teacher``: here, or its batches
+    as shards over ``cfg.devices`` / Ray (:func:`~condense.runtime.executors.run_shards`), merged into the same set."""
+    from ..runtime.executors import default_workers, merge_shards, run_shards
     from .loop import synthesize
 
     shards = cfg.shards or default_workers(cfg.executor, cfg.devices)
     if shards > 1:
-        return run_sharded(cfg, shards, progress=progress)
+        cfg.validate()
+        paths = run_shards("condense.methods.sre2l:recover_shard", {"config": asdict(cfg)}, shards,
+                           executor=cfg.executor, devices=cfg.devices, address=cfg.address, note=progress)
+        return merge_shards(paths, cfg.out)
     method = SRe2L(cfg, device)
     return synthesize(method, cfg, cfg.out, method.config(), progress=progress, bars=bars, evaluate=evaluate)
 
 
-def shard_path(out: str, k: int, shards: int) -> str:
-    return f"{out}.shard{k}of{shards}.h5"
-
-
 def recover_shard(config: dict, shard: int, shards: int, device: str = "cpu") -> str:
-    """A job (:mod:`condense.jobs`): recover batches shard, shard + shards, ... into their own
+    """A job of :func:`run_sre2l`: recover the batches of shard ``shard`` of ``shards`` into their own
     resumable run; returns the shard's set file."""
+    from ..runtime.executors import shard_path
+    from .loop import synthesize
+
     cfg = SRe2LConfig(**{**config, "devices": None, "executor": "local", "shards": None,
                          "out": shard_path(config["out"], shard, shards)})
     method = SRe2L(cfg, torch.device(device), (shard, shards))
-    from .loop import synthesize
-
     synthesize(method, cfg, cfg.out, method.config(), progress=lambda m: None, bars=False)
     return cfg.out
-
-
-def run_sharded(cfg: SRe2LConfig, shards: int, *, progress=print) -> SynSet:
-    """Recover the shards as jobs on ``cfg.devices`` (or Ray), then merge them into ``cfg.out``.
-    Batches are independent and keyed by their global number, so the merged set is the one an
-    unsharded run makes (up to a convolution's rounding at another batch size)."""
-    from ..runtime.executors import run_all
-    from ..jobs import Job
-
-    cfg.validate()
-    jobs = [Job(f"shard{k}", "condense.methods.sre2l:recover_shard",
-                {"config": asdict(cfg), "shard": k, "shards": shards}) for k in range(shards)]
-    paths = run_all(jobs, executor=cfg.executor, devices=cfg.devices, address=cfg.address, note=progress,
-                    what="shards")
-    return merge_shards([paths[f"shard{k}"] for k in range(shards)], cfg.out)
-
-
-def merge_shards(paths: Sequence[str], out: str) -> SynSet:
-    """One set from shard sets: each contributes the rows its provenance names."""
-    from ..synset import load_synset
-
-    parts = [load_synset(p) for p in paths]
-    images = torch.zeros_like(parts[0].images)
-    covered = torch.zeros(len(images), dtype=torch.bool)
-    for p in parts:
-        rows = torch.tensor(p.provenance["rows"])
-        images[rows] = p.images[rows]
-        covered[rows] = True
-    if not bool(covered.all()):
-        raise CondenseError(f"the shards {', '.join(paths)} do not cover every image of the set")
-    first = parts[0]
-    config = {k: v for k, v in first.config.items() if k != "shard"}
-    provenance = {k: v for k, v in first.provenance.items() if k not in ("shard", "rows")}
-    s = SynSet.hard(images, first.classes.clone(), dataset=first.dataset, num_classes=first.num_classes,
-                    method=first.method, transform=first.transform, data=first.data, config=config,
-                    provenance={**provenance, "shards": [str(p) for p in paths]})
-    s.save(out)
-    return s

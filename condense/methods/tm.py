@@ -1,11 +1,17 @@
-"""`tm`: trajectory matching (MTT) with a learned, positive step size, on one screen.
+"""`tm`: trajectory matching (MTT) with a learned, positive step size.
 
-Each iteration: pick an expert i and a start epoch s (s < the window's upper bound),
-take ``syn_steps`` student SGD steps (momentum ``student_momentum``: 0 in MTT, 0.9 in
-AST) from θ_i(s) on synthetic batches, and match the result to θ_i(s + expert_epochs)
-(the math and its two exact gradient paths are in :mod:`condense.methods.tm_math`).
-Images move by SGD (momentum 0.5, ``lr_img``). The student's step size α is learned in
-one of two parametrisations (``lr_param``):
+An iteration is :meth:`TrajectoryMatching.compute_grads`, on one screen, top to bottom:
+
+1. plan: an expert i, a start epoch s (s < the window's upper bound) and, per student
+   step, a batch of the synthetic set with its DSA draw;
+2. start and targets: θ_i(s) and θ_i(s + expert_epochs);
+3. match: ``syn_steps`` student SGD steps (momentum ``student_momentum``: 0 in MTT, 0.9
+   in AST) from θ_i(s) on those batches, the normalised distance of the result to the
+   target, and its gradients (pure functions in :mod:`condense.methods.tm_math`, which
+   derives the two exact gradient paths);
+4. update: the gradients go to the learnables, which the loop steps. Images move by SGD
+   (momentum 0.5, ``lr_img``); the student's step size α is learned in one of two
+   parametrisations (``lr_param``):
 
 - ``exp`` (condense's default): α = exp(ρ), positive by construction, ρ by SGD with
   η_ρ = lr_lr / lr_init², so that ``lr_lr`` keeps MTT's meaning near lr_init
@@ -35,7 +41,7 @@ from ..nets import FlatLayout, build_net, functional_call
 from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
 from .init import EXPERT_INITS, INITS, expert_logits, expert_selected_images, initial_images
-from .tm_math import Step, Target, match_constant_memory, match_exact
+from .tm_math import Step, Target, balance_scale, match_constant_memory, match_exact, perturb_conv_weights
 
 STREAM_PICK, STREAM_ORDER, STREAM_DSA = 0, 1, 2
 MEMORY_MODES = ("exact", "constant")
@@ -186,7 +192,46 @@ class TrajectoryMatching:
             count += ok
         return torch.where(count > 0, total / count.clamp_min(1), first)
 
-    # -- the plan of one iteration ---------------------------------------------------------------
+    # -- one iteration ---------------------------------------------------------------------------
+    def compute_grads(self, it: int) -> dict[str, float]:
+        """Iteration ``it`` of the module docstring, top to bottom: plan -> start and targets -> match ->
+        gradients on the learnables (the loop then steps each by its optimiser)."""
+        cfg, store, dev = self.cfg, self.store, self.device
+        n, m, size = cfg.syn_steps, cfg.expert_epochs, len(self.images)
+        # 1. plan: expert i, start epoch s below the window's bound, and per student step a batch of the set
+        # (MTT: a fresh permutation whenever the last is used up, popped from the end) with its DSA draw
+        pick = generator(cfg.seed, it, 0, STREAM_PICK)
+        expert = int(torch.randint(len(store), (1,), generator=pick))
+        s = int(torch.randint(cfg.min_start_epoch, self.window(it), (1,), generator=pick))
+        steps, chunks = [], []
+        for t in range(n):
+            if not chunks:
+                perm = torch.randperm(size, generator=generator(cfg.seed, it, t, STREAM_ORDER))
+                chunks = list(perm.split(cfg.batch_syn or size))
+            idx = chunks.pop().to(dev)
+            draw = None if self.dsa is None else sample_dsa(self.dsa, len(idx), tuple(self.images.shape[1:]),
+                                                            generator(cfg.seed, it, t, STREAM_DSA))
+            steps.append(Step(idx, draw))
+        # 2. start θ_i(s) (AST: its conv weights perturbed); targets θ_i(s + M) after N steps (AST: and
+        # θ_i(s + k) after k⌊N/M⌋)
+        start = store.epoch(expert, s).to(dev)
+        if cfg.weight_perturb:
+            start = perturb_conv_weights(start, self.conv_slices, generator(cfg.seed, it, 0, STREAM_PERTURB))
+        targets = [Target(n, store.epoch(expert, s + m).to(dev))]
+        if cfg.middle_loss:
+            targets += [Target((n // m) * k, store.epoch(expert, s + k).to(dev)) for k in range(1, m)]
+        if self.refreshes_labels:  # TESLA: the final target's logits on the current images
+            with torch.no_grad():
+                self.labels = expert_logits(partial(functional_call, self.net, targets[0].params), self.images)
+        # 3. match: the student's N steps from the start; ℓ = Σ_k w_k ‖θ_{n_k} − θ*_k‖² / ‖θ_0 − θ*_k‖² and ∂ℓ
+        scale = balance_scale(s, cfg.max_start_epoch) if cfg.balance_loss else 1.0
+        loss, grads = self.match(start, targets, steps, scale)
+        # 4. update: ∂ℓ onto the images, α's parameter and DATM's labels (the loop steps their optimisers)
+        for name, tensor in self.learnables().items():
+            tensor.grad = grads[name]
+        return {"loss": loss, "lr": self.learned_lr(), "expert": expert, "start_epoch": s,
+                "inner_images": sum(len(step.indices) for step in steps)}
+
     def window(self, it: int) -> int:
         """Upper bound (exclusive) of the start epoch at iteration ``it`` (DATM's linear widening)."""
         cfg = self.cfg
@@ -195,47 +240,22 @@ class TrajectoryMatching:
         grown = cfg.window_start_max + (cfg.max_start_epoch - cfg.window_start_max) * it // cfg.window_end_iter
         return min(grown, cfg.max_start_epoch)
 
-    def plan(self, it: int) -> tuple[int, int, list[Step]]:
-        """(expert, start epoch, steps) of iteration ``it``: deterministic in (seed, it)."""
-        cfg, n = self.cfg, self.images.shape[0]
-        pick = generator(cfg.seed, it, 0, STREAM_PICK)
-        expert = int(torch.randint(len(self.store), (1,), generator=pick))
-        start = int(torch.randint(cfg.min_start_epoch, self.window(it), (1,), generator=pick))
-        batch = cfg.batch_syn or n
-        steps, chunks = [], []
-        for t in range(cfg.syn_steps):
-            if not chunks:  # a fresh permutation whenever the previous one is used up, as MTT does
-                perm = torch.randperm(n, generator=generator(cfg.seed, it, t, STREAM_ORDER))
-                chunks = list(torch.split(perm, batch))
-            idx = chunks.pop().to(self.device)  # MTT pops from the end
-            draw = None
-            if self.dsa is not None:
-                draw = sample_dsa(self.dsa, len(idx), tuple(self.images.shape[1:]),
-                                  generator(cfg.seed, it, t, STREAM_DSA))
-            steps.append(Step(idx, draw))
-        return expert, start, steps
-
-    def start_and_targets(self, it: int, expert: int, s: int) -> tuple[torch.Tensor, list[Target]]:
-        """θ_0 (perturbed with AST's --weight-perturb) and the targets (AST's intermediate ones too)."""
-        cfg, n, m = self.cfg, self.cfg.syn_steps, self.cfg.expert_epochs
-        start = self.store.epoch(expert, s).to(self.device)
-        if cfg.weight_perturb:  # w += (d / ‖d‖_F) ⊙ w on every conv weight, d ~ N(0, 1)
-            g = generator(cfg.seed, it, 0, STREAM_PERTURB)
-            for a, b in self.conv_slices:
-                d = torch.randn(b - a, generator=g).to(self.device)
-                start[a:b] += d / d.norm() * start[a:b]
-        targets = [Target(n, self.store.epoch(expert, s + m).to(self.device))]
-        if cfg.middle_loss:
-            targets += [Target((n // m) * i, self.store.epoch(expert, s + i).to(self.device)) for i in range(1, m)]
-        return start, targets
-
-    def loss_scale(self, s: int) -> float:
-        """The inner loss's factor for start epoch ``s``: AST's --ast balance-loss weights late starts
-        up and early ones down; 1 without it."""
-        if not self.cfg.balance_loss:
-            return 1.0
-        h = self.cfg.max_start_epoch // 2
-        return math.log(s - h + 8, 5) if s >= h else 1.0 / math.log(h - s + 8, 5)
+    def match(self, start: torch.Tensor, targets: list[Target], steps: list[Step],
+              scale: float) -> tuple[float, dict[str, torch.Tensor]]:
+        """ℓ of the student's ``steps`` from ``start`` [P] against ``targets``, with its inner loss × ``scale``,
+        and ∂ℓ for every learnable by name: autograd through the unrolled graph (``--memory exact``) or the
+        adjoint walk (``constant``) of :mod:`~condense.methods.tm_math`. A backend replaces this."""
+        loss_fn = partial(scaled, self.loss_fn, scale)
+        learn = self.learnables()
+        if self.cfg.memory == "exact":
+            loss = match_exact(self.net, start, targets, self.images, self.labels, self.student_lr(), steps, loss_fn,
+                               self.momentum)
+            return float(loss.detach()), dict(zip(learn, torch.autograd.grad(loss, list(learn.values()))))
+        lr = self.learned_lr()
+        loss, grads = match_constant_memory(self.net, start, targets, self.images, self.labels, lr, steps, loss_fn,
+                                            self.momentum)
+        grads[self.lr_name] = grads.pop("lr") * (1.0 if self.direct_lr else lr)  # dℓ/dρ = dℓ/dα · α
+        return loss, grads
 
     # -- Synthesizer -------------------------------------------------------------------------------
     def student_lr(self) -> torch.Tensor:
@@ -257,34 +277,6 @@ class TrajectoryMatching:
     @property
     def refreshes_labels(self) -> bool:
         return self.cfg.labels == "expert" and (self.cfg.label_refresh or "iteration") == "iteration"
-
-    @torch.no_grad()
-    def refresh_labels(self, target: torch.Tensor) -> None:
-        """TESLA's labels: the target epoch's logits on the current images, every iteration."""
-        self.labels = expert_logits(partial(functional_call, self.net, target), self.images.detach())
-
-    def compute_grads(self, it: int) -> dict[str, float]:
-        expert, s, steps = self.plan(it)
-        start, targets = self.start_and_targets(it, expert, s)
-        if self.refreshes_labels:
-            self.refresh_labels(targets[0].params)
-        loss_fn = self.loss_fn
-        if self.cfg.balance_loss:
-            loss_fn = partial(scaled, loss_fn, self.loss_scale(s))
-        if self.cfg.memory == "exact":
-            loss_t = match_exact(self.net, start, targets, self.images, self.labels, self.student_lr(), steps, loss_fn,
-                                 self.momentum)
-            loss_t.backward()
-            loss = float(loss_t.detach())
-        else:
-            lr = self.learned_lr()
-            loss, grads = match_constant_memory(self.net, start, targets, self.images, self.labels, lr, steps,
-                                                loss_fn, self.momentum)
-            grads[self.lr_name] = grads.pop("lr") * (1.0 if self.direct_lr else lr)  # dℓ/dρ = dℓ/dα · α
-            for name, tensor in self.learnables().items():
-                tensor.grad = grads[name]
-        return {"loss": loss, "lr": self.learned_lr(), "expert": expert, "start_epoch": s,
-                "inner_images": sum(len(step.indices) for step in steps)}
 
     def after_step(self, it: int) -> None:
         if self.ema is not None:

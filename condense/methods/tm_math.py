@@ -39,10 +39,14 @@ Two ways to get them, equal up to float rounding (tests check it):
   extra forward+backward per step.
 
 A step "plan" fixes each step's batch indices and DSA draw, so both functions (and
-any backend) see exactly the same inputs.
+any backend) see exactly the same inputs. The variants' own formulas are here too: AST's
+weight perturbation of the start (:func:`perturb_conv_weights`) and balanced inner loss
+(:func:`balance_scale`). :meth:`condense.methods.tm.TrajectoryMatching.compute_grads`
+composes them into one iteration.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -63,12 +67,21 @@ class Step:
     draw: DSADraw | None = None
 
 
-def _inner_loss(net: nn.Module, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, step: Step,
-                loss_fn: LossFn) -> torch.Tensor:
+def student_loss(net: nn.Module, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, step: Step,
+                 loss_fn: LossFn) -> torch.Tensor:
+    """L_t(θ): the student's loss with flat parameters θ [P] on step ``step``'s batch of images
+    [N, C, H, W] (augmented by its draw) against its labels ([N] or [N, K]): a scalar."""
     x = images[step.indices]
     if step.draw is not None:
         x = apply_dsa(x, step.draw)
     return loss_fn(functional_call(net, theta, x), labels[step.indices])
+
+
+def sgd_step(theta: torch.Tensor, buf: torch.Tensor, g: torch.Tensor, lr: float | torch.Tensor,
+             momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(θ_{t+1}, m_{t+1}) = (θ_t − α m_{t+1}, μ m_t + g_t): ``torch.optim.SGD``'s heavy ball (m_0 = 0)."""
+    buf = momentum * buf + g if momentum else g
+    return theta - lr * buf, buf
 
 
 @dataclass(frozen=True)
@@ -101,9 +114,8 @@ def match_exact(net: nn.Module, start: torch.Tensor, targets: list[Target], imag
     buf = torch.zeros_like(theta)
     loss = _loss_at(0, theta, start, targets)
     for t, step in enumerate(plan, start=1):
-        g = torch.autograd.grad(_inner_loss(net, theta, images, labels, step, loss_fn), theta, create_graph=True)[0]
-        buf = momentum * buf + g if momentum else g
-        theta = theta - lr * buf
+        g = torch.autograd.grad(student_loss(net, theta, images, labels, step, loss_fn), theta, create_graph=True)[0]
+        theta, buf = sgd_step(theta, buf, g, lr, momentum)
         loss = loss + _loss_at(t, theta, start, targets)
     return loss
 
@@ -121,11 +133,11 @@ def unroll(net: nn.Module, start: torch.Tensor, images: torch.Tensor, labels: to
     buf = torch.zeros_like(thetas[0])
     for step in plan:
         theta = thetas[-1].requires_grad_(True)
-        g = torch.autograd.grad(_inner_loss(net, theta, images, labels, step, loss_fn), theta)[0]
+        g = torch.autograd.grad(student_loss(net, theta, images, labels, step, loss_fn), theta)[0]
         thetas[-1] = theta.detach()
-        buf = momentum * buf + g if momentum else g
+        theta, buf = sgd_step(theta, buf, g, lr, momentum)
         bufs.append(buf)
-        thetas.append((theta - lr * buf).detach())
+        thetas.append(theta.detach())
     return thetas, bufs
 
 
@@ -154,7 +166,7 @@ def match_constant_memory(net: nn.Module, start: torch.Tensor, targets: list[Tar
         big_w = w - lr * u
         g_lr -= (u * bufs[t]).sum()
         theta = thetas[t].detach().requires_grad_(True)
-        g = torch.autograd.grad(_inner_loss(net, theta, images, labels, plan[t], loss_fn), theta, create_graph=True)[0]
+        g = torch.autograd.grad(student_loss(net, theta, images, labels, plan[t], loss_fn), theta, create_graph=True)[0]
         inputs = [theta, images] + ([labels] if want_labels else [])
         vjps = torch.autograd.grad(g, inputs, grad_outputs=big_w, allow_unused=True)
         if vjps[1] is not None:
@@ -167,3 +179,20 @@ def match_constant_memory(net: nn.Module, start: torch.Tensor, targets: list[Tar
     if want_labels:
         grads["labels"] = g_labels
     return loss, grads
+
+
+def perturb_conv_weights(theta: torch.Tensor, conv_slices: list[tuple[int, int]], g: torch.Generator) -> torch.Tensor:
+    """AST's weight perturbation of a start θ [P]: every conv weight W (the flat ``conv_slices`` of θ)
+    becomes W + (d / ‖d‖_F) ⊙ W with d ~ N(0, 1) drawn from ``g`` (on the CPU, slice by slice); a new [P]."""
+    theta = theta.clone()
+    for a, b in conv_slices:
+        d = torch.randn(b - a, generator=g).to(theta.device)
+        theta[a:b] += d / d.norm() * theta[a:b]
+    return theta
+
+
+def balance_scale(s: int, max_start_epoch: int) -> float:
+    """AST's balanced inner loss: its factor for start epoch ``s``, log₅(s − h + 8) from h =
+    ``max_start_epoch`` // 2 on (late starts weigh more) and 1 / log₅(h − s + 8) before."""
+    h = max_start_epoch // 2
+    return math.log(s - h + 8, 5) if s >= h else 1.0 / math.log(h - s + 8, 5)

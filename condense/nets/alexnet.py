@@ -14,13 +14,9 @@ pooling stages.
 """
 from __future__ import annotations
 
-from torch import nn
+from condense.nets.base import SequentialConvNet, Stage
 
-from condense.nets.base import SequentialConvNet, conv_norm_act, require_positive
-
-# (out_channels, kernel, padding or None for the first layer's rule, pool after)
-_LAYERS = ((128, 5, None, True), (192, 5, 2, True), (256, 3, 1, False),
-           (192, 3, 1, False), (192, 3, 1, True))
+STAGES = (Stage(((128, 5, 2),)), Stage(((192, 5, 2),)), Stage(((256, 3, 1), (192, 3, 1), (192, 3, 1))))
 
 
 class AlexNet(SequentialConvNet):
@@ -30,30 +26,8 @@ class AlexNet(SequentialConvNet):
 
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], *,
                  norm: str = "none") -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.input_shape = (channels, image_size[0], image_size[1])
-        layers: list[nn.Module] = []
-        self._stage_ends: list[int] = []
-        h, w = image_size
-        trail = [(h, w)]
-        in_ch = channels
-        for out_ch, kernel, pad, pool in _LAYERS:
-            if pad is None:
-                pad = 4 if channels == 1 else 2
-            block, (h, w) = conv_norm_act(in_ch, out_ch, kernel, pad, norm, "relu", (h, w))
-            layers += block
-            if pool:
-                layers.append(nn.MaxPool2d(2, 2))
-                h, w = h // 2, w // 2
-                trail.append((h, w))
-                require_positive("alexnet", trail, f"after pooling stage {len(trail) - 1}",
-                                 "use larger images", channels, image_size)
-                self._stage_ends.append(len(layers) - 1)
-            in_ch = out_ch
-        self.features = nn.Sequential(*layers)
-        self.embed_dim = in_ch * h * w
-        self.fc = nn.Linear(self.embed_dim, num_classes)
+        super().__init__(channels, num_classes, image_size, STAGES, norm=norm, act="relu", arch="alexnet",
+                         stage_word="pooling stage", hint="use larger images")
 
 
 def build_alexnet(channels: int, num_classes: int, image_size: tuple[int, int],

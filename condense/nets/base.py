@@ -15,9 +15,13 @@ forward pass.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 from torch import nn
 
+from condense.nets.pool import AvgPool2x2
 from condense.runtime.errors import ArchError
 
 NORMS = ("instance", "batch", "layer", "none")
@@ -71,13 +75,23 @@ class SequentialConvNet(Net):
     """A net whose body is ``self.features`` (an ``nn.Sequential`` of conv stages) followed by
     one linear head on the flattened last maps (ConvNet, VGG, AlexNet).
 
-    Subclasses fill ``features``, ``_stage_ends`` (indices in ``features`` whose outputs are
-    the stage outputs) and name their head as the reference code does (``head_name``).
+    The body comes from :func:`conv_stack`; subclasses name their head as the reference code
+    does (``head_name``) and describe their stages to ``__init__``.
     """
 
     head_name = "classifier"
     features: nn.Sequential
     _stage_ends: list[int]
+
+    def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], stages: Sequence[Stage], *,
+                 norm: str, act: str, arch: str, stage_word: str, hint: str) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.input_shape = (channels, image_size[0], image_size[1])
+        self.features, self._stage_ends, out_ch, (h, w) = conv_stack(
+            channels, image_size, stages, norm=norm, act=act, arch=arch, stage_word=stage_word, hint=hint)
+        self.embed_dim = out_ch * h * w
+        setattr(self, self.head_name, nn.Linear(self.embed_dim, num_classes))  # registered after the body: MTT's order
 
     @property
     def head(self) -> nn.Linear:
@@ -92,6 +106,47 @@ class SequentialConvNet(Net):
         """Flattened last maps: ``[B, C, H, W]`` -> ``[B, embed_dim]``."""
         self.check_input(x)
         return self.features(x).flatten(1)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a conv stack: conv -> norm -> activation per ``(out_channels, kernel, padding)``
+    in ``convs``, then a 2x2 ``pool`` (``avg``, ``max`` or ``none``); its output is a feature map."""
+
+    convs: tuple[tuple[int, int, int], ...]
+    pool: str = "max"
+
+
+def conv_stack(channels: int, image_size: tuple[int, int], stages: Sequence[Stage], *, norm: str, act: str,
+               arch: str, stage_word: str, hint: str) -> tuple[nn.Sequential, list[int], int, tuple[int, int]]:
+    """(layers, indices of the stage outputs in them, last channel count, last map size) of ``stages``
+    on ``[B, channels, *image_size]`` inputs.
+
+    Layers are numbered as the reference code numbers them (every conv, norm, activation and pool
+    counts), so parameter names are ``features.{i}.weight`` in the MTT buffer order. For 1-channel
+    inputs the first convolution pads 2 more, as the references do (28x28 images give 32x32 maps).
+    A stage after which the maps vanish raises ArchError naming it (``{stage_word} {k}``).
+    """
+    layers: list[nn.Module] = []
+    ends: list[int] = []
+    h, w = image_size
+    trail = [(h, w)]
+    in_ch = channels
+    for k, stage in enumerate(stages, start=1):
+        for out_ch, kernel, pad in stage.convs:
+            first = not layers
+            block, (h, w) = conv_norm_act(in_ch, out_ch, kernel, pad + 2 if first and channels == 1 else pad,
+                                          norm, act, (h, w))
+            layers += block
+            in_ch = out_ch
+        if stage.pool != "none":
+            layers.append(nn.MaxPool2d(2, 2) if stage.pool == "max" else AvgPool2x2())
+            h, w = h // 2, w // 2
+        trail.append((h, w))
+        require_positive(arch, trail, f"after {stage_word} {k}", hint, channels, image_size)
+        ends.append(len(layers) - 1)
+    return nn.Sequential(*layers), ends, in_ch, (h, w)
+
 
 def batch_independent(net: nn.Module) -> bool:
     """Whether each image's output depends on that image alone (no batch norm in training mode),

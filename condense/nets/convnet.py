@@ -25,10 +25,7 @@ is each block's output after pooling.
 """
 from __future__ import annotations
 
-from torch import nn
-
-from condense.nets.base import SequentialConvNet, conv_norm_act, require_positive
-from condense.nets.pool import AvgPool2x2
+from condense.nets.base import SequentialConvNet, Stage
 
 
 class ConvNet(SequentialConvNet):
@@ -37,29 +34,9 @@ class ConvNet(SequentialConvNet):
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], *,
                  width: int = 128, depth: int = 3, norm: str = "instance",
                  pool: str = "avg", act: str = "relu") -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.input_shape = (channels, image_size[0], image_size[1])
-        layers: list[nn.Module] = []
-        self._stage_ends: list[int] = []
-        h, w = image_size
-        trail = [(h, w)]
-        in_ch = channels
-        for d in range(depth):
-            pad = 3 if channels == 1 and d == 0 else 1
-            block, (h, w) = conv_norm_act(in_ch, width, 3, pad, norm, act, (h, w))
-            layers += block
-            if pool != "none":
-                layers.append(nn.MaxPool2d(2, 2) if pool == "max" else AvgPool2x2())
-                h, w = h // 2, w // 2
-            trail.append((h, w))
-            require_positive(f"convnet depth {depth}", trail, f"after block {d + 1}",
-                             "use a smaller depth or larger images", channels, image_size)
-            self._stage_ends.append(len(layers) - 1)
-            in_ch = width
-        self.features = nn.Sequential(*layers)
-        self.embed_dim = width * h * w
-        self.classifier = nn.Linear(self.embed_dim, num_classes)
+        super().__init__(channels, num_classes, image_size, [Stage(((width, 3, 1),), pool)] * depth,
+                         norm=norm, act=act, arch=f"convnet depth {depth}", stage_word="block",
+                         hint="use a smaller depth or larger images")
 
 
 def build_convnet(channels: int, num_classes: int, image_size: tuple[int, int],

@@ -24,12 +24,19 @@ thread per task, i.e. one task per core.
 User mistakes (an unknown executor or device, ray not installed, an unreachable cluster)
 raise :class:`~condense.runtime.errors.ConfigError` with a one-line message, when
 :func:`execute` is called, before any job runs. A failing job never stops the others.
+
+Work made of independent items keyed 0..n-1 (sre2l's recovery batches, each with its own
+randomness keyed by its number) is spread the same way for every method: :func:`run_shards`
+runs one job per shard, shard k of K doing the keys :func:`shard_keys` gives it (every K-th
+from k) as its own resumable run in :func:`shard_path`, and returns their values in shard
+order; :func:`merge_shards` puts the shards' sets together by the rows each names. Since an
+item's result depends on its key alone, the merged set is the one a single process makes.
 """
 from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
@@ -37,6 +44,9 @@ from condense.runtime.errors import ConfigError
 from condense.runtime.extras import require_extra
 from condense.runtime.perf import tune_cpu_allocator
 from condense.jobs import Job, JobResult, parse_device, run_jobs, run_one
+
+if TYPE_CHECKING:
+    from condense.synset import SynSet
 
 EXECUTORS = ("local", "ray")
 RAY_DEFAULT_PORT = 6379
@@ -188,3 +198,51 @@ def run_all(jobs: Sequence[Job], *, executor: str = "local", devices: Sequence[s
     if errors:
         raise CondenseError(f"{len(errors)} of {len(jobs)} {what} failed (rerun to resume); first: {errors[0]}")
     return values
+
+
+def shard_keys(n: int, shard: int, shards: int) -> list[int]:
+    """The keys of the work items 0..n-1 that shard ``shard`` of ``shards`` does: every ``shards``-th
+    from ``shard`` (strided, so items ordered by class or size are shared alike)."""
+    return list(range(shard, n, shards))
+
+
+def shard_path(out: str, shard: int, shards: int) -> str:
+    """The file shard ``shard`` of ``shards`` of the result ``out`` writes (and resumes from)."""
+    return f"{out}.shard{shard}of{shards}.h5"
+
+
+def run_shards(fn: str, kwargs: dict[str, Any], shards: int, *, executor: str = "local",
+               devices: Sequence[str] | None = None, address: str | None = None, note=print,
+               what: str = "shards") -> list[Any]:
+    """Run the jobs ``fn(**kwargs, shard=k, shards=shards, device=...)`` for k = 0..shards-1 on
+    ``executor`` (:func:`run_all`: one CondenseError line if any failed) and return their values in
+    shard order, whichever finished first."""
+    jobs = [Job(f"shard{k}", fn, {**kwargs, "shard": k, "shards": shards}) for k in range(shards)]
+    values = run_all(jobs, executor=executor, devices=devices, address=address, note=note, what=what)
+    return [values[job.key] for job in jobs]
+
+
+def merge_shards(paths: Sequence[str], out: str) -> SynSet:
+    """One hard-label set, saved to ``out``, from shard sets: each contributes the rows its provenance
+    names (``rows``; its ``shard`` and ``rows`` are dropped, ``shards`` lists the files). A
+    CondenseError line when the shards leave a row uncovered."""
+    from condense.runtime.errors import CondenseError
+    from condense.synset import SynSet, load_synset
+
+    parts = [load_synset(p) for p in paths]
+    images = torch.zeros_like(parts[0].images)
+    covered = torch.zeros(len(images), dtype=torch.bool)
+    for p in parts:
+        rows = torch.tensor(p.provenance["rows"])
+        images[rows] = p.images[rows]
+        covered[rows] = True
+    if not bool(covered.all()):
+        raise CondenseError(f"the shards {', '.join(paths)} do not cover every image of the set")
+    first = parts[0]
+    config = {k: v for k, v in first.config.items() if k != "shard"}
+    provenance = {k: v for k, v in first.provenance.items() if k not in ("shard", "rows")}
+    s = SynSet.hard(images, first.classes.clone(), dataset=first.dataset, num_classes=first.num_classes,
+                    method=first.method, transform=first.transform, data=first.data, config=config,
+                    provenance={**provenance, "shards": [str(p) for p in paths]})
+    s.save(out)
+    return s
