@@ -37,11 +37,13 @@ FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (DESIGN.md)
 
 
 @configclass(Data, Run, Training, Augmentation, Evaluation, Workers, part="eval",
-             drop=("limit_train", "val_size", "zca", "arch", "ipc", "trajectories", "out", "device", "momentum",
+             drop=("limit_train", "val_size", "zca", "arch", "trajectories", "out", "device", "momentum",
                    "weight_decay", "lr_decay_at", "min_scale", "flip", "shards"),
              defaults={"dataset": None, "epochs": None, "lr": None, "temperature": None, "dsa_strategy": None,
                        "devices": ["cpu"]},
+             many=("ipc",),
              helps={"dataset": "dataset of --baseline",
+                    "ipc": "--baseline random: images per class; repeat for several",
                     "teacher": "where the teacher file that labelled the sets is now (default: as recorded)",
                     "seed": "base seed: run r uses seed (--seed, r)",
                     "epochs": f"training epochs (default {SET_EPOCHS}; --baseline full: {FULL_DATA_EPOCHS})",
@@ -75,8 +77,6 @@ class EvalConfig:
     hard_gap: bool = setting(True, "soft-label sets: also train on their hard labels and report the gap")
     random_baseline: bool = setting(True, "evaluate the random-real baseline of each IPC beside the sets")
     baseline: str | None = setting(None, "evaluate a baseline of --dataset instead of sets", choices=BASELINES)
-    ipc: list[int] = setting(factory=list, help="--baseline random: images per class; repeat for several",
-                             repeat=True, gt=0, unit="images")
     vmap_seeds: bool = setting(False, "train the runs of one arch at once (stacked models; falls back where it "
                                       "cannot)")
     json: str = setting("runs/eval/results.json", "report file (its jobs.jsonl beside it: a rerun resumes)",

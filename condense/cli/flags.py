@@ -41,8 +41,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
             kw["type"] = _comma_list(base)
         else:
             kw["type"] = base
-            if meta.choices:
-                kw.update(choices=meta.choices, metavar=meta.metavar or "{" + ",".join(map(str, meta.choices)) + "}")
+            if meta.choices:  # checked by the config, so a bad value is its one line, not argparse's usage
+                kw["metavar"] = meta.metavar or "{" + ",".join(map(str, meta.choices)) + "}"
         groups[part].add_argument(meta.flag or f"--{f.name.replace('_', '-')}", **kw)
 
 

@@ -79,16 +79,19 @@ def declared(f: dataclasses.Field) -> Setting:
 
 
 def configclass(*parts: type, part: str, drop: Sequence[str] = (), defaults: Mapping[str, Any] | None = None,
-                helps: Mapping[str, str] | None = None, choices: Mapping[str, Sequence[Any]] | None = None):
+                helps: Mapping[str, str] | None = None, choices: Mapping[str, Sequence[Any]] | None = None,
+                many: Sequence[str] = ()):
     """Class decorator: a flat dataclass made of ``parts``' fields and the class's own.
 
     ``part`` names the group of the class's own fields (its method or command). ``drop``
     leaves out part fields the command does not use (an option appears only where it has
     an effect); ``defaults``, ``helps`` and ``choices`` change a part field's default, help or
     allowed values for this command only — the field is still declared once, in its part.
+    ``many`` names part fields this command takes several values of (a list, its flag repeated:
+    ``condense eval --baseline random --ipc 1 --ipc 10``), each checked as the part declares.
     """
     defaults, helps, choices = dict(defaults or {}), dict(helps or {}), dict(choices or {})
-    changed = set(defaults) | set(helps) | set(choices)
+    changed = set(defaults) | set(helps) | set(choices) | set(many)
 
     def wrap(cls: type[C]) -> type[C]:
         own = dict(cls.__dict__.get("__annotations__", {}))
@@ -109,11 +112,15 @@ def configclass(*parts: type, part: str, drop: Sequence[str] = (), defaults: Map
                     meta = dataclasses.replace(meta, help=helps[f.name])
                 if f.name in choices:
                     meta = dataclasses.replace(meta, choices=tuple(choices[f.name]))
-                default, factory = f.default, f.default_factory
+                default, factory, hint = f.default, f.default_factory, f.type
+                if f.name in many:
+                    item = str(f.type).replace("| None", "").strip()
+                    default, factory, hint = MISSING, list, f"list[{item}]"
+                    meta = dataclasses.replace(meta, repeat=True)
                 if f.name in defaults:
                     value = defaults[f.name]
                     default, factory = (MISSING, (lambda v=value: list(v))) if isinstance(value, list) else (value, MISSING)
-                annotations[f.name] = f.type
+                annotations[f.name] = hint
                 setattr(cls, f.name, dataclasses.field(default=default, default_factory=factory,
                                                        metadata={META: meta}))
         unknown = (set(drop) | changed) - known
