@@ -49,7 +49,7 @@ def _check_step(name: str) -> None:
         raise ConfigError(f"unknown step {name!r}: a step is a section named buffer*, teacher*, synth*, labels* or eval*")
 
 
-@configclass(Run, Training, Evaluation, part="run",
+@configclass(Run, Training, Evaluation, part="pipeline",
              drop=("seed", "lr", "momentum", "weight_decay", "batch_size", "lr_decay_at", "temperature"),
              defaults={"out": "runs/quickstart", "epochs": None, "runs": None},
              helps={"out": "output folder (every step's outputs land under it)",
