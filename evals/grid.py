@@ -48,15 +48,9 @@ FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (DESIGN.md)
                     "seed": "base seed: run r uses seed (--seed, r)",
                     "epochs": f"training epochs (default {SET_EPOCHS}; --baseline full: {FULL_DATA_EPOCHS})",
                     "lr": "training lr (default: the set's learned lr, else 0.01)",
-                    "batch_size": "training batch size",
                     "temperature": "soft labels: distillation temperature (default: the set's)",
-                    "dsa": "DSA augmentation while training",
                     "dsa_strategy": "augmentation (default: a per-view set's own views, else DSA's groups; "
-                                    "rrc+flip: random-resized crop + flip)",
-                    "dsa_share": "what one training batch shares of a DSA draw: image = per-image parameters, one "
-                                 "group per step (the references); batch = one draw per batch (condense 0.1); "
-                                 "view = nothing shared",
-                    "devices": "devices, one worker each: cuda:0,cuda:1 or cpu,cpu"})
+                                    "rrc+flip: random-resized crop + flip)"})
 class EvalConfig:
     """An evaluation: fresh networks trained on synthetic sets with the standard protocol, accuracy reported
     (mean ± std, 95% interval) beside the random-real baseline.

@@ -139,6 +139,7 @@ def test_a_plugin_method_gets_its_subcommand_flags_and_checks_from_its_config(tm
     from condense.cli.main import main
 
     (tmp_path / "my_plugin.py").write_text(PLUGIN)
+    monkeypatch.delitem(sys.modules, "my_plugin", raising=False)  # test_cli imports a plugin of that name too
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("CONDENSE_PLUGINS", "my_plugin")
     try:

@@ -44,9 +44,6 @@ from trajectories.store import DTYPES, ExpertWriter, prepare_store
                     "seed": "seed of the store: expert i is run (seed, i)",
                     "epochs": "epochs per expert",
                     "lr_decay_at": "lr x --lr-decay-factor from this fraction of the epochs (1 = never, MTT)",
-                    "dsa_share": "what one batch shares of a DSA draw while recording: image = per-image "
-                                 "parameters, one group per step (MTT's buffer.py); batch = one draw per batch "
-                                 "(condense 0.1); view = nothing shared",
                     "devices": "record experts on these devices at once, one worker each: cuda:0,cuda:1 or cpu,cpu"})
 class BufferConfig:
     """Everything that defines a store of experts: train expert networks on the real training set and save

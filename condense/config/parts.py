@@ -108,7 +108,7 @@ class Training:
 class Evaluation:
     """How sets are evaluated (``condense eval``; a pipeline overrides its eval sections' with it)."""
 
-    runs: int | None = setting(5, "runs (seeds) per set and arch: run r trains with seed (--seed, r)", gt=0)
+    runs: int | None = setting(5, "runs (seeds) per set and arch", gt=0)
 
 
 @part("workers")
