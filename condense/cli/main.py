@@ -29,8 +29,16 @@ Add --debug anywhere to see full tracebacks, --no-progress to turn progress bars
 modules first, so the datasets and networks they register can be named here. `condense COMMAND --help` shows each command's flags."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad usage is one line (``condense synth: error: ...``) and exit status 2, as every other error."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="condense", description="Dataset distillation: record experts, synthesize tiny sets, evaluate them honestly.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"condense {__version__}")

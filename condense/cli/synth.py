@@ -8,7 +8,6 @@ from ..runtime.errors import ConfigError
 from .common import add_preset_flag
 from .flags import add_config_flags
 
-BACKENDS = ("torch", "jax")
 EXAMPLES = """examples:
   condense synth tm --trajectories runs/fmnist/experts --ipc 10 --iters 500 --out runs/fmnist/tm_ipc10.h5
   condense synth tm --preset fashion-mnist/tm-ipc1-cpu      the CPU-protocol preset
@@ -36,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         add_preset_flag(m, "synth")
         if entry.jax:
-            m.add_argument("--backend", choices=BACKENDS, help=f"torch or jax (default {entry.default_backend}; "
+            m.add_argument("--backend", metavar="{torch,jax}", help=f"torch or jax (default {entry.default_backend}; "
                                                                "same options and set file)")
         add_config_flags(m, entry.config)
         m.set_defaults(handler=handle)
@@ -47,7 +46,7 @@ def with_method(argv: list[str]) -> list[str]:
     """``synth --method X ...`` (deprecated) or ``synth --preset P`` naming its method, as ``synth X ...``;
     an unknown method, or options without one, is one ConfigError line."""
     from ..config import preset_section
-    from ..methods import get_method, method_names
+    from ..methods import get_method, method_names, runner
 
     if not argv or argv[0] != "synth" or len(argv) == 1 or {"-h", "--help"} & set(argv[1:2]):
         return argv
@@ -64,7 +63,13 @@ def with_method(argv: list[str]) -> list[str]:
             method = preset_section(a.split("=", 1)[1] if "=" in a else rest[i + 1], "synth").get("method")
     if method is None:
         raise ConfigError(f"give a method: condense synth METHOD ..., METHOD one of {', '.join(method_names())}")
-    get_method(str(method))  # an unknown one is one line naming the available methods
+    entry = get_method(str(method))  # an unknown one is one line naming the available methods
+    if entry.jax is None and "--backend" in rest[:-1]:  # torch only: no --backend flag, but one line for jax
+        i = rest.index("--backend")
+        if rest[i + 1] not in ("torch", "jax"):
+            raise ConfigError(f"--backend must be one of torch, jax, got {rest[i + 1]!r}")
+        runner(entry, rest[i + 1])
+        del rest[i:i + 2]
     return ["synth", str(method), *rest]
 
 
