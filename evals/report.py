@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from condense.synset import load_synset
 from evals.stats import summarize
 
 COMPARISONS = (("vs_random", "random"), ("hard_label_gap", "hard"), ("augmentation_gain", "no-dsa"),
@@ -152,6 +153,22 @@ def label_cost(sb: dict) -> tuple[int | None, float | None]:
     plain = sb.get("labels_uncompressed")
     return used, (used / plain if plain else None)
 
+
+
+def label_summary(path: str) -> str:
+    """What a set file's labels mean and cost, in five lines (``condense labels --info``)."""
+    s = load_synset(path)
+    spec, sb = s.label_spec, s.storage_bytes()
+    used, fraction = label_cost(sb)
+    views = f" (seed {spec.view_seed}, {spec.view_strategy})" if spec.view_mode == "per-view" else ""
+    return "\n".join([f"{path}: {s.method}, {s.dataset}, IPC {s.ipc}, {s.images.shape[0]} images",
+                      f"  labels: {spec.kind} {tuple(s.labels.shape)}, loss {spec.loss}, temperature "
+                      f"{spec.temperature:g}, views {spec.view_mode}{views}",
+                      f"  codec: {spec.codec}",
+                      f"  bytes: images {sb['images']:,}, labels {sb['labels']:,}, label generator "
+                      f"{sb['label_generator']:,}, total {sb['total']:,}",
+                      f"  labels cost {used:,} B = {100.0 * fraction:.3g} % of the uncompressed labels "
+                      f"({sb['labels_uncompressed']:,} B)"])
 
 def table(rows: Sequence[dict], score_rows: Sequence[dict]) -> str:
     """The report as aligned text: one line per row, the paired difference to random real."""

@@ -191,3 +191,14 @@ def test_no_setting_is_declared_by_two_configs():
                 own.setdefault(f.name, []).append(cls.__name__)
     twice = {k: v for k, v in own.items() if len(v) > 1 or k in shared}
     assert not twice, twice
+
+
+def test_the_options_page_is_generated_from_the_declarations():
+    """docs/OPTIONS.md is `python -m condense.workflows.options_page`'s output: it cannot drift from the flags."""
+    from pathlib import Path
+
+    from condense.workflows.options_page import options_page
+
+    page = (Path(__file__).parents[1] / "docs" / "OPTIONS.md").read_text()
+    assert page == options_page(), "regenerate: python -m condense.workflows.options_page > docs/OPTIONS.md"
+    assert "| `--lr-img` | synthesis | `100.0` | positive | learning rate of the images |" in page

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from ..runtime.errors import ConfigError
 from .common import add_preset_flag, describe
 from .flags import add_config_flags, config_from_args
 
@@ -13,7 +12,7 @@ EXAMPLES = """examples:
   condense buffer ... --flat gsam --sam-rho 0.01          FTD's flat experts (sam or gsam)
   condense buffer ... --smooth --gp-weight 2              smooth experts (loss-decay schedule + gradient penalty)
   condense buffer ... --devices cuda:0,cuda:1             experts in parallel, one worker per device
-  condense buffer ... --workers 2                         two CPU workers
+  condense buffer ... --devices cpu,cpu                   two CPU workers
   condense buffer --import-mtt replay_buffer_0.pt --dataset cifar10 --arch convnet --zca --out runs/c10/experts
   condense show runs/fmnist/experts --out traj.png        accuracy and parameter-distance curves
 
@@ -27,7 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "buffer", help="record expert training trajectories into a trajectory store",
         description=inspect.getdoc(BufferConfig), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flag(p, "buffer")
-    p.add_argument("--workers", type=int, metavar="N", help="N CPU workers (same as --devices cpu,cpu,...)")
     p.add_argument("--import-mtt", dest="import_mtt", action="append", metavar="PT",
                    help="import MTT replay_buffer_*.pt files instead of training (repeatable)")
     add_config_flags(p, BufferConfig)
@@ -37,10 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from trajectories.record import BufferConfig, record_store
 
-    if args.devices and args.workers:
-        raise ConfigError("give --devices or --workers, not both")
-    if not args.devices and args.workers is not None:
-        args.devices = ["cpu"] * args.workers
     cfg = config_from_args(BufferConfig, args, "buffer")
     if args.import_mtt:
         from trajectories.mtt_import import import_mtt

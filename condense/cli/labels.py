@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from ..synset import load_synset
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
@@ -40,27 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handle)
 
 
-def info(path: str) -> str:
-    s = load_synset(path)
-    from evals.report import label_cost
-
-    spec, sb = s.label_spec, s.storage_bytes()
-    used, fraction = label_cost(sb)
-    lines = [f"{path}: {s.method}, {s.dataset}, IPC {s.ipc}, {s.images.shape[0]} images",
-             f"  labels: {spec.kind} {tuple(s.labels.shape)}, loss {spec.loss}, temperature {spec.temperature:g}, "
-             f"views {spec.view_mode}" + (f" (seed {spec.view_seed}, {spec.view_strategy})"
-                                          if spec.view_mode == "per-view" else ""),
-             f"  codec: {spec.codec}",
-             f"  bytes: images {sb['images']:,}, labels {sb['labels']:,}, label generator {sb['label_generator']:,}, "
-             f"total {sb['total']:,}",
-             f"  labels cost {used:,} B = {100.0 * fraction:.3g} % of the "
-             f"uncompressed labels ({sb['labels_uncompressed']:,} B)"]
-    return "\n".join(lines)
-
-
 def handle(args: argparse.Namespace) -> int:
+    from evals.report import label_summary
+
     if args.info:
-        print(info(args.synset))
+        print(label_summary(args.synset))
         return 0
     if args.threads:
         import torch
@@ -70,5 +53,5 @@ def handle(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(LabelsConfig, args, "labels")
     run_labels(cfg, bars=not args.no_progress)
-    print(info(cfg.out))
+    print(label_summary(cfg.out))
     return 0

@@ -31,24 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handle)
 
 
-def info(path: str) -> str:
-    from ..labels.teacher_file import load_teacher_file
-
-    t = load_teacher_file(path)
-    names = ", ".join(t.class_names[:10]) + (f", ... ({len(t.class_names)})" if len(t.class_names) > 10 else "") \
-        if t.class_names else "(not recorded)"
-    val = "-" if t.val_accuracy is None else f"{t.val_accuracy:.2f} %"
-    params = sum(p.numel() for p in t.net.parameters())
-    return "\n".join([f"{path}: teacher {t.arch} ({params:,} parameters) on {t.dataset}",
-                      f"  accuracy: test {'not measured' if t.accuracy != t.accuracy else f'{t.accuracy:.2f} %'}, "
-                      f"validation {val}",
-                      f"  images {list(t.image_shape)}, transform {t.transform.kind}, {t.num_classes} classes: {names}",
-                      f"  trained: {t.config.get('protocol', {})}"])
-
-
 def handle(args: argparse.Namespace) -> int:
     if args.info:
-        print(info(args.info))
+        from ..labels.teacher_file import load_teacher_file
+
+        print(load_teacher_file(args.info).summary(args.info))
         return 0
     from ..jobs import resolve_device
     from ..labels.squeeze import TeacherConfig, train_teacher

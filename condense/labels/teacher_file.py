@@ -81,6 +81,20 @@ class TeacherFile:
                 g.create_dataset(str(i), data=t.detach().cpu().numpy())
             write_transform(f.create_group("transform"), self.transform)
 
+    def summary(self, path: str | os.PathLike) -> str:
+        """What the file at ``path`` records, in four lines (``condense teacher --info``)."""
+        names = ", ".join(self.class_names[:10]) + (f", ... ({len(self.class_names)})"
+                                                    if len(self.class_names) > 10 else "") \
+            if self.class_names else "(not recorded)"
+        val = "-" if self.val_accuracy is None else f"{self.val_accuracy:.2f} %"
+        test = "not measured" if self.accuracy != self.accuracy else f"{self.accuracy:.2f} %"
+        params = sum(p.numel() for p in self.net.parameters())
+        return "\n".join([f"{path}: teacher {self.arch} ({params:,} parameters) on {self.dataset}",
+                          f"  accuracy: test {test}, validation {val}",
+                          f"  images {list(self.image_shape)}, transform {self.transform.kind}, "
+                          f"{self.num_classes} classes: {names}",
+                          f"  trained: {self.config.get('protocol', {})}"])
+
 
 def load_teacher_file(path: str | os.PathLike) -> TeacherFile:
     """Read a teacher file; one-line FormatError for a missing, foreign, newer or corrupt file."""

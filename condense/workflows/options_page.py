@@ -1,4 +1,4 @@
-"""``python -m condense.cli.options_page > docs/OPTIONS.md``: every option of every command and method.
+"""``python -m condense.workflows.options_page > docs/OPTIONS.md``: every option of every command and method.
 
 The page is generated from the declarations; a test keeps docs/OPTIONS.md equal to it.
 """
@@ -15,7 +15,7 @@ from ..methods import get_method, method_names
 HEADER = """# Options
 
 Every option of every command and method, generated from the declarations in the code
-(`python -m condense.cli.options_page > docs/OPTIONS.md`). The same names work as flags
+(`python -m condense.workflows.options_page > docs/OPTIONS.md`). The same names work as flags
 (`--lr-img`), preset keys (`lr_img:`) and Python keywords (`condense.synthesize("dm", lr_img=1)`).
 """
 
