@@ -127,11 +127,7 @@ def configclass(*parts: type, part: str, drop: Sequence[str] = (), defaults: Map
         if unknown:
             raise TypeError(f"{cls.__name__}: {sorted(unknown)} are not fields of its parts")
         for name, hint in own.items():
-            value = cls.__dict__.get(name, MISSING)
-            f = value if isinstance(value, dataclasses.Field) else dataclasses.field(default=value)
-            meta = dataclasses.replace(declared(f), part=part)
-            setattr(cls, name, dataclasses.field(default=f.default, default_factory=f.default_factory,
-                                                 metadata={META: meta}))
+            setattr(cls, name, _in_part(cls.__dict__.get(name, MISSING), part))
             annotations[name] = hint
         cls.__annotations__ = annotations
         user_post_init = cls.__dict__.get("__post_init__")
@@ -173,13 +169,17 @@ def part(name: str):
 
     def wrap(cls: type[C]) -> type[C]:
         for fname in cls.__dict__.get("__annotations__", {}):
-            value = cls.__dict__.get(fname, MISSING)
-            f = value if isinstance(value, dataclasses.Field) else dataclasses.field(default=value)
-            setattr(cls, fname, dataclasses.field(default=f.default, default_factory=f.default_factory,
-                                                  metadata={META: dataclasses.replace(declared(f), part=name)}))
+            setattr(cls, fname, _in_part(cls.__dict__.get(fname, MISSING), name))
         return dataclasses.dataclass(cls)
 
     return wrap
+
+
+def _in_part(value: Any, part: str) -> dataclasses.Field:
+    """A class attribute (a :func:`setting` or a plain default) as a field of group ``part``."""
+    f = value if isinstance(value, dataclasses.Field) else dataclasses.field(default=value)
+    return dataclasses.field(default=f.default, default_factory=f.default_factory,
+                             metadata={META: dataclasses.replace(declared(f), part=part)})
 
 
 def hints(cls: type) -> dict[str, Any]:
