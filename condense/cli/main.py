@@ -26,7 +26,7 @@ EPILOG = """examples:
   condense convert set.h5 set.pt             export to the reference repositories' .pt layout
 
 Add --debug anywhere to see full tracebacks, --no-progress to turn progress bars off. $CONDENSE_PLUGINS=mod1,mod2 imports your own
-modules first, so the datasets and networks they register can be named here. `condense COMMAND --help` shows each command's flags."""
+modules first, so the datasets, networks and methods they register can be named here (a method gets its own `condense synth NAME`). `condense COMMAND --help` shows each command's flags."""
 
 
 class OneLineParser(argparse.ArgumentParser):
