@@ -1,4 +1,4 @@
-"""The docs' option tables, derived from the declarations (:mod:`condense.cli.options_page` prints them all)."""
+"""The docs' option tables, derived from the declarations (:mod:`condense.workflows.options_page` prints them all)."""
 from __future__ import annotations
 
 import dataclasses
