@@ -316,3 +316,8 @@ def test_log_names_what_to_install_and_belongs_to_synth(capsys, tmp_path, monkey
     assert not (tmp_path / "r.h5").exists()  # refused before any work
     code, _, err = run_cli(capsys, "--log", "wandb", "datasets")
     assert code == 2 and "--log applies to condense synth" in err
+
+
+def test_synth_names_the_grid_it_wrote(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "synth", "random", "--dataset", "toy", "--out", str(tmp_path / "r.h5"))
+    assert code == 0 and f"grid {tmp_path / 'r.png'}" in out and (tmp_path / "r.png").exists()

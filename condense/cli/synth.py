@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..runtime.errors import ConfigError
 from .common import add_preset_flag
@@ -83,7 +84,7 @@ def handle(args: argparse.Namespace) -> int:
              if getattr(args, f.name, None) is not None}
     s = synthesize(args.method, backend=getattr(args, "backend", None), preset=args.preset,
                    progress=not args.no_progress, log=args.log, announce=print, **flags)
-    out = s.config["out"]
+    out = Path(s.config["out"])
     print(f"wrote {out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else "")
-          + f"; grid {out}.png")
+          + f"; grid {out.with_suffix('.png')}")
     return 0
