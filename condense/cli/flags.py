@@ -12,7 +12,7 @@ import typing
 from typing import Any, TypeVar
 
 from ..config import declared, make_config, preset_section
-from ..config.declare import hints
+from ..config.declare import default_of, hints
 
 C = TypeVar("C")
 METAVARS = {int: "N", float: "X", str: "TEXT"}
@@ -43,13 +43,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
             kw["type"] = base
             if meta.choices:  # checked by the config, so a bad value is its one line, not argparse's usage
                 kw["metavar"] = meta.metavar or "{" + ",".join(map(str, meta.choices)) + "}"
-        groups[part].add_argument(meta.flag or f"--{f.name.replace('_', '-')}", **kw)
+        groups[part].add_argument(meta.flag_of(f.name), **kw)
 
 
 def help_line(f: dataclasses.Field, many: bool = False) -> str:
     """The field's help with its unit, bounds and default, as ``--help`` and the docs show it."""
     meta = declared(f)
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    default = default_of(f)
     extras = [x for x in (meta.unit, meta.bounds_text()) if x]
     if isinstance(default, bool):
         extras.append(f"default {'on' if default else 'off'}")

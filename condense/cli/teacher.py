@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from .common import add_preset_flag, describe
+from ..config import describe
+from .common import add_preset_flag
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:

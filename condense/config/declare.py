@@ -45,6 +45,10 @@ class Setting:
     flag: str | None = None  # the flag's name when it differs from the field's (--arch for archs)
     check: Callable[[Any], Any] | None = None  # a parser that raises ConfigError for a bad value (an arch spec)
 
+    def flag_of(self, name: str) -> str:
+        """The command-line flag of field ``name``: ``--lr-img`` for ``lr_img``, unless renamed."""
+        return self.flag or f"--{name.replace('_', '-')}"
+
     def bounds_text(self) -> str:
         """The bounds in words: ``positive``, ``>= 0``, ``in [0, 1)``; '' when unbounded."""
         low = (self.gt, "(") if self.gt is not None else (self.ge, "[") if self.ge is not None else None
@@ -76,6 +80,11 @@ def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, g
 def declared(f: dataclasses.Field) -> Setting:
     """The :class:`Setting` of a dataclass field (a bare field counts as declared without help)."""
     return f.metadata.get(META) or Setting(help="")
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """The value a field takes when not given (its factory called, for lists)."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def configclass(*parts: type, part: str, drop: Sequence[str] = (), defaults: Mapping[str, Any] | None = None,
@@ -206,7 +215,7 @@ def check_fields(cfg: Any) -> None:
 
 
 def _check_value(value: Any, meta: Setting, name: str) -> None:
-    flag = f"--{name.replace('_', '-')}"
+    flag = meta.flag_of(name)
     if meta.choices is not None and value not in meta.choices:
         raise ConfigError(f"{flag} must be one of {', '.join(map(str, meta.choices))}, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -235,6 +244,11 @@ def make_config(cls: type[C], *layers: Mapping[str, Any] | None, where: str = ""
             if value is not None:
                 values[key] = coerce(value, types_[key], key)
     return cls(**values)
+
+
+def describe(cfg: Any) -> str:
+    """A config's settings in one line, ``name=value, ...`` (what a command prints before it works)."""
+    return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
 
 
 def config_name(cls: type) -> str:

@@ -21,6 +21,7 @@ class MethodEntry:
         return "jax" if self.jax_only else "torch"
 
 
+BACKENDS = ("torch", "jax")
 _METHODS: dict[str, MethodEntry] = {}
 
 
@@ -41,9 +42,11 @@ def method_names() -> list[str]:
 
 
 def runner(entry: MethodEntry, backend: str | None = None) -> Callable[..., Any]:
-    """The runner of ``entry`` for ``backend`` (None: the method's default). A JAX-only method asked
-    for torch raises its own one-line error here, before any work."""
+    """The runner of ``entry`` for ``backend`` (None: the method's default). An unknown backend, or a
+    JAX-only method asked for torch, is one ConfigError line here, before any work."""
     backend = backend or entry.default_backend
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is not one of: {', '.join(BACKENDS)}")
     if backend == "jax":
         return jax_runner(entry)
     if entry.jax_only:

@@ -199,11 +199,6 @@ class Run:
         self._record()
         return int(state["iteration"])
 
-    def remove_checkpoint(self) -> None:
-        path = self.folder / CHECKPOINT
-        if path.exists():
-            path.unlink()
-
 
 IterationCallback = Callable[[int, dict[str, Any], Callable[[], SynSet]], None]
 
@@ -234,8 +229,7 @@ def observed(callback: IterationCallback | None = None, loggers: Sequence[Logger
 
 def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: dict[str, Any],
                *, progress: Callable[[str], None] = print, bars: bool = True,
-               evaluate: Callable[[SynSet], float] | None = None, callback: IterationCallback | None = None,
-               loggers: Sequence[Logger] | None = None) -> SynSet:
+               evaluate: Callable[[SynSet], float] | None = None) -> SynSet:
     """Run ``method`` for ``loop.iters`` iterations (resuming from the run folder if any),
     saving the set to ``out``. ``loop`` is the method's configuration (any config composed
     with the :class:`~condense.config.parts.Loop` part). Returns the final set.
@@ -244,12 +238,11 @@ def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: 
     called with the 0-based iteration, its metrics row (what metrics.csv gets: ``loss``,
     ``seconds``, ``event``, ...) and ``current()``, which makes the set after ``it + 1``
     iterations only when called (during the callback). ``loggers`` (:mod:`condense.loggers`)
-    get every row and each checkpoint's grid, and are closed at the end. Either left at None
-    is taken from an enclosing :func:`observed` block.
+    get every row and each checkpoint's grid, and are closed at the end. Both come from the
+    enclosing :func:`observed` block, if any.
     """
-    ambient = _OBSERVERS.get()
-    callback = callback or ambient.callback
-    loggers = tuple(ambient.loggers if loggers is None else loggers)
+    observers = _OBSERVERS.get()
+    callback, loggers = observers.callback, observers.loggers
     run = Run(out, config)
     start = run.load_checkpoint(method)
     if start >= loop.iters and Path(out).exists():
