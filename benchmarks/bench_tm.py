@@ -1,7 +1,7 @@
 """Trajectory-matching iteration time and peak memory vs syn_steps, exact and constant-memory mode.
 
 Usage:  python benchmarks/bench_tm.py [--steps 10 20 40 80] [--iters 3] [--backends torch jax] [--json out.json]
-Setting of ../shared/ANCHORS.md: Fashion-MNIST, IPC 10, batch_syn 100, ConvNet D3 W32, DSA on.
+Setting of the MTT reference run in docs/REFERENCES.md: Fashion-MNIST, IPC 10, batch_syn 100, ConvNet D3 W32, DSA on.
 Each configuration runs in a fresh process, so its peak RSS is its own. The experts are a
 synthetic store (init + small drifts): timing and memory do not depend on the values.
 With ``--backends jax`` the JAX tm (condense/jax/tm.py) is timed the same way; its first

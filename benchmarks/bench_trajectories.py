@@ -2,7 +2,7 @@
 and the memory of reading one epoch from a store larger than 1 GB.
 
 Usage:  python benchmarks/bench_trajectories.py [--quick] [--json out.json]
-Compare with ../shared/ANCHORS.md: MTT's plain expert epoch (60k images, DSA, test pass)
+Compare with docs/REFERENCES.md: MTT's plain expert epoch (60k images, DSA, test pass)
 takes 39-43 s on this machine; condense must take <= 0.8x that, recording included.
 """
 from __future__ import annotations

@@ -32,8 +32,8 @@ from .protocol import SPLITS, Source, dataset_of, job_kwargs, labels_tag
 
 JOB_FN = "evals.protocol:run_job"
 BASELINES = ("random", "full")
-SET_EPOCHS = 300  # the CPU protocol's evaluation epochs (DESIGN.md)
-FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (DESIGN.md)
+SET_EPOCHS = 300  # the CPU protocol's evaluation epochs (docs/BENCHMARKS.md)
+FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (docs/BENCHMARKS.md)
 
 
 @configclass(Data, Run, Training, Augmentation, Evaluation, Workers, part="eval",

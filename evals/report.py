@@ -1,6 +1,6 @@
 """The evaluation report: paired comparisons, the printed table, the JSON file, the plots.
 
-JSON (DESIGN.md contract): ``{"results": [{"synset", "method", "ipc", "arch", "accs",
+JSON (the documented contract, docs/FORMATS.md): ``{"results": [{"synset", "method", "ipc", "arch", "accs",
 "mean", "std", "ci95", "storage_bytes", ...}], "scores": [...], "protocol": {...}}``;
 ``accs`` are percent, in run order; a baseline row has ``"synset": null`` and
 ``"baseline": "random" | "full"``; when every set row shares one synset the top level

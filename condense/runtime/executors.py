@@ -17,7 +17,7 @@ completion order, whatever the executor:
 
 ``threads`` is torch's thread count in every worker (in-process: for the duration of
 each job). Results are identical across executors at the same thread count (and the
-same device type); that is what "identical across executors" means (docs/DESIGN.md).
+same device type); that is what "identical across executors" means.
 Defaults: local keeps :func:`~condense.jobs.run_jobs`'s split of the cores; ray uses 1
 thread per task, i.e. one task per core.
 
