@@ -30,7 +30,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, spl
 from .data.transform import TRANSFORM_KINDS, PixelTransform
 from .data.zca import ZCA
 from .runtime.errors import ConfigError, FormatError
+from .runtime.files import attr, dataset, json_attr, read_h5, write_atomically, write_h5
 from .version import __version__
 
 FORMAT_NAME = "condense.synset"
@@ -207,7 +208,7 @@ class SynSet:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the set to ``path`` atomically (temporary file + rename). Returns the path."""
         self.validate()
-        return write_atomically(path, lambda tmp: _write(self, tmp))
+        return write_h5(path, lambda f: _write(self, f))
 
     def with_labels(self, labels: torch.Tensor, spec: LabelSpec) -> "SynSet":
         """A copy of this set with other labels (the images are shared, not copied)."""
@@ -279,54 +280,33 @@ def real_subset(ds: Any, indices: torch.Tensor, method: str, **kw: Any) -> SynSe
                        transform=ds.transform, data=dict(ds.meta), **kw)
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` through ``write(tmp)`` into a temporary sibling, then rename it into place:
-    a kill never leaves a half-written file, and an existing one stays until the new one is
-    whole. An OSError is one-line FormatError; the temporary file never outlives the call."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise FormatError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
-def _write(s: SynSet, path: Path) -> None:
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        f.attrs.update({
-            "format": FORMAT_NAME, "version": FORMAT_VERSION, "method": s.method,
-            "dataset": s.dataset, "ipc": s.ipc, "num_classes": s.num_classes,
-            "image_shape": list(s.image_shape), "condense_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "config": _json(s.config), "provenance": _json(s.provenance), "data": _json(s.data),
-        })
-        f.create_dataset("images", data=s.images.detach().cpu().float().numpy())
-        f.create_dataset("classes", data=s.classes.detach().cpu().numpy().astype(np.int64))
-        g = f.create_group("labels")
-        spec = s.label_spec
-        g.attrs.update({"kind": spec.kind, "loss": spec.loss, "temperature": spec.temperature,
-                        "view_mode": spec.view_mode, "codec": spec.codec,
-                        "view_seed": -1 if spec.view_seed is None else spec.view_seed,
-                        "view_strategy": spec.view_strategy or "", "shape": list(s.labels.shape)})
-        for name, arr in s.encoded_labels().items():
-            g.create_dataset(name, data=arr)
-        if s.lr is not None:
-            f.create_dataset("lr", data=float(s.lr))
-        if s.indices is not None:
-            f.create_dataset("indices", data=s.indices.detach().cpu().numpy().astype(np.int64))
-        write_transform(f.create_group("transform"), s.transform)
+def _write(s: SynSet, f: Any) -> None:
+    f.attrs.update({
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "method": s.method,
+        "dataset": s.dataset, "ipc": s.ipc, "num_classes": s.num_classes,
+        "image_shape": list(s.image_shape), "condense_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": _json(s.config), "provenance": _json(s.provenance), "data": _json(s.data),
+    })
+    f.create_dataset("images", data=s.images.detach().cpu().float().numpy())
+    f.create_dataset("classes", data=s.classes.detach().cpu().numpy().astype(np.int64))
+    g = f.create_group("labels")
+    spec = s.label_spec
+    g.attrs.update({"kind": spec.kind, "loss": spec.loss, "temperature": spec.temperature,
+                    "view_mode": spec.view_mode, "codec": spec.codec,
+                    "view_seed": -1 if spec.view_seed is None else spec.view_seed,
+                    "view_strategy": spec.view_strategy or "", "shape": list(s.labels.shape)})
+    for name, arr in s.encoded_labels().items():
+        g.create_dataset(name, data=arr)
+    if s.lr is not None:
+        f.create_dataset("lr", data=float(s.lr))
+    if s.indices is not None:
+        f.create_dataset("indices", data=s.indices.detach().cpu().numpy().astype(np.int64))
+    write_transform(f.create_group("transform"), s.transform)
 
 
 def write_transform(t: Any, transform: PixelTransform) -> None:
@@ -339,15 +319,20 @@ def write_transform(t: Any, transform: PixelTransform) -> None:
             t.create_dataset(name, data=arr.detach().cpu().float().numpy())
 
 
-def read_transform(t: Any) -> PixelTransform:
-    """The transform :func:`write_transform` stored in group ``t``."""
-    kind = str(t.attrs["kind"])
+def read_transform(t: Any, image_shape: tuple[int, ...]) -> PixelTransform:
+    """The transform :func:`write_transform` stored in group ``t``, for images of ``image_shape``
+    ([C, H, W]: the ZCA matrices must be [D, D] with D = C * H * W, checked before reading)."""
+    kind = attr(t, "kind", str)
+    if kind not in TRANSFORM_KINDS:
+        raise FormatError(f"unknown pixel transform {kind!r}")
     zca = None
     if kind == "zca":
-        arrays = [torch.from_numpy(np.asarray(t[k][()], dtype=np.float32)) for k in ("zca_mean", "zca_whiten", "zca_unwhiten")]
-        zca = ZCA(*arrays, eps=float(t.attrs["eps"]), key=str(t.attrs["key"]))
-    return PixelTransform(kind=kind, mean=tuple(float(v) for v in t.attrs["mean"]),
-                          std=tuple(float(v) for v in t.attrs["std"]), zca=zca)
+        d = int(np.prod(image_shape))
+        shapes = {"zca_mean": (d,), "zca_whiten": (d, d), "zca_unwhiten": (d, d)}
+        arrays = [torch.from_numpy(dataset(t, k, shape, "f", np.float32)) for k, shape in shapes.items()]
+        zca = ZCA(*arrays, eps=attr(t, "eps", float), key=attr(t, "key", str))
+    return PixelTransform(kind=kind, mean=tuple(float(v) for v in attr(t, "mean", list)),
+                          std=tuple(float(v) for v in attr(t, "std", list)), zca=zca)
 
 
 def load_synset(path: str | os.PathLike) -> SynSet:
@@ -359,63 +344,43 @@ def load_synset(path: str | os.PathLike) -> SynSet:
     return read_h5(path, lambda f: _read(f, Path(path)), "synthetic set")
 
 
-def read_h5(path: str | os.PathLike, read: Any, what: str) -> Any:
-    """``read(f)`` on the HDF5 file ``path``; a missing, unreadable or corrupt file (or a
-    FormatError of ``read``) is one FormatError line naming the file and ``what`` it should be."""
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise FormatError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise FormatError(f"{path} is not a readable HDF5 file (truncated or not a {what})") from None
-    try:
-        with f:
-            return read(f)
-    except FormatError as e:
-        raise FormatError(f"{path}: {e}") from None
-    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as e:
-        raise FormatError(f"{path}: corrupt {what} file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-
-
 def _read(f: Any, path: Path) -> SynSet:
-    fmt = f.attrs.get("format")
+    fmt = attr(f, "format", str, default=None)
     if fmt != FORMAT_NAME:
         raise FormatError(f"not a condense synthetic set (format attribute {fmt!r})")
-    version = int(f.attrs.get("version", -1))
+    version = attr(f, "version", int)
     if version < 1 or version > FORMAT_VERSION:
         raise FormatError(f"synthetic-set format version {version} is not supported "
                           f"(this condense reads versions 1..{FORMAT_VERSION}; upgrade condense)")
-    for name in ("images", "classes", "labels", "transform"):
+    # The header fixes every array's shape; each is checked against it before it is read.
+    num_classes, ipc = attr(f, "num_classes", int), attr(f, "ipc", int)
+    image_shape = tuple(attr(f, "image_shape", list))
+    if num_classes < 1 or ipc < 1 or len(image_shape) != 3 or min(image_shape) < 1:
+        raise FormatError(f"header declares {num_classes} classes, ipc {ipc}, images {list(image_shape)}")
+    n = num_classes * ipc
+    for name in ("labels", "transform"):
         if name not in f:
             raise FormatError(f"missing '{name}': the file is corrupt or truncated")
     g = f["labels"]
-    view_seed = int(g.attrs["view_seed"])
-    spec = LabelSpec(kind=str(g.attrs["kind"]), loss=str(g.attrs["loss"]), temperature=float(g.attrs["temperature"]),
-                     view_mode=str(g.attrs["view_mode"]), view_seed=None if view_seed < 0 else view_seed,
-                     codec=str(g.attrs["codec"]), view_strategy=str(g.attrs.get("view_strategy", "")) or None)
+    view_seed = attr(g, "view_seed", int)
+    spec = LabelSpec(kind=attr(g, "kind", str), loss=attr(g, "loss", str), temperature=attr(g, "temperature", float),
+                     view_mode=attr(g, "view_mode", str), view_seed=None if view_seed < 0 else view_seed,
+                     codec=attr(g, "codec", str), view_strategy=attr(g, "view_strategy", str, default="") or None)
     spec.validate()
-    shape = tuple(int(s) for s in g.attrs["shape"])
-    images = torch.from_numpy(np.asarray(f["images"][()], dtype=np.float32))
-    payload = {k: np.asarray(g[k][()]) for k in g.keys()}
-    labels = decode_labels(spec.codec, payload, shape,
-                           LabelContext(images=images, spec=spec, num_classes=int(f.attrs["num_classes"])))
-    transform = read_transform(f["transform"])
+    shape = tuple(int(v) for v in attr(g, "shape", list))
+    images = torch.from_numpy(dataset(f, "images", (n, *image_shape), "f", np.float32))
+    payload = {k: dataset(g, k) for k in g.keys()}
+    labels = decode_labels(spec.codec, payload, shape, LabelContext(images=images, spec=spec, num_classes=num_classes))
     s = SynSet(
-        images=images,
-        classes=torch.from_numpy(np.asarray(f["classes"][()], dtype=np.int64)),
-        labels=labels, dataset=str(f.attrs["dataset"]), num_classes=int(f.attrs["num_classes"]),
-        method=str(f.attrs["method"]), label_spec=spec, transform=transform,
-        lr=float(f["lr"][()]) if "lr" in f else None,
-        indices=torch.from_numpy(np.asarray(f["indices"][()], dtype=np.int64)) if "indices" in f else None,
-        config=json.loads(f.attrs["config"]), provenance=json.loads(f.attrs["provenance"]),
-        data=json.loads(f.attrs["data"]), label_payload=payload,
+        images=images, classes=torch.from_numpy(dataset(f, "classes", (n,), "iu", np.int64)),
+        labels=labels, dataset=attr(f, "dataset", str), num_classes=num_classes,
+        method=attr(f, "method", str), label_spec=spec, transform=read_transform(f["transform"], image_shape),
+        lr=float(dataset(f, "lr", (), "f")) if "lr" in f else None,
+        indices=torch.from_numpy(dataset(f, "indices", (n,), "iu", np.int64)) if "indices" in f else None,
+        config=json_attr(f, "config", dict), provenance=json_attr(f, "provenance", dict),
+        data=json_attr(f, "data", dict), label_payload=payload,
     )
     s.validate()
-    if s.ipc != int(f.attrs["ipc"]) or list(s.image_shape) != [int(v) for v in f.attrs["image_shape"]]:
-        raise FormatError("header (ipc, image_shape) disagrees with the stored arrays")
     return s
 
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from condense.data.transform import PixelTransform
 from condense.runtime.errors import FormatError
+from condense.runtime.files import attr, dataset, json_attr, read_h5, write_h5
 from condense.nets import build_net
 from condense.version import __version__
 
@@ -55,31 +55,26 @@ class TeacherFile:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically to ``path`` (a kill never leaves a half-written teacher)."""
-        from condense.synset import write_atomically
+        return write_h5(path, self._write)
 
-        return write_atomically(path, self._write)
-
-    def _write(self, path: Path) -> None:
-        import h5py
-
+    def _write(self, f: Any) -> None:
         from condense.synset import write_transform
 
         state = self.net.state_dict()
-        with h5py.File(path, "w") as f:
-            f.attrs.update({
-                "format": FORMAT_NAME, "version": FORMAT_VERSION, "arch": self.arch, "dataset": self.dataset,
-                "num_classes": self.num_classes, "image_shape": list(self.image_shape),
-                "class_names": json.dumps(list(self.class_names)), "accuracy": float(self.accuracy),
-                "val_accuracy": -1.0 if self.val_accuracy is None else float(self.val_accuracy),
-                "config": json.dumps(self.config, sort_keys=True, default=str),
-                "data": json.dumps(self.data, sort_keys=True, default=str), "condense_version": __version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            })
-            g = f.create_group("state")
-            g.attrs["names"] = json.dumps(list(state))
-            for i, (name, t) in enumerate(state.items()):
-                g.create_dataset(str(i), data=t.detach().cpu().numpy())
-            write_transform(f.create_group("transform"), self.transform)
+        f.attrs.update({
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "arch": self.arch, "dataset": self.dataset,
+            "num_classes": self.num_classes, "image_shape": list(self.image_shape),
+            "class_names": json.dumps(list(self.class_names)), "accuracy": float(self.accuracy),
+            "val_accuracy": -1.0 if self.val_accuracy is None else float(self.val_accuracy),
+            "config": json.dumps(self.config, sort_keys=True, default=str),
+            "data": json.dumps(self.data, sort_keys=True, default=str), "condense_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+        g = f.create_group("state")
+        g.attrs["names"] = json.dumps(list(state))
+        for i, (name, t) in enumerate(state.items()):
+            g.create_dataset(str(i), data=t.detach().cpu().numpy())
+        write_transform(f.create_group("transform"), self.transform)
 
     def summary(self, path: str | os.PathLike) -> str:
         """What the file at ``path`` records, in four lines (``condense teacher --info``)."""
@@ -98,40 +93,56 @@ class TeacherFile:
 
 def load_teacher_file(path: str | os.PathLike) -> TeacherFile:
     """Read a teacher file; one-line FormatError for a missing, foreign, newer or corrupt file."""
-    from condense.synset import read_h5
-
     return read_h5(path, _read, "teacher")
+
+
+# Bounds on a header that decides how big a network is built before any weight is read.
+MAX_CLASSES = 100_000
+MAX_PIXELS = 4096 * 4096
 
 
 def _read(f: Any) -> TeacherFile:
     from condense.synset import read_transform
 
-    fmt = f.attrs.get("format")
+    fmt = attr(f, "format", str, default=None)
     if fmt != FORMAT_NAME:
         raise FormatError(f"not a condense teacher (format attribute {fmt!r})")
-    version = int(f.attrs.get("version", -1))
+    version = attr(f, "version", int)
     if version < 1 or version > FORMAT_VERSION:
         raise FormatError(f"teacher format version {version} is not supported (this condense reads 1..{FORMAT_VERSION})")
-    c, h, w = (int(v) for v in f.attrs["image_shape"])
-    k = int(f.attrs["num_classes"])
-    arch = str(f.attrs["arch"])
-    net = build_net(arch, c, k, (h, w))
+    image_shape = attr(f, "image_shape", list)
+    k = attr(f, "num_classes", int)
+    if len(image_shape) != 3 or not (1 <= image_shape[0] <= 4 and 1 <= image_shape[1] * image_shape[2] <= MAX_PIXELS
+                                     and min(image_shape) >= 1) or not 1 <= k <= MAX_CLASSES:
+        raise FormatError(f"header declares images {image_shape} and {k} classes (out of range)")
+    c, h, w = (int(v) for v in image_shape)
+    arch = attr(f, "arch", str)
+    # The network's shapes, on the meta device: a forged header costs no memory before the
+    # stored weights are checked against it (their bytes are in the file: see open_h5).
+    with torch.device("meta"):
+        expected = build_net(arch, c, k, (h, w)).state_dict()
+    if "state" not in f:
+        raise FormatError("missing 'state': the file is corrupt or truncated")
     g = f["state"]
-    names = json.loads(g.attrs["names"])
-    state = {name: torch.from_numpy(np.asarray(g[str(i)][()])) for i, name in enumerate(names)}
-    expected = net.state_dict()
-    if set(state) != set(expected):
+    names = json_attr(g, "names", list)
+    if sorted(map(str, names)) != sorted(expected) or len(names) != len(expected):
         raise FormatError(f"its weights do not fit a {arch} network (entries differ)")
-    for name, t in state.items():
-        if tuple(t.shape) != tuple(expected[name].shape):
-            raise FormatError(f"weight {name} has shape {tuple(t.shape)}, a {arch} network needs "
-                              f"{tuple(expected[name].shape)}")
+    state = {}
+    for i, name in enumerate(names):
+        want = tuple(expected[name].shape)
+        ds = g.get(str(i))
+        if ds is None or tuple(getattr(ds, "shape", ())) != want:
+            got = None if ds is None else tuple(getattr(ds, "shape", ()))
+            raise FormatError(f"weight {name} has shape {got}, a {arch} network needs {want}")
+        state[name] = torch.from_numpy(dataset(g, str(i), want))
+    net = build_net(arch, c, k, (h, w))
     net.load_state_dict(state)
-    val = float(f.attrs["val_accuracy"])
-    return TeacherFile(net=net.eval(), arch=arch, dataset=str(f.attrs["dataset"]), num_classes=k, image_shape=(c, h, w),
-                       class_names=tuple(json.loads(f.attrs["class_names"])), transform=read_transform(f["transform"]),
-                       accuracy=float(f.attrs["accuracy"]), val_accuracy=None if val < 0 else val,
-                       config=json.loads(f.attrs["config"]), data=json.loads(f.attrs["data"]))
+    val = attr(f, "val_accuracy", float)
+    return TeacherFile(net=net.eval(), arch=arch, dataset=attr(f, "dataset", str), num_classes=k, image_shape=(c, h, w),
+                       class_names=tuple(str(n) for n in json_attr(f, "class_names", list)),
+                       transform=read_transform(f["transform"], (c, h, w)),
+                       accuracy=attr(f, "accuracy", float), val_accuracy=None if val < 0 else val,
+                       config=json_attr(f, "config", dict), data=json_attr(f, "data", dict))
 
 
 def is_teacher_file(path: str | os.PathLike) -> bool:
