@@ -11,7 +11,7 @@ import torch
 from condense.runtime.errors import CondenseError, FormatError
 from condense.nets import FlatLayout, build_net
 from trajectories import open_store
-from trajectories.store import ExpertWriter, expert_path, prepare_store
+from trajectories.store import ExpertWriter, expert_path, prepare_store, seal_experts
 
 EPOCHS = 3
 
@@ -87,7 +87,8 @@ def test_unfinished_expert_is_invisible_and_cleaned_on_resume(store_dir):
     write_expert(store_dir, 0)
     w = ExpertWriter(store_dir, 1)
     w.write_epoch(0, rows(1, w.n_params)[0])
-    w.file.flush()  # as if killed here: the temporary file stays behind
+    assert not list(store_dir.glob(".expert_00001*")), "an unfinished expert is only in memory"
+    (store_dir / ".expert_00001.h5.tmp-99999-0").write_bytes(b"\x89HDF")  # a write killed half way
     assert len(open_store(store_dir)) == 1
     assert list(store_dir.glob(".expert_00001.h5.tmp-*"))
     assert prepare_store(store_dir, meta(), 3) == [1, 2]
@@ -144,14 +145,15 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
 def test_disk_full_while_writing_keeps_finished_experts(store_dir, monkeypatch):
     write_expert(store_dir, 0)
     w = ExpertWriter(store_dir, 1)
+    for e in range(w.params.shape[0]):
+        w.write_epoch(e, torch.zeros(w.n_params))
 
-    class Full:
-        def __setitem__(self, key, value):
-            raise OSError(28, "No space left on device")
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
 
-    w.params = Full()
-    with pytest.raises(CondenseError, match="No space left on device"):
-        w.write_epoch(0, torch.zeros(open_store(store_dir).n_params))
+    monkeypatch.setattr("condense.runtime.files.os.write", full)
+    with pytest.raises(CondenseError, match="cannot write expert 1 .*No space left on device"):
+        w.finish()
     store = open_store(store_dir)
     assert len(store) == 1 and not list(store_dir.glob(".expert_*"))
 
@@ -214,3 +216,29 @@ def test_a_store_of_condense_0_1_reads_its_dsa_share_and_resumes_only_with_it(tm
     else:
         with pytest.raises(CondenseError, match="DSA share 'batch'"):
             prepare_store(folder, new, 2)
+
+
+def test_resume_records_a_damaged_expert_again(store_dir):
+    for i in range(3):
+        write_expert(store_dir, i)
+    seal_experts(store_dir)
+    sums = json.loads((store_dir / "manifest.json").read_text())["checksums"]
+    assert sorted(sums) == ["expert_00000.h5", "expert_00001.h5", "expert_00002.h5"]
+    flipped = store_dir / "expert_00001.h5"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one bit of rot in the parameters: still a valid HDF5 file
+    flipped.write_bytes(bytes(data))
+    (store_dir / "expert_00002.h5").write_bytes(b"")  # cut to nothing
+    notes = []
+    assert prepare_store(store_dir, meta(), 3, note=notes.append) == [1, 2]
+    assert any("expert_00001.h5: damaged (its checksum differs" in n for n in notes), notes
+    assert len(open_store(store_dir)) == 1
+    assert sorted(json.loads((store_dir / "manifest.json").read_text())["checksums"]) == ["expert_00000.h5"]
+
+
+def test_unsealed_expert_is_checked_by_reading(store_dir):
+    write_expert(store_dir, 0)
+    (store_dir / "expert_00001.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    notes = []
+    assert prepare_store(store_dir, meta(), 2, note=notes.append) == [1]
+    assert any("expert_00001.h5: damaged" in n for n in notes), notes

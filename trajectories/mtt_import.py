@@ -61,7 +61,7 @@ from condense.runtime.errors import ConfigError, FormatError
 from condense.nets import FlatLayout, build_net
 from condense.synset import file_sha256
 from trajectories.record import BufferConfig, store_metadata
-from trajectories.store import DTYPES, ExpertWriter, prepare_store
+from trajectories.store import DTYPES, ExpertWriter, prepare_store, seal_experts
 
 SOURCE = "mtt-import"
 PROTOCOL_SOURCE = "MTT buffer.py defaults (not recorded in replay buffers)"
@@ -199,7 +199,7 @@ def import_mtt(paths: Sequence[str | Path], out: str | Path, *, dataset: str, ar
         raise FormatError(f"{dataset}: the loaded dataset's network layout differs from the registered shapes")
     meta.update(source=SOURCE, seed=None, protocol_source=PROTOCOL_SOURCE,
                 imported_from=[{"file": f.path.name, "sha256": f.sha256, "experts": f.experts} for f in files])
-    todo = set(prepare_store(out, meta, total))
+    todo = set(prepare_store(out, meta, total, note=progress))
     if not todo:
         progress(f"{out}: all {total} experts are already imported")
         return 0
@@ -215,6 +215,7 @@ def import_mtt(paths: Sequence[str | Path], out: str | Path, *, dataset: str, ar
                 for i in indices:
                     k = i - start
                     _write_expert(out, i, obj[k], f.path.name, k, layout)
+                    seal_experts(out, [i])
                     written += 1
                     progress(f"expert {i}: {f.path.name}[{k}] imported")
             finally:

@@ -33,7 +33,7 @@ from condense.nets import FlatLayout, build_net, parse_arch
 from condense.runtime.rng import generator
 from condense.step_rules import FLAT_KINDS, ExpertRegularizer
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
-from trajectories.store import DTYPES, ExpertWriter, prepare_store
+from trajectories.store import DTYPES, ExpertWriter, prepare_store, seal_experts
 
 
 @configclass(Data, Run, Training, Augmentation, Workers, part="buffer",
@@ -152,7 +152,7 @@ def record_expert(cfg: dict[str, Any], index: int, folder: str, device: str = "c
 def record_store(cfg: BufferConfig, progress: Callable[[str], None] = print, bars: bool = True) -> list[dict[str, Any]]:
     """Record (or finish recording) the store ``cfg.out``. Returns one summary per new expert."""
     cfg.validate()
-    todo = prepare_store(cfg.out, store_metadata(cfg), cfg.experts)
+    todo = prepare_store(cfg.out, store_metadata(cfg), cfg.experts, note=progress)
     if not todo:
         progress(f"{cfg.out}: all {cfg.experts} experts are already recorded")
         return []
@@ -170,15 +170,18 @@ def record_store(cfg: BufferConfig, progress: Callable[[str], None] = print, bar
                     bar.set_postfix(test_acc=f"{100 * acc:.1f}%", loss=f"{loss:.3f}")
 
                 s = record_expert(cfg_dict, i, cfg.out, cfg.devices[0], on_epoch=tick)
+            seal_experts(cfg.out, [i])
             summaries.append(s)
             progress(f"expert {i}: test acc {100 * s['final_test_acc']:.2f}% after {cfg.epochs} epochs ({s['seconds']:.0f} s)")
         return summaries
     jobs = [Job(f"expert {i}", "trajectories.record:record_expert", {"cfg": cfg_dict, "index": i, "folder": cfg.out})
             for i in todo]
+    index_of = {job.key: i for job, i in zip(jobs, todo)}
     with progress_bar(total=len(jobs), desc="experts", unit="expert", disable=not bars) as bar:
         for r in run_jobs(jobs, cfg.devices):
             bar.update(1)
             if r.ok:
+                seal_experts(cfg.out, [index_of[r.key]])
                 summaries.append(r.value)
                 progress(f"{r.key}: test acc {100 * r.value['final_test_acc']:.2f}% ({r.seconds:.0f} s on {r.device})")
             else:

@@ -23,12 +23,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from condense.runtime.errors import CondenseError, FormatError
+from condense.runtime.files import WriteError, attr, check_h5, dataset, regular_file, write_h5, write_text
 from condense.nets import FlatLayout
 from condense.version import __version__
 
@@ -41,7 +42,9 @@ _EXPERT_RE = re.compile(r"^expert_(\d{5,})\.h5$")
 
 # Keys that may differ between runs appending to the same store; everything else in the
 # manifest defines the store's identity.
-_NON_IDENTITY = ("experts_planned", "created", "condense_version", "store_key", "config")
+_NON_IDENTITY = ("experts_planned", "created", "condense_version", "store_key", "config", "checksums")
+# A manifest is a few KB (its checksums ~100 bytes per expert); anything near this is not one.
+MAX_MANIFEST_BYTES = 16 << 20
 # Protocol keys that change how test accuracy is batched, not the recorded trajectory: a store
 # resumes across them and keeps the values (and the key) it was created with.
 _TRAJECTORY_NEUTRAL = ("test_batch_size",)
@@ -86,15 +89,6 @@ def expert_path(folder: Path, index: int) -> Path:
     return folder / f"expert_{index:05d}.h5"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _io_error(what: str, e: OSError) -> CondenseError:
     return CondenseError(f"cannot write {what}: {e.strerror or e}")
 
@@ -106,10 +100,13 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise FormatError(f"{folder}: no such trajectory store (not a folder)")
     if not path.exists():
         raise FormatError(f"{folder} is not a trajectory store (no {MANIFEST})")
+    regular_file(path, "trajectory-store manifest")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{path}: {path.stat().st_size:,} bytes is too large for a manifest")
     try:
         meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise FormatError(f"{path}: unreadable manifest ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise FormatError(f"{path}: unreadable manifest ({type(e).__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
         raise FormatError(f"{path}: not a condense trajectory-store manifest")
     version = meta.get("version")
@@ -121,7 +118,53 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raise FormatError(f"{path}: manifest lacks '{key}'")
     if meta["dtype"] not in DTYPES:
         raise FormatError(f"{path}: unknown dtype {meta['dtype']!r}")
+    for key in ("epochs", "n_params"):
+        if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
+            raise FormatError(f"{path}: '{key}' must be a positive integer, got {str(meta[key])[:40]!r}")
+    if not isinstance(meta.get("checksums", {}), dict):
+        raise FormatError(f"{path}: 'checksums' must be a mapping")
     return meta
+
+
+_CHECKED: dict[str, tuple[int, int, int]] = {}  # expert path -> (inode, mtime, size) of its checked version
+
+
+def open_expert(path: Path, meta: dict[str, Any]) -> Any:
+    """The finished expert file ``path`` of the store described by ``meta``, opened read-only
+    after the checks of :func:`condense.runtime.files.open_h5` (once per version of the file:
+    tm reads two rows an iteration) and against the manifest: format, store key, shapes,
+    completion. FormatError otherwise; the caller closes the file."""
+    import h5py
+
+    regular_file(path, "expert")
+    st = os.stat(path)
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError:
+        raise FormatError(f"{path}: not a readable HDF5 file (truncated or corrupt expert)") from None
+    try:
+        version = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if _CHECKED.get(str(path)) != version:
+            check_h5(f)
+            _CHECKED[str(path)] = version
+        if attr(f, "format", str, default=None) != EXPERT_FORMAT or attr(f, "version", int, default=-1) != FORMAT_VERSION:
+            raise FormatError(f"not a condense expert file of version {FORMAT_VERSION}")
+        if attr(f, "store_key", str, default=None) != meta["store_key"]:
+            raise FormatError("belongs to another store (different dataset, arch or settings)")
+        rows = int(meta["epochs"]) + 1
+        for name, shape in (("params", (rows, int(meta["n_params"]))), ("test_acc", (rows,)), ("train_loss", (rows,))):
+            ds = f.get(name)
+            if not isinstance(ds, h5py.Dataset) or ds.shape != shape or ds.dtype.kind != "f":
+                raise FormatError(f"'{name}' missing or not float {list(shape)}")
+        if not attr(f, "complete", bool, default=False):
+            raise FormatError("expert not marked complete")
+    except FormatError as e:
+        f.close()
+        raise FormatError(f"{path}: {e}") from None
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 class TrajectoryStore:
@@ -164,26 +207,7 @@ class TrajectoryStore:
         return expert_path(self.folder, self.indices[i])
 
     def _open(self, i: int) -> Any:
-        import h5py
-
-        path = self.path(i)
-        try:
-            f = h5py.File(path, "r")
-        except OSError:
-            raise FormatError(f"{path}: not a readable HDF5 file (truncated or corrupt expert)") from None
-        try:
-            if f.attrs.get("format") != EXPERT_FORMAT or int(f.attrs.get("version", -1)) != FORMAT_VERSION:
-                raise FormatError(f"{path}: not a condense expert file of version {FORMAT_VERSION}")
-            if f.attrs.get("store_key") != self.meta["store_key"]:
-                raise FormatError(f"{path}: belongs to another store (different dataset, arch or settings)")
-            if "params" not in f or f["params"].shape != (self.epochs + 1, self.n_params):
-                raise FormatError(f"{path}: parameters missing or not [{self.epochs + 1}, {self.n_params}]")
-            if not f.attrs.get("complete", False):
-                raise FormatError(f"{path}: expert not marked complete")
-        except FormatError:
-            f.close()
-            raise
-        return f
+        return open_expert(self.path(i), self.meta)
 
     def _read(self, i: int, rows: Any) -> np.ndarray:
         with self._open(i) as f:
@@ -205,12 +229,12 @@ class TrajectoryStore:
     def test_acc(self, i: int) -> np.ndarray:
         """[epochs + 1] test accuracy (fractions; nan where unknown, e.g. imported experts)."""
         with self._open(i) as f:
-            return np.asarray(f["test_acc"][()], dtype=np.float64)
+            return dataset(f, "test_acc", (self.epochs + 1,), "f", np.float64)
 
     def train_loss(self, i: int) -> np.ndarray:
         """[epochs + 1] mean training loss per epoch (row 0, the init, is nan)."""
         with self._open(i) as f:
-            return np.asarray(f["train_loss"][()], dtype=np.float64)
+            return dataset(f, "train_loss", (self.epochs + 1,), "f", np.float64)
 
     def expert_attrs(self, i: int) -> dict[str, Any]:
         with self._open(i) as f:
@@ -222,12 +246,14 @@ def open_store(folder: str | os.PathLike) -> TrajectoryStore:
     return TrajectoryStore(folder)
 
 
-def prepare_store(folder: str | os.PathLike, meta: dict[str, Any], experts: int) -> list[int]:
+def prepare_store(folder: str | os.PathLike, meta: dict[str, Any], experts: int,
+                  note: Callable[[str], None] = print) -> list[int]:
     """Create the store in ``folder``, or reopen it to resume; returns the expert indices
     still to record (of 0..experts-1).
 
     Refuses a folder holding a store of another dataset/arch/config, or a non-empty folder
-    that is not a store. Removes temporary files of experts a killed run left unfinished.
+    that is not a store. Removes temporary files of experts a killed run left unfinished, and
+    finished experts that are damaged (:func:`_verify_experts`), telling ``note``.
     """
     folder = Path(folder)
     meta = _with_dsa_share(dict(meta, format=STORE_FORMAT, version=FORMAT_VERSION, experts_planned=experts,
@@ -249,6 +275,7 @@ def prepare_store(folder: str | os.PathLike, meta: dict[str, Any], experts: int)
             meta["store_key"] = old["store_key"]
         meta["created"] = old.get("created")
         meta["experts_planned"] = max(experts, int(old.get("experts_planned", 0)))
+        meta["checksums"] = old.get("checksums", {})
     elif folder.exists() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
         raise CondenseError(f"{folder} is not empty and not a trajectory store; choose another --out")
     else:
@@ -257,41 +284,81 @@ def prepare_store(folder: str | os.PathLike, meta: dict[str, Any], experts: int)
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".expert_*.h5.tmp-*"):
             stale.unlink()
-        _atomic_write_text(folder / MANIFEST, json.dumps(meta, indent=1, sort_keys=True, default=str))
+        if meta.get("checksums") is not None:
+            _verify_experts(folder, meta, note)
+            meta["checksums"] = {k: v for k, v in meta["checksums"].items() if (folder / k).exists()}
+        write_text(folder / MANIFEST, json.dumps(meta, indent=1, sort_keys=True, default=str))
     except OSError as e:
         raise _io_error(f"the store in {folder}", e) from None
     done = {int(m.group(1)) for p in folder.iterdir() if (m := _EXPERT_RE.match(p.name))}
     return [i for i in range(experts) if i not in done]
 
 
-class ExpertWriter:
-    """Writes one expert row by row into a temporary file; :meth:`finish` renames it into place.
+def _sha256(path: Path) -> str:
+    from condense.synset import file_sha256
 
-    Rows are copied out of the live parameters as they are written (never aliased), so
-    later training cannot change a saved epoch.
-    """
+    return file_sha256(path)
+
+
+def seal_experts(folder: str | os.PathLike, indices: Any = None) -> None:
+    """Record in the manifest the SHA-256 of finished experts (``indices``, or every one without a
+    checksum yet), so that a resume can tell an expert damaged on disk from a sound one.
+    Only the recording process writes the manifest (its workers only write expert files)."""
+    folder = Path(folder)
+    meta = read_manifest(folder)
+    sums = dict(meta.get("checksums", {}))
+    done = {int(m.group(1)) for p in folder.iterdir() if (m := _EXPERT_RE.match(p.name))}
+    todo = sorted(done if indices is None else done & set(indices))
+    todo = [i for i in todo if indices is not None or expert_path(folder, i).name not in sums]
+    if not todo:
+        return
+    for i in todo:
+        path = expert_path(folder, i)
+        with open_expert(path, meta):
+            pass
+        sums[path.name] = _sha256(path)
+    write_text(folder / MANIFEST, json.dumps(dict(meta, checksums=sums), indent=1, sort_keys=True, default=str))
+
+
+def _verify_experts(folder: Path, meta: dict[str, Any], note: Callable[[str], None]) -> None:
+    """Delete finished experts that are damaged (their checksum differs from the manifest's, or
+    they fail the reading checks when they have none), so that the resume records them again."""
+    sums = meta.get("checksums", {})
+    for p in sorted(folder.iterdir()):
+        if not _EXPERT_RE.match(p.name):
+            continue
+        reason = None
+        if p.name in sums:
+            if _sha256(p) != sums[p.name]:
+                reason = "its checksum differs from the manifest's"
+        else:
+            try:
+                with open_expert(p, meta):
+                    pass
+            except FormatError as e:
+                reason = str(e).split(": ", 1)[-1]
+        if reason:
+            note(f"{p}: damaged ({reason}); recording it again")
+            p.unlink()
+
+
+class ExpertWriter:
+    """Records one expert: rows are kept in memory as they are written (copied out of the live
+    parameters, never aliased, so later training cannot change a saved epoch); :meth:`finish`
+    writes the whole file atomically. A killed expert leaves nothing: it is recorded again."""
 
     def __init__(self, folder: str | os.PathLike, index: int, attrs: dict[str, Any] | None = None):
-        import h5py
-
         self.folder = Path(folder)
         self.meta = read_manifest(self.folder)
         self.index = index
         self.final = expert_path(self.folder, index)
-        self.tmp = self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
         rows, n = int(self.meta["epochs"]) + 1, int(self.meta["n_params"])
         self.n_params = n
-        try:
-            self.file = h5py.File(self.tmp, "w")
-            self.file.attrs.update({"format": EXPERT_FORMAT, "version": FORMAT_VERSION, "index": index,
-                                    "store_key": self.meta["store_key"], "complete": False, **(attrs or {})})
-            self.params = self.file.create_dataset("params", shape=(rows, n), dtype=DTYPES[self.meta["dtype"]],
-                                                   chunks=(1, n))
-            self.file.create_dataset("test_acc", data=np.full(rows, np.nan))
-            self.file.create_dataset("train_loss", data=np.full(rows, np.nan))
-        except OSError as e:
-            self.abort()
-            raise _io_error(f"expert {index} in {self.folder}", e) from None
+        self.attrs = {"format": EXPERT_FORMAT, "version": FORMAT_VERSION, "index": index,
+                      "store_key": self.meta["store_key"], "complete": False, **(attrs or {})}
+        self.params = np.zeros((rows, n), dtype=DTYPES[self.meta["dtype"]])
+        self.test_acc = np.full(rows, np.nan)
+        self.train_loss = np.full(rows, np.nan)
         self.written = np.zeros(rows, dtype=bool)
 
     def write_epoch(self, epoch: int, flat: torch.Tensor, test_acc: float = float("nan"),
@@ -299,38 +366,29 @@ class ExpertWriter:
         """Store row ``epoch`` (0 = init): flat [n_params] parameters, and that epoch's numbers."""
         if tuple(flat.shape) != (self.n_params,):
             raise ValueError(f"expected {self.n_params} parameters, got shape {tuple(flat.shape)}")
-        try:
-            self.params[epoch] = flat.detach().to("cpu", torch.float32).numpy()
-            self.file["test_acc"][epoch] = test_acc
-            self.file["train_loss"][epoch] = train_loss
-        except OSError as e:
-            self.abort()
-            raise _io_error(f"expert {self.index} in {self.folder}", e) from None
+        self.params[epoch] = flat.detach().to("cpu", torch.float32).numpy()
+        self.test_acc[epoch] = test_acc
+        self.train_loss[epoch] = train_loss
         self.written[epoch] = True
 
     def finish(self, **attrs: Any) -> Path:
-        """Mark complete, flush to disk and rename into place. Returns the final path."""
+        """Mark complete and write the expert file atomically. Returns its path."""
         if not self.written.all():
             missing = np.flatnonzero(~self.written).tolist()
-            self.abort()
             raise RuntimeError(f"expert {self.index} finished with epochs {missing} never written")
+
+        def build(f: Any) -> None:
+            f.attrs.update({**self.attrs, "complete": True, **attrs})
+            # One chunk per epoch: store.epoch(i, e) reads one row.
+            f.create_dataset("params", data=self.params, chunks=(1, self.n_params))
+            f.create_dataset("test_acc", data=self.test_acc)
+            f.create_dataset("train_loss", data=self.train_loss)
+
         try:
-            self.file.attrs.update({"complete": True, **attrs})
-            self.file.flush()
-            self.file.close()
-            with open(self.tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(self.tmp, self.final)
-        except OSError as e:
-            self.abort()
-            raise _io_error(f"expert {self.index} in {self.folder}", e) from None
-        return self.final
+            return write_h5(self.final, build)
+        except WriteError as e:
+            raise CondenseError(f"cannot write expert {self.index} in {self.folder}: {str(e).split(': ')[-1]}") from None
 
     def abort(self) -> None:
-        """Close and delete the temporary file (the expert is not kept)."""
-        try:
-            if getattr(self, "file", None) is not None and self.file.id.valid:
-                self.file.close()
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
+        """Drop the rows recorded so far (nothing was written to disk)."""
+        self.written[:] = False
