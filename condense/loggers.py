@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 from .runtime.errors import ConfigError
+from .runtime.files import WriteError, open_append
 
 KINDS = ("csv", "tensorboard", "wandb")
 
@@ -53,20 +54,26 @@ class CsvLogger:
     def metrics(self, step: int, row: Mapping[str, Any]) -> None:
         if self._writer is None:
             new = not self.path.exists()
-            self._file = open(self.path, "a", newline="")
+            self._file = open_append(self.path)
             self._writer = csv.DictWriter(self._file, fieldnames=list(row), extrasaction="ignore")
             if new:
                 self._writer.writeheader()
-        self._writer.writerow(row)
-        self._file.flush()
+        try:
+            self._writer.writerow(row)
+            self._file.flush()
+        except OSError as e:
+            raise WriteError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def image(self, step: int, png: Path) -> None:
         pass  # the grid is already a file of the run folder
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file, self._writer = None, None
+            f, self._file, self._writer = self._file, None, None
+            try:
+                f.close()
+            except OSError:  # its rows were flushed one by one; a failing last flush loses none
+                pass
 
 
 def scalars(row: Mapping[str, Any]) -> dict[str, float]:

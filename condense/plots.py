@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from .runtime.files import write_figure
+
 
 def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLike, *,
               class_names: Sequence[str] | None = None, max_per_class: int = 10, title: str = "") -> Path:
@@ -42,10 +44,7 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - title_in / height))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return write_figure(path, fig, dpi=100)
 
 
 def save_set_grid(s, out: str | os.PathLike) -> Path:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from condense.config import configclass, setting
 from condense.config.parts import Augmentation, Data, Evaluation, Run, Training, Workers
 from condense.runtime.errors import CondenseError, ConfigError, FormatError
+from condense.runtime.files import append_line, regular_file, run_subfolder, write_text
 from condense.jobs import Job, JobResult, parse_device
 from condense.nets import build_net, parse_arch_flag
 from evals.stats import summarize
@@ -310,13 +311,13 @@ class ResultLog:
     """``jobs.jsonl`` in the run folder: one line per finished job, appended and flushed."""
 
     def __init__(self, folder: Path):
-        self.path = folder / "jobs.jsonl"
-        folder.mkdir(parents=True, exist_ok=True)
+        self.path = run_subfolder(folder) / "jobs.jsonl"
 
     def load(self) -> dict[str, dict[str, Any]]:
         done: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
+            regular_file(self.path, "jobs.jsonl")
+            for line in self.path.read_text(errors="replace").splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by a kill: that job reruns
@@ -328,10 +329,7 @@ class ResultLog:
     def append(self, res: JobResult) -> dict[str, Any]:
         row = {"key": res.key, "ok": res.ok, "seconds": res.seconds, "device": res.device,
                **(res.value if res.ok else {"error": res.error})}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.path, json.dumps(row))
         return row
 
 
@@ -342,8 +340,8 @@ def run_grid(groups: Sequence[Group], cfg: EvalConfig, *, note: Callable[[str], 
 
     folder = Path(str(cfg.json) + ".run")
     log = ResultLog(folder)
-    (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    (folder / "env.json").write_text(json.dumps(environment(), indent=1))
+    write_text(folder / "config.json", json.dumps(asdict(cfg), indent=1))
+    write_text(folder / "env.json", json.dumps(environment(), indent=1))
     pairs = jobs_of(groups, cfg, note)
     done = log.load()
     todo = [job for _, job in pairs if job.key not in done]

@@ -9,8 +9,10 @@ from condense.train import protocol_dict
 
 from .grid import FULL_DATA_EPOCHS, EvalConfig, aggregate, plan, run_grid
 from .report import fair_table, plot, plot_fair, scores, table, to_json
+from condense.runtime.files import holding_lock
 
 
+@holding_lock(lambda cfg, *a, **k: cfg.json)
 def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str], None] = print,
              bars: bool = True) -> dict[str, Any]:
     """Evaluate the set files ``paths`` (and any baseline ``cfg`` asks for); write ``cfg.json``

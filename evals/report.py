@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from condense.runtime.files import write_figure, write_text
 from condense.synset import load_synset
 from evals.stats import summarize
 
@@ -203,11 +204,7 @@ def to_json(rows: Sequence[dict], score_rows: Sequence[dict], protocol: dict[str
         doc["storage_bytes"] = next(r["storage_bytes"] for r in rows if r["synset"] is not None)
     if errors:
         doc["failed_jobs"] = list(errors)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(doc, indent=1))
     return doc
 
 
@@ -223,7 +220,6 @@ def plot(rows: Sequence[dict], folder: str | os.PathLike, split: str = "test") -
     from matplotlib.figure import Figure
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     main = [r for r in rows if r["variant"] == "set"]
     archs = list(dict.fromkeys(r["arch"] for r in main))
     labels = list(dict.fromkeys(_label(r) for r in main))
@@ -247,7 +243,7 @@ def plot(rows: Sequence[dict], folder: str | os.PathLike, split: str = "test") -
     ax.set_title("accuracy per architecture (mean ± std over runs)")
     fig.tight_layout()
     files = [folder / "accuracy.png"]
-    fig.savefig(files[0], dpi=120)
+    write_figure(files[0], fig, dpi=120)
     with_curves = [r for r in rows if r.get("curves")]
     if with_curves:
         fig = Figure(figsize=(6, 4))
@@ -263,7 +259,7 @@ def plot(rows: Sequence[dict], folder: str | os.PathLike, split: str = "test") -
         ax.set_title("learning curves (mean over runs)")
         fig.tight_layout()
         files.append(folder / "curves.png")
-        fig.savefig(files[-1], dpi=120)
+        write_figure(files[-1], fig, dpi=120)
     return files
 
 
@@ -312,8 +308,7 @@ def plot_fair(rows: Sequence[dict], score_rows: Sequence[dict], folder: str | os
                bbox_to_anchor=(0.5, 1 - 0.35 / fig_height))
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig_height))
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fig.savefig(folder / "fair.png", dpi=120)
+    write_figure(folder / "fair.png", fig, dpi=120)
     return folder / "fair.png"
 
 

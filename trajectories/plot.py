@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from condense.runtime.files import write_figure
 from trajectories.store import TrajectoryStore
 
 
@@ -37,7 +38,4 @@ def plot_store(store: TrajectoryStore, path: str | os.PathLike) -> Path:
                  f"{meta.get('regularizer', {}).get('flat', 'none')}"
                  f"{', smooth' if meta.get('regularizer', {}).get('smooth') else ''}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return write_figure(path, fig, dpi=100)

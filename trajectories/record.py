@@ -34,6 +34,7 @@ from condense.runtime.rng import generator
 from condense.step_rules import FLAT_KINDS, ExpertRegularizer
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
 from trajectories.store import DTYPES, ExpertWriter, prepare_store, seal_experts
+from condense.runtime.files import holding_lock
 
 
 @configclass(Data, Run, Training, Augmentation, Workers, part="buffer",
@@ -149,6 +150,7 @@ def record_expert(cfg: dict[str, Any], index: int, folder: str, device: str = "c
             "final_test_acc": float(accuracy(net, x_test, y_test))}
 
 
+@holding_lock(lambda cfg, *a, **k: cfg.out)
 def record_store(cfg: BufferConfig, progress: Callable[[str], None] = print, bars: bool = True) -> list[dict[str, Any]]:
     """Record (or finish recording) the store ``cfg.out``. Returns one summary per new expert."""
     cfg.validate()

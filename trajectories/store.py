@@ -100,7 +100,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise FormatError(f"{folder}: no such trajectory store (not a folder)")
     if not path.exists():
         raise FormatError(f"{folder} is not a trajectory store (no {MANIFEST})")
-    regular_file(path, "trajectory-store manifest")
+    regular_file(path, "trajectory-store manifest", follow=False)
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise FormatError(f"{path}: {path.stat().st_size:,} bytes is too large for a manifest")
     try:
@@ -136,7 +136,7 @@ def open_expert(path: Path, meta: dict[str, Any]) -> Any:
     completion. FormatError otherwise; the caller closes the file."""
     import h5py
 
-    regular_file(path, "expert")
+    regular_file(path, "trajectory-store expert", follow=False)
     st = os.stat(path)
     try:
         f = h5py.File(path, "r", locking=False)
@@ -322,8 +322,9 @@ def seal_experts(folder: str | os.PathLike, indices: Any = None) -> None:
 
 def _verify_experts(folder: Path, meta: dict[str, Any], note: Callable[[str], None]) -> None:
     """Delete finished experts that are damaged (their checksum differs from the manifest's, or
-    they fail the reading checks when they have none), so that the resume records them again."""
-    sums = meta.get("checksums", {})
+    they fail the reading checks when they have none, in which case a sound one is sealed), so
+    that the resume records them again."""
+    sums = meta["checksums"]
     for p in sorted(folder.iterdir()):
         if not _EXPERT_RE.match(p.name):
             continue
@@ -335,6 +336,7 @@ def _verify_experts(folder: Path, meta: dict[str, Any], note: Callable[[str], No
             try:
                 with open_expert(p, meta):
                     pass
+                sums[p.name] = _sha256(p)  # finished, but its run was killed before sealing it
             except FormatError as e:
                 reason = str(e).split(": ", 1)[-1]
         if reason:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Callable, BinaryIO
 
 import numpy as np
 import torch
+
+from condense.runtime.files import replacing
 
 
 def cache_root() -> Path:
@@ -37,24 +38,13 @@ def cache_dir(kind: str) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
-    """Write ``path`` via ``write(fileobj)`` into a temporary sibling, then rename it into place.
-
-    The parent folder is created. On any failure the temporary file is removed and
-    the exception propagates; an existing ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    """Write ``path`` via ``write(fileobj)`` into a temporary sibling, then rename it into place
+    (:func:`condense.runtime.files.replacing`: the parent folder is created; on any failure the
+    temporary file is removed and an existing ``path`` is left untouched)."""
+    with replacing(path) as tmp:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def content_hash(*arrays: torch.Tensor | np.ndarray, digest_size: int = 16) -> str:

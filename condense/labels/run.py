@@ -19,6 +19,7 @@ from condense.runtime.errors import ConfigError, CondenseError
 from condense.synset import SynSet, file_sha256, load_synset
 
 from .relabel import VIEW_MODES
+from condense.runtime.files import holding_lock
 
 SPREAD = ("devices", "executor", "address")  # where the work runs: not what the labels are
 
@@ -79,6 +80,7 @@ def recorded_teacher(s: SynSet, path: str) -> str:
     return recorded
 
 
+@holding_lock(lambda cfg, *a, **k: cfg.out)
 def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSet:
     """Label (and/or compress) ``cfg.synset`` into ``cfg.out``; returns the written set."""
     from . import compress, load_teacher, relabel

@@ -24,6 +24,7 @@ from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
 
 from .teacher_file import TeacherFile
+from condense.runtime.files import holding_lock
 
 @configclass(Data, Run, Training, Augmentation, part="teacher",
              drop=("val_size", "ipc", "trajectories", "teacher", "temperature", "min_scale", "flip"),
@@ -49,6 +50,7 @@ class TeacherConfig:
                              dsa_strategy=self.dsa_strategy, dsa_share=self.dsa_share)
 
 
+@holding_lock(lambda cfg, *a, **k: cfg.out)
 def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, progress: bool = True) -> TeacherFile:
     """Train ``cfg.arch`` on ``cfg.dataset``'s training split and write the teacher file ``cfg.out``."""
     cfg.validate()

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..runtime.errors import ConfigError
+from ..runtime.files import holding_lock
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def runner(entry: MethodEntry, backend: str | None = None) -> Callable[..., Any]
         return jax_runner(entry)
     if entry.jax_only:
         entry.run(None)
-    return entry.run
+    return holding_lock(lambda cfg, *a, **k: cfg.out)(entry.run)
 
 
 def jax_runner(entry: MethodEntry) -> Callable[..., Any]:
@@ -66,7 +67,7 @@ def jax_runner(entry: MethodEntry) -> Callable[..., Any]:
 
     require_extra("jax", "--backend jax")
     module, _, function = entry.jax.partition(":")
-    return getattr(importlib.import_module(module), function)
+    return holding_lock(lambda cfg, *a, **k: cfg.out)(getattr(importlib.import_module(module), function))
 
 
 def _register_builtins() -> None:

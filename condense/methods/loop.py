@@ -46,6 +46,7 @@ from ..data import dataset_info
 from ..config.parts import Loop
 from ..loggers import CsvLogger, Logger
 from ..runtime.errors import CondenseError
+from ..runtime.files import regular_file, run_subfolder, write_atomically, write_text
 from ..synset import SynSet
 from ..version import environment
 from ..plots import save_grid
@@ -150,10 +151,7 @@ class Run:
         self.folder = run_folder(out)
         self.config = config
         self.key = identity_hash(config)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CondenseError(f"cannot write the run folder {self.folder}: {e.strerror or e}") from None
+        run_subfolder(self.folder)
         self.csv = CsvLogger(self.folder / "metrics.csv")
 
     def save_checkpoint(self, method: Synthesizer, it: int) -> None:
@@ -161,21 +159,13 @@ class Run:
                  "learnables": {k: v.detach().cpu() for k, v in method.learnables().items()},
                  "optimizers": {k: o.state_dict() for k, o in method.optimizers().items()},
                  "extra": {k: v.detach().cpu() for k, v in method.extra_state().items()}}
-        tmp = self.folder / f".{CHECKPOINT}.tmp-{os.getpid()}"
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.folder / CHECKPOINT)
-        except OSError as e:
-            raise CondenseError(f"cannot write the checkpoint in {self.folder}: {e.strerror or e}") from None
+        write_atomically(self.folder / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
     def _record(self) -> None:
         """Write config.json and env.json: only once the folder is known to be this run's, so a
         refused resume leaves the other run's record as it was."""
-        try:
-            (self.folder / "config.json").write_text(json.dumps(self.config, indent=1, sort_keys=True, default=str))
-            (self.folder / "env.json").write_text(json.dumps(environment(), indent=1))
-        except OSError as e:
-            raise CondenseError(f"cannot write the run folder {self.folder}: {e.strerror or e}") from None
+        write_text(self.folder / "config.json", json.dumps(self.config, indent=1, sort_keys=True, default=str))
+        write_text(self.folder / "env.json", json.dumps(environment(), indent=1))
 
     def load_checkpoint(self, method: Synthesizer) -> int:
         """Restore ``method`` from the run folder; returns the iteration to continue from (0: fresh)."""
@@ -183,21 +173,26 @@ class Run:
         if not path.exists():
             self._record()
             return 0
+        regular_file(path, "checkpoint")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for corrupt files
             raise CondenseError(f"{path} is corrupt ({type(e).__name__}); delete it to start over") from None
-        if not same_identity(state.get("key"), self.config):
+        if not isinstance(state, dict) or not same_identity(state.get("key"), self.config):
             raise CondenseError(f"{path} belongs to a run with other settings; delete {self.folder} or "
                                 "choose another --out")
-        with torch.no_grad():
-            for k, v in method.learnables().items():
-                v.copy_(state["learnables"][k])
-        for k, o in method.optimizers().items():
-            o.load_state_dict(state["optimizers"][k])
-        method.load_extra_state(state["extra"])
+        try:
+            with torch.no_grad():
+                for k, v in method.learnables().items():
+                    v.copy_(state["learnables"][k])
+            for k, o in method.optimizers().items():
+                o.load_state_dict(state["optimizers"][k])
+            method.load_extra_state(state["extra"])
+            iteration = int(state["iteration"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CondenseError(f"{path} is corrupt ({type(e).__name__}); delete it to start over") from None
         self._record()
-        return int(state["iteration"])
+        return iteration
 
 
 IterationCallback = Callable[[int, dict[str, Any], Callable[[], SynSet]], None]

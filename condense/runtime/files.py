@@ -67,11 +67,14 @@ def _reason(e: OSError) -> str:
 
 # --- reading -----------------------------------------------------------------------------------
 
-def regular_file(path: str | os.PathLike, what: str) -> Path:
-    """``path`` as a Path if it names a regular file (symlinks the user named are followed);
-    FormatError otherwise: a FIFO or device would block or never end."""
+def regular_file(path: str | os.PathLike, what: str, *, follow: bool = True) -> Path:
+    """``path`` as a Path if it names a regular file; FormatError otherwise: a FIFO or device
+    would block or never end. A symlink is followed when the user named it (``follow``), refused
+    inside a folder of ours (a store), where it could make us read a file nobody named."""
     path = Path(path)
     try:
+        if not follow and path.is_symlink():
+            raise FormatError(f"{path} is a symbolic link (refused inside a {what.split()[0]} folder)")
         st = os.stat(path)
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
@@ -337,10 +340,10 @@ def write_figure(path: str | os.PathLike, fig: Any, **savefig: Any) -> Path:
     return Path(path)
 
 
-@contextmanager
-def appending(path: str | os.PathLike, mode: str = "a") -> Iterator[Any]:
+def open_append(path: str | os.PathLike) -> Any:
     """``path`` opened for appending text (created if missing), refusing a symlink or anything but
-    a regular file there; any OSError is one WriteError naming ``path``."""
+    a regular file there (a planted link would make the append land in another file); any
+    OSError is one WriteError naming ``path``. The caller closes it."""
     path = Path(path)
     try:
         _make_folder(path.parent)
@@ -348,38 +351,46 @@ def appending(path: str | os.PathLike, mode: str = "a") -> Iterator[Any]:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file")
-            f = os.fdopen(fd, mode, newline="")
+            return os.fdopen(fd, "a", newline="")
         except BaseException:
             os.close(fd)
             raise
-        with f:
-            yield f
     except OSError as e:
         raise WriteError(f"cannot write {path}: {_reason(e)}") from None
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line to ``path`` and flush it to disk (see :func:`appending`)."""
-    with appending(path) as f:
+    """Append one line to ``path`` and flush it to disk (see :func:`open_append`)."""
+    f = open_append(path)
+    try:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {_reason(e)}") from None
+    finally:
         try:
-            f.write(line.rstrip("\n") + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        except OSError as e:
-            raise WriteError(f"cannot write {path}: {_reason(e)}") from None
+            f.close()
+        except OSError:
+            pass
+
+
+def ensure_folder(folder: str | os.PathLike, what: str = "the folder") -> Path:
+    """Create ``folder`` (and its parents) if missing and return it; any OSError is one WriteError."""
+    folder = Path(folder)
+    try:
+        _make_folder(folder)
+    except OSError as e:
+        raise WriteError(f"cannot write {what} {folder}: {_reason(e)}") from None
+    return folder
 
 
 def run_subfolder(folder: str | os.PathLike) -> Path:
-    """Create the folder ``folder`` of a run (``<out>.run/``) and return it; a symlink or a file
-    planted under its name is refused (its contents would land elsewhere)."""
-    folder = Path(folder)
-    try:
-        if folder.is_symlink():
-            raise OSError(errno.ELOOP, "")
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(f"cannot write the run folder {folder}: {_reason(e)}") from None
-    return folder
+    """Create the folder ``folder`` of a run (``<out>.run/``) and return it; a symlink planted
+    under its name is refused (what the run writes there would land elsewhere)."""
+    if Path(folder).is_symlink():
+        raise WriteError(f"cannot write the run folder {folder}: it is a symbolic link (refusing to follow it)")
+    return ensure_folder(folder, "the run folder")
 
 
 def inside(root: str | os.PathLike, relative: str, what: str) -> Path:
@@ -418,12 +429,16 @@ def _holder(path: Path) -> str:
 
 
 @contextmanager
-def output_lock(target: str | os.PathLike) -> Iterator[None]:
+def output_lock(target: str | os.PathLike | None) -> Iterator[None]:
     """Hold an exclusive lock on output ``target`` for the block (a file ``.NAME.lock`` beside it,
     removed at the end; the kernel releases the lock when a process dies, killed or not). A second
-    holder gets one WriteError line naming the first; the same process may nest."""
+    holder gets one WriteError line naming the first; the same process may nest. None: no output,
+    no lock."""
     import fcntl
 
+    if target is None:
+        yield
+        return
     path = lock_path(target)
     key = str(path.absolute())
     if key in _HELD:
@@ -468,3 +483,17 @@ def output_lock(target: str | os.PathLike) -> Iterator[None]:
         except OSError:
             pass
         os.close(fd)
+
+
+def holding_lock(output: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a long-running function so that it holds :func:`output_lock` on its output for
+    its whole call; ``output(*args, **kwargs)`` names the output from the call's arguments."""
+    import functools
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with output_lock(output(*args, **kwargs)):
+                return fn(*args, **kwargs)
+        return locked
+    return wrap

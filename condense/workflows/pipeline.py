@@ -40,6 +40,7 @@ from condense.config.parts import Evaluation, Run, Training
 from condense.runtime.errors import ConfigError
 from condense.jobs import resolve_device
 from condense.runtime.perf import PeakMemory
+from condense.runtime.files import append_line, ensure_folder, holding_lock, inside
 
 STEP_KINDS = ("buffer", "teacher", "synth", "labels", "eval")
 
@@ -105,9 +106,11 @@ def step_config(kind: str, values: dict[str, Any], where: str) -> tuple[str | No
 
 
 def _under(out: Path, given: str | None, default: str) -> str:
-    return str(out / (given or default))
+    """Where a step writes: its ``out`` (or ``default``) inside the run folder ``out``, never outside."""
+    return str(inside(out, given or default, "a step's out"))
 
 
+@holding_lock(lambda preset, cfg, *a, **k: cfg.out)
 def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = print, bars: bool = True) -> dict[str, Any]:
     """Run every step of ``preset`` (name or YAML file) in order; returns the eval report (if any)."""
     cfg.validate()
@@ -117,7 +120,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
         raise ConfigError(f"preset {preset!r} names step {missing[0]!r} but has no such section")
     configs = [(s, *step_config(step_kind(s), data[s], f"preset {preset!r}, section {s!r}")) for s in cfg.steps]
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out, "the run folder")
     device = resolve_device(cfg.device)
     stores, teachers, sets, doc, t0 = {}, {}, {}, {}, time.perf_counter()
     for name, method, step in configs:
@@ -196,8 +199,7 @@ def _log_step(out: Path, name: str, seconds: float, cpu_seconds: float, peak: Pe
            "peak_scope": peak.scope, "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if peak.cuda_mib is not None:
         row["peak_cuda_mib"] = round(peak.cuda_mib, 1)
-    with open(out / "steps.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_line(out / "steps.jsonl", json.dumps(row))
 
 
 def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[str, str], device: torch.device,

@@ -100,7 +100,7 @@ def toy_teacher(tmp_path_factory) -> Path:
     from condense.nets import build_net
 
     ds = load_dataset("toy")
-    c, h, w = ds.info.image_shape
+    c, h, w = ds.info.channels, *ds.info.image_size
     arch = "convnet:width=8"
     net = build_net(arch, c, ds.info.num_classes, (h, w))
     path = tmp_path_factory.mktemp("teachers") / "teacher.h5"
