@@ -170,10 +170,10 @@ class Run:
     def load_checkpoint(self, method: Synthesizer) -> int:
         """Restore ``method`` from the run folder; returns the iteration to continue from (0: fresh)."""
         path = self.folder / CHECKPOINT
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             self._record()
             return 0
-        regular_file(path, "checkpoint")
+        regular_file(path, "checkpoint", follow=False)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for corrupt files

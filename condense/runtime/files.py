@@ -74,7 +74,7 @@ def regular_file(path: str | os.PathLike, what: str, *, follow: bool = True) -> 
     path = Path(path)
     try:
         if not follow and path.is_symlink():
-            raise FormatError(f"{path} is a symbolic link (refused inside a {what.split()[0]} folder)")
+            raise FormatError(f"{path} is a symbolic link (not followed: it could read a file nobody named)")
         st = os.stat(path)
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None

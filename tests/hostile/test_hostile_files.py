@@ -322,7 +322,7 @@ def test_eval_plots_on_a_read_only_folder(read_only_dir, toy_set, tmp_path, caps
 
 # --- symlinks planted where outputs go ---------------------------------------------------------------
 
-@pytest.mark.parametrize("planted", ["config.json", "env.json", "checkpoint.pt", "grid_000001.png"])
+@pytest.mark.parametrize("planted", ["config.json", "env.json", "grid_000001.png"])
 def test_a_symlink_in_the_run_folder_is_replaced_not_written_through(planted, victim, tmp_path, capsys):
     out = tmp_path / "dm.h5"
     (tmp_path / "dm.h5.run").mkdir()
@@ -330,6 +330,13 @@ def test_a_symlink_in_the_run_folder_is_replaced_not_written_through(planted, vi
     assert cli(capsys, *dm(out)).rc == 0
     assert victim.read_bytes() == SECRET
     assert not (tmp_path / "dm.h5.run" / planted).is_symlink()
+
+
+def test_a_symlinked_checkpoint_is_not_read(victim, tmp_path, capsys):
+    (tmp_path / "dm.h5.run").mkdir()
+    (tmp_path / "dm.h5.run" / "checkpoint.pt").symlink_to(victim)
+    refused(cli(capsys, *dm(tmp_path / "dm.h5")), "checkpoint.pt", "symbolic link")
+    assert victim.read_bytes() == SECRET and not (tmp_path / "dm.h5").exists()
 
 
 def test_a_symlinked_metrics_log_is_refused(victim, tmp_path, capsys):
@@ -373,7 +380,7 @@ def test_a_symlinked_lock_file_is_refused(victim, tmp_path, capsys):
 @pytest.mark.parametrize("step_out", ["../../escaped.h5", "/tmp/condense-escaped.h5", "sub/../../x.h5"])
 def test_pipeline_outputs_stay_in_the_run_folder(step_out, tmp_path, capsys):
     preset = tmp_path / "p.yaml"
-    preset.write_text(f"synth-dm:\n  method: dm\n  dataset: toy\n  ipc: 1\n  iters: 1\n  out: {step_out}\n")
+    preset.write_text(f"run:\n  steps: [synth-dm]\nsynth-dm:\n  method: dm\n  dataset: toy\n  ipc: 1\n  iters: 1\n  out: {step_out}\n")
     res = cli(capsys, "run", "--preset", preset, "--out", tmp_path / "run" / "here")
     refused(res, "inside the run folder")
     assert not (tmp_path / "escaped.h5").exists() and not Path("/tmp/condense-escaped.h5").exists()
@@ -381,7 +388,7 @@ def test_pipeline_outputs_stay_in_the_run_folder(step_out, tmp_path, capsys):
 
 def test_a_symlinked_steps_log_is_refused(victim, tmp_path, capsys):
     preset = tmp_path / "p.yaml"
-    preset.write_text("synth-dm:\n  method: dm\n  dataset: toy\n  ipc: 1\n  iters: 1\n")
+    preset.write_text("run:\n  steps: [synth-dm]\nsynth-dm:\n  method: dm\n  dataset: toy\n  ipc: 1\n  iters: 1\n")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "steps.jsonl").symlink_to(victim)
     refused(cli(capsys, "run", "--preset", preset, "--out", tmp_path / "run"), "steps.jsonl")
