@@ -83,6 +83,8 @@ def handle(args: argparse.Namespace) -> int:
     s = synthesize(args.method, backend=getattr(args, "backend", None), preset=args.preset,
                    progress=not args.no_progress, log=args.log, announce=print, **flags)
     out = Path(s.config["out"])
-    print(f"wrote {out}: {s.images.shape[0]} images ({s.ipc} per class)" + (f", learned lr {s.lr:.4g}" if s.lr else "")
+    iters = (s.provenance or {}).get("iteration")
+    print(f"wrote {out}: {s.images.shape[0]} images ({s.ipc} per class"
+          + (f", {iters} iterations)" if iters is not None else ")") + (f", learned lr {s.lr:.4g}" if s.lr else "")
           + f"; grid {out.with_suffix('.png')}")
     return 0

@@ -87,9 +87,21 @@ def check_fits(tf: TeacherFile, where: str, dataset: str, transform: dict[str, A
                           "relabelling would pair images with the wrong classes")
 
 
+def check_finite_teacher(net: nn.Module, path: str, what: str = "") -> None:
+    """One-line ConfigError when a weight or BatchNorm statistic of the teacher ``net`` (read from
+    ``path``; ``what``: which of its networks) is not finite: its labels and the statistics sre2l
+    matches would all be NaN, and a run on them would only ever skip its steps."""
+    for name, t in (*net.named_parameters(), *net.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"teacher {path}{what} has non-finite weights ({name})")
+
+
 def teacher_of_file(path: str, tf: TeacherFile) -> Teacher:
-    """A :class:`Teacher` of a loaded teacher file (its network in eval mode, frozen)."""
+    """A :class:`Teacher` of a loaded teacher file (its network in eval mode, frozen); refused when
+    its weights are not finite."""
     from condense.synset import file_sha256
+
+    check_finite_teacher(tf.net, path)
 
     for p in tf.net.parameters():
         p.requires_grad_(False)
@@ -133,6 +145,7 @@ def load_teacher(folder: str, synset: SynSet, *, expert: int = 0, epoch: int | N
     for i in range(expert, expert + committee):
         net = build_net(meta["arch"], c, synset.num_classes, (h, w))
         store.layout.load_into(net, store.epoch(i, epoch))
+        check_finite_teacher(net, folder, f" (expert {i}, epoch {epoch})")
         nets.append(net.eval())
     return Teacher(nets, {"store": str(folder), "store_key": meta.get("store_key"), "arch": meta["arch"],
                           "experts": list(range(expert, expert + committee)), "epoch": epoch})

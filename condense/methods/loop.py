@@ -13,10 +13,15 @@ The loop does the rest, identically for every method:
   and logged but is not a bad step: DATM skips such iterations as a matter of course
   (early, hard starts), so they neither count toward ``max_bad_steps`` nor break a
   streak of bad ones.
+- **No false success**: a run none of whose iterations was accepted (every step skipped
+  or rolled back, resumed segments included) fails with one line naming the cause and
+  writes nothing to ``out``: its set would be the initial one presented as distilled.
 - **Checkpoint/resume**: every ``checkpoint_every`` iterations the set is written to
-  ``out`` and the full state (tensors, optimiser momenta, iteration) to the run folder;
-  rerunning the same command continues from there and gives the same set as an
-  uninterrupted run, because iteration ``it`` depends only on (state, seed, it).
+  ``out`` and the full state (tensors, optimiser momenta, iteration, accepted steps) to
+  the run folder; rerunning the same command continues from there and gives the same set
+  as an uninterrupted run, because iteration ``it`` depends only on (state, seed, it). A
+  finished checkpoint whose set is missing from ``out`` (or replaced by another) writes
+  it again; one of more iterations than asked is kept, and said so.
 - **Run folder** ``<out>.run/``: ``config.json``, ``env.json`` (versions, git hash),
   ``metrics.csv`` (one row per iteration), ``grid_XXXXXX.png`` at checkpoints, and the
   checkpoint itself.
@@ -153,9 +158,11 @@ class Run:
         self.key = identity_hash(config)
         run_subfolder(self.folder)
         self.csv = CsvLogger(self.folder / "metrics.csv")
+        # steps accepted before this segment; None: a checkpoint written before they were counted
+        self.accepted: int | None = 0
 
-    def save_checkpoint(self, method: Synthesizer, it: int) -> None:
-        state = {"key": self.key, "iteration": it,
+    def save_checkpoint(self, method: Synthesizer, it: int, accepted: int | None = None) -> None:
+        state = {"key": self.key, "iteration": it, "accepted": accepted,
                  "learnables": {k: v.detach().cpu() for k, v in method.learnables().items()},
                  "optimizers": {k: o.state_dict() for k, o in method.optimizers().items()},
                  "extra": {k: v.detach().cpu() for k, v in method.extra_state().items()}}
@@ -189,6 +196,7 @@ class Run:
                 o.load_state_dict(state["optimizers"][k])
             method.load_extra_state(state["extra"])
             iteration = int(state["iteration"])
+            self.accepted = None if state.get("accepted") is None else int(state["accepted"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
             raise CondenseError(f"{path} is corrupt ({type(e).__name__}); delete it to start over") from None
         self._record()
@@ -240,14 +248,17 @@ def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: 
     callback, loggers = observers.callback, observers.loggers
     run = Run(out, config)
     start = run.load_checkpoint(method)
-    if start >= loop.iters and Path(out).exists():
-        progress(f"{out}: already synthesized ({loop.iters} iterations)")
-        return method.synset(loop.iters)
+    if start >= loop.iters:
+        for logger in (run.csv, *loggers):
+            logger.close()
+        return _finished(method, run, out, start, loop.iters, progress)
     if start:
         progress(f"resuming {out} at iteration {start}")
     from ..runtime.progress import bar as progress_bar
 
-    bad_in_a_row = 0
+    bad_in_a_row, accepted = 0, 0  # accepted: steps taken in this segment
+    # what the refused steps were (an earlier segment's are unknown)
+    kinds: set[str] = set() if start == 0 else {"?"}
     learn, opts = method.learnables(), method.optimizers()
     bar = progress_bar(total=loop.iters, initial=start, desc=f"synth {config.get('method', '')}", unit="it", disable=not bars)
     t_last, it = time.perf_counter(), start
@@ -278,12 +289,18 @@ def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: 
                     event = f"rolled back: {reason}"
                 else:
                     method.after_step(it)
+                    accepted += 1
+            total = None if run.accepted is None else run.accepted + accepted
             if event:
                 progress(f"iteration {it}: {event}")
+                kinds.add(event.partition(": ")[0])
             if event and bad:
                 bad_in_a_row += 1
                 if bad_in_a_row >= loop.max_bad_steps:
-                    _save(method, run, out, it)
+                    if total == 0:
+                        raise CondenseError(_no_update(it + 1, event, kinds,
+                                                       f" (stopped after {loop.max_bad_steps} bad steps in a row)"))
+                    _save(method, run, out, it, total)
                     raise CondenseError(f"{loop.max_bad_steps} bad steps in a row at iteration {it} ({event}); "
                                         f"the last good set is in {out}; lower the learning rates")
             elif not event:
@@ -301,8 +318,12 @@ def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: 
                 logger.metrics(it, row)
             bar.update(1)
             bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "lr", "images_per_s") if k in row})
-            if done % loop.checkpoint_every == 0 or done == loop.iters:
-                grid = _save(method, run, out, done)
+            if done == loop.iters and total == 0:
+                raise CondenseError(_no_update(done, event, kinds))
+            # while nothing was accepted, no set and no checkpoint: a rerun with other settings
+            # (the fix the failure asks for) must not find this run's checkpoint in its way
+            if (done % loop.checkpoint_every == 0 or done == loop.iters) and total != 0:
+                grid = _save(method, run, out, done, total)
                 for logger in loggers:
                     logger.image(done, grid)
             if callback is not None:
@@ -314,14 +335,69 @@ def synthesize(method: Synthesizer, loop: Loop, out: str | os.PathLike, config: 
     return method.synset(loop.iters)
 
 
-def _save(method: Synthesizer, run: Run, out: str | os.PathLike, it: int) -> Path:
+def _no_update(n: int, event: str, kinds: set[str], why: str = "") -> str:
+    """The one line of a run none of whose ``n`` iterations was accepted: ``event`` was the last
+    one's, ``kinds`` those seen (skipped, rolled back; "?": an earlier segment's, unknown)."""
+    kind, _, reason = event.partition(": ")
+    if "learned lr" in reason:
+        hint = "lower --lr-lr"
+    elif kind == "rolled back":
+        hint = "lower the learning rates"
+    elif reason.startswith("loss"):  # above DATM's threshold
+        hint = "raise --skip-loss-above"
+    else:
+        hint = "check the inputs (experts, teacher, data) for non-finite values, or lower the learning rates"
+    every = f"{kind} ({reason})" if kinds == {kind} else f"skipped or rolled back (last: {kind}, {reason})"
+    return f"no iteration was accepted in {n}{why}: every step was {every}; nothing was written; {hint}"
+
+
+def _finished(method: Synthesizer, run: Run, out: str | os.PathLike, done: int, asked: int,
+              progress: Callable[[str], None]) -> SynSet:
+    """A checkpoint of ``done`` >= ``asked`` iterations: its set, at ``out`` as it says."""
+    s = method.synset(done)
+    more = f", more than the {asked} asked" if done > asked else ""
+    if _holds(out, s):
+        if more:
+            progress(f"{out} holds {done} iterations{more}: kept it; delete {run.folder} to start over")
+        else:
+            progress(f"{out}: already synthesized ({done} iterations)")
+        return s
+    s.save(out)
+    progress(f"restored {out} from its finished checkpoint ({done} iterations{more})"
+             + (f"; delete {run.folder} to start over" if more else ""))
+    return s
+
+
+def _holds(out: str | os.PathLike, s: SynSet) -> bool:
+    """Whether the file ``out`` is the set ``s`` of this run's checkpoint: same method, iteration and
+    seed, and the same images (not the config: its names changed between versions, the images
+    the checkpoint restores did not)."""
+    from ..synset import read_h5
+
+    if not Path(out).is_file():
+        return False
+
+    def read(f):
+        return (str(f.attrs["method"]), json.loads(f.attrs["provenance"]),
+                torch.from_numpy(f["images"][()]), torch.from_numpy(f["classes"][()]))
+
+    try:
+        method, prov, images, classes = read_h5(out, read, "synthetic set")
+    except CondenseError:
+        return False
+    return (method == s.method and prov.get("iteration") == s.provenance.get("iteration")
+            and prov.get("seed") == s.provenance.get("seed") and images.shape == s.images.shape
+            and torch.equal(images, s.images.float()) and torch.equal(classes.long(), s.classes.long()))
+
+
+def _save(method: Synthesizer, run: Run, out: str | os.PathLike, it: int, accepted: int | None = None) -> Path:
     """Write the set, its grid (returned) and the checkpoint after ``it`` iterations."""
     s = method.synset(it)
     s.save(out)
     grid = save_grid(s.to_pixels(), s.classes, run.folder / f"grid_{it:06d}.png",
                      class_names=dataset_info(s.dataset).class_names,
                      title=f"{s.method}, {s.dataset}, IPC {s.ipc}, iteration {it}")
-    run.save_checkpoint(method, it)
+    run.save_checkpoint(method, it, accepted)
     return grid
 
 

@@ -36,7 +36,7 @@ from ..augment import DSAConfig, sample_dsa
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 from ..data import load_dataset
-from ..runtime.errors import ConfigError
+from ..runtime.errors import ConfigError, FormatError
 from ..nets import FlatLayout, build_net, functional_call
 from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
@@ -146,7 +146,7 @@ class TrajectoryMatching:
         FlatLayout.of(self.net).check_compatible(store.layout)
         self.conv_slices = [(o, o + math.prod(sh)) for o, sh in zip(store.layout.offsets, store.layout.shapes)
                             if len(sh) == 4]
-        teacher = store.epoch(0, store.epochs).to(device)  # DATM/AST/TESLA's expert: expert 0, final epoch
+        teacher = expert_epoch(store, 0, store.epochs).to(device)  # DATM/AST/TESLA's expert: expert 0, final epoch
         predict = partial(functional_call, self.net, teacher)
         k = ds.info.num_classes
         if cfg.init in EXPERT_INITS:
@@ -184,7 +184,8 @@ class TrajectoryMatching:
         classes = self.classes.to(self.device)
         first = None
         for i in range(len(self.store)):
-            logits = expert_logits(partial(functional_call, self.net, self.store.epoch(i, self.store.epochs).to(self.device)),
+            logits = expert_logits(partial(functional_call, self.net,
+                                           expert_epoch(self.store, i, self.store.epochs).to(self.device)),
                                    images)
             first = logits if first is None else first
             ok = (logits.argmax(1) == classes).unsqueeze(1).float()
@@ -214,12 +215,12 @@ class TrajectoryMatching:
             steps.append(Step(idx, draw))
         # 2. start θ_i(s) (AST: its conv weights perturbed); targets θ_i(s + M) after N steps (AST: and
         # θ_i(s + k) after k⌊N/M⌋)
-        start = store.epoch(expert, s).to(dev)
+        start = expert_epoch(store, expert, s).to(dev)
         if cfg.weight_perturb:
             start = perturb_conv_weights(start, self.conv_slices, generator(cfg.seed, it, 0, STREAM_PERTURB))
-        targets = [Target(n, store.epoch(expert, s + m).to(dev))]
+        targets = [Target(n, expert_epoch(store, expert, s + m).to(dev))]
         if cfg.middle_loss:
-            targets += [Target((n // m) * k, store.epoch(expert, s + k).to(dev)) for k in range(1, m)]
+            targets += [Target((n // m) * k, expert_epoch(store, expert, s + k).to(dev)) for k in range(1, m)]
         if self.refreshes_labels:  # TESLA: the final target's logits on the current images
             with torch.no_grad():
                 self.labels = expert_logits(partial(functional_call, self.net, targets[0].params), self.images)
@@ -309,6 +310,15 @@ class TrajectoryMatching:
             labels = self._expert_label_logits(images.to(self.device)) if self.refreshes_labels else self.labels
             s = s.with_labels(labels.detach().cpu().clone(), LabelSpec(kind="logits", loss="kl", temperature=1.0))
         return s
+
+
+def expert_epoch(store, i: int, e: int) -> torch.Tensor:
+    """Expert ``i``'s parameters after epoch ``e``, refused (one line) when not finite: every
+    iteration drawing it would be skipped, and a run of nothing but skipped steps teaches nothing."""
+    params = store.epoch(i, e)
+    if not bool(torch.isfinite(params).all()):
+        raise FormatError(f"expert {i} of the store {store.folder} has non-finite parameters at epoch {e}")
+    return params
 
 
 def soft_cross_entropy(logits: torch.Tensor, label_logits: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from trajectories.record import BufferConfig, record_store
 from trajectories.store import TrajectoryStore, open_store
 
 from ..config import describe, make_config, preset_section
-from ..runtime.errors import ConfigError
+from ..runtime.errors import CondenseError, ConfigError
 from ..jobs import resolve_device
 from ..labels import squeeze
 from ..labels.teacher_file import TeacherFile
@@ -69,6 +69,8 @@ def synthesize(method: str, *, backend: str | None = None, preset: str | None = 
     evaluate = validation_evaluator(cfg, device) if getattr(cfg, "eval_every", 0) else None
     with observed(callback, loggers):
         s = run(cfg, device, evaluate=evaluate, bars=progress)
+    if not os.path.isfile(cfg.out):  # a method (a plugin's too) that returned its set unwritten
+        raise CondenseError(f"synth {method} returned without writing {cfg.out}: nothing was saved")
     save_set_grid(s, cfg.out)
     return s
 
