@@ -51,7 +51,7 @@ from ..data import dataset_info
 from ..config.parts import Loop
 from ..loggers import CsvLogger, Logger
 from ..runtime.errors import CondenseError
-from ..runtime.files import regular_file, run_subfolder, write_atomically, write_text
+from ..runtime.files import clear_temporaries, regular_file, run_subfolder, write_atomically, write_text
 from ..synset import SynSet
 from ..version import environment
 from ..plots import save_grid
@@ -157,6 +157,7 @@ class Run:
         self.config = config
         self.key = identity_hash(config)
         run_subfolder(self.folder)
+        clear_temporaries(self.folder)  # its writer was killed; the run's lock is ours now
         self.csv = CsvLogger(self.folder / "metrics.csv")
         # steps accepted before this segment; None: a checkpoint written before they were counted
         self.accepted: int | None = 0

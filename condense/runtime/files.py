@@ -294,6 +294,19 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
                 pass
 
 
+def clear_temporaries(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Remove the temporary files a killed writer left in ``folder`` (of output ``name``, or of
+    every output). Only safe while the output's lock is held: nobody else writes them then."""
+    removed = []
+    for p in Path(folder).glob(f".{name}.tmp-*"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` into a temporary sibling of ``path``, then rename it into place (see
     :func:`replacing`). Returns ``path``."""
@@ -467,6 +480,7 @@ def output_lock(target: str | os.PathLike | None) -> Iterator[None]:
             if same:
                 break
             os.close(fd)
+        clear_temporaries(path.parent, Path(target).name)  # a killed run's half-written output
         started = _dt.datetime.now().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}: "

@@ -480,3 +480,13 @@ def test_killed_then_rerun_gives_the_uninterrupted_file(command, toy_set, toy_te
     else:
         assert torch.equal(load_synset(killed).labels, load_synset(tmp_path / "whole.h5").labels)
     assert not temp_leftovers(tmp_path)
+
+
+def test_a_killed_writers_temporary_files_are_removed_by_the_rerun(tmp_path, capsys):
+    out = tmp_path / "dm.h5"
+    (tmp_path / "dm.h5.run").mkdir()
+    stale = [tmp_path / ".dm.h5.tmp-99999-0", tmp_path / "dm.h5.run" / ".checkpoint.pt.tmp-99999-0"]
+    for p in stale:
+        p.write_bytes(b"half")
+    assert cli(capsys, *dm(out)).rc == 0
+    assert not any(p.exists() for p in stale) and not temp_leftovers(tmp_path)
