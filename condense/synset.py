@@ -40,7 +40,7 @@ from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, spl
 from .data.transform import TRANSFORM_KINDS, PixelTransform
 from .data.zca import ZCA
 from .runtime.errors import ConfigError, FormatError
-from .runtime.files import attr, dataset, json_attr, read_h5, write_atomically, write_h5
+from .runtime.files import attr, dataset, json_attr, read_h5, write_h5, write_torch
 from .version import __version__
 
 FORMAT_NAME = "condense.synset"
@@ -396,7 +396,7 @@ def export_pt(s: SynSet, path: str | os.PathLike) -> Path:
                "label_syn": s.labels.detach().cpu().contiguous()}
     if s.lr is not None:
         payload["syn_lr"] = torch.tensor(float(s.lr))
-    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    return write_torch(path, payload)
 
 
 def import_pt(path: str | os.PathLike, *, dataset: str, num_classes: int, image_shape: tuple[int, int, int],

@@ -51,7 +51,7 @@ from ..data import dataset_info
 from ..config.parts import Loop
 from ..loggers import CsvLogger, Logger
 from ..runtime.errors import CondenseError
-from ..runtime.files import clear_temporaries, regular_file, run_subfolder, write_atomically, write_text
+from ..runtime.files import clear_temporaries, regular_file, run_subfolder, write_text, write_torch
 from ..synset import SynSet
 from ..version import environment
 from ..plots import save_grid
@@ -167,7 +167,7 @@ class Run:
                  "learnables": {k: v.detach().cpu() for k, v in method.learnables().items()},
                  "optimizers": {k: o.state_dict() for k, o in method.optimizers().items()},
                  "extra": {k: v.detach().cpu() for k, v in method.extra_state().items()}}
-        write_atomically(self.folder / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        write_torch(self.folder / CHECKPOINT, state)
 
     def _record(self) -> None:
         """Write config.json and env.json: only once the folder is known to be this run's, so a

@@ -346,6 +346,18 @@ def write_h5(path: str | os.PathLike, build: Callable[[Any], None]) -> Path:
     return write_bytes(path, image)
 
 
+def write_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, serialised in memory first: torch's own file
+    writer reports a full disk as an opaque RuntimeError."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes(path, buf.getbuffer())
+
+
 def write_figure(path: str | os.PathLike, fig: Any, **savefig: Any) -> Path:
     """Save a matplotlib figure as PNG to ``path`` atomically."""
     with replacing(path) as tmp:

@@ -293,6 +293,18 @@ def test_every_writer_meets_a_full_disk_with_one_line(command, small_disk, toy_s
     assert not temp_leftovers(small_disk)
 
 
+@pytest.mark.parametrize("command", ["show", "convert", "eval", "run"])
+def test_every_report_meets_a_full_disk_with_one_line(command, small_disk, toy_set):
+    fill(small_disk, 2_000)
+    argv = {"show": ["show", toy_set, "--out", small_disk / "grid.png"],
+            "convert": ["convert", toy_set, small_disk / "set.pt"],
+            "eval": ["eval", toy_set, "--runs", "1", "--epochs", "1", "--no-random-baseline",
+                     "--json", small_disk / "r.json"],
+            "run": ["run", "--preset", "toy/smoke", "--out", small_disk / "pipeline"]}[command]
+    refused(cli_proc(*argv, timeout=300), "no space left on device")
+    assert not temp_leftovers(small_disk)
+
+
 def _read_only_argv(command: str, ro: Path, toy_set: Path, toy_teacher: Path) -> list[str]:
     return {
         "synth": dm(ro / "dm.h5"),
