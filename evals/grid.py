@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -307,6 +308,17 @@ def job_key(kwargs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _sound(row: Any) -> bool:
+    """Whether a ``jobs.jsonl`` line is a finished job's result as this harness writes it: a hand-
+    edited or damaged line is not trusted (its job runs again)."""
+    def numbers(v: Any, lo: float = -math.inf, hi: float = math.inf) -> bool:
+        return isinstance(v, list) and all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                           and lo <= a <= hi for a in v)
+    return (isinstance(row, dict) and row.get("ok") is True and isinstance(row.get("key"), str)
+            and numbers(row.get("accs"), 0.0, 100.0) and bool(row["accs"])
+            and isinstance(row.get("curves", []), list) and all(numbers(c) for c in row.get("curves", [])))
+
+
 class ResultLog:
     """``jobs.jsonl`` in the run folder: one line per finished job, appended and flushed."""
 
@@ -320,9 +332,9 @@ class ResultLog:
             for line in self.path.read_text(errors="replace").splitlines():
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill: that job reruns
+                except (ValueError, RecursionError):  # a line cut short by a kill: that job reruns
                     continue
-                if row.get("ok"):
+                if _sound(row):
                     done[row["key"]] = row
         return done
 

@@ -502,3 +502,17 @@ def test_a_killed_writers_temporary_files_are_removed_by_the_rerun(tmp_path, cap
         p.write_bytes(b"half")
     assert cli(capsys, *dm(out)).rc == 0
     assert not any(p.exists() for p in stale) and not temp_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("line", ['{"key": "K", "ok": true, "accs": [1e9]}', '{"key": "K", "ok": true, "accs": "x"}',
+                                  '[' * 50_000 + ']' * 50_000, '{"key": "K", "ok": true, "accs": [50], "curves": 3}'],
+                         ids=["impossible accuracy", "text accuracy", "deep json", "bad curves"])
+def test_a_forged_jobs_log_line_is_not_trusted(line, toy_set, tmp_path, capsys):
+    argv = ["eval", toy_set, "--runs", "1", "--epochs", "1", "--no-random-baseline", "--json", tmp_path / "r.json"]
+    assert cli(capsys, *argv).rc == 0
+    log = tmp_path / "r.json.run" / "jobs.jsonl"
+    real = json.loads(log.read_text().splitlines()[0])
+    log.write_text(line.replace('"K"', json.dumps(real["key"])) + "\n")
+    assert cli(capsys, *argv).rc == 0
+    accs = json.loads((tmp_path / "r.json").read_text())["results"][0]["accs"]
+    assert accs == real["accs"], "the forged line was ignored and its job run again"
