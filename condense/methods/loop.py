@@ -51,7 +51,8 @@ from ..data import dataset_info
 from ..config.parts import Loop
 from ..loggers import CsvLogger, Logger
 from ..runtime.errors import CondenseError
-from ..runtime.files import clear_temporaries, regular_file, run_subfolder, write_text, write_torch
+from ..runtime.files import (attr, clear_temporaries, dataset, json_attr, read_h5, regular_file, run_subfolder,
+                             write_text, write_torch)
 from ..synset import SynSet
 from ..version import environment
 from ..plots import save_grid
@@ -373,21 +374,20 @@ def _holds(out: str | os.PathLike, s: SynSet) -> bool:
     """Whether the file ``out`` is the set ``s`` of this run's checkpoint: same method, iteration and
     seed, and the same images (not the config: its names changed between versions, the images
     the checkpoint restores did not)."""
-    from ..synset import read_h5
-
     if not Path(out).is_file():
         return False
 
     def read(f):
-        return (str(f.attrs["method"]), json.loads(f.attrs["provenance"]),
-                torch.from_numpy(f["images"][()]), torch.from_numpy(f["classes"][()]))
+        return (attr(f, "method", str), json_attr(f, "provenance", dict),
+                torch.from_numpy(dataset(f, "images", tuple(s.images.shape), "f")),
+                torch.from_numpy(dataset(f, "classes", tuple(s.classes.shape), "iu")))
 
     try:
         method, prov, images, classes = read_h5(out, read, "synthetic set")
     except CondenseError:
         return False
     return (method == s.method and prov.get("iteration") == s.provenance.get("iteration")
-            and prov.get("seed") == s.provenance.get("seed") and images.shape == s.images.shape
+            and prov.get("seed") == s.provenance.get("seed")
             and torch.equal(images, s.images.float()) and torch.equal(classes.long(), s.classes.long()))
 
 
