@@ -24,9 +24,20 @@ from torch import nn
 
 from .augment import DSAConfig, views
 from .nets import build_net
+from .runtime.errors import FormatError
 from .runtime.rng import generator
 
 STREAM_PROJECTOR = 7  # the backbone's weights: generator (seed, STREAM_PROJECTOR)
+
+# Regenerating per-view labels runs the backbone once per (view, image): the view count is
+# declared by the file, not stored, so it is bounded here. 2**22 covers 300 epochs of views
+# of 10,000 images (CIFAR-100 at 100 images per class) with room to spare.
+MAX_VIEW_IMAGES = 2 ** 22
+# The backbone is rebuilt from its declared width and depth before any stored array is
+# matched to it; its size is bounded (and must agree with the stored adapters) first.
+MAX_BACKBONE_WEIGHTS = 2 ** 26
+# Forward work per load: (views x images) x backbone weights, a lower bound on its multiply-adds.
+MAX_REGENERATION_WORK = 2 ** 42
 
 
 def backbone(image_shape: tuple[int, int, int], num_classes: int, params: Mapping[str, Any]) -> nn.Module:
@@ -103,12 +114,62 @@ def from_arrays(net: nn.Module, arrays: Mapping[str, np.ndarray], rank: int) -> 
     return {k: torch.from_numpy(np.asarray(a, dtype=np.float32)) for k, a in arrays.items()}
 
 
+def check_projector(arrays: Mapping[str, np.ndarray], shape: tuple[int, ...], images_shape: tuple[int, ...],
+                    num_classes: int, view_mode: str, params: Mapping[str, Any]) -> None:
+    """FormatError (one line) unless the declared label ``shape`` ([N, K] static, [V, N, K]
+    per view) follows from the images [N, C, H, W] and the stored adapters, and regenerating
+    it stays within :data:`MAX_VIEW_IMAGES`, :data:`MAX_BACKBONE_WEIGHTS` and
+    :data:`MAX_REGENERATION_WORK`. Checked from the arrays' shapes alone, before the
+    backbone is built: its width, depth and classes are declared in the header and would
+    otherwise size the network."""
+    n = int(images_shape[0])
+    biases = [k for k in arrays if not k.endswith((".left", ".right"))]
+    if len(biases) != 1 or np.asarray(arrays[biases[0]]).ndim != 1:
+        raise FormatError(f"projector arrays {sorted(arrays)} hold no single classifier bias")
+    classes = int(np.asarray(arrays[biases[0]]).shape[0])
+    want = (n, classes) if view_mode == "static" else (None, n, classes)
+    if len(shape) != len(want) or any(w is not None and d != w for d, w in zip(shape, want)):
+        what = "[N, K]" if view_mode == "static" else "[V, N, K]"
+        raise FormatError(f"projector labels declared {tuple(shape)}, but {n} images and a {classes}-class head "
+                          f"give {what} = {tuple('V' if w is None else w for w in want)}")
+    if classes != int(num_classes):
+        raise FormatError(f"projector head has {classes} classes, the set declares {int(num_classes):,}")
+    rank, width, depth = int(params["rank"]), int(params["width"]), int(params["depth"])
+    lefts = {k[:-len(".left")]: np.asarray(a).shape for k, a in arrays.items() if k.endswith(".left")}
+    rights = {k[:-len(".right")]: np.asarray(a).shape for k, a in arrays.items() if k.endswith(".right")}
+    if set(lefts) != set(rights) or len(lefts) != depth + 1:
+        raise FormatError(f"projector of depth {depth} needs {depth + 1} adapter pairs, the file stores "
+                          f"{len(lefts)} left and {len(rights)} right factors")
+    head = biases[0].rsplit(".", 1)[0] + ".weight"
+    weights = 0
+    for name, left in lefts.items():
+        right = rights[name]
+        rows = classes if name == head else width
+        if len(left) != 2 or len(right) != 2 or tuple(left) != (rows, rank) or right[0] != rank:
+            raise FormatError(f"projector adapter {name} has factors {tuple(left)} x {tuple(right)}, "
+                              f"expected ({rows}, {rank}) x ({rank}, ...) for width {width}, rank {rank}")
+        weights += int(left[0]) * int(right[1])
+    if weights > MAX_BACKBONE_WEIGHTS:
+        raise FormatError(f"projector backbone declares {weights:,} weights, above the bound of "
+                          f"{MAX_BACKBONE_WEIGHTS:,}")
+    if view_mode != "static":
+        count = int(shape[0]) * n
+        if count > MAX_VIEW_IMAGES:
+            raise FormatError(f"projector labels declare {int(shape[0]):,} views x {n:,} images = {count:,} "
+                              f"regenerated labels, above the bound of {MAX_VIEW_IMAGES:,}")
+        if count * weights > MAX_REGENERATION_WORK:
+            raise FormatError(f"regenerating {count:,} projector labels with {weights:,} weights each needs "
+                              f"{count * weights:,} operations, above the bound of {MAX_REGENERATION_WORK:,}")
+
+
 @torch.no_grad()
 def regenerate_labels(arrays: Mapping[str, np.ndarray], shape: tuple[int, ...], images: torch.Tensor,
                       spec: Any, num_classes: int, params: Mapping[str, Any]) -> torch.Tensor:
     """The labels a stored projector stands for: logits [N, K] on the clean images (static)
     or [V, N, K] on the views of epochs 0..V-1 (per view, regenerated from the set's view
-    seed and strategy exactly as evaluation draws them)."""
+    seed and strategy exactly as evaluation draws them). FormatError before any work when
+    ``shape`` does not follow from the arrays or exceeds the bounds of :func:`check_projector`."""
+    check_projector(arrays, tuple(shape), tuple(images.shape), num_classes, spec.view_mode, params)
     net = backbone(tuple(int(s) for s in images.shape[1:]), num_classes, params)
     adapters = from_arrays(net, arrays, int(params["rank"]))
     images = images.float()

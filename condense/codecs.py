@@ -33,7 +33,9 @@ Codecs and what they keep (K classes; labels [N, K] static or [V, N, K] per view
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -64,6 +66,40 @@ class LabelContext:
 
 Encoder = Callable[[torch.Tensor, LabelContext, Mapping[str, Any]], dict[str, np.ndarray]]
 Decoder = Callable[[Mapping[str, np.ndarray], tuple[int, ...], LabelContext, Mapping[str, Any]], torch.Tensor]
+Check = Callable[[Mapping[str, np.ndarray], tuple[int, ...], LabelContext, Mapping[str, Any]], None]
+
+# A label file is small and its header is attacker-controlled: the declared label shape may
+# only be decoded if the stored arrays determine it and the decoded tensor stays within a
+# memory budget, so no declared count can make a load allocate or loop far beyond the file.
+MAX_LABEL_ELEMENTS = 2 ** 31
+MAX_LABEL_DIMS = 8
+
+
+@lru_cache(maxsize=1)
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes (None where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def label_element_budget(bytes_per_element: int) -> tuple[int, str]:
+    """(most decoded label values a codec may produce, what sets that bound): the fixed
+    :data:`MAX_LABEL_ELEMENTS`, or a quarter of the RAM at ``bytes_per_element`` if lower."""
+    ram = physical_memory()
+    if ram is not None and ram // 4 // bytes_per_element < MAX_LABEL_ELEMENTS:
+        return ram // 4 // bytes_per_element, f"a quarter of this machine's {ram / 2**30:.1f} GiB of RAM"
+    return MAX_LABEL_ELEMENTS, "the label size limit"
+
+
+def check_budget(shape: tuple[int, ...], bytes_per_element: int) -> None:
+    """FormatError unless labels of ``shape`` (decoded at ``bytes_per_element``) fit the budget."""
+    count = int(np.prod(shape, dtype=object))
+    bound, why = label_element_budget(bytes_per_element)
+    if count > bound:
+        raise FormatError(f"declared label shape {tuple(shape)} decodes to {count:,} values, "
+                          f"above the bound of {bound:,} ({why})")
 
 
 @dataclass(frozen=True)
@@ -72,7 +108,9 @@ class Codec:
     elsewhere, e.g. the projector's training) and ``decode(arrays, shape, ctx, params) ->
     labels`` where ``shape`` is the decoded labels' shape. ``output_kind`` is the label kind
     decoding yields (None: the kind that was encoded); arrays named in ``generator_arrays``
-    are counted as label-generator bytes, the rest as label bytes."""
+    are counted as label-generator bytes, the rest as label bytes. ``check(arrays, shape,
+    ctx, params)`` raises FormatError before decoding when the stored arrays do not
+    determine ``shape`` or decoding it would cost far more than the arrays' size."""
 
     name: str
     decode: Decoder
@@ -82,6 +120,7 @@ class Codec:
     output_kind: str | None = None
     generator_arrays: Callable[[str], bool] = lambda name: False
     summary: str = ""
+    check: Check | None = None
 
 
 _CODECS: dict[str, Codec] = {}
@@ -172,9 +211,19 @@ def decode_labels(text: str, arrays: Mapping[str, np.ndarray], shape: tuple[int,
                   ctx: LabelContext) -> torch.Tensor:
     """Decode stored ``arrays`` to labels of ``shape``; FormatError for a corrupt block.
 
-    Arrays and images are first copied to :func:`canonical_array`'s layout, so the labels
+    ``shape`` is the declared shape of the labels ([N] hard, [N, K] static, [V, N, K] per
+    view). Before any work it is checked against the stored arrays (the codec's ``check``):
+    a shape the arrays do not determine, a dimension below 1, or a decoded size above
+    :func:`label_element_budget` is refused with one line naming the count and the bound.
+    Arrays and images are then copied to :func:`canonical_array`'s layout, so the labels
     do not depend on where the arrays came from (a file, memory, a strided view)."""
     codec, params = parse_codec(text)
+    try:
+        shape = _declared_shape(shape)
+        if codec.check is not None:
+            codec.check({k: np.asarray(v) for k, v in arrays.items()}, shape, ctx, params)
+    except FormatError as e:
+        raise FormatError(f"corrupt label block (codec {text!r}: {e})") from None
     arrays = {k: canonical_array(v) for k, v in arrays.items()}
     if ctx.images is not None:
         images = ctx.images.detach().cpu()
@@ -186,6 +235,25 @@ def decode_labels(text: str, arrays: Mapping[str, np.ndarray], shape: tuple[int,
     if tuple(labels.shape) != tuple(shape):
         raise FormatError(f"label codec {text!r} decoded shape {tuple(labels.shape)}, expected {tuple(shape)}")
     return labels
+
+
+def _declared_shape(shape: Any) -> tuple[int, ...]:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise FormatError(f"declared label shape {shape!r} is not a list of sizes") from None
+    if not 1 <= len(dims) <= MAX_LABEL_DIMS:
+        raise FormatError(f"declared label shape has {len(dims)} dimensions, "
+                          f"expected 1 to {MAX_LABEL_DIMS}")
+    out = []
+    for d in dims:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+            raise FormatError(f"declared label shape {dims} holds {d!r}, not a size")
+        if int(d) < 1:
+            raise FormatError(f"declared label shape {tuple(int(x) for x in dims)} has a "
+                              f"dimension of {int(d)}; every size must be at least 1")
+        out.append(int(d))
+    return tuple(out)
 
 
 def split_bytes(text: str, arrays: Mapping[str, np.ndarray]) -> tuple[int, int]:
@@ -232,6 +300,13 @@ def _decode_none(arrays, shape, ctx, params):
     return torch.from_numpy(data.copy())
 
 
+def _check_none(arrays, shape, ctx, params):
+    # Decoding copies the stored array, so its shape is the whole bound.
+    (data,) = _need(arrays, ("data",), "none")
+    if tuple(data.shape) != tuple(shape):
+        raise FormatError(f"labels have shape {tuple(data.shape)}, expected {tuple(shape)}")
+
+
 def _encode_fp16(labels, ctx, params):
     return {"data": _soft(labels, "fp16").to(torch.float16).numpy()}
 
@@ -271,6 +346,26 @@ def _encode_topk(labels, ctx, params):
     return {"indices": idx, "values": stored}
 
 
+def _check_topk(arrays, shape, ctx, params):
+    """The indices [..., k] fix every dimension but the classes K; their dtype bounds K
+    (uint8 indices are written up to 256 classes, uint16 beyond), the budget the rest."""
+    k, bits = params["k"], params["bits"]
+    idx, stored = _need(arrays, ("indices", "values"), "topk")
+    if len(shape) < 2 or tuple(idx.shape) != tuple(shape[:-1]) + (k,):
+        raise FormatError(f"topk indices of shape {tuple(idx.shape)} do not fit labels {tuple(shape)} (k={k})")
+    want = tuple(shape[:-1]) + ((k + 1) // 2 if bits == 4 else k,)
+    if tuple(stored.shape) != want:
+        raise FormatError(f"topk values of shape {tuple(stored.shape)} do not fit labels {tuple(shape)} "
+                          f"(k={k}, bits={bits}: expected {want})")
+    if idx.dtype not in (np.uint8, np.uint16):
+        raise FormatError(f"topk indices are {idx.dtype}, expected uint8 or uint16")
+    classes, most = shape[-1], 1 << (8 * idx.dtype.itemsize)
+    if not k <= classes <= most:
+        raise FormatError(f"topk labels declare {classes:,} classes; {idx.dtype} indices with k={k} "
+                          f"allow {k} to {most:,}")
+    check_budget(shape, 8)  # float32 labels plus one temporary of their size
+
+
 def _decode_topk(arrays, shape, ctx, params):
     k, bits = params["k"], params["bits"]
     idx, stored = _need(arrays, ("indices", "values"), "topk")
@@ -308,6 +403,21 @@ def _encode_lowrank(labels, ctx, params):
             "right": vt[:rank].numpy().astype(dtype)}
 
 
+def _check_lowrank(arrays, shape, ctx, params):
+    """The factors fix rows (left), columns (right, mean) and the rank; decoding costs
+    rank x rows x columns operations, at most the stored values times the budget's root."""
+    mean, left, right = _need(arrays, ("mean", "left", "right"), "lowrank")
+    rank = params["rank"]
+    if len(shape) not in (2, 3):
+        raise FormatError(f"lowrank labels must be [N, K] or [V, N, K], declared {tuple(shape)}")
+    rows, cols = _matrix_shape(shape)
+    if tuple(mean.shape) != (cols,) or tuple(left.shape) != (rows, rank) or tuple(right.shape) != (rank, cols):
+        raise FormatError(f"lowrank factors {tuple(left.shape)} x {tuple(right.shape)} do not fit labels {tuple(shape)}")
+    if rank > min(rows, cols):
+        raise FormatError(f"lowrank rank {rank:,} exceeds min({rows:,}, {cols:,}) of the label matrix")
+    check_budget(shape, 12)  # float64 accumulator, then the float32 labels
+
+
 def _decode_lowrank(arrays, shape, ctx, params):
     mean, left, right = (torch.from_numpy(a.astype(np.float64)) for a in _need(arrays, ("mean", "left", "right"), "lowrank"))
     rows, cols = _matrix_shape(shape)
@@ -324,6 +434,16 @@ def _decode_lowrank(arrays, shape, ctx, params):
 
 # --- projector (decoder only; trained by condense.labels.projector) ------------------------------
 
+def _check_projector(arrays, shape, ctx, params):
+    from .codec_projector import check_projector
+
+    if ctx.images is None:
+        raise FormatError("projector labels need the set's images to be regenerated")
+    check_projector(arrays, shape, tuple(ctx.images.shape), ctx.num_classes,
+                    getattr(ctx.spec, "view_mode", "static"), params)
+    check_budget(shape, 4)
+
+
 def _decode_projector(arrays, shape, ctx, params):
     from .codec_projector import regenerate_labels
 
@@ -332,17 +452,19 @@ def _decode_projector(arrays, shape, ctx, params):
     return regenerate_labels(arrays, shape, ctx.images, ctx.spec, ctx.num_classes, params)
 
 
-register_codec(Codec("none", _decode_none, _encode_none, lossless=True, summary="as they are (float32 / int64)"))
-register_codec(Codec("fp16", _decode_fp16, _encode_fp16, lossless=False, summary="float16"))
+register_codec(Codec("none", _decode_none, _encode_none, lossless=True, summary="as they are (float32 / int64)",
+                     check=_check_none))
+register_codec(Codec("fp16", _decode_fp16, _encode_fp16, lossless=False, summary="float16", check=_check_none))
 register_codec(Codec("topk", _decode_topk, _encode_topk, lossless=False, output_kind="probabilities",
                      params={"k": Param(int, None, minimum=1), "bits": Param(int, 8, allowed=(4, 8, 16))},
-                     summary="top-k probabilities, quantised, uniform remainder"))
+                     summary="top-k probabilities, quantised, uniform remainder", check=_check_topk))
 register_codec(Codec("lowrank", _decode_lowrank, _encode_lowrank, lossless=False, output_kind="logits",
                      params={"rank": Param(int, None, minimum=1), "bits": Param(int, 16, allowed=(16, 32))},
-                     summary="row mean + truncated SVD of the label matrix"))
+                     summary="row mean + truncated SVD of the label matrix", check=_check_lowrank))
 register_codec(Codec("projector", _decode_projector, None, lossless=False, output_kind="logits",
                      params={"rank": Param(int, None, minimum=1), "width": Param(int, 32, minimum=1),
                              "depth": Param(int, 3, minimum=1), "seed": Param(int, 0, minimum=0),
                              "bits": Param(int, 16, allowed=(16, 32))},
                      generator_arrays=lambda name: True,
-                     summary="label-lightening projector: seeded backbone + low-rank adapters (HeLlO)"))
+                     summary="label-lightening projector: seeded backbone + low-rank adapters (HeLlO)",
+                     check=_check_projector))

@@ -99,8 +99,14 @@ def _load(path: Path) -> Any:
         raise FormatError(f"{path}: not a readable torch file ({type(e).__name__}: {line})") from None
 
 
-def _check_structure(obj: Any, name: str, layout: FlatLayout, what: str) -> int:
-    """Validate one loaded file against ``layout``; returns its number of snapshots per expert."""
+def _check_structure(obj: Any, name: str, layout: FlatLayout, what: str, file_bytes: int | None = None) -> int:
+    """Validate one loaded file against ``layout``; returns its number of snapshots per expert.
+
+    ``file_bytes`` (the file's size) bounds the tensor bytes the lists may reach: a pickle
+    can repeat one list or tensor any number of times for two bytes a reference, so a small
+    file could otherwise make this walk, and the import write, billions of snapshots. The
+    walk stops as soon as the tensors seen hold more bytes than the file."""
+    declared = 0
     if not isinstance(obj, (list, tuple)) or not obj:
         raise FormatError(f"{name}: not an MTT replay buffer (expected a non-empty list of experts, "
                           f"found {_describe(obj)})")
@@ -130,6 +136,11 @@ def _check_structure(obj: Any, name: str, layout: FlatLayout, what: str) -> int:
                                       f"found {list(t.shape)}")
                 if not t.dtype.is_floating_point:
                     raise FormatError(f"{where}, tensor {j} ({pname}): dtype {t.dtype} is not floating point")
+                declared += t.numel() * t.element_size()
+                if file_bytes is not None and declared > file_bytes:
+                    raise FormatError(f"{where}: its tensors so far hold {declared:,} bytes but the file has only "
+                                      f"{file_bytes:,}: snapshots alias shared storage (MTT recorded on a CPU saves "
+                                      f"every epoch as an alias of the live weights) or repeat; refusing it")
     return count
 
 
@@ -176,7 +187,7 @@ def import_mtt(paths: Sequence[str | Path], out: str | Path, *, dataset: str, ar
         sha = file_sha256(path) if path.is_file() else None
         obj = _load(path)
         try:
-            snapshots = _check_structure(obj, path.name, layout, what)
+            snapshots = _check_structure(obj, path.name, layout, what, path.stat().st_size)
             n_experts = len(obj)
         finally:
             del obj

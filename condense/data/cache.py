@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, BinaryIO
 
 import numpy as np
 import torch
 
+from condense.runtime.errors import DataError
 from condense.runtime.files import replacing
 
 
@@ -61,3 +63,44 @@ def content_hash(*arrays: torch.Tensor | np.ndarray, digest_size: int = 16) -> s
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()
+
+
+def npy_header(fp: BinaryIO, size: int, source: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) a ``.npy`` stream of ``size`` bytes declares, read from its header
+    alone; DataError unless the data after the header is exactly shape x itemsize bytes.
+    Call before ``np.load``, which allocates the declared shape before reading a byte of it."""
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(fp)
+        read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f".npy format version {version} is not one condense writes")
+        shape, _, dtype = read(fp)
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise DataError(f"{source} has no readable .npy header ({type(e).__name__}: {e})") from None
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    have = size - fp.tell()
+    if need != have:
+        raise DataError(f"{source} declares shape {tuple(shape)} {dtype} ({need:,} bytes) but holds {have:,} bytes")
+    return tuple(shape), dtype
+
+
+def check_npz(path: str | Path) -> None:
+    """DataError unless every array of the ``.npz`` archive ``path`` is stored uncompressed
+    and its header's shape matches its stored bytes (see :func:`npy_header`), so a later
+    ``np.load`` allocates no more than the file holds."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise DataError(f"{path}: {info.filename} is compressed; condense writes these archives "
+                                    "uncompressed")
+                if info.file_size > path.stat().st_size:
+                    raise DataError(f"{path}: {info.filename} declares {info.file_size:,} bytes, more than the "
+                                    "archive holds")
+                with z.open(info) as f:
+                    npy_header(f, info.file_size, f"{path}: {info.filename}")
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e})") from None

@@ -11,9 +11,10 @@ on the full data, dm's real batches) gets one line saying so instead (:meth:`to`
 """
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -26,13 +27,38 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 IMAGENET_FOLDERS = ("imagenet-1k", "imagenet", "ILSVRC2012")  # names the ImageNet folder goes by under a data root
 
 
+def open_image(path: Path, max_pixels: int | None = None) -> Any:
+    """``PIL.Image.open(path)`` with its size checked before any pixel is decoded: an image
+    declaring more than ``max_pixels`` (default PIL's ``Image.MAX_IMAGE_PIXELS``, ~89M) is a
+    DataError line naming both counts, not a decompression bomb decoded or PIL's warning.
+    Other decoding failures are the caller's to catch (OSError, UnidentifiedImageError)."""
+    from PIL import Image
+
+    bound = int(max_pixels if max_pixels is not None else (Image.MAX_IMAGE_PIXELS or 0)) or None
+    try:
+        # PIL only warns between 1x and 2x its limit (and raises past 2x); a warning is neither
+        # one line nor a refusal, so it becomes an exception here, for this call only.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"cannot decode {path}: {e}; refusing a decompression bomb, replace the file") from None
+    w, h = im.size
+    if bound is not None and w * h > bound:
+        im.close()
+        raise DataError(f"{path} declares {w}x{h} = {w * h:,} pixels, above the bound of {bound:,}; "
+                        "refusing a decompression bomb, replace the file")
+    return im
+
+
 def decode_resized(path: Path, size: int, resize: int) -> np.ndarray:
     """[3, size, size] uint8: the image with its shorter side resized to ``resize`` (bilinear,
-    antialiased), centre-cropped."""
+    antialiased), centre-cropped. DataError for an unreadable file or one declaring more
+    pixels than :func:`open_image` allows."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im = im.convert("RGB")
             w, h = im.size
             scale = resize / min(w, h)

@@ -26,6 +26,7 @@ Formats:
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,8 +34,9 @@ from typing import Sequence
 
 import numpy as np
 
-from condense.data.cache import atomic_write, cache_dir
+from condense.data.cache import atomic_write, cache_dir, npy_header
 from condense.data.idx import read_idx
+from condense.data.lazy import open_image
 from condense.data.unpickle import restricted_load
 from condense.runtime.errors import DataError
 
@@ -217,11 +219,12 @@ def tiny_imagenet_listing(d: Path) -> tuple[list[str], list[tuple[Path, int]], l
 
 
 def _decode(item: tuple[Path, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     path = item[0]
     try:
-        with Image.open(path) as im:
+        # Every Tiny-ImageNet image is 64x64: anything larger is refused from its header.
+        with open_image(path, max_pixels=64 * 64) as im:
             a = np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError) as e:
         raise DataError(f"cannot decode {path} ({e}); replace the file") from None
@@ -260,6 +263,16 @@ def tiny_imagenet_cache_key(d: Path, train: list[tuple[Path, int]], val: list[tu
     return h.hexdigest()
 
 
+def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    # The header is checked against the expected shape and the file size before np.load
+    # allocates what it declares.
+    with open(path, "rb") as f:
+        declared, _ = npy_header(f, os.fstat(f.fileno()).st_size, str(path))
+    if declared != shape:
+        raise ValueError(f"{path.name} declares shape {declared}, expected {shape}")
+    return np.load(path, allow_pickle=False)
+
+
 def read_tiny_imagenet(folder: Path, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Tiny-ImageNet under ``folder`` -> (x_train, y_train, x_test (= val), y_test, class names).
 
@@ -278,12 +291,12 @@ def read_tiny_imagenet(folder: Path, cache: Path | None = None) -> tuple[np.ndar
               "x_test": (len(val), 3, 64, 64), "y_test": (len(val),)}
     if entry.exists():
         try:
-            arrays = {k: np.load(entry / f"{k}.npy", allow_pickle=False) for k in _TINY_ARRAYS}
+            arrays = {k: _load_npy(entry / f"{k}.npy", shapes[k]) for k in _TINY_ARRAYS}
             for k, a in arrays.items():
                 if a.shape != shapes[k] or a.dtype != (np.uint8 if k.startswith("x") else np.int64):
                     raise ValueError(f"{k}.npy is {a.dtype}{a.shape}, expected {shapes[k]}")
             return (*(arrays[k] for k in _TINY_ARRAYS), names)
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, DataError) as e:
             warnings.warn(f"ignoring unusable Tiny-ImageNet cache {entry} ({e}); decoding again", RuntimeWarning)
     x_train, y_train = decode_images(train)
     x_test, y_test = decode_images(val)

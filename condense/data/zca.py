@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from condense.data.cache import atomic_write, cache_dir, content_hash
+from condense.data.cache import atomic_write, cache_dir, check_npz, content_hash
 from condense.runtime.errors import DataError
 
 # Bump when the fit changes, so stale cache entries are never reused.
@@ -189,6 +189,7 @@ class ZCA:
     @classmethod
     def load(cls, path: str | Path) -> "ZCA":
         """Read a file written by :meth:`save`; DataError if it is corrupt or not a ZCA file."""
+        check_npz(path)  # shapes against stored bytes first: np.load allocates what headers declare
         try:
             with np.load(path, allow_pickle=False) as f:
                 fmt, mean, whiten = str(f["format"]), f["mean"], f["whiten"]
