@@ -40,7 +40,7 @@ from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, spl
 from .data.transform import TRANSFORM_KINDS, PixelTransform
 from .data.zca import ZCA
 from .runtime.errors import ConfigError, FormatError
-from .runtime.files import attr, dataset, json_attr, read_h5, write_h5, write_torch
+from .runtime.files import attr, check_torch_file, dataset, json_attr, read_h5, write_h5, write_torch
 from .version import __version__
 
 FORMAT_NAME = "condense.synset"
@@ -409,9 +409,7 @@ def import_pt(path: str | os.PathLike, *, dataset: str, num_classes: int, image_
     following the reference layout (class by class, ``ipc`` images each). The caller supplies the
     dataset and its pixel transform, which the .pt layout does not carry.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FormatError(f"{path}: no such file")
+    path = check_torch_file(path, "reference-layout .pt")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for unsafe or corrupt files

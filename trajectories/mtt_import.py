@@ -58,6 +58,7 @@ import torch
 
 from condense.data import dataset_info
 from condense.runtime.errors import ConfigError, FormatError
+from condense.runtime.files import check_torch_file
 from condense.nets import FlatLayout, build_net
 from condense.synset import file_sha256
 from trajectories.record import BufferConfig, store_metadata
@@ -81,6 +82,7 @@ def _load(path: Path) -> Any:
 
     if not path.is_file():
         raise FormatError(f"{path}: no such replay-buffer file")
+    check_torch_file(path, "replay-buffer")
     try:
         mmap = zipfile.is_zipfile(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

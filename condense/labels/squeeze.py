@@ -17,14 +17,14 @@ import torch
 from condense.config import configclass, setting
 from condense.config.parts import Augmentation, Data, Run, Training
 from condense.data import load_dataset
-from condense.runtime.errors import CondenseError, ConfigError
+from condense.runtime.errors import CondenseError, ConfigError, FormatError
 from condense.nets import build_net, parse_arch
 from condense.runtime.progress import bar
 from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
 
 from .teacher_file import TeacherFile
-from condense.runtime.files import holding_lock
+from condense.runtime.files import check_torch_file, holding_lock
 
 @configclass(Data, Run, Training, Augmentation, part="teacher",
              drop=("val_size", "ipc", "trajectories", "teacher", "temperature", "min_scale", "flip"),
@@ -135,9 +135,10 @@ def load_weights(path: str, net: torch.nn.Module, arch: str) -> None:
     from condense.nets.resnet import from_torchvision
 
     try:
+        check_torch_file(path, "state_dict")
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"--weights {path}: no such file") from None
+    except FormatError as e:
+        raise ConfigError(f"--weights {e}") from None
     except Exception as e:  # torch raises several types for files that are not weights-only state_dicts
         raise ConfigError(f"--weights {path} is not a weights-only state_dict ({type(e).__name__})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

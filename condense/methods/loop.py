@@ -51,7 +51,7 @@ from ..data import dataset_info
 from ..config.parts import Loop
 from ..loggers import CsvLogger, Logger
 from ..runtime.errors import CondenseError
-from ..runtime.files import (attr, clear_temporaries, dataset, json_attr, read_h5, regular_file, run_subfolder,
+from ..runtime.files import (attr, check_torch_file, clear_temporaries, dataset, json_attr, read_h5, regular_file, run_subfolder,
                              write_text, write_torch)
 from ..synset import SynSet
 from ..version import environment
@@ -184,6 +184,7 @@ class Run:
             return 0
         regular_file(path, "checkpoint", follow=False)
         try:
+            check_torch_file(path, "checkpoint")
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for corrupt files
             raise CondenseError(f"{path} is corrupt ({type(e).__name__}); delete it to start over") from None

@@ -137,6 +137,27 @@ def check_h5(f: Any) -> None:
             _check_dataset(name, obj)
 
 
+def check_torch_file(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before ``torch.load``, a torch zip file whose members are compressed (``torch.save``
+    never compresses; a deflated member can inflate a thousandfold) or declare more bytes than
+    the file holds. Returns ``path`` (a regular file)."""
+    import zipfile
+
+    path = regular_file(path, what)
+    if zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        try:
+            with zipfile.ZipFile(path) as z:
+                infos = z.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise FormatError(f"{path}: not a readable torch file ({type(e).__name__})") from None
+        if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+            raise FormatError(f"{path}: a compressed torch archive (torch.save writes none; refused)")
+        if sum(i.file_size for i in infos) > size:
+            raise FormatError(f"{path}: its members declare more bytes than the file holds (truncated or forged)")
+    return path
+
+
 @contextmanager
 def open_h5(path: str | os.PathLike, what: str) -> Iterator[Any]:
     """The HDF5 file ``path`` opened read-only and checked (:func:`check_h5`), closed after the

@@ -516,3 +516,33 @@ def test_a_forged_jobs_log_line_is_not_trusted(line, toy_set, tmp_path, capsys):
     assert cli(capsys, *argv).rc == 0
     accs = json.loads((tmp_path / "r.json").read_text())["results"][0]["accs"]
     assert accs == real["accs"], "the forged line was ignored and its job run again"
+
+
+def _deflated_copy(src: Path, dst: Path) -> None:
+    """``src`` (a torch zip archive) rewritten with every member deflated."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as b:
+        for info in a.infolist():
+            b.writestr(info.filename, a.read(info.filename))
+
+
+def test_a_compressed_torch_archive_is_refused(tmp_path, capsys):
+    plain = tmp_path / "plain.pt"
+    torch.save({"image_syn": torch.zeros(4, 3, 16, 16), "label_syn": torch.arange(4)}, plain)
+    bomb = tmp_path / "set.pt"
+    _deflated_copy(plain, bomb)
+    refused(cli(capsys, "convert", bomb, tmp_path / "set.h5", "--dataset", "toy"), "compressed torch archive")
+    assert not (tmp_path / "set.h5").exists()
+
+
+def test_teacher_weights_in_a_compressed_archive_are_refused(tmp_path, capsys):
+    from condense.nets import build_net
+
+    plain = tmp_path / "plain.pt"
+    torch.save(build_net("convnet:width=8", 3, 4, (16, 16)).state_dict(), plain)
+    _deflated_copy(plain, tmp_path / "w.pt")
+    res = cli(capsys, "teacher", "--dataset", "toy", "--arch", "convnet:width=8", "--weights", tmp_path / "w.pt",
+              "--out", tmp_path / "t.h5")
+    refused(res, "compressed torch archive")
+    assert not (tmp_path / "t.h5").exists()
