@@ -546,3 +546,17 @@ def test_teacher_weights_in_a_compressed_archive_are_refused(tmp_path, capsys):
               "--out", tmp_path / "t.h5")
     refused(res, "compressed torch archive")
     assert not (tmp_path / "t.h5").exists()
+
+
+def test_a_pipeline_killed_then_rerun_equals_an_uninterrupted_one(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("run:\n  steps: [eval]\neval:\n  baseline: random\n  dataset: toy\n  ipc: [1, 2]\n"
+                      "  archs: [convnet:width=8]\n  runs: 3\n  epochs: 3\n")
+    killed = tmp_path / "killed"
+    res = kill_then_rerun(["run", "--preset", preset, "--out", killed],
+                          lambda: (killed / "results.json.run" / "jobs.jsonl").exists(), tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert cli_proc("run", "--preset", preset, "--out", tmp_path / "whole").rc == 0
+    accs = [[r["accs"] for r in json.loads((p / "results.json").read_text())["results"]]
+            for p in (killed, tmp_path / "whole")]
+    assert accs[0] == accs[1]
