@@ -28,7 +28,7 @@ LAYERS = {
     "condense.methods": 3, "condense.labels": 3, "condense.jax": 3,
     "evals": 4,
     "condense.workflows": 5,
-    "condense.cli": 6,
+    "condense.cli": 6, "condense.__main__": 6,  # `python -m condense` is the command's second entry point
 }
 NAMES = {1: "core", 2: "trajectories", 3: "methods/labels/jax", 4: "evals", 5: "workflows", 6: "cli"}
 
