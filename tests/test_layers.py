@@ -28,8 +28,10 @@ LAYERS = {
     "condense.methods": 3, "condense.labels": 3, "condense.jax": 3,
     "evals": 4,
     "condense.workflows": 5,
-    "condense.cli": 6, "condense.__main__": 6,  # `python -m condense` is the command's second entry point
+    "condense.cli": 6,
 }
+# Modules that belong to a layer their package does not: `python -m condense` is the command.
+ENTRY_POINTS = {"condense.__main__": 6}
 NAMES = {1: "core", 2: "trajectories", 3: "methods/labels/jax", 4: "evals", 5: "workflows", 6: "cli"}
 
 
@@ -88,7 +90,7 @@ def package_of(module: str) -> str:
 
 
 def layer(module: str) -> int:
-    return LAYERS[package_of(module)]
+    return ENTRY_POINTS.get(module) or LAYERS[package_of(module)]
 
 
 def unit(module: str) -> str:
