@@ -169,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"condense {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        refuse_unknown(parser, getattr(args, "parser_", parser), unknown)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            refuse_unknown(parser, getattr(args, "parser_", parser), unknown)
+    except SystemExit as e:  # argparse's way out (--help, --version, a usage error): a status, for main's callers too
+        return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2
