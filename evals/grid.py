@@ -85,7 +85,7 @@ class EvalConfig:
                                   "(with --plots: fair.png)")
     full_runs: int | None = setting(None, "--scores: runs of the full-data reference (default --runs)", gt=0)
     full_accuracy: float | None = setting(None, "--scores: the full-data accuracy HLR uses, given instead of "
-                                                "trained (ImageNet-1k)", ge=0, le=100, unit="percent")
+                                                "trained (ImageNet-1k)", gt=0, le=100, unit="percent")
     full_epochs: int | None = setting(None, f"--scores: epochs of the full-data reference (default "
                                             f"{FULL_DATA_EPOCHS}; --epochs is the sets')", gt=0, unit="epochs")
     lrs_weight: float = setting(0.5, "--scores: w of LRS (DD-Ranking's)", ge=0, le=1)

@@ -52,7 +52,7 @@ class BufferConfig:
     buffer.py (SGD lr 0.01, momentum 0, weight decay 0, batch 256, DSA on, no lr decay)."""
 
     download: bool = setting(False, "download the dataset if it is missing")
-    experts: int = setting(5, "number of experts", gt=0)
+    experts: int = setting(5, "number of experts", gt=0, le=10_000)
     lr_decay_factor: float = setting(0.1, "lr multiplier at --lr-decay-at", gt=0)
     lr_decay_epoch: int | None = setting(None, "0-based epoch from which lr is decayed (overrides --lr-decay-at; "
                                                "AST's buffer.py: epochs//2 + 2)", ge=0, unit="epochs")

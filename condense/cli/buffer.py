@@ -5,7 +5,7 @@ import argparse
 import inspect
 
 from ..config import describe
-from .common import add_preset_flag
+from .common import add_preset_flag, refuse_unused
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
@@ -38,7 +38,14 @@ def handle(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(BufferConfig, args, "buffer")
     if args.import_mtt:
+        import dataclasses
+
         from trajectories.mtt_import import import_mtt
+
+        used = {"out", "dataset", "arch", "data_root", "zca", "dtype"}
+        refuse_unused(args, [f.name for f in dataclasses.fields(BufferConfig) if f.name not in used],
+                      "--import-mtt copies recorded experts (it takes --out, --dataset, --arch, --data-root, --zca, "
+                      "--dtype)")
 
         n = import_mtt(args.import_mtt, cfg.out, dataset=cfg.dataset, arch=cfg.arch, data_root=cfg.data_root,
                        zca=cfg.zca, dtype=cfg.dtype)

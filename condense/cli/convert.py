@@ -7,6 +7,7 @@ from pathlib import Path
 from ..data import load_dataset
 from ..runtime.errors import ConfigError
 from ..synset import export_pt, import_pt, load_synset
+from .common import refuse_unused
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
     if src.suffix == ".h5" and dst.suffix == ".pt":
+        refuse_unused(args, ("dataset", "data_root", "download", "zca"),
+                      "exporting reads the dataset and its transform from the set file (it is for importing a .pt)")
         s = load_synset(src)
         export_pt(s, dst)
         print(f"exported {s.images.shape[0]} images of {s.dataset} to {dst}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from .common import add_preset_flag
+from .common import add_preset_flag, refuse_unused
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
@@ -35,5 +35,16 @@ def handle(args: argparse.Namespace) -> int:
     from evals import EvalConfig, run_eval
 
     cfg = config_from_args(EvalConfig, args, "eval")
+    if cfg.baseline is None:
+        refuse_unused(args, ("dataset",), "eval reads the dataset from each set file (--dataset names the dataset "
+                                          "of --baseline)")
+        refuse_unused(args, ("ipc",), "each set file has its own IPC (--ipc is for --baseline random)")
+    elif cfg.baseline == "full":
+        refuse_unused(args, ("ipc",), "--baseline full trains on the whole training split (--ipc is for "
+                                      "--baseline random)")
+    if not cfg.scores:
+        refuse_unused(args, ("full_epochs", "lrs_weight", "ars_weight"), "it is a --scores option")
+        if cfg.baseline != "full":
+            refuse_unused(args, ("full_accuracy", "full_runs"), "it is a --scores (or --baseline full) option")
     run_eval(cfg, args.sets, bars=not args.no_progress)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 
+from .common import bounded_int, refuse_unused
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=inspect.getdoc(LabelsConfig), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("synset", help="a synthetic-set file (.h5)")
     p.add_argument("--info", action="store_true", help="print the labels' meaning, codec and bytes, and exit")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=bounded_int(1, 1024), metavar="N", help="torch CPU threads (1 to 1024)")
     add_config_flags(p, LabelsConfig, skip=("synset",))
     p.set_defaults(handler=handle)
 
@@ -43,6 +44,12 @@ def handle(args: argparse.Namespace) -> int:
     from evals.report import label_summary
 
     if args.info:
+        import dataclasses
+
+        from ..labels.run import LabelsConfig
+
+        refuse_unused(args, ["threads", *(f.name for f in dataclasses.fields(LabelsConfig))],
+                      "--info only prints what a file's labels are and cost")
         print(label_summary(args.synset))
         return 0
     if args.threads:

@@ -8,6 +8,7 @@ from ..data import dataset_info
 from ..runtime.errors import CondenseError
 from ..synset import load_synset
 from ..plots import save_grid
+from .common import bounded_int, refuse_unused
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,13 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", help="a synthetic-set file (.h5) or a trajectory-store folder")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--max-per-class", dest="max_per_class", type=int, default=10, help="images per row (default 10)")
+    p.add_argument("--max-per-class", dest="max_per_class", type=bounded_int(1, 1000), default=10,
+                   metavar="N", help="images per row (1 to 1000; default 10)")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.is_dir():
+        refuse_unused(args, ("max_per_class",), "a trajectory store is drawn as curves, not as images")
         from trajectories import open_store
         from trajectories.plot import plot_store
 

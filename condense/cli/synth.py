@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config.declare import clip
 from ..runtime.errors import ConfigError
 from .common import add_preset_flag
 from .flags import add_config_flags
@@ -49,8 +50,10 @@ def with_method(argv: list[str]) -> list[str]:
     from ..config import preset_section
     from ..methods import get_method, method_names, runner
 
-    if not argv or argv[0] != "synth" or len(argv) == 1 or {"-h", "--help"} & set(argv[1:2]):
+    if not argv or argv[0] != "synth" or {"-h", "--help"} & set(argv[1:2]):
         return argv
+    if len(argv) == 1:  # one line, as for every other usage error, not the help text
+        raise ConfigError(f"give a method: condense synth METHOD ..., METHOD one of {', '.join(method_names())}")
     method, rest = (argv[1], argv[2:]) if not argv[1].startswith("-") else (None, argv[1:])
     for i, a in enumerate(rest):
         if method is None and (a == "--method" and i + 1 < len(rest) or a.startswith("--method=")):
@@ -64,7 +67,15 @@ def with_method(argv: list[str]) -> list[str]:
             method = preset_section(a.split("=", 1)[1] if "=" in a else rest[i + 1], "synth").get("method")
     if method is None:
         raise ConfigError(f"give a method: condense synth METHOD ..., METHOD one of {', '.join(method_names())}")
-    entry = get_method(str(method))  # an unknown one is one line naming the available methods
+    if not isinstance(method, str):
+        raise ConfigError(f"a preset's 'method' must be a method name, one of {', '.join(method_names())}")
+    if method not in method_names():
+        import difflib
+
+        near = difflib.get_close_matches(method, method_names(), n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else f"available: {', '.join(method_names())}"
+        raise ConfigError(f"unknown method {clip(repr(method), 80)}; {hint}")
+    entry = get_method(method)
     if entry.jax is None and "--backend" in rest[:-1]:  # torch only: no --backend flag, but one line for jax
         i = rest.index("--backend")
         runner(entry, rest[i + 1])

@@ -5,7 +5,7 @@ import argparse
 import inspect
 
 from ..config import describe
-from .common import add_preset_flag
+from .common import add_preset_flag, refuse_unused
 from .flags import add_config_flags, config_from_args
 
 EXAMPLES = """examples:
@@ -34,7 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     if args.info:
+        import dataclasses
+
+        from ..labels.squeeze import TeacherConfig
         from ..labels.teacher_file import load_teacher_file
+
+        refuse_unused(args, ["preset", *(f.name for f in dataclasses.fields(TeacherConfig))],
+                      "--info only prints what a teacher file records")
 
         print(load_teacher_file(args.info).summary(args.info))
         return 0

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from dataclasses import MISSING
@@ -26,6 +28,26 @@ from ..runtime.errors import ConfigError
 
 C = TypeVar("C")
 META = "condense.setting"
+SHOWN = 80  # characters of a user's value an error message quotes: a hostile value must not flood the line
+INT_LIMIT = 2**63 - 1  # beyond int64 every consumer (torch, numpy, h5py) fails with its own exception
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 2, 6, 6, 4, 4
+_repr.maxstring, _repr.maxother, _repr.maxlong = SHOWN, SHOWN, SHOWN
+
+
+def clip(text: str, limit: int = SHOWN) -> str:
+    """``text`` cut to ``limit`` characters, with … where it was cut."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def shown(value: Any, limit: int = SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters (with …), without ever building the whole repr:
+    a value from a hostile file may be huge or nested deep enough to hang or overflow ``repr``."""
+    if isinstance(value, int) and value.bit_length() > 4 * limit:  # repr would be slow, or refused past 4300 digits
+        return f"an integer of {value.bit_length()} bits"
+    text = _repr.repr(value) if not isinstance(value, str) or len(value) > limit else repr(value)
+    return clip(text, limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +239,13 @@ def check_fields(cfg: Any) -> None:
 def _check_value(value: Any, meta: Setting, name: str) -> None:
     flag = meta.flag_of(name)
     if meta.choices is not None and value not in meta.choices:
-        raise ConfigError(f"{flag} must be one of {', '.join(map(str, meta.choices))}, got {value!r}")
+        near = difflib.get_close_matches(str(value), list(map(str, meta.choices)), n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise ConfigError(f"{flag} must be one of {', '.join(map(str, meta.choices))}, got {shown(value)}{hint}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{flag} must be a finite number, got {_num(value)}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+        raise ConfigError(f"{flag} is out of range, got {shown(value)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         ok = ((meta.gt is None or value > meta.gt) and (meta.ge is None or value >= meta.ge)
               and (meta.lt is None or value < meta.lt) and (meta.le is None or value <= meta.le))
@@ -258,10 +286,10 @@ def config_name(cls: type) -> str:
 def unknown_key(key: str, names: Iterable[str], *, where: str = "", what: str = "") -> str:
     """The one-line message for an unknown option: where it was, and the nearest valid names."""
     names = list(names)
-    near = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    near = difflib.get_close_matches(key[:SHOWN], names, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(near)}?" if near else f"; valid: {', '.join(sorted(names))}"
     origin = f" in {where}" if where else ""
-    return f"unknown option {key!r}{origin}{f' for {what}' if what else ''}{hint}"
+    return f"unknown option {shown(key)}{origin}{f' for {what}' if what else ''}{hint}"
 
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
@@ -299,8 +327,9 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return str(value)
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
-    raise ConfigError(f"option {key!r} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    got = f"a {type(value).__name__} " if isinstance(value, (list, tuple, dict, set)) else ""
+    raise ConfigError(f"option {shown(key)} must be {getattr(hint, '__name__', hint)}, got {got}{shown(value)}")
 
 
 def _num(v: float) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    return f"{v:g}" if isinstance(v, float) else shown(v)

@@ -11,6 +11,11 @@ from .declare import part, setting
 
 DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 EXECUTORS = ("local", "ray")
+# Upper bounds where a larger value would only exhaust memory or never finish: far above every
+# published protocol (IPC 50 on ImageNet-1k, batch 1024, 10 runs), far below what allocates terabytes.
+MAX_IPC = 10_000
+MAX_BATCH = 100_000
+MAX_RUNS = 1000
 
 
 def _arch(text: str) -> None:
@@ -39,7 +44,7 @@ class Data:
     zca: bool = setting(False, "ZCA-whiten the data (MTT's; kornia's eps 0.1 on [0, 1] pixels)")
     arch: str | None = setting("convnet", "network spec, e.g. convnet:width=32 or resnet18 (condense.nets)",
                               check=_arch)
-    ipc: int = setting(1, "images per class of the set", gt=0, unit="images")
+    ipc: int = setting(1, "images per class of the set", gt=0, le=MAX_IPC, unit="images")
     trajectories: str = setting("", "trajectory store recorded by `condense buffer`", metavar="STORE")
     teacher: str | None = setting(None, "teacher file from `condense teacher` (its dataset, transform and "
                                         "classes are the set's)", metavar="FILE")
@@ -66,7 +71,7 @@ class Loop:
     eval_epochs: int = setting(100, "training epochs of each --eval-every evaluation", gt=0, unit="epochs")
     max_bad_steps: int = setting(10, "stop after N non-finite steps in a row (each is rolled back)", gt=0)
     skip_loss_above: float | None = setting(None, "skip iterations whose loss exceeds this (DATM's threshold; "
-                                                  "not counted as bad steps)")
+                                                  "not counted as bad steps)", gt=0)
 
 
 @part("synthesis")
@@ -75,7 +80,7 @@ class Synthesis:
 
     lr_img: float = setting(1.0, "learning rate of the images", gt=0)
     init: str = setting("real", "initial images")
-    batch_real: int = setting(256, "real images per class and iteration", gt=0, unit="images")
+    batch_real: int = setting(256, "real images per class and iteration", gt=0, le=MAX_BATCH, unit="images")
 
 
 @part("augmentation")
@@ -99,7 +104,7 @@ class Training:
     lr: float | None = setting(0.01, "SGD learning rate", gt=0)
     momentum: float = setting(0.0, "SGD momentum", ge=0, lt=1)
     weight_decay: float = setting(0.0, "weight decay", ge=0)
-    batch_size: int = setting(256, "batch size", gt=0, unit="images")
+    batch_size: int = setting(256, "batch size", gt=0, le=MAX_BATCH, unit="images")
     lr_decay_at: float = setting(1.0, "lr x0.1 from this fraction of the epochs (1 = never)", gt=0, le=1)
     temperature: float | None = setting(1.0, "distillation temperature of soft labels", gt=0)
 
@@ -108,7 +113,7 @@ class Training:
 class Evaluation:
     """How sets are evaluated (``condense eval``; a pipeline overrides its eval sections' with it)."""
 
-    runs: int | None = setting(5, "runs (seeds) per set and arch", gt=0)
+    runs: int | None = setting(5, "runs (seeds) per set and arch", gt=0, le=MAX_RUNS)
 
 
 @part("workers")
@@ -118,7 +123,7 @@ class Workers:
     devices: list[str] | None = setting(None, "devices, one worker each: cuda:0,cuda:1 or cpu,cpu", metavar="LIST")
     executor: str = setting("local", "local (in-process or a process per device) or ray", choices=EXECUTORS)
     address: str | None = setting(None, "--executor ray: the cluster (auto, host:port; default a local Ray)")
-    shards: int | None = setting(None, "shards of the work (default: one per device; Ray: 2)", gt=0)
+    shards: int | None = setting(None, "shards of the work (default: one per device; Ray: 2)", gt=0, le=4096)
 
 
 ALL = (Data, Run, Loop, Synthesis, Augmentation, Training, Evaluation, Workers)

@@ -43,11 +43,11 @@ class LabelsConfig:
     teacher_expert: int = setting(0, "first expert of a store teacher", ge=0)
     teacher_epoch: int | None = setting(None, "epoch of the store's experts (default: the last)", ge=0,
                                         unit="epochs")
-    committee: int = setting(1, "average the predictions of N experts", gt=0)
+    committee: int = setting(1, "average the predictions of N experts", gt=0, le=1000)
     views: str | None = setting(None, "one label per image (static), or one per augmented view of every "
                                       "evaluation epoch (per-epoch); default: static with --teacher",
                                 choices=VIEW_MODES)
-    view_epochs: int = setting(300, "epochs of views to label (an evaluation may train at most this many)", gt=0,
+    view_epochs: int = setting(300, "epochs of views to label (an evaluation may train at most this many)", gt=0, le=10_000,
                                unit="epochs")
     view_seed: int = setting(0, "seed of the views", ge=0)
     view_strategy: str = setting(DSA_DEFAULT, "augmentation of the views (and of the evaluation that trains on "

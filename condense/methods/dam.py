@@ -43,7 +43,7 @@ from .dm import DMConfig, MatchingBase, class_means, load_for, real_class_means
 @configclass(part="dam", defaults={"iters": 8000, "batch_real": 64, "out": "runs/dam.h5"},
              helps={"iters": "synthesis iterations (paper 8,000; the released code 20,000)"})
 class DAMConfig(DMConfig):
-    power: float = setting(4.0, "power p of the attention maps (paper 4, released code 1)", ge=1)
+    power: float = setting(4.0, "power p of the attention maps (paper 4, released code 1)", ge=1, le=16)
     mmd_weight: float = setting(0.01, "weight of the final-layer MMD term (DataDAM's task_balance; 0.02 at "
                                       "high resolution)", ge=0)
     loss_scale: float = setting(100.0, "factor on the whole loss (the released code's 100; matters for --lr-img)",

@@ -26,10 +26,10 @@ OPTIMIZERS = ("lamb", "adam")
                     "flip": "mirrored copies of the images in the kernel (the reference: colour datasets)"})
 class FRePoConfig:
     optimizer: str = setting("lamb", "optimiser of images and labels: lamb (reference) or adam", choices=OPTIMIZERS)
-    pool_size: int = setting(10, "networks in the model pool", gt=0)
+    pool_size: int = setting(10, "networks in the model pool", gt=0, le=1000)
     max_online_steps: int = setting(100, "a pool network is re-initialised after N online steps", gt=0)
     lr_online: float = setting(3e-4, "Adam learning rate of the pool networks", gt=0)
-    online_batch: int = setting(1000, "synthetic images per online step of a pool network (all when fewer)", gt=0,
+    online_batch: int = setting(1000, "synthetic images per online step of a pool network (all when fewer)", gt=0, le=100_000,
                                 unit="images")
     learn_labels: bool = setting(True, "learn the labels with the images")
     reg: float = setting(1e-6, "ridge = reg * trace(K_ss) / n", ge=0)

@@ -46,8 +46,8 @@ REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40,
                                  "epoch(), default); batch = one draw per batch; matching is always siamese"})
 class GMConfig:
     lr_net: float = setting(0.01, "learning rate of the network's inner training", gt=0)
-    outer_loop: int | None = setting(None, "matching rounds per iteration (default: DC's for the ipc)", gt=0)
-    inner_loop: int | None = setting(None, "network epochs between rounds (default: DC's for the ipc)", ge=0)
+    outer_loop: int | None = setting(None, "matching rounds per iteration (default: DC's for the ipc)", gt=0, le=10_000)
+    inner_loop: int | None = setting(None, "network epochs between rounds (default: DC's for the ipc)", ge=0, le=10_000)
 
     def loops(self) -> tuple[int, int]:
         """(outer, inner): the given values, else DC/DSA's for the ipc."""

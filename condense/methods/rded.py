@@ -36,10 +36,10 @@ STREAM_PICK, STREAM_CROP = 41, 42
              helps={"limit_train": "candidates come from a class-balanced subset of this size (recorded)",
                     "arch": "the student the set is evaluated with (recorded)"})
 class RDEDConfig:
-    factor: int = setting(2, "crops per side of a stitched image", gt=0)
-    num_crop: int = setting(5, "crops scored per candidate image", gt=0)
-    candidates: int = setting(300, "real images drawn per class (RDED's mipc)", gt=0, unit="images")
-    score_batch: int = setting(512, "crops per teacher forward", gt=0, unit="crops")
+    factor: int = setting(2, "crops per side of a stitched image", gt=0, le=16)
+    num_crop: int = setting(5, "crops scored per candidate image", gt=0, le=1000)
+    candidates: int = setting(300, "real images drawn per class (RDED's mipc)", gt=0, le=100_000, unit="images")
+    score_batch: int = setting(512, "crops per teacher forward", gt=0, le=100_000, unit="crops")
 
     def validate(self) -> None:
         """What the declarations cannot say: the teacher, and enough candidates for the crops."""

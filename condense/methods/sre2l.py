@@ -76,7 +76,7 @@ class SRe2LConfig:
                                 "CDA Tiny 0.05)", ge=0)
     first_bn_multiplier: float = setting(10.0, "extra weight of the first BN layer's term", gt=0)
     class_batches: bool = setting(False, "every recovery batch is one class (LPLD)")
-    jitter: int = setting(4, "random roll of up to this many pixels (SRe2L Tiny: 4, ImageNet: 32)", ge=0,
+    jitter: int = setting(4, "random roll of up to this many pixels (SRe2L Tiny: 4, ImageNet: 32)", ge=0, le=1024,
                           unit="pixels")
     curriculum: str = setting("none", "none, or cda (CDA's easy-to-hard crop scale)", choices=CURRICULA)
     cda_mode: str = setting("cosine", "--curriculum cda: its schedule", choices=CDA_MODES)

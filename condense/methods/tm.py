@@ -62,8 +62,8 @@ STREAM_PERTURB = 3
                             "(the expert's most confident) or kmeans (AST's representative init)"},
              choices={"init": INITS})
 class TMConfig:
-    syn_steps: int = setting(20, "student steps per iteration", gt=0)
-    expert_epochs: int = setting(2, "expert epochs matched, M", gt=0, unit="epochs")
+    syn_steps: int = setting(20, "student steps per iteration", gt=0, le=10_000)
+    expert_epochs: int = setting(2, "expert epochs matched, M", gt=0, le=10_000, unit="epochs")
     min_start_epoch: int = setting(0, "lowest start epoch", ge=0)
     max_start_epoch: int = setting(5, "start epochs are below this", gt=0)
     batch_syn: int | None = setting(None, "synthetic images per student step (default: all, as MTT)", gt=0)
