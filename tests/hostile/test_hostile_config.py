@@ -14,7 +14,7 @@ from condense.config.declare import declared, hints
 from condense.config.presets import MAX_BYTES
 from condense.runtime.errors import ConfigError
 
-from conftest import cli, cli_proc, refused
+from .conftest import cli, cli_proc, refused
 
 
 def _configs() -> dict[str, tuple[type, tuple[str, ...]]]:
