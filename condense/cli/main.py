@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             refuse_unknown(parser, getattr(args, "parser_", parser), unknown)
-    except SystemExit as e:  # argparse's way out (--help, --version, a usage error): a status, for main's callers too
+    except SystemExit as e:  # a usage error is a status like any other error, for callers of main() too
+        if e.code in (0, None):  # --help, --version
+            raise
         return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help()
