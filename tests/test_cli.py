@@ -108,7 +108,7 @@ def test_buffer_and_eval_help_show_the_declared_help_bounds_and_defaults(capsys)
     with pytest.raises(SystemExit):
         main(["buffer", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--experts N number of experts (in (0, 10000]; default 5)" in text
+    assert "--experts N number of experts (positive, at most 10000; default 5)" in text
     assert "--momentum X SGD momentum (in [0, 1); default 0.0)" in text
     sections = help_sections(capsys, "eval")
     assert {"--arch", "--split"} <= set(sections["eval options"]) and "--ipc" in sections["data options"]
@@ -118,8 +118,8 @@ def test_buffer_and_eval_help_show_the_declared_help_bounds_and_defaults(capsys)
 @pytest.mark.parametrize("argv, message", [
     (("buffer", "--momentum", "1"), "condense buffer: error: --momentum must be in [0, 1), got 1"),
     (("teacher", "--seed", "-1"), "condense teacher: error: --seed must be >= 0, got -1"),
-    (("labels", "s.h5", "--committee", "0", "--out", "o.h5"), "condense labels: error: --committee must be in (0, 1000], got 0"),
-    (("eval", "--full-accuracy", "101"), "condense eval: error: --full-accuracy must be in (0, 100], got 101"),
+    (("labels", "s.h5", "--committee", "0", "--out", "o.h5"), "condense labels: error: --committee must be positive, at most 1000, got 0"),
+    (("eval", "--full-accuracy", "101"), "condense eval: error: --full-accuracy must be positive, at most 100, got 101"),
     (("run", "--epochs", "0"), "condense run: error: --epochs must be positive, got 0"),
 ])
 def test_a_bad_value_is_one_line_naming_the_flag_and_its_bounds(argv, message, capsys):
@@ -219,7 +219,7 @@ def test_convert_round_trip(quickstart, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (("show", "missing.h5", "--out", "x.png"), "no such file"),
     (("run", "--preset", "nope/none"), "unknown preset"),
-    (("run", "--preset", "toy/smoke", "--runs", "0"), "--runs must be in (0, 1000]"),
+    (("run", "--preset", "toy/smoke", "--runs", "0"), "--runs must be positive, at most 1000"),
     (("run", "--preset", "fashion-mnist/tm-ipc1-cpu"), "has no 'run' section"),
     (("labels", "set.h5", "--codec", "topk", "--out", "o.h5"), "needs k="),
     (("convert", "a.txt", "b.h5"), "convert goes"),

@@ -146,10 +146,11 @@ def test_a_plugin_method_gets_its_subcommand_flags_and_checks_from_its_config(tm
         with pytest.raises(SystemExit):
             main(["synth", "mine", "--help"])
         out = capsys.readouterr().out
-        assert "mine options:" in out and "--strength X" in out and "(in (0, 1]; default 0.5)" in out
+        flat = " ".join(out.split())  # help text wraps where it likes
+        assert "mine options:" in out and "--strength X" in out and "(positive, at most 1; default 0.5)" in flat
         assert "--iters" not in out  # not composed with the iterations part: no option without an effect
         assert main(["synth", "mine", "--strength", "2"]) == 2
-        assert capsys.readouterr().err.strip() == "condense synth: error: --strength must be in (0, 1], got 2"
+        assert capsys.readouterr().err.strip() == "condense synth: error: --strength must be positive, at most 1, got 2"
         out_file = tmp_path / "m.h5"
         assert main(["synth", "mine", "--dataset", "toy", "--strength", "0.2", "--out", str(out_file),
                      "--device", "cpu", "--no-progress"]) == 0

@@ -199,7 +199,7 @@ def test_siamese_augmentation_keeps_equal_images_equal(toy, tmp_path):
 
 @pytest.mark.parametrize("make_cfg", [dm_cfg, dam_cfg])
 @pytest.mark.parametrize("kw, message", [
-    ({"ipc": 0}, "--ipc must be positive, got 0"),
+    ({"ipc": 0}, "--ipc must be positive, at most 10000, got 0"),
     ({"ipc": 59}, "--ipc 59 exceeds the smallest class of toy (58 training images)"),
     ({"iters": 0}, "--iters must be positive"),
     ({"batch_real": -1}, "--batch-real must be positive"),
@@ -214,7 +214,7 @@ def test_bad_input_is_one_clear_config_error(toy, tmp_path, make_cfg, kw, messag
 
 
 def test_dam_specific_bad_input(tmp_path):
-    with pytest.raises(ConfigError, match="--power must be >= 1"):
+    with pytest.raises(ConfigError, match="--power must be in \[1, 16\]"):
         dam_cfg(tmp_path, power=0.5).validate()
     with pytest.raises(ConfigError, match="--mmd-weight must be >= 0"):
         dam_cfg(tmp_path, mmd_weight=-1.0).validate()

@@ -207,7 +207,7 @@ def test_one_run_has_no_interval_and_the_table_says_so():
     (["eval", "missing.h5"], "no such synthetic-set file"),
     (["eval"], "give synthetic-set files"),
     (["eval", "--baseline", "random", "--dataset", "toy"], "--baseline random needs --ipc"),
-    (["eval", "--baseline", "random", "--dataset", "toy", "--ipc", "2", "--ipc", "0"], "--ipc must be positive, got 0"),
+    (["eval", "--baseline", "random", "--dataset", "toy", "--ipc", "2", "--ipc", "0"], "--ipc must be positive, at most 10000, got 0"),
     (["eval", "{set}", "--lrs-weight", "1.5"], "--lrs-weight must be in [0, 1], got 1.5"),
 ])
 def test_bad_input_is_one_line(hard_set, tmp_path, capsys, argv, message):

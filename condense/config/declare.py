@@ -30,6 +30,7 @@ C = TypeVar("C")
 META = "condense.setting"
 SHOWN = 80  # characters of a user's value an error message quotes: a hostile value must not flood the line
 INT_LIMIT = 2**63 - 1  # beyond int64 every consumer (torch, numpy, h5py) fails with its own exception
+FLOAT_LIMIT = 3.4028234e38  # float32's largest: a setting that meets a float32 tensor must fit in one
 
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 2, 6, 6, 4, 4
@@ -75,6 +76,8 @@ class Setting:
         """The bounds in words: ``positive``, ``>= 0``, ``in [0, 1)``; '' when unbounded."""
         low = (self.gt, "(") if self.gt is not None else (self.ge, "[") if self.ge is not None else None
         high = (self.lt, ")") if self.lt is not None else (self.le, "]") if self.le is not None else None
+        if low == (0, "(") and high:  # a count or a rate with a ceiling: "positive" reads best
+            return f"positive, {'below' if high[1] == ')' else 'at most'} {_num(high[0])}"
         if low and high:
             return f"in {low[1]}{_num(low[0])}, {_num(high[0])}{high[1]}"
         if low:
@@ -244,6 +247,8 @@ def _check_value(value: Any, meta: Setting, name: str) -> None:
         raise ConfigError(f"{flag} must be one of {', '.join(map(str, meta.choices))}, got {shown(value)}{hint}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{flag} must be a finite number, got {_num(value)}")
+    if isinstance(value, float) and abs(value) > FLOAT_LIMIT:
+        raise ConfigError(f"{flag} is out of range (at most {FLOAT_LIMIT:.4g} in size), got {_num(value)}")
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
         raise ConfigError(f"{flag} is out of range, got {shown(value)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):

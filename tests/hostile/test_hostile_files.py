@@ -36,10 +36,10 @@ def victim(tmp_path) -> Path:
     return p
 
 
-def tampered(toy_set: Path, tmp_path: Path, change) -> Path:
-    """A copy of the valid toy set with ``change(h5 file)`` applied."""
-    path = tmp_path / "shared.h5"
-    shutil.copy(toy_set, path)
+def tampered(valid: Path, tmp_path: Path, change, name: str = "shared.h5") -> Path:
+    """A copy of the valid file ``valid`` (a set, a teacher) with ``change(h5 file)`` applied."""
+    path = tmp_path / name
+    shutil.copy(valid, path)
     with h5py.File(path, "a") as f:
         change(f)
     return path
@@ -151,14 +151,6 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
 
 # --- teachers and stores ---------------------------------------------------------------------------
 
-def _teacher_copy(toy_teacher: Path, tmp_path: Path, change) -> Path:
-    path = tmp_path / "teacher.h5"
-    shutil.copy(toy_teacher, path)
-    with h5py.File(path, "a") as f:
-        change(f)
-    return path
-
-
 def _teacher_weight_elsewhere(victim):
     def change(f):
         ds = f["state/0"]
@@ -178,13 +170,13 @@ def _teacher_weight_elsewhere(victim):
     (lambda victim: (lambda f: f.attrs.__setitem__("arch", "convnet:width=4096")), "has shape"),
 ], ids=["external weight", "forged classes", "forged image size", "wrong weight shape", "other arch"])
 def test_a_hostile_teacher_is_refused(change, needle, toy_teacher, victim, tmp_path, capsys):
-    path = _teacher_copy(toy_teacher, tmp_path, change(victim))
+    path = tampered(toy_teacher, tmp_path, change(victim), "teacher.h5")
     refused(cli(capsys, "teacher", "--info", path), path.name, needle)
     assert victim.read_bytes() == SECRET
 
 
 def test_relabelling_with_a_hostile_teacher_writes_nothing(toy_set, toy_teacher, victim, tmp_path, capsys):
-    teacher = _teacher_copy(toy_teacher, tmp_path, _teacher_weight_elsewhere(victim))
+    teacher = tampered(toy_teacher, tmp_path, _teacher_weight_elsewhere(victim), "teacher.h5")
     out = tmp_path / "soft.h5"
     refused(cli(capsys, "labels", toy_set, "--teacher", teacher, "--out", out), "external file")
     assert not out.exists() and not temp_leftovers(tmp_path)

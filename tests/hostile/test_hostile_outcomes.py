@@ -87,11 +87,11 @@ def test_tm_whose_learned_lr_is_always_rolled_back_fails_and_keeps_the_earlier_s
     assert "wrote" not in res.out
 
 
-def test_tm_with_an_infinite_image_lr_fails_and_writes_nothing(store_path, tmp_path, capsys):
+def test_an_image_lr_beyond_float32_is_refused_before_any_work(store_path, tmp_path, capsys):
     out = tmp_path / "tm.h5"
-    res = cli(capsys, "synth", "tm", "--trajectories", store_path, *TM, "--lr-img", "inf", "--out", out)
-    refused(res, "no iteration was accepted", "rolled back", "non-finite")
-    assert not out.exists() and not (tmp_path / "tm.png").exists()
+    res = cli(capsys, "synth", "tm", "--trajectories", store_path, *TM, "--lr-img", "1e300", "--out", out)
+    refused(res, "--lr-img", "out of range")
+    assert not out.exists() and not (tmp_path / "tm.h5.run").exists()
 
 
 def test_the_fix_the_refusal_asks_for_is_not_blocked_by_the_failed_run(store_path, tmp_path, capsys):
@@ -122,19 +122,26 @@ def test_tm_on_a_store_with_nan_parameters_names_the_expert(nan_store, tmp_path,
 
 
 @pytest.mark.parametrize("method, flags", [("dm", DM), ("dam", DM), ("gm", GM)])
-def test_image_methods_whose_every_step_is_rolled_back_fail(toy_set, tmp_path, capsys, method, flags):
+def test_image_methods_whose_every_step_is_rolled_back_fail(toy_set, tmp_path, capsys, method, flags, monkeypatch):
+    from condense.methods.loop import ImageSynthesizer
+
+    # every step leaves the images unusable, as an overflowing step would
+    monkeypatch.setattr(ImageSynthesizer, "validate_state", lambda self: "non-finite values")
     out = earlier(tmp_path, toy_set, f"{method}.h5")
     before = digest(out)
-    res = cli(capsys, "synth", method, *flags, "--lr-img", "inf", "--out", out)
+    res = cli(capsys, "synth", method, *flags, "--out", out)
     refused(res, "no iteration was accepted", "non-finite", "nothing was written")
     assert digest(out) == before
 
 
-def test_frepo_whose_every_step_is_rolled_back_fails(toy_set, tmp_path, capsys):
+def test_frepo_whose_every_step_is_rolled_back_fails(toy_set, tmp_path, capsys, monkeypatch):
+    from condense.methods.loop import ImageSynthesizer
+
+    monkeypatch.setattr(ImageSynthesizer, "validate_state", lambda self: "non-finite values")
     out = earlier(tmp_path, toy_set, "frepo.h5")
     before = digest(out)
     res = cli(capsys, "synth", "frepo", "--dataset", "toy", "--ipc", "1", "--arch", ARCH, "--iters", "2",
-              "--batch-real", "32", "--pool-size", "2", "--max-online-steps", "2", "--lr-img", "inf", "--out", out)
+              "--batch-real", "32", "--pool-size", "2", "--max-online-steps", "2", "--out", out)
     refused(res, "no iteration was accepted", "nothing was written")
     assert digest(out) == before
 
