@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from condense.config import configclass, setting
 from condense.config.parts import Augmentation, Data, Evaluation, Run, Training, Workers
 from condense.runtime.errors import CondenseError, ConfigError, FormatError
-from condense.runtime.files import append_line, regular_file, run_subfolder, write_text
+from condense.runtime.files import append_line, attr, read_h5, regular_file, run_subfolder, write_text
 from condense.jobs import Job, JobResult, parse_device
 from condense.nets import build_net, parse_arch_flag
 from evals.stats import summarize
@@ -249,7 +249,10 @@ def random_recipe(s, path: str, cfg: EvalConfig) -> str | None:
     checked now: a missing or changed teacher is one line here, not a failure in every job."""
     from .protocol import label_recipe
 
-    recipe = label_recipe(s)
+    try:
+        recipe = label_recipe(s)
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from None
     if recipe is None:
         return None
     r = json.loads(recipe)
@@ -258,6 +261,11 @@ def random_recipe(s, path: str, cfg: EvalConfig) -> str | None:
     if not os.path.exists(r["teacher"]):
         raise ConfigError(f"{path}: the teacher that labelled it ({r['teacher']}) is not there; its random-real "
                           "baseline needs it (--teacher FILE names where it is now)")
+    # The path comes from the set, which may be hostile: nothing but a condense teacher file is
+    # read (hashed) on its word.
+    if not read_h5(r["teacher"], lambda f: attr(f, "format", str, default=None) == "condense.teacher", "teacher"):
+        raise ConfigError(f"{path}: the teacher it names ({r['teacher']}) is not a condense teacher file "
+                          "(--teacher FILE names where the teacher is now)")
     if file_sha256(r["teacher"]) != r["sha256"]:
         raise ConfigError(f"{path}: teacher {r['teacher']} is not the file that labelled the set (SHA-256 differs)")
     return json.dumps(r, sort_keys=True)

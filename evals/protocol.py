@@ -36,7 +36,7 @@ import torch
 
 from condense.data import load_dataset
 from condense.data.subset import class_balanced_indices
-from condense.runtime.errors import ConfigError
+from condense.runtime.errors import ConfigError, FormatError
 from condense.synset import LabelSpec, SynSet, hard_labels, load_synset
 from condense.train import TrainProtocol, evaluate, protocol_dict
 
@@ -87,14 +87,17 @@ def label_recipe(s: SynSet) -> str | None:
     canonical JSON of teacher file + hash, views, epochs, seed, strategy, temperature. None
     for hard labels and for labels no teacher file can remake (learned, or from a store)."""
     made = s.provenance.get("labels") or {}
-    teacher = made.get("teacher") or {}
-    if s.label_spec.kind == "hard" or "file" not in teacher:
+    teacher = made.get("teacher") or {} if isinstance(made, dict) else {}
+    if s.label_spec.kind == "hard" or not isinstance(teacher, dict) or "file" not in teacher:
         return None
-    recipe = {"teacher": teacher["file"], "sha256": teacher["sha256"], "views": made["views"],
-              "temperature": float(made["temperature"])}
-    if made["views"] != "static":
-        recipe.update(epochs=int(made["view_epochs"]), seed=int(made["view_seed"]),
-                      strategy=made.get("strategy") or s.label_spec.view_strategy)
+    try:  # the provenance of a shared set may be anything: a malformed one is one line
+        recipe = {"teacher": str(teacher["file"]), "sha256": str(teacher["sha256"]), "views": str(made["views"]),
+                  "temperature": float(made["temperature"])}
+        if made["views"] != "static":
+            recipe.update(epochs=int(made["view_epochs"]), seed=int(made["view_seed"]),
+                          strategy=str(made.get("strategy") or s.label_spec.view_strategy))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise FormatError("its labels' provenance is malformed (the teacher and views that made them)") from None
     return json.dumps(recipe, sort_keys=True)
 
 

@@ -552,3 +552,36 @@ def test_a_pipeline_killed_then_rerun_equals_an_uninterrupted_one(tmp_path):
     accs = [[r["accs"] for r in json.loads((p / "results.json").read_text())["results"]]
             for p in (killed, tmp_path / "whole")]
     assert accs[0] == accs[1]
+
+
+def _labelled_by(teacher: str, sha: str = "0" * 64):
+    def change(f):
+        f["labels"].attrs.update({"kind": "probabilities", "loss": "kl"})
+        n, k = f["classes"].shape[0], int(f.attrs["num_classes"])
+        del f["labels/data"]
+        f["labels"].create_dataset("data", data=np.full((n, k), 1.0 / k, np.float32))
+        f["labels"].attrs["shape"] = [n, k]
+        prov = json.loads(f.attrs["provenance"])
+        prov["labels"] = {"teacher": {"file": teacher, "sha256": sha}, "views": "static", "temperature": 1.0}
+        f.attrs["provenance"] = json.dumps(prov)
+    return change
+
+
+@pytest.mark.parametrize("named", ["victim", "fifo", "malformed"])
+def test_eval_reads_no_teacher_a_hostile_set_names(named, toy_set, victim, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    if named == "malformed":
+        def change(f):
+            _labelled_by(str(victim))(f)
+            prov = json.loads(f.attrs["provenance"])
+            prov["labels"] = {"teacher": {"file": "x"}, "views": 3}
+            f.attrs["provenance"] = json.dumps(prov)
+        path = tampered(toy_set, tmp_path, change)
+        needle = "provenance is malformed"
+    else:
+        path = tampered(toy_set, tmp_path, _labelled_by(str(victim if named == "victim" else fifo)))
+        needle = "not a teacher" if named == "victim" else "not a regular file"
+    res = cli_proc("eval", path, "--runs", "1", "--epochs", "1", "--json", tmp_path / "r.json", timeout=120)
+    refused(res, needle)
+    assert victim.read_bytes() == SECRET and not (tmp_path / "r.json").exists()
