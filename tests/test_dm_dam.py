@@ -214,7 +214,7 @@ def test_bad_input_is_one_clear_config_error(toy, tmp_path, make_cfg, kw, messag
 
 
 def test_dam_specific_bad_input(tmp_path):
-    with pytest.raises(ConfigError, match="--power must be in \[1, 16\]"):
+    with pytest.raises(ConfigError, match=r"--power must be in \[1, 16\]"):
         dam_cfg(tmp_path, power=0.5).validate()
     with pytest.raises(ConfigError, match="--mmd-weight must be >= 0"):
         dam_cfg(tmp_path, mmd_weight=-1.0).validate()

@@ -275,7 +275,7 @@ def test_idx_gzip_with_trailing_garbage_or_a_cut_trailer_is_refused(tmp_path):
     with pytest.raises(DataError, match="before the gzip trailer"):
         read_idx(tmp_path / "cut.gz")
     (tmp_path / "short.gz").write_bytes(gzip.compress(good[:-1]))
-    with pytest.raises(DataError, match="truncated: 17 bytes, but dims \(2, 3\) need 18"):
+    with pytest.raises(DataError, match=r"truncated: 17 bytes, but dims \(2, 3\) need 18"):
         read_idx(tmp_path / "short.gz")
     # Several gzip members are one stream (what `cat a.gz b.gz` gives): still read.
     (tmp_path / "two.gz").write_bytes(gzip.compress(good[:7]) + gzip.compress(good[7:]))
