@@ -133,6 +133,9 @@ def check_h5(f: Any) -> None:
             raise FormatError(f"'{name}' is a {type(link).__name__} (only hard links are read)")
     for name, _ in links:
         obj = f[name]
+        # One name per object: a dataset linked under a thousand names would be read a thousand times.
+        if h5py.h5o.get_info(obj.id).rc != 1:
+            raise FormatError(f"'{name}' has {h5py.h5o.get_info(obj.id).rc} names (condense files name each object once)")
         if isinstance(obj, h5py.Dataset):
             _check_dataset(name, obj)
 

@@ -92,6 +92,11 @@ def _unknown_filter(f):
     f.create_dataset("images", data=data, chunks=data.shape, compression=32001, allow_unknown_filter=True)
 
 
+def _many_names(f):
+    for i in range(50):  # the images read fifty times over, were they trusted
+        f["labels"][f"alias{i}"] = f["images"]
+
+
 def _deep_json(f):
     f.attrs["config"] = "[" * 100_000 + "]" * 100_000
 
@@ -113,6 +118,7 @@ HOSTILE_SETS = {
     "string data": (lambda victim, good: _string_images, "not numbers"),
     "unknown filter": (lambda victim, good: _unknown_filter, "filter 32001"),
     "deep json": (lambda victim, good: _deep_json, "not valid JSON"),
+    "hard-link aliases": (lambda victim, good: _many_names, "names"),
     "text attribute": (lambda victim, good: _classes_as_text, "num_classes"),
     "huge header": (lambda victim, good: _huge_header, "'images' has shape"),
 }
