@@ -31,6 +31,7 @@ import torch
 from condense.runtime.errors import CondenseError, FormatError
 from condense.runtime.files import WriteError, attr, check_h5, dataset, regular_file, write_h5, write_text
 from condense.nets import FlatLayout
+from condense.synset import file_sha256
 from condense.version import __version__
 
 STORE_FORMAT = "condense.trajectories"
@@ -294,12 +295,6 @@ def prepare_store(folder: str | os.PathLike, meta: dict[str, Any], experts: int,
     return [i for i in range(experts) if i not in done]
 
 
-def _sha256(path: Path) -> str:
-    from condense.synset import file_sha256
-
-    return file_sha256(path)
-
-
 def seal_experts(folder: str | os.PathLike, indices: Any = None) -> None:
     """Record in the manifest the SHA-256 of finished experts (``indices``, or every one without a
     checksum yet), so that a resume can tell an expert damaged on disk from a sound one.
@@ -308,15 +303,17 @@ def seal_experts(folder: str | os.PathLike, indices: Any = None) -> None:
     meta = read_manifest(folder)
     sums = dict(meta.get("checksums", {}))
     done = {int(m.group(1)) for p in folder.iterdir() if (m := _EXPERT_RE.match(p.name))}
-    todo = sorted(done if indices is None else done & set(indices))
-    todo = [i for i in todo if indices is not None or expert_path(folder, i).name not in sums]
+    if indices is None:
+        todo = [i for i in sorted(done) if expert_path(folder, i).name not in sums]
+    else:
+        todo = sorted(done & set(indices))
     if not todo:
         return
     for i in todo:
         path = expert_path(folder, i)
         with open_expert(path, meta):
             pass
-        sums[path.name] = _sha256(path)
+        sums[path.name] = file_sha256(path)
     write_text(folder / MANIFEST, json.dumps(dict(meta, checksums=sums), indent=1, sort_keys=True, default=str))
 
 
@@ -330,13 +327,13 @@ def _verify_experts(folder: Path, meta: dict[str, Any], note: Callable[[str], No
             continue
         reason = None
         if p.name in sums:
-            if _sha256(p) != sums[p.name]:
+            if file_sha256(p) != sums[p.name]:
                 reason = "its checksum differs from the manifest's"
         else:
             try:
                 with open_expert(p, meta):
                     pass
-                sums[p.name] = _sha256(p)  # finished, but its run was killed before sealing it
+                sums[p.name] = file_sha256(p)  # finished, but its run was killed before sealing it
             except FormatError as e:
                 reason = str(e).split(": ", 1)[-1]
         if reason:

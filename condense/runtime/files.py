@@ -13,7 +13,7 @@ Reading (:func:`open_h5`)
     fewer), so a declared shape can never make a small file allocate or decode much more than
     its own size. :func:`dataset` then checks a dataset's shape and kind against what the reader
     expects before a byte is read.
-Writing (:func:`replacing`, :func:`write_atomically`, :func:`write_h5`, :func:`append_line`)
+Writing (:func:`replacing`, :func:`write_h5`, :func:`write_torch`, :func:`append_line`)
     An output is written to a fresh temporary file of ours in its folder (created exclusively,
     so never through a planted symlink) and renamed over the final name, which replaces a
     symlink there rather than writing through it. HDF5 files are built in memory and written
@@ -104,7 +104,7 @@ def _check_dataset(name: str, ds: Any) -> None:
     declared = int(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize if ds.shape is not None else 0
     stored = ds.id.get_storage_size()
     compressed = any(f in (1, 32000) for f in filters)
-    if ds.id.get_create_plist().get_layout() == h5py.h5d.COMPACT:
+    if plist.get_layout() == h5py.h5d.COMPACT:
         stored = declared if declared <= 64 * 1024 else 0  # compact data lives in the header, at most 64 KiB
     if declared > stored * (MAX_RATIO if compressed else 1):
         raise FormatError(f"'{name}' declares shape {ds.shape} ({declared:,} bytes) but stores {stored:,} bytes "
@@ -134,8 +134,9 @@ def check_h5(f: Any) -> None:
     for name, _ in links:
         obj = f[name]
         # One name per object: a dataset linked under a thousand names would be read a thousand times.
-        if h5py.h5o.get_info(obj.id).rc != 1:
-            raise FormatError(f"'{name}' has {h5py.h5o.get_info(obj.id).rc} names (condense files name each object once)")
+        names = h5py.h5o.get_info(obj.id).rc
+        if names != 1:
+            raise FormatError(f"'{name}' has {names} names (condense files name each object once)")
         if isinstance(obj, h5py.Dataset):
             _check_dataset(name, obj)
 
@@ -197,10 +198,9 @@ def dataset(group: Any, name: str, shape: tuple[int | None, ...] | None = None, 
     ``"iu"``: integers...); ``dtype`` converts it. FormatError before reading otherwise."""
     import h5py
 
-    obj = group.get(name, getlink=True)
-    if obj is None:
+    ds = group.get(name)
+    if ds is None:
         raise FormatError(f"missing '{name}': the file is corrupt or truncated")
-    ds = group[name]
     if not isinstance(ds, h5py.Dataset):
         raise FormatError(f"'{name}' is not a dataset")
     if ds.dtype.kind not in kinds:
@@ -331,14 +331,6 @@ def clear_temporaries(folder: str | os.PathLike, name: str = "*") -> list[Path]:
     return removed
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """``write(tmp)`` into a temporary sibling of ``path``, then rename it into place (see
-    :func:`replacing`). Returns ``path``."""
-    with replacing(path) as tmp:
-        write(tmp)
-    return Path(path)
-
-
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
     """Write ``data`` to ``path`` atomically (:func:`replacing`), with plain writes."""
     with replacing(path) as tmp:
@@ -456,10 +448,10 @@ def inside(root: str | os.PathLike, relative: str, what: str) -> Path:
 
 # --- locking -----------------------------------------------------------------------------------
 
-_HELD: dict[str, list[Any]] = {}  # lock path -> [fd, depth]: a process may nest its own locks
+_HELD: set[str] = set()  # lock files this process holds: a process may nest its own locks
 
 
-def lock_path(target: str | os.PathLike) -> Path:
+def _lock_path(target: str | os.PathLike) -> Path:
     """The lock file of output ``target``: ``.NAME.lock`` beside it."""
     target = Path(target)
     return target.with_name(f".{target.name}.lock")
@@ -488,14 +480,10 @@ def output_lock(target: str | os.PathLike | None) -> Iterator[None]:
     if target is None:
         yield
         return
-    path = lock_path(target)
+    path = _lock_path(target)
     key = str(path.absolute())
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield
-        finally:
-            _HELD[key][1] -= 1
+    if key in _HELD:  # an outer block of this process holds it and releases it
+        yield
         return
     try:
         _make_folder(path.parent)
@@ -523,11 +511,11 @@ def output_lock(target: str | os.PathLike | None) -> Iterator[None]:
                      f"{' '.join(sys.argv)[:200]}\n".encode())
     except OSError as e:
         raise WriteError(f"cannot lock {target}: {_reason(e)}") from None
-    _HELD[key] = [fd, 1]
+    _HELD.add(key)
     try:
         yield
     finally:
-        del _HELD[key]
+        _HELD.discard(key)
         try:
             os.unlink(path)
         except OSError:
