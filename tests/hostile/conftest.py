@@ -10,8 +10,10 @@ import hashlib
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -117,6 +119,18 @@ def _can_mount() -> str | None:
     return None
 
 
+@contextmanager
+def _mounted(argv: list[str], folder: Path, what: str) -> Iterator[Path]:
+    """``folder`` with ``mount ARGV folder`` over it for the block (skipped when it cannot be mounted)."""
+    p = subprocess.run(["mount", *argv, str(folder)], capture_output=True, text=True)
+    if p.returncode:
+        pytest.skip(f"cannot {what} here: {p.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A folder on a 600 KiB tmpfs: writes there run out of space (skipped unless root may mount)."""
@@ -125,13 +139,8 @@ def small_disk(tmp_path):
         pytest.skip(why)
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if p.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with _mounted(["-t", "tmpfs", "-o", "size=600k", "tmpfs"], mnt, "mount a tmpfs") as folder:
+        yield folder
 
 
 @pytest.fixture
@@ -141,13 +150,8 @@ def read_only_dir(tmp_path):
     ro.mkdir()
     (ro / "before.txt").write_text("kept")
     if os.geteuid() == 0:
-        p = subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)], capture_output=True, text=True)
-        if p.returncode:
-            pytest.skip(f"cannot bind-mount read-only here: {p.stderr.strip()}")
-        try:
-            yield ro
-        finally:
-            subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+        with _mounted(["--bind", "-o", "ro", str(ro)], ro, "bind-mount read-only") as folder:
+            yield folder
     else:
         ro.chmod(0o555)
         try:
