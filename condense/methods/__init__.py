@@ -1,9 +1,11 @@
 """Layer 3: synthesis methods. Each registers a config dataclass and a runner here."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..config.declare import clip
 from ..runtime.errors import ConfigError
 from ..runtime.files import holding_lock
 
@@ -32,10 +34,13 @@ def register_method(entry: MethodEntry) -> None:
 
 
 def get_method(name: str) -> MethodEntry:
+    """The registered method ``name``; an unknown one is one ConfigError line naming the closest."""
     try:
         return _METHODS[name]
     except KeyError:
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}") from None
+        near = difflib.get_close_matches(name, method_names(), n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else f"available: {', '.join(method_names())}"
+        raise ConfigError(f"unknown method {clip(repr(name), 80)}; {hint}") from None
 
 
 def method_names() -> list[str]:
