@@ -201,5 +201,30 @@ def test_the_options_page_is_generated_from_the_declarations():
     from condense.workflows.options_page import options_page
 
     page = (Path(__file__).parents[1] / "docs" / "OPTIONS.md").read_text()
-    assert page == options_page(), "regenerate: python -m condense.workflows.options_page > docs/OPTIONS.md"
+    assert page == options_page(), "regenerate: python -m condense.workflows.options_page --write"
     assert "| `--lr-img` | synthesis | `100.0` | positive | learning rate of the images |" in page
+
+
+def test_every_generated_block_of_the_docs_is_up_to_date():
+    """The option tables and preset lists between `<!-- options: X -->` / `<!-- presets: X -->` markers in docs/
+    are regenerated from the declarations and the shipped presets; an edited flag or preset shows up here."""
+    from condense.workflows.options_page import DOCS, REGENERATE, generated_pages, stale_pages
+
+    marked = [p for p in generated_pages() if p.name != "OPTIONS.md"]
+    assert len(marked) >= 6, f"the method pages should carry generated option tables, found {marked}"
+    stale = [str(p.relative_to(DOCS.parent)) for p in stale_pages()]
+    assert not stale, f"out of date: {', '.join(stale)}; regenerate: {REGENERATE}"
+
+
+def test_a_marked_block_is_regenerated_in_place():
+    """Only the text between the markers changes; an unknown name is a clear error, not an empty table."""
+    from condense.workflows.options_page import regenerate
+
+    page = "# Title\n\nbefore\n<!-- options: gm -->\nold table\n<!-- /options -->\nafter\n"
+    new = regenerate(page)
+    assert new.startswith("# Title\n\nbefore\n<!-- options: gm -->\n| option | part |")
+    assert new.endswith("\n<!-- /options -->\nafter\n") and "old table" not in new
+    assert "`--lr-net`" in new and regenerate(new) == new
+    assert "`fashion-mnist/gm-ipc1-cpu`" in regenerate("<!-- presets: gm -->\n<!-- /presets -->")
+    with pytest.raises(ValueError, match="not a command"):
+        regenerate("<!-- options: nosuch -->\n<!-- /options -->")
