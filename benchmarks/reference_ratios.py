@@ -2,7 +2,8 @@
 
 Usage:
   python benchmarks/reference_ratios.py --mtt MTT_CHECKOUT --dm DM_CHECKOUT
-      [--parts tm dm eval] [--rounds 2] [--iters 3] [--steps 20 80] [--threads 2]
+      [--parts tm dm eval] [--rounds 2] [--iters 3] [--steps 20 80] [--modes exact constant]
+      [--dm-ipc 1 10] [--eval-epochs 300] [--threads 2]
       [--store STORE] [--data-root DIR] [--json out.json]
 
 MTT_CHECKOUT is GeorgeCazenavette/mtt-distillation (buffer.py, distill.py, utils.py), DM_CHECKOUT
@@ -112,6 +113,11 @@ MTT_PATCHES = (
           "no Fashion-MNIST loader: add one (the normalisation of docs/REFERENCES.md)"),
     Patch("distill.py", "image_save = image_syn.cuda()", "image_save = image_syn.to(args.device)",
           "hard-coded .cuda() when the set is saved"),
+    Patch("networks.py", "        out = self.features(x)\n        out = out.view(out.size(0), -1)\n"
+                         "        out = self.classifier(out)\n",
+          "        out = self.features(x)\n        out = out.reshape(out.size(0), -1)\n"
+          "        out = self.classifier(out)\n",
+          "ConvNet.forward's .view fails on the CPU's non-contiguous features: .reshape (as DM's embed)"),
 )
 
 DM_PATCHES = (
@@ -487,15 +493,16 @@ _FRESH = ("import os, shutil, sys; shutil.rmtree(sys.argv[1], ignore_errors=True
           "os.execv(sys.argv[3], sys.argv[3:])")
 
 
-def tm_cases(setup: Setup, store: Path, buffers: Path, steps: Sequence[int]) -> list[Case]:
-    """condense exact and constant vs MTT's distill.py, one case per syn_steps value."""
+def tm_cases(setup: Setup, store: Path, buffers: Path, steps: Sequence[int],
+             modes: Sequence[str] = ("exact", "constant")) -> list[Case]:
+    """condense in each memory mode vs MTT's distill.py, one case per syn_steps value."""
     cases = []
     for n in steps:
         common = ["--ipc", "10", "--batch-syn", "100", "--syn-steps", str(n), "--expert-epochs", str(EXPERT_EPOCHS),
                   "--max-start-epoch", str(MAX_START_EPOCH), "--lr-img", "100", "--init", "real"]
         sides = [condense_synth_side(setup, f"condense {mode}", setup.work / f"tm_{mode}_{n}.h5",
                                      ["tm", "--trajectories", str(store), "--memory", mode, *common])
-                 for mode in ("exact", "constant")]
+                 for mode in modes]
         # MTT runs iterations 0..Iteration and its stub stamps each start and the end
         iteration = setup.warmup + setup.iters - 1
         mtt = [sys.executable, "distill.py", "--dataset", "FashionMNIST", "--model", "ConvNetW32", "--ipc", "10",
@@ -634,6 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--iters", type=int, default=3, help="timed iterations per process (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed first iterations per process (default 1)")
     ap.add_argument("--steps", type=int, nargs="+", default=[20, 80], help="tm syn_steps values (default 20 80)")
+    ap.add_argument("--modes", nargs="+", choices=("exact", "constant"), default=["exact", "constant"],
+                    help="condense tm memory modes (default exact constant)")
     ap.add_argument("--dm-ipc", type=int, nargs="+", default=[1, 10], help="dm IPC values (default 1 10)")
     ap.add_argument("--eval-epochs", type=int, default=300, help="evaluation epochs (default 300)")
     ap.add_argument("--threads", type=int, default=2, help="OMP/MKL threads of every process (default 2)")
@@ -680,7 +689,7 @@ def run(args: argparse.Namespace) -> int:
         # every checkout is checked before anything slow runs
         if {"tm", "eval"} & set(args.parts):
             setup.mtt = work / "mtt"
-            copy_checkout(args.mtt, setup.mtt, ("buffer.py", "distill.py", "utils.py"), MTT_PATCHES)
+            copy_checkout(args.mtt, setup.mtt, ("buffer.py", "distill.py", "utils.py", "networks.py"), MTT_PATCHES)
         if "dm" in args.parts:
             setup.dm = work / "dm"
             copy_checkout(args.dm, setup.dm, ("main_DM.py", "utils.py", "networks.py"), DM_PATCHES)
@@ -689,7 +698,7 @@ def run(args: argparse.Namespace) -> int:
         cases: list[Case] = []
         if "tm" in args.parts:
             store, buffers = expert_buffer(setup, args.store, logs, print)
-            cases += tm_cases(setup, store, buffers, args.steps)
+            cases += tm_cases(setup, store, buffers, args.steps, args.modes)
         if "dm" in args.parts:
             cases += dm_cases(setup, args.dm_ipc)
         if "eval" in args.parts:
@@ -705,7 +714,7 @@ def run(args: argparse.Namespace) -> int:
             "references": {name: {"path": str(p), "commit": commit_of(p)}
                            for name, p in (("mtt", args.mtt), ("dm", args.dm)) if p is not None},
             "settings": {"parts": args.parts, "rounds": args.rounds, "iters": args.iters, "warmup": args.warmup,
-                         "steps": args.steps, "dm_ipc": args.dm_ipc, "eval_epochs": args.eval_epochs,
+                         "steps": args.steps, "modes": args.modes, "dm_ipc": args.dm_ipc, "eval_epochs": args.eval_epochs,
                          "threads": args.threads, "store": str(args.store) if args.store else "recorded",
                          "expert_epochs": EXPERT_EPOCHS, "max_start_epoch": MAX_START_EPOCH},
             "rows": rows,

@@ -14,6 +14,8 @@ MTT_FILES = {
     "buffer.py": "print('buffer')\n",
     "distill.py": "import torch\nimage_save = image_syn.cuda()\n",
     "utils.py": "    if dataset == 'CIFAR10':\n        pass\n    elif dataset == 'Tiny':\n        pass\n",
+    "networks.py": ("    def forward(self, x):\n        out = self.features(x)\n        out = out.view(out.size(0), -1)\n"
+                    "        out = self.classifier(out)\n        return out\n"),
 }
 DM_UTILS = "".join(f"    if param.Siamese:\r\n        v{i}[:] = v{i}[0]\r\n" for i in range(10))
 DM_NETWORKS = ("class ConvNet:\r\n    def embed(self, x):\r\n        out = self.features(x)\r\n"
@@ -34,12 +36,14 @@ def digest(folder: Path) -> dict[str, str]:
 def test_mtt_patches_apply_to_the_copy_only(tmp_path):
     checkout = make_checkout(tmp_path / "mtt", MTT_FILES)
     before = digest(checkout)
-    rr.copy_checkout(checkout, tmp_path / "copy", ("buffer.py", "distill.py", "utils.py"), rr.MTT_PATCHES)
+    rr.copy_checkout(checkout, tmp_path / "copy", ("buffer.py", "distill.py", "utils.py", "networks.py"),
+                     rr.MTT_PATCHES)
     assert digest(checkout) == before
     distill = (tmp_path / "copy" / "distill.py").read_text()
     assert "image_syn.to(args.device)" in distill and ".cuda()" not in distill
     utils = (tmp_path / "copy" / "utils.py").read_text()
     assert utils.index("dataset == 'FashionMNIST'") < utils.index("dataset == 'Tiny'")
+    assert "out.reshape(out.size(0), -1)" in (tmp_path / "copy" / "networks.py").read_text()
 
 
 def test_dm_patches_keep_crlf_line_endings(tmp_path):
