@@ -6,13 +6,17 @@ Usage:
       [--dm-ipc 1 10] [--eval-epochs 300] [--threads 2]
       [--store STORE] [--data-root DIR] [--json out.json]
 
-MTT_CHECKOUT is GeorgeCazenavette/mtt-distillation (buffer.py, distill.py, utils.py), DM_CHECKOUT
-VICO-UoE/DatasetCondensation (main_DM.py, utils.py), at the commits docs/REFERENCES.md names.
-Neither runs as-is on a CPU with Fashion-MNIST, so each checkout is copied into a temporary
-folder and the fixes docs/REFERENCES.md lists are applied to the copy (textual patches that
-must match exactly; a checkout that does not is refused with one line). The user's checkout
-is only read. A no-op ``wandb`` module (and a ``kornia`` one when kornia is missing: only
-MTT's ZCA uses it) is put first on the reference's PYTHONPATH.
+MTT_CHECKOUT is GeorgeCazenavette/mtt-distillation (distill.py, utils.py, networks.py), DM_CHECKOUT
+VICO-UoE/DatasetCondensation (main_DM.py, utils.py, networks.py), at the commits
+docs/REFERENCES.md names. Neither runs as-is on a CPU with Fashion-MNIST, so each checkout is
+copied into a temporary folder and the copy is patched (MTT_PATCHES, DM_PATCHES below: MTT
+gets a Fashion-MNIST loader, ``.to(args.device)`` for its one ``.cuda()``, ``.reshape`` in
+ConvNet.forward; DM gets ``.clone()`` in its siamese augmentation and ``.reshape`` in
+ConvNet.embed). Each patch must match exactly; a checkout where one does not is refused with
+one line and exit status 2. The user's checkout is only read. A no-op ``wandb`` module (and
+a ``kornia`` one when kornia is missing: only MTT's ZCA uses it) is put first on the
+references' PYTHONPATH; their Fashion-MNIST is torchvision's ``FashionMNIST/raw`` layout built
+from condense's IDX files.
 
 Parts (Fashion-MNIST, ConvNet D3 W32, instance norm, avg pool, DSA on):
   tm    condense ``synth tm`` (``--memory exact`` and ``constant``) vs MTT's distill.py: IPC 10,
@@ -25,7 +29,8 @@ Parts (Fashion-MNIST, ConvNet D3 W32, instance norm, avg pool, DSA on):
   eval  condense ``eval`` (one run, --eval-epochs epochs, lr 0.01) vs MTT's evaluate_synset on
         the same IPC-10 set (class-balanced random real images).
 
-Timing: every measurement is a fresh child process, so its peak RSS (from wait4) is its own.
+Timing: every measurement is a fresh child process, so its peak RSS (wait4 of a slim launcher,
+see run_child) is its own.
 The sides of one case run one after the other, condense first, then again each round, so a
 change in the machine's load hits both sides alike: absolute seconds on a shared machine
 are noisy, the ratio much less. s/iteration is the median over the timed iterations of all
@@ -43,6 +48,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import importlib.util
 import json
 import os
 import platform
@@ -275,9 +281,7 @@ def write_stubs(folder: Path) -> Path:
     """The module folder put first on the references' PYTHONPATH."""
     (folder / "wandb").mkdir(parents=True)
     (folder / "wandb" / "__init__.py").write_text(WANDB_STUB)
-    try:
-        import kornia  # noqa: F401  (the real one when it is installed)
-    except ImportError:
+    if importlib.util.find_spec("kornia") is None:  # the real one when it is installed
         (folder / "kornia").mkdir()
         (folder / "kornia" / "__init__.py").write_text(KORNIA_STUB)
     return folder

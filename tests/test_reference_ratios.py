@@ -151,3 +151,43 @@ def test_run_child_reports_its_own_peak(tmp_path):
 
 def test_commit_is_unknown_outside_a_git_top(tmp_path):
     assert rr.commit_of(tmp_path) == "unknown"
+
+
+def test_wandb_stub_stamps_each_mtt_iteration(tmp_path):
+    stubs = rr.write_stubs(tmp_path / "stubs")
+    script = tmp_path / "distill.py"  # wandb as MTT's distill.py uses it
+    script.write_text(
+        "import argparse, time, wandb\n"
+        "args = argparse.Namespace(ipc=10, lr_img=100.0)\n"
+        "wandb.init(project='DatasetDistillation', config=args)\n"
+        "args = type('', (), {})()\n"
+        "for k in wandb.config._items: setattr(args, k, wandb.config._items[k])\n"
+        "assert (args.ipc, wandb.run.name) == (10, 'reference-ratios')\n"
+        "for it, pause in enumerate([0.0, 0.1, 0.3]):\n"
+        "    wandb.log({'Progress': it}, step=it)\n"
+        "    wandb.log({'Pixels': wandb.Histogram([1.0])}, step=it)\n"
+        "    time.sleep(pause)\n"
+        "wandb.finish()\n")
+    env = {"PYTHONPATH": str(stubs)}
+    rc, _, _ = rr.run_child([sys.executable, str(script)], tmp_path, env, tmp_path / "mtt.log")
+    log = (tmp_path / "mtt.log").read_text()
+    assert rc == 0, log
+    first, second = rr.tick_seconds(log, warmup=1, iters=2)  # the 0.0 s warm-up iteration is dropped
+    assert 0.1 <= first < 0.3 <= second
+
+
+def test_dm_driver_stamps_each_network_build(tmp_path):
+    (tmp_path / "main_DM.py").write_text(
+        "import sys, time\n"
+        "def get_network(*args):\n    return None\n"
+        "def main():\n"
+        "    assert sys.argv[1:] == ['--Iteration', '3']\n"
+        "    for pause in [0.0, 0.1, 0.3, 0.0]:\n"
+        "        get_network('ConvNetW32')\n"
+        "        time.sleep(pause)\n")
+    (tmp_path / "driver.py").write_text(rr.DM_DRIVER)
+    rc, _, _ = rr.run_child([sys.executable, "driver.py", "--Iteration", "3"], tmp_path, {}, tmp_path / "dm.log")
+    log = (tmp_path / "dm.log").read_text()
+    assert rc == 0, log
+    first, second = rr.tick_seconds(log, warmup=1, iters=2)  # the 0.0 s warm-up iteration is dropped
+    assert 0.1 <= first < 0.3 <= second
