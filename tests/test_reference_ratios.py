@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -149,8 +150,17 @@ def test_run_child_reports_its_own_peak(tmp_path):
     assert rc == 3
 
 
-def test_commit_is_unknown_outside_a_git_top(tmp_path):
+def test_commit_is_the_checkouts_own_head(tmp_path):
     assert rr.commit_of(tmp_path) == "unknown"
+    repo = make_checkout(tmp_path / "repo", {"distill.py": ""})
+    (repo / "sub").mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert rr.commit_of(repo) == head
+    assert rr.commit_of(repo / "sub") == "unknown"  # a folder inside another repository is not that commit
 
 
 def test_wandb_stub_stamps_each_mtt_iteration(tmp_path):
