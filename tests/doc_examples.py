@@ -5,7 +5,7 @@ module holds what those tests need:
 
 - :func:`parse_page` finds a page's blocks and the ``<!-- example: skip REASON -->`` markers
   (on the line right before a fence); a malformed or misplaced marker is a :class:`Problem`,
-  which fails its own test, so a typo never silently skips or runs a block.
+  which fails the marker test, so a typo never silently skips or runs a block.
 - :class:`ShrinkTable` reads tests/doc_examples.yaml: regex substitutions applied to every
   block's text, keywords forced onto a command (appended as flags to a ``condense`` command,
   where argparse's last occurrence wins; forced onto the Python API's keywords), and the
@@ -473,9 +473,11 @@ class Runner:
         failure = self._attempt(block, page)
         if failure is not None:
             failed = [f"{block.page}:{line}" for line, f in page.outcomes.items() if f and line < block.line]
-            if failed:
-                failure += f"\n(earlier blocks of this page failed too, so files they make may be missing: " \
-                           f"{', '.join(failed)})"
+            skipped = [b.id for b in self.blocks if b.page == block.page and b.line < block.line and b.skip]
+            for what, ids in (("failed", failed), ("are skipped", skipped)):
+                if ids:
+                    failure += f"\n(earlier blocks of this page {what}, so files they make may be missing: " \
+                               f"{', '.join(ids)})"
             raise ExampleError(failure)
 
     def _attempt(self, block: Block, page: Page) -> str | None:
