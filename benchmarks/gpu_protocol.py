@@ -33,14 +33,27 @@ leaves the others' results and its one-line error), the libraries' own messages 
 ``log.txt``, and the sets and stores under ``work/`` (cleared at the start of each phase:
 a rerun measures afresh). One line per phase on the terminal, with the elapsed time.
 
-Budget estimate for one H100 (no GPU was lent when this was written, so these are
-estimates from the CPU timings of docs/BENCHMARKS.md and typical speed-ups of small,
-launch-bound convolution steps, 20-60x): about 2.5 min for paths (the three JAX
-compilations dominate: ~30 s each), 1 min for timings, and 5.5 min for accuracy (5 experts
-x 8 epochs on the full training split ~1.5 min, tm 2 x 300 iterations ~2 min, dm 2 x 500
-~1 min, the evaluation of 6 sets x 5 stacked runs ~0.5 min, dataset loads ~0.5 min):
-~9 min, which leaves 3 min of the 12 for a slower card or compiler. ``--smoke`` takes
-about half a minute on 2 CPU cores.
+Budget: about 9 minutes on one H100, an estimate (no GPU was lent when this was written): the
+CPU costs of docs/BENCHMARKS.md (2 cores) over the speed-ups of small convolution steps on a
+GPU, where kernel launches rather than arithmetic bound them:
+
+- paths ~2.5 min: three JAX compilations (frepo, tm and dm with --backend jax; 20-40 s each
+  on a GPU, 10-20 s at toy size on a CPU), 12 torch rows of a few seconds (data loads and
+  set grids included), the two labelling workers' start (~10 s);
+- timings ~1 min: tm at 80 steps ~0.5 s/it exact, ~1 s/it constant (CPU: 8.4 and 11.9 s/it),
+  6 iterations per configuration; 10 runs x 300 epochs of IPC 10, ~3 s stacked, ~15 s one
+  after another;
+- accuracy ~5.5 min: experts 5 x 7 epochs of the full training split at ~1.5 s/epoch
+  (215 steps of ~5 ms and a test pass) ~1 min; tm 2 x 300 iterations at 0.1-0.2 s/it
+  (20 unrolled W128 steps, launch-bound) ~1.5 min; dm 2 x 500 iterations at ~0.04 s/it
+  (CPU 2.14 s/it at W128) ~0.7 min; the evaluation (6 sets x 5 runs x 300 one-batch epochs;
+  random real's runs are not stacked: each trains on other images) ~1 min; dataset loads
+  and grids ~1 min.
+
+A slower card or compiler has the remaining 3 of the 12 minutes. Where one command may run
+at most 10 minutes, ``--phases paths timings`` and then ``--phases accuracy`` into the same
+``--out`` split the session over two commands into one report.
+``--smoke`` took 65 s on 2 CPU cores shared with other jobs (load ~7).
 """
 from __future__ import annotations
 
@@ -56,17 +69,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-# The checkout's condense, whether or not (or wherever) the package is installed: this measures this tree.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# JAX takes 75 % of a GPU's memory when it starts unless told otherwise; torch shares this GPU.
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-
 PUBLISHED = {  # docs/REFERENCES.md: Fashion-MNIST, ConvNet-3 W128, IPC 1 / 10, from the methods' papers
     "DC": {1: 70.5, 10: 82.3},
     "DSA": {1: 70.6, 10: 84.6},
     "KIP": {1: 73.8, 10: 86.8},
 }
 REFERENCES = "docs/REFERENCES.md"
+PHASES = ("paths", "timings", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,7 @@ BUDGETS = {
         path_iters=2, path_batch_real=64,
         timing_arch=_bench_tm_arch(), timing_steps=(20, 80), timing_ipc=10, timing_batch_syn=100, timing_iters=5,
         timing_dm_batch_real=256, stack_runs=10, stack_epochs=300,
-        arch="convnet", ipcs=(1, 10), experts=5, expert_epochs=8,
+        arch="convnet", ipcs=(1, 10), experts=5, expert_epochs=7,
         tm_iters=300, tm_syn_steps=20, tm_expert_epochs=2, tm_max_start_epoch=5,
         dm_iters=500, dm_batch_real=256, eval_runs=5, eval_epochs=300),
     "smoke": lambda: Budget(
@@ -148,9 +157,18 @@ class Protocol:
     def __init__(self, budget: Budget, device: str, out: Path, log) -> None:
         self.b, self.device, self.out, self.log = budget, device, out, log
         self.t0 = time.perf_counter()
-        self.results: dict[str, Any] = {"budget": asdict(budget), "device": describe_device(device),
-                                        "published": {"source": REFERENCES, "figures": PUBLISHED},
-                                        "phases": {}, "paths": [], "timings": {}, "accuracy": {}}
+        fresh = {"budget": asdict(budget), "device": describe_device(device),
+                 "published": {"source": REFERENCES, "figures": PUBLISHED},
+                 "phases": {}, "paths": [], "timings": {}, "accuracy": {}}
+        self.results: dict[str, Any] = json.loads(json.dumps(fresh))  # as results.json holds it
+        previous = self.out / "results.json"
+        if previous.is_file():  # a session split over calls (--phases): the other phases' results stay
+            try:
+                before = json.loads(previous.read_text())
+            except ValueError:
+                before = {}
+            if all(before.get(k) == self.results[k] for k in ("budget", "device", "published")):
+                self.results = before
 
     # --- plumbing -------------------------------------------------------------------------------------
 
@@ -168,6 +186,8 @@ class Protocol:
     def phase(self, name: str, run: Callable[[], str]) -> None:
         """Run one phase; record its wall time and status (a failure is its one line); write the report."""
         t = time.perf_counter()
+        self.results[name] = [] if name == "paths" else {}
+        self.results["phases"][name] = {"status": "running (interrupted)", "seconds": 0.0}
         try:
             with self.quiet():
                 summary = run()
@@ -180,12 +200,12 @@ class Protocol:
         print(f"[{time.perf_counter() - self.t0:7.1f} s] {name}: {summary} ({seconds:.1f} s)", flush=True)
 
     def write(self) -> None:
-        self.results["total_seconds"] = round(time.perf_counter() - self.t0, 1)
+        self.results["total_seconds"] = round(sum(p["seconds"] for p in self.results["phases"].values()), 1)
         (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
         (self.out / "table.md").write_text(render(self.results))
 
     def failed(self) -> bool:
-        return (any(p["status"] == "error" for p in self.results["phases"].values())
+        return (any(p["status"] != "ok" for p in self.results["phases"].values())
                 or any(r["status"] == "error" for r in self.results["paths"]))
 
     # --- phase 1 ---------------------------------------------------------------------------------------
@@ -270,12 +290,18 @@ class Protocol:
         self.write()
         ev = timings["eval"] = {"set": "dm", "runs": b.stack_runs, "ipc": b.timing_ipc, "epochs": b.stack_epochs,
                                 "arch": b.timing_arch}
-        # dm's set: the random-real baseline is never stacked (each of its runs trains on other images)
+
+        def evaluate(stacked: bool, epochs: int, name: str) -> list[dict]:
+            # dm's set: the random-real baseline is never stacked (each of its runs trains on other images)
+            return condense.evaluate_sets(str(work / "dm.h5"), archs=[b.timing_arch], runs=b.stack_runs,
+                                          epochs=epochs, random_baseline=False, vmap_seeds=stacked, devices=[dev],
+                                          json=str(work / f"eval-{name}.json"))
+
+        for stacked in (True, False):  # one epoch each first: imports, kernels and their tuning are not timed
+            evaluate(stacked, 1, f"warm-{stacked}")
         for key, stacked in (("stacked_s", True), ("sequential_s", False)):
             t = time.perf_counter()
-            rows = condense.evaluate_sets(str(work / "dm.h5"), archs=[b.timing_arch], runs=b.stack_runs,
-                                          epochs=b.stack_epochs, random_baseline=False, vmap_seeds=stacked,
-                                          devices=[dev], json=str(work / f"eval-{key}.json"))
+            rows = evaluate(stacked, b.stack_epochs, key)
             ev[key] = round(time.perf_counter() - t, 2)
             ev[key.replace("_s", "_mean")] = rows[0]["mean"]
             self.write()
@@ -367,12 +393,13 @@ def one_line(e: BaseException) -> str:
 def render(results: dict[str, Any]) -> str:
     """table.md: accuracy beside the published figures, the timings, and the device-path table."""
     b, phases = results["budget"], results["phases"]
-    wall = ", ".join(f"{name} {p['seconds']:.0f} s" + ("" if p["status"] == "ok" else " (failed)")
+    phases = {name: phases[name] for name in PHASES if name in phases}
+    wall = ", ".join(f"{name} {p['seconds']:.0f} s" + ("" if p["status"] == "ok" else f" ({p['status']})")
                      for name, p in phases.items())
     lines = [f"# GPU protocol ({b['name']} budget)", "",
              f"Device: {results['device']}. Wall time {results.get('total_seconds', 0):.0f} s in all"
              + (f" ({wall})." if wall else "."), ""]
-    failures = [f"- {name}: {p['error']}" for name, p in phases.items() if p["status"] == "error"]
+    failures = [f"- {name}: {p.get('error', p['status'])}" for name, p in phases.items() if p["status"] != "ok"]
     if failures:
         lines += ["Failed phases:", "", *failures, ""]
     lines += [_accuracy_table(results), "", _timing_table(results), "", _paths_table(results)]
@@ -457,7 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/gpu-protocol", help="folder for results.json, table.md, log.txt, work/")
     ap.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda; without a GPU only with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="the same code at toy size (seconds on a CPU)")
+    ap.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
+                    help="run only these phases (e.g. to split a session into calls of at most 10 minutes)")
     args = ap.parse_args(argv)
+    # the checkout's condense, whether or not (or wherever) the package is installed: this measures this tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # JAX takes 75 % of a GPU's memory when it starts unless told otherwise; torch shares this GPU
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     import torch
 
@@ -488,9 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(out / "log.txt", "w") as log:
         p = Protocol(budget, device, out, log)
         print(f"gpu protocol ({budget.name} budget) on {p.results['device']} into {out}", flush=True)
-        p.phase("paths", p.paths)
-        p.phase("timings", p.timings)
-        p.phase("accuracy", p.accuracy)
+        for name in (n for n in PHASES if n in args.phases):
+            p.phase(name, getattr(p, name))
     print(f"[{time.perf_counter() - p.t0:7.1f} s] wrote {out / 'results.json'} and {out / 'table.md'}", flush=True)
     return 1 if p.failed() else 0
 
