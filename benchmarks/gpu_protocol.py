@@ -53,7 +53,7 @@ GPU, where kernel launches rather than arithmetic bound them:
 A slower card or compiler has the remaining 3 of the 12 minutes. Where one command may run
 at most 10 minutes, ``--phases paths timings`` and then ``--phases accuracy`` into the same
 ``--out`` split the session over two commands into one report.
-``--smoke`` took 65 s on 2 CPU cores shared with other jobs (load ~7).
+``--smoke`` took 32 s on 2 quiet CPU cores, 65 s when other jobs shared them (load ~7).
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ class Budget:
                 f"{self.tm_syn_steps}, expert_epochs {self.tm_expert_epochs}, max_start_epoch "
                 f"{self.tm_max_start_epoch}, lr_img 100); dm {self.dm_iters} iterations (batch_real "
                 f"{self.dm_batch_real}, init real); evaluation {self.eval_runs} runs x {self.eval_epochs} epochs, "
-                f"seeds stacked")
+                f"seeds stacked (random real's, on different subsets, one after another)")
 
 
 def _bench_tm_arch() -> str:
@@ -410,7 +410,7 @@ def _accuracy_table(results: dict[str, Any]) -> str:
     acc, b = results["accuracy"], results["budget"]
     ipcs = b["ipcs"]
     head = (f"## Accuracy: {b['dataset']}, {acc.get('arch', b['arch'])}\n\n"
-            f"Budget: {acc.get('budget', '')}. Mean ± 95 % interval over n runs (test accuracy, %). "
+            f"Budget: {Budget(**b).describe()}. Mean ± 95 % interval over n runs (test accuracy, %). "
             f"Published: the methods' papers on a GPU with their full budgets (ConvNet-3 W128; {REFERENCES}).\n\n"
             f"| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " | n |\n|---|" + "---|" * (len(ipcs) + 1))
     rows = acc.get("rows", [])
@@ -454,10 +454,10 @@ def _timing_table(results: dict[str, Any]) -> str:
     if "stacked_s" in ev:
         setting = f"the dm set above, {ev['runs']} runs, IPC {ev['ipc']}, {ev['epochs']} epochs, {ev['arch']}"
         lines += ["", "| evaluation | setting | wall time (s) | mean accuracy (%) |", "|---|---|---|---|",
-                  f"| seeds stacked (vmap_seeds) | {setting} | {ev['stacked_s']:.1f} | {ev['stacked_mean']:.2f} |"]
+                  f"| seeds stacked (vmap_seeds) | {setting} | {ev['stacked_s']:.2f} | {ev['stacked_mean']:.2f} |"]
         if "sequential_s" in ev:
             ratio = ev["sequential_s"] / max(ev["stacked_s"], 1e-9)
-            lines.append(f"| one after another | {setting} | {ev['sequential_s']:.1f} ({ratio:.2f}x the stacked) | "
+            lines.append(f"| one after another | {setting} | {ev['sequential_s']:.2f} ({ratio:.2f}x the stacked) | "
                          f"{ev['sequential_mean']:.2f} |")
     return "\n".join(lines)
 
@@ -471,7 +471,7 @@ def _paths_table(results: dict[str, Any]) -> str:
              "JAX rows run on JAX's default device: `jax on cpu` beside a GPU means JAX has no CUDA build here.", "",
              "| method | device | status | seconds | error |", "|---|---|---|---|---|"]
     for r in results["paths"]:
-        lines.append(f"| {r['name']} | {r['device']} | {r['status']} | {r['seconds']:.1f} | "
+        lines.append(f"| {r['name']} | {r['device']} | {r['status']} | {r['seconds']:.2f} | "
                      f"{r.get('error', '').replace('|', '/')} |")
     return "\n".join(lines)
 
@@ -514,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         # measured 0.2-3 s per toy tm iteration against 0.05 s with one
         torch.set_num_threads(1)
         # the smoke checks the code path, not XLA's optimiser: a third less compile time on a CPU
-        os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+        os.environ.setdefault("XLA_FLAGS",
+                              "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     budget = BUDGETS["smoke" if args.smoke else "full"]()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,8 +15,9 @@ from condense.methods import method_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_protocol.py"
-sys.path.insert(0, str(SCRIPT.parent))
-import gpu_protocol  # noqa: E402  (benchmarks/ is not a package)
+_spec = importlib.util.spec_from_file_location("gpu_protocol", SCRIPT)  # benchmarks/ is not a package
+gpu_protocol = sys.modules["gpu_protocol"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_protocol)
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -64,7 +66,8 @@ def test_smoke_run_writes_every_section(smoke):
     table = (out / "table.md").read_text()
     for text in ("| DC (published) | 70.5 | 82.3 |", "| DSA (published) | 70.6 | 84.6 |",
                  "| KIP (published) | 73.8 | 86.8 |", "docs/REFERENCES.md", smoke_budget.describe(),
-                 "| tm, memory constant | syn_steps 4", "| seeds stacked (vmap_seeds) |", "| frepo | jax on cpu | ok |"):
+                 "| tm, memory constant | syn_steps 4", "| seeds stacked (vmap_seeds) |",
+                 "| frepo | jax on cpu | ok |"):
         assert text in table, text
 
 
@@ -94,7 +97,8 @@ def test_without_a_gpu_it_refuses_in_one_line(tmp_path):
 def test_a_failed_phase_and_a_failed_row_are_reported_and_fail_the_run(tmp_path):
     with open(os.devnull, "w") as log:
         p = gpu_protocol.Protocol(gpu_protocol.BUDGETS["smoke"](), "cpu", tmp_path, log)
-        row = {"name": "tm", "device": "cpu", "status": "error", "error": "CondenseError: out of memory", "seconds": 1.0}
+        row = {"name": "tm", "device": "cpu", "status": "error", "error": "CondenseError: out of memory",
+               "seconds": 1.0}
         p.phase("paths", lambda: p.results["paths"].append(row) or "1 row")
         assert p.results["phases"]["paths"]["status"] == "ok" and p.failed()  # the row's error fails the run
         p.phase("timings", lambda: 1 / 0)
@@ -103,4 +107,4 @@ def test_a_failed_phase_and_a_failed_row_are_reported_and_fail_the_run(tmp_path)
     assert r["phases"]["timings"]["error"] == "ZeroDivisionError: division by zero"
     table = (tmp_path / "table.md").read_text()
     assert "- timings: ZeroDivisionError: division by zero" in table
-    assert "| tm | cpu | error | 1.0 | CondenseError: out of memory |" in table
+    assert "| tm | cpu | error | 1.00 | CondenseError: out of memory |" in table
