@@ -124,7 +124,9 @@ class Budget:
 
 def _bench_tm_arch() -> str:
     """The network of benchmarks/bench_tm.py (the MTT reference run's), so the timings compare with it."""
-    from bench_tm import ARCH  # benchmarks/ is on sys.path when this file runs as a script
+    if str(Path(__file__).parent) not in sys.path:  # a script's folder is on it; an imported file's is not
+        sys.path.insert(0, str(Path(__file__).parent))
+    from bench_tm import ARCH
 
     return ARCH
 
@@ -188,6 +190,7 @@ class Protocol:
         t = time.perf_counter()
         self.results[name] = [] if name == "paths" else {}
         self.results["phases"][name] = {"status": "running (interrupted)", "seconds": 0.0}
+        self.write()  # what a killed run leaves says so
         try:
             with self.quiet():
                 summary = run()
@@ -519,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     budget = BUDGETS["smoke" if args.smoke else "full"]()
-    with open(out / "log.txt", "w") as log:
+    with open(out / "log.txt", "w", buffering=1) as log:  # line-buffered: a killed run keeps its messages
         p = Protocol(budget, device, out, log)
         print(f"gpu protocol ({budget.name} budget) on {p.results['device']} into {out}", flush=True)
         for name in (n for n in PHASES if n in args.phases):
