@@ -477,6 +477,24 @@ def test_per_view_labels_spread_over_two_workers_equal_one_process(teacher, tmp_
     assert two.provenance["labels_run"] == one.provenance["labels_run"]  # where it ran is not what it is
 
 
+
+def test_labels_on_one_named_device_run_there_in_process(teacher, tmp_path, monkeypatch):
+    """``--devices cuda:0`` labels on that device in this process (it used to stay on the CPU)."""
+    import condense.labels.run as labels_run
+    from condense.labels.run import LabelsConfig, run_labels
+
+    s = run_rded(RDEDConfig(teacher=teacher, ipc=1, arch=ARCH, num_crop=2, candidates=8, out=str(tmp_path / "r.h5")),
+                 CPU, **QUIET)
+    seen = []
+    real = labels_run.label_images
+    monkeypatch.setattr(labels_run, "label_images",
+                        lambda images, teacher, *a, **kw: seen.append(images.device) or real(images, teacher, *a, **kw))
+    base = dict(synset=s.config["out"], views="per-epoch", view_epochs=3, view_strategy="rrc+flip")
+    here = run_labels(LabelsConfig(**base, devices=["cpu"], out=str(tmp_path / "one.h5")),
+                      progress=lambda m: None, bars=False)
+    assert seen == [torch.device("cpu")]  # went through label_on, once, in this process
+    assert here.labels.shape[:2] == (3, s.images.shape[0])
+
 def test_regression_targets_train_on_their_classes_in_the_hard_row(tmp_path):
     from condense.data import load_dataset
     from condense.synset import LabelSpec, SynSet, file_sha256

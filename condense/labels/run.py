@@ -18,7 +18,7 @@ from condense.config.parts import DSA_DEFAULT, Data, Run, Training, Workers
 from condense.runtime.errors import ConfigError, CondenseError
 from condense.synset import SynSet, file_sha256, load_synset
 
-from .relabel import VIEW_MODES
+from .relabel import VIEW_MODES, label_images
 from condense.runtime.files import holding_lock
 
 SPREAD = ("devices", "executor", "address")  # where the work runs: not what the labels are
@@ -102,14 +102,25 @@ def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSe
         teacher = load_teacher(cfg.teacher, s, expert=cfg.teacher_expert, epoch=cfg.teacher_epoch,
                                committee=cfg.committee)
         spread = (cfg.devices and len(cfg.devices) > 1) or cfg.executor == "ray"
+        if spread and cfg.views == "per-epoch":
+            labeller = partial(spread_labels, cfg, progress)
+        elif cfg.devices:  # one device named (or static labels): label there, in this process
+            labeller = partial(label_on, cfg.devices[0])
+        else:
+            labeller = None
         s = relabel(s, teacher, views=cfg.views or "static", epochs=cfg.view_epochs, temperature=cfg.temperature,
-                    view_seed=cfg.view_seed, strategy=cfg.view_strategy, progress=bars,
-                    labeller=partial(spread_labels, cfg, progress) if spread and cfg.views == "per-epoch" else None)
+                    view_seed=cfg.view_seed, strategy=cfg.view_strategy, progress=bars, labeller=labeller)
     if cfg.codec:
         s = compress(s, cfg.codec, fit, progress=bars)
     s.provenance = dict(s.provenance, labels_run=record)
     s.save(Path(cfg.out))
     return s
+
+
+def label_on(device: str, images, teacher, num_classes: int, **kw):
+    """:func:`~condense.labels.relabel.label_images` with the images [N, C, H, W] and the teacher moved to
+    ``device`` (labels come back on the CPU)."""
+    return label_images(images.to(device), teacher.to(device), num_classes, **kw)
 
 
 def _already_done(out: str, record: dict) -> SynSet | None:
@@ -146,7 +157,6 @@ def spread_labels(cfg: LabelsConfig, note, images, teacher, num_classes, *, epoc
 def label_epochs(config: dict, first: int, stop: int, device: str = "cpu"):
     """A job: the per-view labels of epochs first..stop-1 of ``config``'s set and teacher."""
     from . import load_teacher
-    from .relabel import label_images
 
     cfg = LabelsConfig(**config)
     s = load_synset(cfg.synset)
