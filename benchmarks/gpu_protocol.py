@@ -257,11 +257,12 @@ class Protocol:
                 lambda: condense.synthesize(name, backend=backend, **kwargs, out=out))
             sets[label] = out
         soft = str(work / "random.soft.h5")
-        # labelling runs in-process on the CPU; only its jobs on two workers run on a GPU
-        labellers = [dev] if dev == "cpu" else [dev, dev]
-        row("labels", dev, lambda: run_labels(make_config(LabelsConfig, {
-            "synset": sets.get("random"), "teacher": teacher, "views": "per-epoch", "view_epochs": 2,
-            "devices": labellers, "out": soft}), bars=False))
+        # one device labels in this process; two name worker processes (spawned, each with its own CUDA context)
+        for label, labellers, out in [("labels", [dev], soft)] + (
+                [("labels on 2 workers", [dev, dev], str(work / "random.soft2.h5"))] if dev != "cpu" else []):
+            row(label, dev, lambda: run_labels(make_config(LabelsConfig, {  # row() calls it at once
+                "synset": sets.get("random"), "teacher": teacher, "views": "per-epoch", "view_epochs": 2,
+                "devices": labellers, "out": out}), bars=False))
         row("eval", dev, lambda: condense.evaluate_sets([soft], archs=[b.path_arch], runs=2, epochs=2,
                                                         vmap_seeds=True, devices=[dev], json=str(work / "eval.json")))
         bad = [r["name"] for r in rows if r["status"] != "ok"]
