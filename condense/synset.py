@@ -40,7 +40,7 @@ from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, spl
 from .data.transform import TRANSFORM_KINDS, PixelTransform
 from .data.zca import ZCA
 from .runtime.errors import ConfigError, FormatError
-from .runtime.files import attr, check_torch_file, dataset, json_attr, read_h5, write_h5, write_torch
+from .runtime.files import attr, dataset, json_attr, read_h5, write_h5
 from .version import __version__
 
 FORMAT_NAME = "condense.synset"
@@ -384,67 +384,29 @@ def _read(f: Any, path: Path) -> SynSet:
     return s
 
 
-# --- the reference repositories' .pt layout ---------------------------------------------------
+# --- the reference repositories' layouts (condense.layouts) ------------------------------------
 
 def export_pt(s: SynSet, path: str | os.PathLike) -> Path:
-    """Write ``{"image_syn", "label_syn", "syn_lr"}`` as MTT/FTD/DATM's evaluation code loads them.
+    """Write condense's earlier one-file layout ``{"image_syn", "label_syn", "syn_lr"}``
+    (:mod:`condense.layouts` writes the reference repositories' real ones)."""
+    from .layouts import write
 
-    The images stay in the space they were optimised in (normalised or ZCA-whitened),
-    as the reference code expects; soft labels are exported as their float tensor.
-    """
-    payload = {"image_syn": s.images.detach().cpu().float().contiguous(),
-               "label_syn": s.labels.detach().cpu().contiguous()}
-    if s.lr is not None:
-        payload["syn_lr"] = torch.tensor(float(s.lr))
-    return write_torch(path, payload)
+    write(s, Path(path), "dict")
+    return Path(path)
 
 
 def import_pt(path: str | os.PathLike, *, dataset: str, num_classes: int, image_shape: tuple[int, int, int],
               transform: PixelTransform, data: dict[str, Any] | None = None) -> SynSet:
-    """Read a reference-layout ``.pt`` set (never unpickling arbitrary objects).
+    """Read a one-file ``.pt`` set (never unpickling arbitrary objects): the dict
+    ``{image_syn, label_syn[, syn_lr]}`` (or ``images``/``labels``/``lr``), or DC/DSA/DM's
+    ``{'data': [[images, labels], ...]}`` (its first experiment). Hard labels are int64 [N];
+    float [N, K] labels are soft logits (DATM's learned labels). The caller supplies the dataset
+    and its pixel transform, which .pt files do not carry. See :mod:`condense.layouts`."""
+    from .layouts import build_set, read
 
-    Accepts a dict with ``image_syn``/``label_syn`` (and optional ``syn_lr``), or the
-    same under ``images``/``labels``/``lr``. Hard labels are int64 [N]; float [N, K]
-    labels are taken as soft logits (DATM's learned labels), the images' classes then
-    following the reference layout (class by class, ``ipc`` images each). The caller supplies the
-    dataset and its pixel transform, which the .pt layout does not carry.
-    """
-    path = check_torch_file(path, "reference-layout .pt")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for unsafe or corrupt files
-        raise FormatError(f"{path}: not a weights-only tensor file ({type(e).__name__}); refusing to unpickle it") from None
-    if not isinstance(obj, dict):
-        raise FormatError(f"{path}: expected a dict with 'image_syn' and 'label_syn', got {type(obj).__name__}")
-    images = obj.get("image_syn", obj.get("images"))
-    labels = obj.get("label_syn", obj.get("labels"))
-    lr = obj.get("syn_lr", obj.get("lr"))
-    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise FormatError(f"{path}: needs tensors 'image_syn' and 'label_syn' (found keys {sorted(obj)})")
-    images = images.float()
-    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
-        raise FormatError(f"{path}: images of shape {tuple(images.shape)} do not fit {dataset} ([N, {', '.join(map(str, image_shape))}])")
-    if labels.is_floating_point():
-        if labels.ndim != 2:
-            raise FormatError(f"{path}: soft labels must be [N, K], got {tuple(labels.shape)}")
-        if images.shape[0] % num_classes:
-            raise FormatError(f"{path}: {images.shape[0]} images cannot be {num_classes} equal classes")
-        # The reference repositories store images class by class (c * ipc ... (c + 1) * ipc - 1).
-        classes = torch.arange(num_classes).repeat_interleave(images.shape[0] // num_classes)
-        s = SynSet(images=images, classes=classes, labels=labels.float(), dataset=dataset, num_classes=num_classes,
-                   method="imported", label_spec=LabelSpec(kind="logits", loss="kl"), transform=transform)
-    else:
-        s = SynSet.hard(images, labels.long(), dataset=dataset, num_classes=num_classes, method="imported",
-                        transform=transform)
-    if lr is not None:
-        s.lr = float(torch.as_tensor(lr).reshape(-1)[0])
-    s.data = dict(data or {})
-    s.provenance = {"imported_from": str(path), "sha256": file_sha256(path)}
-    try:
-        s.validate()
-    except FormatError as e:
-        raise FormatError(f"{path}: {e}") from None
-    return s
+    _, raw = read(Path(path), None, max_bytes=None)
+    return build_set(raw, dataset=dataset, num_classes=num_classes, image_shape=image_shape,
+                     transform=transform, data=data)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
