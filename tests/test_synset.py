@@ -98,7 +98,9 @@ def test_import_soft_labels_as_logits(tmp_path):
     export_pt(s, tmp_path / "soft.pt")
     back = import_pt(tmp_path / "soft.pt", dataset="toy", num_classes=3, image_shape=(3, 8, 8), transform=NORM)
     assert back.label_spec.kind == "logits" and back.lr is None
-    assert torch.equal(back.classes, s.classes) and torch.equal(back.labels, s.labels)
+    # the layouts hold logits at temperature 1: the set's logits / T, the same soft targets
+    assert back.label_spec.temperature == 1.0 and torch.equal(back.classes, s.classes)
+    torch.testing.assert_close(back.labels, s.labels / s.label_spec.temperature)
 
 
 class Evil:
