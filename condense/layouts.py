@@ -30,6 +30,7 @@ import torch
 
 from .runtime.errors import ConfigError, FormatError
 from .runtime.files import check_torch_file, ensure_folder, replacing
+from .data.transform import PixelTransform
 from .synset import LabelSpec, SynSet, file_sha256
 
 LAYOUTS = ("mtt", "dm", "ddranking", "dict")
@@ -298,3 +299,24 @@ def write(s: SynSet, dst: Path, layout: str) -> list[Path]:
         ensure_folder(dst, "the layout folder")
     _write_all(data)
     return list(data)
+
+
+# --- condense's earlier one-file API ------------------------------------------------------------
+
+def export_pt(s: SynSet, path: str | os.PathLike) -> Path:
+    """Write condense's earlier one-file layout ``{"image_syn", "label_syn", "syn_lr"}``
+    (:func:`write` writes the reference repositories' real ones)."""
+    write(s, Path(path), "dict")
+    return Path(path)
+
+
+def import_pt(path: str | os.PathLike, *, dataset: str, num_classes: int, image_shape: tuple[int, int, int],
+              transform: PixelTransform, data: dict[str, Any] | None = None) -> SynSet:
+    """Read a one-file ``.pt`` set (never unpickling arbitrary objects): the dict
+    ``{image_syn, label_syn[, syn_lr]}`` (or ``images``/``labels``/``lr``), or DC/DSA/DM's
+    ``{'data': [[images, labels], ...]}`` (its first experiment). Hard labels are int64 [N];
+    float [N, K] labels are soft logits (DATM's learned labels). The caller supplies the dataset
+    and its pixel transform, which .pt files do not carry."""
+    _, raw = read(Path(path), None, max_bytes=None)
+    return build_set(raw, dataset=dataset, num_classes=num_classes, image_shape=image_shape,
+                     transform=transform, data=data)

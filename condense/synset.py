@@ -384,31 +384,6 @@ def _read(f: Any, path: Path) -> SynSet:
     return s
 
 
-# --- the reference repositories' layouts (condense.layouts) ------------------------------------
-
-def export_pt(s: SynSet, path: str | os.PathLike) -> Path:
-    """Write condense's earlier one-file layout ``{"image_syn", "label_syn", "syn_lr"}``
-    (:mod:`condense.layouts` writes the reference repositories' real ones)."""
-    from .layouts import write
-
-    write(s, Path(path), "dict")
-    return Path(path)
-
-
-def import_pt(path: str | os.PathLike, *, dataset: str, num_classes: int, image_shape: tuple[int, int, int],
-              transform: PixelTransform, data: dict[str, Any] | None = None) -> SynSet:
-    """Read a one-file ``.pt`` set (never unpickling arbitrary objects): the dict
-    ``{image_syn, label_syn[, syn_lr]}`` (or ``images``/``labels``/``lr``), or DC/DSA/DM's
-    ``{'data': [[images, labels], ...]}`` (its first experiment). Hard labels are int64 [N];
-    float [N, K] labels are soft logits (DATM's learned labels). The caller supplies the dataset
-    and its pixel transform, which .pt files do not carry. See :mod:`condense.layouts`."""
-    from .layouts import build_set, read
-
-    _, raw = read(Path(path), None, max_bytes=None)
-    return build_set(raw, dataset=dataset, num_classes=num_classes, image_shape=image_shape,
-                     transform=transform, data=data)
-
-
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, streamed (provenance of inputs)."""
     import hashlib

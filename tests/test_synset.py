@@ -9,7 +9,8 @@ import torch
 from condense.data import ZCA
 from condense.data.transform import PixelTransform
 from condense.runtime.errors import ConfigError, FormatError
-from condense.synset import FORMAT_VERSION, LabelSpec, SynSet, export_pt, import_pt, load_synset
+from condense.layouts import export_pt, import_pt
+from condense.synset import FORMAT_VERSION, LabelSpec, SynSet, load_synset
 
 NORM = PixelTransform(kind="normalize", mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
