@@ -15,8 +15,7 @@ EXAMPLES = """examples:
   condense labels runs/fmnist/tm_ipc10.soft.h5 --codec projector:rank=8 --out runs/fmnist/tm_ipc10.proj.h5
   condense labels runs/fmnist/tm_ipc10.h5 --teacher runs/fmnist/experts --committee 5 --views static --out set.h5
   condense labels --info runs/fmnist/tm_ipc10.top3.h5
-  condense labels runs/fmnist/tm_ipc10.h5 --curve --teacher runs/fmnist/experts --out runs/fmnist/tm_ipc10.curve \
-      --codecs fp16 --codecs topk:k=1,bits=4 --runs 10
+  condense labels runs/fmnist/tm_ipc10.h5 --curve --teacher runs/fmnist/experts --out runs/fmnist/curve --codecs fp16 --codecs topk:k=1,bits=4
                             (hard, static, per-view and every codec, evaluated beside random real:
                              labels.md, labels.json, labels.png in --out)
   condense labels runs/fmnist/sre2l_ipc10.h5 --views per-epoch --view-strategy rrc+flip --out runs/fmnist/sre2l_ipc10.soft.h5
