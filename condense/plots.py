@@ -1,4 +1,4 @@
-"""Pictures users look at before they read: PNG grids of synthetic images."""
+"""Pictures users look at before they read: PNG grids of synthetic images, the label storage curve."""
 from __future__ import annotations
 
 import os
@@ -54,3 +54,31 @@ def save_set_grid(s, out: str | os.PathLike) -> Path:
 
     return save_grid(s.to_pixels(), s.classes, Path(out).with_suffix(".png"),
                      class_names=dataset_info(s.dataset).class_names, title=f"{s.method}, {s.dataset}, IPC {s.ipc}")
+
+
+def save_label_curve(rows: Sequence[dict], path: str | os.PathLike, *, random: dict | None = None,
+                     title: str = "Label bytes vs accuracy") -> Path:
+    """Save a PNG of accuracy against label bytes (log x axis): one point per row (``variant``,
+    ``label_bytes``, ``mean``, ``ci95`` or None) with its 95 % interval, and random real (``mean``,
+    ``ci95``) as a horizontal band. What `condense labels --curve` draws."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    if random is not None:
+        ax.axhline(random["mean"], color="gray", linestyle="--", linewidth=1, label="random real")
+        if random.get("ci95") is not None:
+            ax.axhspan(random["mean"] - random["ci95"], random["mean"] + random["ci95"], color="gray", alpha=0.15)
+    for r in rows:
+        ax.errorbar(r["label_bytes"], r["mean"], yerr=r.get("ci95") or 0, fmt="o", capsize=3)
+        ax.annotate(r["variant"], (r["label_bytes"], r["mean"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    if random is not None:
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xscale("log")
+    ax.margins(x=0.15)
+    ax.set_xlabel("label bytes (stored labels + label generator)")
+    ax.set_ylabel("test accuracy % (mean, 95 % CI)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return write_figure(path, fig, dpi=120)

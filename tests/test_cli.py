@@ -93,6 +93,10 @@ def test_command_flags_are_its_configs_fields_grouped_by_part(command, capsys):
 
     sections = help_sections(capsys, command)
     fields = [f for f in dataclasses.fields(command_configs()[command]) if f.name not in ("synset", "steps")]
+    if command == "labels":  # and the options only --curve has (condense/workflows/label_curve.py)
+        from condense.workflows.label_curve import CurveConfig
+
+        fields += [f for f in dataclasses.fields(CurveConfig) if f.name not in {g.name for g in fields} | {"synset"}]
     for f in fields:  # synset is labels' positional SET, steps the run preset's own
         meta = declared(f)
         assert (meta.flag or f"--{f.name.replace('_', '-')}") in sections[f"{meta.part} options"], f.name

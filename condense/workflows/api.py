@@ -101,6 +101,19 @@ def evaluate_sets(paths: str | os.PathLike | Sequence[str | os.PathLike] = (), *
     return run_eval(cfg, [os.fspath(p) for p in paths], bars=progress)["results"]
 
 
+def label_curve(synset: str | os.PathLike, *, progress: bool = False, **fields: Any) -> dict[str, Any]:
+    """``condense labels SYNSET --curve``: the storage-vs-accuracy curve of a hard-label set's labels.
+    Makes the variants (hard, static, per-view, per-view through each of ``codecs``) into the folder
+    ``out``, evaluates each beside random real (resumable), writes ``labels.md``, ``labels.json``
+    and ``labels.png`` there; returns the ``labels.json`` document (``rows``: ``variant``,
+    ``codec``, ``label_bytes``, ``fraction_of_per_view``, ``mean``, ``ci95``, ``n``, ...;
+    ``random``: random real)."""
+    from . import label_curve as curve
+
+    cfg = _config(curve.CurveConfig, {}, None, {"synset": synset, **fields})
+    return curve.label_curve(cfg, bars=progress)
+
+
 def _section(preset: str | None, command: str) -> dict[str, Any]:
     return dict(preset_section(preset, command)) if preset else {}
 

@@ -30,10 +30,13 @@ from ..config.tables import options_table
 from ..labels.run import LabelsConfig
 from ..labels.squeeze import TeacherConfig
 from ..methods import get_method, method_names
+from .label_curve import CurveConfig
 from ..runtime.files import write_text
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-COMMANDS = {"buffer": BufferConfig, "teacher": TeacherConfig, "labels": LabelsConfig, "eval": EvalConfig}
+COMMANDS = {"buffer": BufferConfig, "teacher": TeacherConfig, "labels": LabelsConfig, "labels-curve": CurveConfig,
+            "eval": EvalConfig}
+TITLES = {"labels-curve": "labels --curve"}  # a command's mode with options of its own
 # Preset kinds other than a method's name: presets made of that one command's section.
 PRESET_COMMANDS = ("buffer", "teacher", "run")
 REGENERATE = "python -m condense.workflows.options_page --write"
@@ -50,7 +53,7 @@ _BLOCK = re.compile(r"(<!-- (options|presets): ([^>]*?) -->\n)(.*?)(<!-- /\2 -->
 
 def options_page() -> str:
     """The whole options page: the commands, then every registered synthesis method."""
-    sections = [(f"condense {name}", cls) for name, cls in COMMANDS.items()]
+    sections = [(f"condense {TITLES.get(name, name)}", cls) for name, cls in COMMANDS.items()]
     seen: set[type] = set()
     for name in method_names():
         cls = get_method(name).config
@@ -62,7 +65,7 @@ def options_page() -> str:
 
 
 def options_block(name: str) -> str:
-    """The options table of command ``name`` (buffer, teacher, labels, eval) or method ``name``."""
+    """The options table of command ``name`` (buffer, teacher, labels, labels-curve, eval) or method ``name``."""
     if name in COMMANDS:
         return options_table(COMMANDS[name])
     if name not in method_names():
