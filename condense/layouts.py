@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from .runtime.errors import ConfigError, FormatError
-from .runtime.files import check_torch_file, ensure_folder, replacing
+from .runtime.files import check_torch_file, ensure_folder, torch_bytes, write_files
 from .data.transform import PixelTransform
 from .synset import LabelSpec, SynSet, file_sha256
 
@@ -90,24 +89,20 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def read_mtt(folder: Path, iteration: int | None, max_bytes: int | None) -> Raw:
-    """MTT/FTD/DATM's folder: ``images_<tag>.pt``, ``labels_<tag>.pt``, optional ``lr_<tag>.pt``
-    (tag ``best``, or the iteration)."""
-    files = [_need(folder / tag_name("images", iteration), "the images"),
-             _need(folder / tag_name("labels", iteration), "the labels file that goes with the images")]
-    lr_file = folder / tag_name("lr", iteration)
-    if lr_file.exists():
-        files.append(lr_file)
-    tensors = [load_pt(f, max_bytes) for f in files]
-    return Raw(tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else None, files)
+def folder_names(layout: str, iteration: int | None = None) -> tuple[str, str, str]:
+    """The (images, labels, lr) file names of a folder layout: MTT's ``<stem>_best.pt`` or
+    ``<stem>_<it>.pt`` (the iteration), DD-Ranking's ``images.pt``, ``labels.pt``, ``lr.pt``."""
+    if layout == "mtt":
+        return tag_name("images", iteration), tag_name("labels", iteration), tag_name("lr", iteration)
+    return "images.pt", "labels.pt", "lr.pt"
 
 
-def read_ddranking(folder: Path, max_bytes: int | None) -> Raw:
-    """DD-Ranking's folder: ``images.pt``, ``labels.pt``, optional ``lr.pt``."""
-    files = [_need(folder / "images.pt", "the images"),
-             _need(folder / "labels.pt", "the labels file that goes with the images")]
-    if (folder / "lr.pt").exists():
-        files.append(folder / "lr.pt")
+def read_folder(folder: Path, names: tuple[str, str, str], max_bytes: int | None) -> Raw:
+    """A folder layout's images, labels and, when its file is there, lr (``names``: :func:`folder_names`)."""
+    files = [_need(folder / names[0], "the images"),
+             _need(folder / names[1], "the labels file that goes with the images")]
+    if (folder / names[2]).exists():
+        files.append(folder / names[2])
     tensors = [load_pt(f, max_bytes) for f in files]
     return Raw(tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else None, files)
 
@@ -148,10 +143,8 @@ def read(src: Path, layout: str | None, *, iteration: int | None = None, experim
         raise ConfigError("--iteration has no effect here: it picks MTT's images_<N>.pt (--from mtt)")
     if experiment is not None and layout in FOLDER_LAYOUTS:
         raise ConfigError("--experiment has no effect here: it picks one of DC/DSA/DM's experiments (--from dm)")
-    if layout == "mtt":
-        return layout, read_mtt(src, iteration, max_bytes)
-    if layout == "ddranking":
-        return layout, read_ddranking(src, max_bytes)
+    if layout in FOLDER_LAYOUTS:
+        return layout, read_folder(src, folder_names(layout, iteration), max_bytes)
     obj = load_pt(src, max_bytes)
     if not isinstance(obj, dict):
         raise FormatError(f"{src}: expected a dict ('data' of DC/DSA/DM, or 'image_syn'/'label_syn'), "
@@ -251,29 +244,6 @@ def export_labels(s: SynSet, layout: str) -> torch.Tensor:
     raise ConfigError(f"{spec.kind} labels have no place in the {layout} layout (it holds classes or class scores)")
 
 
-def _serialise(obj: Any) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _write_all(files: dict[Path, bytes]) -> None:
-    """Write every file or none: all are written to temporaries first, and renamed into place
-    only once every one of them is on disk (each never through a symlink: :func:`replacing`)."""
-    with ExitStack() as stack:
-        for path, data in files.items():
-            tmp = stack.enter_context(replacing(path))
-            fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view[: 1 << 26]):]
-            finally:
-                os.close(fd)
-
-
 def write(s: SynSet, dst: Path, layout: str) -> list[Path]:
     """Write ``s`` to ``dst`` in ``layout``; returns the files written. Images stay in the space
     they were optimised in (normalised or ZCA-whitened), as the reference code expects."""
@@ -285,8 +255,7 @@ def write(s: SynSet, dst: Path, layout: str) -> list[Path]:
     elif layout == "dict":
         files = {dst: {"image_syn": images, "label_syn": labels, **({} if lr is None else {"syn_lr": lr})}}
     else:
-        names = {"mtt": ("images_best.pt", "labels_best.pt", "lr_best.pt"),
-                 "ddranking": ("images.pt", "labels.pt", "lr.pt")}[layout]
+        names = folder_names(layout)
         if dst.is_symlink():
             raise FormatError(f"{dst}: a symbolic link (refusing to write through it)")
         if lr is None and (dst / names[2]).exists():
@@ -294,10 +263,10 @@ def write(s: SynSet, dst: Path, layout: str) -> list[Path]:
             raise ConfigError(f"{dst / names[2]} is from another set (this one has no learned lr): "
                               "remove it or choose another folder")
         files = {dst / names[0]: images, dst / names[1]: labels, **({} if lr is None else {dst / names[2]: lr})}
-    data = {path: _serialise(obj) for path, obj in files.items()}  # before any byte is written
+    data = {path: torch_bytes(obj) for path, obj in files.items()}  # before any byte is written
     if layout in FOLDER_LAYOUTS:
         ensure_folder(dst, "the layout folder")
-    _write_all(data)
+    write_files(data)
     return list(data)
 
 

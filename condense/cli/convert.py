@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..data import load_dataset
-from ..layouts import LAYOUTS, build_set, read, write
+from ..layouts import FOLDER_LAYOUTS, LAYOUTS, build_set, read, write
 from ..runtime.errors import ConfigError
 from ..synset import load_synset
 from .common import bounded_int, refuse_unused
@@ -62,9 +62,9 @@ def _export(args: argparse.Namespace, src: Path, dst: Path) -> int:
     layout = args.layout_to or ("dict" if dst.suffix == ".pt" else None)
     if layout is None:
         raise ConfigError(f"say which layout to write to {dst} with --to ({', '.join(LAYOUTS)})")
-    if layout in ("dm", "dict") and dst.suffix != ".pt":
+    if layout not in FOLDER_LAYOUTS and dst.suffix != ".pt":
         raise ConfigError(f"--to {layout} writes one .pt file; name the output *.pt, not {dst}")
-    if layout in ("mtt", "ddranking") and dst.suffix == ".pt":
+    if layout in FOLDER_LAYOUTS and dst.suffix == ".pt":
         raise ConfigError(f"--to {layout} writes a folder of .pt files; name a folder, not {dst}")
     s = load_synset(src)
     files = write(s, dst, layout)

@@ -35,9 +35,9 @@ import os
 import socket
 import stat
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -333,15 +333,23 @@ def clear_temporaries(folder: str | os.PathLike, name: str = "*") -> list[Path]:
 
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
     """Write ``data`` to ``path`` atomically (:func:`replacing`), with plain writes."""
-    with replacing(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
-        try:
-            view = memoryview(data).cast("B")
-            while view:
-                view = view[os.write(fd, view[: 1 << 26]):]
-        finally:
-            os.close(fd)
+    write_files({path: data})
     return Path(path)
+
+
+def write_files(files: Mapping[str | os.PathLike, bytes | memoryview]) -> None:
+    """Write every file of ``{path: data}`` or none: each goes to its temporary first (:func:`replacing`),
+    and they are renamed into place only once all of them are on disk."""
+    with ExitStack() as stack:
+        for path, data in files.items():
+            tmp = stack.enter_context(replacing(path))
+            fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+            try:
+                view = memoryview(data).cast("B")
+                while view:
+                    view = view[os.write(fd, view[: 1 << 26]):]
+            finally:
+                os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -365,13 +373,18 @@ def write_h5(path: str | os.PathLike, build: Callable[[Any], None]) -> Path:
 def write_torch(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save(obj)`` to ``path`` atomically, serialised in memory first: torch's own file
     writer reports a full disk as an opaque RuntimeError."""
+    return write_bytes(path, torch_bytes(obj))
+
+
+def torch_bytes(obj: Any) -> memoryview:
+    """``torch.save(obj)``'s bytes, in memory."""
     import io
 
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    return write_bytes(path, buf.getbuffer())
+    return buf.getbuffer()
 
 
 def write_figure(path: str | os.PathLike, fig: Any, **savefig: Any) -> Path:

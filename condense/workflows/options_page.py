@@ -121,9 +121,11 @@ def generated_pages(docs: Path = DOCS) -> dict[Path, str]:
     return pages
 
 
-def stale_pages(docs: Path = DOCS) -> list[Path]:
-    """The pages whose generated parts differ from the declarations and presets."""
-    return [p for p, text in generated_pages(docs).items() if not p.exists() or p.read_text() != text]
+def stale_pages(docs: Path = DOCS, pages: dict[Path, str] | None = None) -> list[Path]:
+    """The pages whose generated parts differ from the declarations and presets (``pages``:
+    :func:`generated_pages`, computed when not given)."""
+    pages = generated_pages(docs) if pages is None else pages
+    return [p for p, text in pages.items() if not p.exists() or p.read_text() != text]
 
 
 def main(argv: list[str]) -> int:
@@ -133,12 +135,12 @@ def main(argv: list[str]) -> int:
     if argv not in (["--write"], ["--check"]):
         print("usage: python -m condense.workflows.options_page [--write | --check]", file=sys.stderr)
         return 2
-    stale = stale_pages()
+    pages = generated_pages()
+    stale = stale_pages(pages=pages)
     if argv == ["--check"]:
         for page in stale:
             print(f"out of date: {page.relative_to(DOCS.parent)} (regenerate: {REGENERATE})")
         return 1 if stale else 0
-    pages = generated_pages()
     for page in stale:
         write_text(page, pages[page])
         print(f"wrote {page.relative_to(DOCS.parent)}")
