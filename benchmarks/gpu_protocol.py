@@ -188,7 +188,7 @@ class Protocol:
     def phase(self, name: str, run: Callable[[], str]) -> None:
         """Run one phase; record its wall time and status (a failure is its one line); write the report."""
         t = time.perf_counter()
-        self.results[name] = [] if name == "paths" else {}
+        self.results[name] = type(self.results[name])()  # paths: a list of rows; the others: dicts
         self.results["phases"][name] = {"status": "running (interrupted)", "seconds": 0.0}
         self.write()  # what a killed run leaves says so
         try:
@@ -204,8 +204,10 @@ class Protocol:
 
     def write(self) -> None:
         self.results["total_seconds"] = round(sum(p["seconds"] for p in self.results["phases"].values()), 1)
-        (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
-        (self.out / "table.md").write_text(render(self.results))
+        from condense.runtime.files import write_text  # whole files: a killed run leaves the last report
+
+        write_text(self.out / "results.json", json.dumps(self.results, indent=2))
+        write_text(self.out / "table.md", render(self.results))
 
     def failed(self) -> bool:
         return (any(p["status"] != "ok" for p in self.results["phases"].values())

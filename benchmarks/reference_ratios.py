@@ -400,9 +400,8 @@ def run_rounds(cases: Sequence[Case], rounds: int, logs: Path, say: Callable[[st
                 rc, wall, peak = runner(side.argv, side.cwd, side.env, log_path)
                 text = log_path.read_text(errors="replace") if log_path.exists() else ""
                 if rc != 0:
-                    last = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "no output")
                     raise ChildError(f"{side.label} ({case.part} {case.name}, round {r + 1}) exited with {rc}: "
-                                     f"{last.strip()} (log: {log_path})")
+                                     f"{last_line(text)} (log: {log_path})")
                 try:
                     secs = side.seconds(text)
                 except (OSError, ValueError, KeyError) as e:
@@ -479,13 +478,22 @@ def condense_synth_side(setup: Setup, label: str, out: Path, args: Sequence[str]
     iters = setup.warmup + setup.iters
     argv = setup.condense("synth", *args, "--iters", str(iters), "--checkpoint-every", str(10 * iters),
                           "--device", "cpu", "--data-root", str(setup.data_root), "--out", str(out))
+    return fresh_side(setup, label, argv, out,
+                      lambda run_folder: metrics_seconds(run_folder / "metrics.csv", setup.warmup, setup.iters))
+
+
+def fresh_side(setup: Setup, label: str, argv: list[str], out: Path,
+               read: Callable[[Path], list[float]]) -> Side:
+    """A condense side writing ``out`` (and ``<out>.run``), timed by ``read(run folder)``; every run
+    starts from an empty run folder and its files are removed once read, so no round resumes another."""
     run_folder = Path(f"{out}.run")
 
     def seconds(_log: str) -> list[float]:
-        secs = metrics_seconds(run_folder / "metrics.csv", setup.warmup, setup.iters)
-        shutil.rmtree(run_folder, ignore_errors=True)  # the next round must not resume this run
-        out.unlink(missing_ok=True)
-        return secs
+        try:
+            return read(run_folder)
+        finally:
+            shutil.rmtree(run_folder, ignore_errors=True)
+            out.unlink(missing_ok=True)
 
     return Side(label, False, [sys.executable, "-c", _FRESH, str(run_folder), str(out), *argv], REPO,
                 setup.env(False), seconds)
@@ -545,18 +553,13 @@ def eval_cases(setup: Setup, set_h5: Path, set_pt: Path, epochs: int) -> list[Ca
     argv = setup.condense("eval", str(set_h5), "--runs", "1", "--epochs", str(epochs), "--lr", "0.01",
                           "--arch", ARCH, "--no-random-baseline", "--data-root", str(setup.data_root),
                           "--json", str(out))
-    run_folder = Path(f"{out}.run")
-
-    def seconds(_log: str) -> list[float]:
+    def job_seconds(run_folder: Path) -> list[float]:
         secs = eval_job_seconds(run_folder / "jobs.jsonl")
-        shutil.rmtree(run_folder, ignore_errors=True)
-        out.unlink(missing_ok=True)
         if not secs:
             raise ValueError("no finished evaluation job")
         return secs
 
-    mine = Side("condense", False, [sys.executable, "-c", _FRESH, str(run_folder), str(out), *argv], REPO,
-                setup.env(False), seconds)
+    mine = fresh_side(setup, "condense", argv, out, job_seconds)
     ref = Side("MTT evaluate_synset", True,
                [sys.executable, "_reference_ratios_eval.py", str(set_pt), str(setup.ref_data), str(epochs)],
                setup.mtt, setup.env(True), marked_seconds)
@@ -569,9 +572,12 @@ def prepare(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path, wha
     """Run a preparation command; ChildError with its last line when it fails."""
     rc, _, _ = run_child(argv, cwd, env, log_path)
     if rc != 0:
-        text = log_path.read_text(errors="replace")
-        last = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "no output")
-        raise ChildError(f"{what} failed ({rc}): {last.strip()} (log: {log_path})")
+        raise ChildError(f"{what} failed ({rc}): {last_line(log_path.read_text(errors='replace'))} (log: {log_path})")
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a child's log (what it died saying)."""
+    return next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "no output")
 
 
 def expert_buffer(setup: Setup, store: Path | None, logs: Path, say: Callable[[str], None]) -> tuple[Path, Path]:

@@ -203,8 +203,9 @@ def logical_lines(text: str) -> Iterator[tuple[int, str]]:
         if joined:
             yield start, joined
         start, parts = None, []
-    if parts and " ".join(parts).strip():
-        yield start, " ".join(parts).strip()
+    joined = " ".join(parts).strip()
+    if joined:
+        yield start, joined
 
 
 def tokenize(line: str, env: dict[str, str]) -> list[Word | str]:
@@ -514,8 +515,8 @@ class Runner:
                 if len(failures) > 1 else ""
             raise ExampleError("\n".join(failures) + more)
 
-    def run_command(self, cmd: Command, page: Page, block: Block) -> str:
-        """Run one command in ``page``'s folder; returns its output, raises ExampleError on failure."""
+    def run_command(self, cmd: Command, page: Page, block: Block) -> None:
+        """Run one command in ``page``'s folder; raises ExampleError on failure."""
         argv = expand_globs(cmd.words, page.folder)
         where = f"{block.page}:{block.line + cmd.line}"
         if "..." in argv:
@@ -523,18 +524,19 @@ class Runner:
                                "block <!-- example: skip REASON -->")
         env = {**page.env, **cmd.assign}
         if argv[0] == "condense":
-            return self.run_condense(argv[1:], env, page, where)
-        if argv[0] in ("python", "python3") and argv[1:3] == ["-m", "condense"]:
-            return self.run_condense(argv[3:], env, page, where)
-        if argv[0] in FILE_TOOLS and not any(a.startswith("/") or ".." in a.split("/") for a in argv[1:]):
-            return self.run_subprocess(argv, env, page, where)
-        if argv[0] in ("python", "python3") and len(argv) > 1 and (page.folder / argv[1]).is_file():
-            return self.run_subprocess([sys.executable, *argv[1:]], env, page, where)
-        raise ExampleError(f"{where}: `{argv[0]}` is not run by the doc-example test (it runs condense, "
-                           f"python -m condense, scripts an earlier block wrote, and {', '.join(sorted(FILE_TOOLS))} "
-                           "inside the page's folder): mark the block <!-- example: skip REASON -->")
+            self.run_condense(argv[1:], env, page, where)
+        elif argv[0] in ("python", "python3") and argv[1:3] == ["-m", "condense"]:
+            self.run_condense(argv[3:], env, page, where)
+        elif argv[0] in FILE_TOOLS and not any(a.startswith("/") or ".." in a.split("/") for a in argv[1:]):
+            self.run_subprocess(argv, env, page, where)
+        elif argv[0] in ("python", "python3") and len(argv) > 1 and (page.folder / argv[1]).is_file():
+            self.run_subprocess([sys.executable, *argv[1:]], env, page, where)
+        else:
+            raise ExampleError(f"{where}: `{argv[0]}` is not run by the doc-example test (it runs condense, "
+                               f"python -m condense, scripts an earlier block wrote, and {', '.join(sorted(FILE_TOOLS))} "
+                               "inside the page's folder): mark the block <!-- example: skip REASON -->")
 
-    def run_condense(self, args: list[str], env: dict[str, str], page: Page, where: str) -> str:
+    def run_condense(self, args: list[str], env: dict[str, str], page: Page, where: str) -> None:
         from condense.cli.main import main
 
         try:
@@ -549,9 +551,8 @@ class Runner:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if code != 0:
             raise ExampleError(f"{where}: condense {' '.join(argv)}\nexited {code}: {_tail(out.getvalue())}")
-        return out.getvalue()
 
-    def run_subprocess(self, argv: list[str], env: dict[str, str], page: Page, where: str) -> str:
+    def run_subprocess(self, argv: list[str], env: dict[str, str], page: Page, where: str) -> None:
         path = os.pathsep.join([str(page.folder), str(ROOT), os.environ.get("PYTHONPATH", "")])
         try:
             proc = subprocess.run(argv, cwd=page.folder, env={**os.environ, "PYTHONPATH": path, **env},
@@ -561,7 +562,6 @@ class Runner:
         if proc.returncode != 0:
             raise ExampleError(f"{where}: {' '.join(argv)}\nexited {proc.returncode}: "
                                f"{_tail(proc.stdout + proc.stderr)}")
-        return proc.stdout
 
     def run_python(self, block: Block, page: Page) -> None:
         """exec the block in a fresh namespace, its keywords to the Python API forced as the table says;
