@@ -34,6 +34,9 @@ from .protocol import SPLITS, Source, dataset_of, job_kwargs, labels_tag
 
 JOB_FN = "evals.protocol:run_job"
 BASELINES = ("random", "full")
+# reference: MTT's / DC's evaluate_synset (epochs + 1 epochs, a new SGD after epoch epochs // 2 + 1, so the
+# momentum is cleared at the drop); condense: the epochs asked for, lr x0.1 from half of them, momentum kept
+SCHEDULES = ("reference", "condense")
 SET_EPOCHS = 300  # the CPU protocol's evaluation epochs (docs/BENCHMARKS.md)
 FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (docs/BENCHMARKS.md)
 
@@ -88,6 +91,9 @@ class EvalConfig:
                                                 "trained (ImageNet-1k)", gt=0, le=100, unit="percent")
     full_epochs: int | None = setting(None, f"--scores: epochs of the full-data reference (default "
                                             f"{FULL_DATA_EPOCHS}; --epochs is the sets')", gt=0, unit="epochs")
+    schedule: str = setting("reference", "training schedule: the reference code's (--epochs E trains E + 1 epochs "
+                                         "and rebuilds SGD, momentum cleared, after epoch E // 2 + 1) or condense's "
+                                         "(E epochs, lr x0.1 from epoch E // 2, momentum kept)", choices=SCHEDULES)
     lrs_weight: float = setting(0.5, "--scores: w of LRS (DD-Ranking's)", ge=0, le=1)
     ars_weight: float = setting(0.5, "--scores: gamma of ARS (DD-Ranking's)", ge=0, le=1)
 
@@ -101,11 +107,25 @@ class EvalConfig:
         for d in self.devices:
             parse_device(d)
 
-    def protocol(self, default_epochs: int | None = None) -> TrainProtocol:
-        """The training protocol; ``default_epochs`` applies when no epochs were given."""
-        return TrainProtocol(epochs=self.epochs or default_epochs or SET_EPOCHS, lr=self.lr, batch_size=self.batch_size,
-                             dsa=self.dsa, dsa_share=self.dsa_share,
-                             **({"dsa_strategy": self.dsa_strategy} if self.dsa_strategy else {}))
+    def protocol(self, default_epochs: int | None = None, *, epochs: int | None = None) -> TrainProtocol:
+        """The training protocol of ``epochs`` (default: --epochs, else ``default_epochs``, else
+        :data:`SET_EPOCHS`) under --schedule."""
+        e = epochs or self.epochs or default_epochs or SET_EPOCHS
+        return TrainProtocol(lr=self.lr, batch_size=self.batch_size, dsa=self.dsa, dsa_share=self.dsa_share,
+                             **({"dsa_strategy": self.dsa_strategy} if self.dsa_strategy else {}),
+                             **schedule_of(self.schedule, e))
+
+
+def schedule_of(schedule: str, epochs: int) -> dict[str, Any]:
+    """The :class:`TrainProtocol` fields of ``schedule`` for "``epochs`` epochs" (see :data:`SCHEDULES`)."""
+    if schedule == "condense":
+        return {"epochs": epochs}
+    # the reference loops `for ep in range(E + 1)` and decays after epoch `ep in [E // 2 + 1]`
+    # (after the last one for E <= 2: never, in effect)
+    first_decayed = epochs // 2 + 2
+    if first_decayed > epochs:
+        return {"epochs": epochs + 1, "decay_at": 1.0}
+    return {"epochs": epochs + 1, "decay_epoch": first_decayed, "decay_restart": True}
 
 
 @dataclass(frozen=True)
@@ -120,6 +140,7 @@ class Group:
     ipc: int | None
     storage_bytes: dict[str, int] | None = None
     random_labels: str | None = None  # a set's: the label recipe its random-real baseline shares
+    comparison: str | None = None  # a set's: why its random real is labelled otherwise than the set (None: it is not)
     runs: int | None = None  # None: the grid's --runs
 
     @property
@@ -169,18 +190,17 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         for v in variants:
             add(Group(rnd, arch, v, p, "random", ipc))
 
-    def add_full(dataset: str, arch: str) -> None:
+    def add_full(base: Source, arch: str) -> None:
         if cfg.full_accuracy is not None and cfg.baseline != "full":
             return  # HLR uses the given number
-        base = Source("full", dataset, data_root=cfg.data_root)
         from condense.data.lazy import LazyImages
 
         if isinstance(dataset_of(base).x_train, LazyImages):
-            raise ConfigError(f"{dataset} is read from its files as needed, so condense does not train on all of it: "
+            raise ConfigError(f"{base.dataset} is read from its files as needed, so condense does not train on all of it: "
                               "give --full-accuracy PERCENT (e.g. the teacher architecture's published accuracy) for HLR")
         # --baseline full trains what --epochs says; beside sets (--scores) the reference keeps its own length
         p = cfg.protocol(FULL_DATA_EPOCHS) if cfg.baseline == "full" else \
-            replace(cfg.protocol(), epochs=cfg.full_epochs or FULL_DATA_EPOCHS)
+            cfg.protocol(epochs=cfg.full_epochs or FULL_DATA_EPOCHS)
         add(Group(base, arch, "set", p, "full", None, runs=cfg.full_runs))
 
     for path in paths:
@@ -193,7 +213,9 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         if tuple(ds.info.shape) != tuple(s.image_shape):
             raise FormatError(f"{path}: images are {tuple(s.image_shape)} but {s.dataset} has {tuple(ds.info.shape)}")
         _check_split(ds, cfg)
-        archs = cfg.archs or [s.config.get("arch") or "convnet"]
+        if not cfg.archs and not s.config.get("arch"):
+            raise ConfigError(f"{path} records no architecture (made outside condense?): give --arch ARCH")
+        archs = cfg.archs or [s.config["arch"]]
         # Every soft-label set gets its hard-label gap (DD-Ranking) unless switched off; --robustness adds no-dsa.
         soft = s.label_spec.kind in ("probabilities", "logits")
         # fair scores need every set on hard labels: regression targets (FRePo) train on their classes
@@ -204,19 +226,20 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         if cfg.also_lr is not None and s.lr is not None and cfg.lr is None:
             variants += ["fixed-lr"]
         p_set = set_protocol(proto, s, path, cfg)
-        recipe = random_recipe(s, path, cfg)
+        recipe, why = random_recipe(s, path, cfg)
         for arch in archs:
             _check_arch(arch, ds)
             for v in variants:
                 p = replace(p_set, lr=cfg.also_lr) if v == "fixed-lr" else p_set
-                groups.append(Group(src, arch, v, p, s.method, s.ipc, s.storage_bytes(), random_labels=recipe))
+                groups.append(Group(src, arch, v, p, s.method, s.ipc, s.storage_bytes(), random_labels=recipe,
+                                    comparison=why))
             if cfg.random_baseline or cfg.scores:
                 rnd_variants = ["set"] + (["no-dsa"] if cfg.robustness or cfg.scores else [])
                 add_random(src, s.ipc, arch, p_set, recipe, rnd_variants)
                 if recipe is not None and cfg.scores:  # the hard-label row beside the soft one, random too
                     add_random(src, s.ipc, arch, p_set, None, ["set"])
             if cfg.scores:
-                add_full(src.dataset, arch)
+                add_full(src.full_data(), arch)
     if cfg.baseline is not None:
         base = Source("full", cfg.dataset, data_root=cfg.data_root)
         ds = dataset_of(base)
@@ -225,7 +248,7 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
         for arch in archs:
             _check_arch(arch, ds)
             if cfg.baseline == "full":
-                add_full(cfg.dataset, arch)
+                add_full(base, arch)
             else:
                 for ipc in cfg.ipc:
                     add_random(base, ipc, arch)
@@ -234,41 +257,59 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
 
 def set_protocol(proto: TrainProtocol, s, path: str, cfg: EvalConfig) -> TrainProtocol:
     """The protocol a set trains under: per-view labels bring their own views' strategy (the
-    labels belong to those views), unless --dsa-strategy names the same one."""
+    labels belong to those views), unless --dsa-strategy names the same one. Labels of E epochs
+    of views train E epochs under the reference schedule (whose "E epochs" are E + 1): the
+    extra epoch would have no labels, and the lr drop stays where the reference puts it."""
     view = s.label_spec.view_strategy if s.label_spec.view_mode == "per-view" else None
     if view is None or not proto.dsa:
         return proto
     if cfg.dsa_strategy is not None and cfg.dsa_strategy != view:
         raise ConfigError(f"{path}: its per-view labels belong to {view!r} views; --dsa-strategy "
                           f"{cfg.dsa_strategy!r} would pair labels with other views")
+    views = int(s.labels.shape[0])
+    if cfg.schedule == "reference" and proto.epochs == views + 1:
+        proto = replace(proto, epochs=views)
+        if proto.decay_epoch is not None and proto.decay_epoch >= views:  # the drop fell on the dropped epoch
+            proto = replace(proto, decay_epoch=None, decay_restart=False, decay_at=1.0)
     return replace(proto, dsa_strategy=view)
 
 
-def random_recipe(s, path: str, cfg: EvalConfig) -> str | None:
-    """The label recipe the set's random-real baseline is labelled with (None: hard labels),
-    checked now: a missing or changed teacher is one line here, not a failure in every job."""
-    from .protocol import label_recipe
+def random_recipe(s, path: str, cfg: EvalConfig) -> tuple[str | None, str | None]:
+    """(the label recipe the set's random-real baseline is labelled with, None: hard labels; why it
+    differs from how the set's labels were made, None: it does not), checked now: a missing or
+    changed teacher or store is one line here, not a failure in every job."""
+    from condense.labels.recipe import recipe_files, recipe_of
 
     try:
-        recipe = label_recipe(s)
+        recipe, why = recipe_of(s)
     except FormatError as e:
         raise FormatError(f"{path}: {e}") from None
     if recipe is None:
-        return None
-    r = json.loads(recipe)
-    if cfg.teacher:  # the same teacher, moved: checked against the hash the set recorded
-        r["teacher"] = cfg.teacher
-    if not os.path.exists(r["teacher"]):
-        raise ConfigError(f"{path}: the teacher that labelled it ({r['teacher']}) is not there; its random-real "
-                          "baseline needs it (--teacher FILE names where it is now)")
-    # The path comes from the set, which may be hostile: nothing but a condense teacher file is
-    # read (hashed) on its word.
-    if not read_h5(r["teacher"], lambda f: attr(f, "format", str, default=None) == "condense.teacher", "teacher"):
-        raise ConfigError(f"{path}: the teacher it names ({r['teacher']}) is not a condense teacher file "
-                          "(--teacher FILE names where the teacher is now)")
-    if file_sha256(r["teacher"]) != r["sha256"]:
-        raise ConfigError(f"{path}: teacher {r['teacher']} is not the file that labelled the set (SHA-256 differs)")
-    return json.dumps(r, sort_keys=True)
+        return None, why
+    if cfg.teacher:  # the same teacher or store, moved: checked against the hash or key the set recorded
+        if "committee" in recipe:
+            raise ConfigError(f"{path}: --teacher cannot move a committee's members (they are where the set says)")
+        recipe[next(k for k in ("teacher", "store", "expert_logits") if k in recipe)] = cfg.teacher
+    for where in recipe_files(recipe):
+        if not os.path.exists(where):
+            raise ConfigError(f"{path}: its labels were made by {where}, which is not there; its random-real "
+                              "baseline needs it (--teacher PATH names where it is now)")
+    # The paths come from the set, which may be hostile: nothing but a condense teacher file or a
+    # trajectory store is read on its word.
+    if "committee" in recipe or "teacher" in recipe:
+        for m in recipe.get("committee") or [{"file": recipe["teacher"], "sha256": recipe["sha256"]}]:
+            if not read_h5(m["file"], lambda f: attr(f, "format", str, default=None) == "condense.teacher", "teacher"):
+                raise ConfigError(f"{path}: the teacher it names ({m['file']}) is not a condense teacher file "
+                                  "(--teacher FILE names where the teacher is now)")
+            if file_sha256(m["file"]) != m["sha256"]:
+                raise ConfigError(f"{path}: teacher {m['file']} is not the file that labelled the set (SHA-256 differs)")
+    else:
+        from trajectories.store import open_store
+
+        folder = recipe.get("store") or recipe["expert_logits"]
+        if open_store(folder).meta.get("store_key") != recipe["store_key"]:
+            raise ConfigError(f"{path}: store {folder} is not the store that labelled the set (its key differs)")
+    return json.dumps(recipe, sort_keys=True), why
 
 
 def stacking_plan(group: Group, cfg: EvalConfig) -> tuple[bool, str | None]:
@@ -395,7 +436,7 @@ def _labels_of(g: Group) -> str:
         return "hard"
     if g.source.kind == "random":
         return labels_tag(g.source.labels)
-    if g.random_labels is not None:
+    if g.random_labels is not None and g.comparison is None:  # made as its random real's are
         return labels_tag(g.random_labels)
     from .protocol import _synset
 
@@ -424,7 +465,7 @@ def aggregate(groups: Sequence[Group], cfg: EvalConfig, done: dict[str, dict[str
                "seed": cfg.seed, "runs": len(accs), "split": cfg.split,
                "baseline": None if g.source.kind == "synset" else g.source.kind, "curves": curves,
                "dsa_strategy": g.protocol.dsa_strategy if g.protocol.dsa and g.variant != "no-dsa" else None,
-               "labels": _labels_of(g), "random_labels": labels_tag(g.random_labels)}
+               "labels": _labels_of(g), "random_labels": labels_tag(g.random_labels), "comparison": g.comparison}
         if g.source.kind != "synset":
             row["dataset"] = g.source.dataset
         rows.append(row)

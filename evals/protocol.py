@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -36,7 +35,6 @@ import torch
 
 from condense.data import load_dataset
 from condense.data.subset import class_balanced_indices
-from condense.runtime.errors import ConfigError, FormatError
 from condense.synset import LabelSpec, SynSet, hard_labels, load_synset
 from condense.train import TrainProtocol, evaluate, protocol_dict
 
@@ -59,20 +57,31 @@ class Source:
     val_size: int | None = None
     val_seed: int = 0
     data_root: str | None = None
-    # random: labelled by a teacher file as a set's labels were (JSON of :func:`label_recipe`), so
-    # the baseline trains under exactly the set's protocol; None: hard labels
+    # random: labelled as a set's labels were (JSON of :func:`label_recipe`), so the baseline
+    # trains under exactly the set's protocol; None: hard labels
     labels: str | None = None
+    # the set's training data limit (--limit-train): random real and the full-data reference draw from the same pool
+    limit_train: int | None = None
+    limit_seed: int = 0
 
     @classmethod
     def of_synset(cls, path: str, s: SynSet, sha256: str, data_root: str | None = None) -> "Source":
+        limit = s.data.get("limit_train")
         return cls("synset", s.dataset, path=path, sha256=sha256, zca=s.transform.kind == "zca",
-                   val_size=s.data.get("val_size"), val_seed=int(s.data.get("val_seed", 0)), data_root=data_root)
+                   val_size=s.data.get("val_size"), val_seed=int(s.data.get("val_seed", 0)), data_root=data_root,
+                   limit_train=None if limit is None else int(limit), limit_seed=int(s.data.get("limit_seed") or 0))
 
     def random_baseline(self, ipc: int, labels: str | None = None) -> "Source":
-        """The random-real source in this source's data space (same dataset, ZCA and split),
-        hard-labelled or labelled by the recipe ``labels``."""
+        """The random-real source in this source's data space (same dataset, ZCA, split and data
+        limit), hard-labelled or labelled by the recipe ``labels``."""
         return Source("random", self.dataset, ipc=ipc, zca=self.zca, val_size=self.val_size,
-                      val_seed=self.val_seed, data_root=self.data_root, labels=labels)
+                      val_seed=self.val_seed, data_root=self.data_root, labels=labels, limit_train=self.limit_train,
+                      limit_seed=self.limit_seed)
+
+    def full_data(self) -> "Source":
+        """The full-data reference in this source's data space (its data limit included)."""
+        return Source("full", self.dataset, zca=self.zca, val_size=self.val_size, val_seed=self.val_seed,
+                      data_root=self.data_root, limit_train=self.limit_train, limit_seed=self.limit_seed)
 
     @property
     def label(self) -> str:
@@ -83,64 +92,31 @@ class Source:
 
 
 def label_recipe(s: SynSet) -> str | None:
-    """How a set's soft labels were made, when a teacher file made them (condense labels):
-    canonical JSON of teacher file + hash, views, epochs, seed, strategy, temperature. None
-    for hard labels and for labels no teacher file can remake (learned, or from a store)."""
-    made = s.provenance.get("labels") or {}
-    teacher = made.get("teacher") or {} if isinstance(made, dict) else {}
-    if s.label_spec.kind == "hard" or not isinstance(teacher, dict) or "file" not in teacher:
-        return None
-    try:  # the provenance of a shared set may be anything: a malformed one is one line
-        recipe = {"teacher": str(teacher["file"]), "sha256": str(teacher["sha256"]), "views": str(made["views"]),
-                  "temperature": float(made["temperature"])}
-        if made["views"] != "static":
-            recipe.update(epochs=int(made["view_epochs"]), seed=int(made["view_seed"]),
-                          strategy=str(made.get("strategy") or s.label_spec.view_strategy))
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise FormatError("its labels' provenance is malformed (the teacher and views that made them)") from None
-    return json.dumps(recipe, sort_keys=True)
+    """How a set's labels were made, as canonical JSON (:mod:`condense.labels.recipe`), for
+    random real to be labelled the same way; None: hard labels."""
+    from condense.labels.recipe import recipe_of
+
+    recipe, _ = recipe_of(s)
+    return None if recipe is None else json.dumps(recipe, sort_keys=True)
 
 
 def labels_tag(recipe: str | None) -> str:
     """A short name of a label recipe for tables: 'hard' or 'teacher T, per-epoch rrc+flip'."""
-    if recipe is None:
-        return "hard"
-    r = json.loads(recipe)
-    views = "static" if r["views"] == "static" else f"{r['views']} {r['strategy']}"
-    return f"teacher {os.path.basename(r['teacher'])}, {views}"
+    from condense.labels.recipe import describe
+
+    return describe(None if recipe is None else json.loads(recipe))
 
 
 @functools.lru_cache(maxsize=2)
-def _teacher(path: str, sha256: str):
-    from condense.labels.teacher_file import load_teacher_file
-    from condense.labels.teachers import teacher_of_file
-
-    t = teacher_of_file(path, load_teacher_file(path))
-    if t.source["sha256"] != sha256:
-        raise ConfigError(f"teacher {path} changed since the set was labelled (its SHA-256 differs)")
-    return t
-
-
-def teacher_labels(images: torch.Tensor, recipe: str, num_classes: int) -> tuple[torch.Tensor, LabelSpec]:
-    """``images`` labelled as ``recipe`` says (the same teacher, views and temperature)."""
-    from condense.labels.relabel import label_images
-
-    r = json.loads(recipe)
-    teacher = _teacher(r["teacher"], r["sha256"])
-    if r["views"] == "static":
-        return label_images(images, teacher, num_classes, temperature=r["temperature"])
-    return label_images(images, teacher, num_classes, views=r["views"], epochs=r["epochs"], temperature=r["temperature"],
-                        view_seed=r["seed"], strategy=r["strategy"])
-
-
-@functools.lru_cache(maxsize=2)
-def _dataset(name: str, root: str | None, zca: bool, val_size: int | None, val_seed: int):
-    return load_dataset(name, root, zca=zca, val_size=val_size, val_seed=val_seed)
+def _dataset(name: str, root: str | None, zca: bool, val_size: int | None, val_seed: int, limit_train: int | None,
+             limit_seed: int):
+    return load_dataset(name, root, zca=zca, val_size=val_size, val_seed=val_seed, limit_train=limit_train,
+                        limit_seed=limit_seed)
 
 
 def dataset_of(src: Source):
     """The loaded dataset a source lives in (cached per process)."""
-    return _dataset(src.dataset, src.data_root, src.zca, src.val_size, src.val_seed)
+    return _dataset(src.dataset, src.data_root, src.zca, src.val_size, src.val_seed, src.limit_train, src.limit_seed)
 
 
 @functools.lru_cache(maxsize=4)
@@ -162,7 +138,10 @@ def training_data(src: Source, variant: str, seed: int, run: int, temperature: f
         idx = class_balanced_indices(ds.y_train, int(src.ipc), seed + run)
         images, labels, spec = ds.x_train[idx], ds.y_train[idx], LabelSpec()
         if src.labels is not None:
-            labels, spec = teacher_labels(images, src.labels, ds.info.num_classes)
+            from condense.labels.recipe import remake
+
+            labels, spec = remake(json.loads(src.labels), images, ds.y_train[idx], num_classes=ds.info.num_classes,
+                                  dataset=ds.info.name)
     else:
         ds = dataset_of(src)
         return ds.x_train, ds.y_train, LabelSpec(), None
@@ -216,7 +195,9 @@ def job_kwargs(src: Source, arch: str, variant: str, protocol: TrainProtocol, se
                stacked: bool, temperature: float | None = None, split: str = "test") -> dict[str, Any]:
     """The keyword arguments of :func:`run_job` (plain data: picklable, JSON-able). The test split
     is implied, not named, so the resume keys of earlier job logs stay valid."""
-    source = {k: v for k, v in asdict(src).items() if not (k == "labels" and v is None)}  # earlier keys stay valid
+    # fields at their defaults that condense 0.6 did not have are left out: earlier job keys stay valid
+    source = {k: v for k, v in asdict(src).items()
+              if not ((k in ("labels", "limit_train") and v is None) or (k == "limit_seed" and v == 0))}
     kwargs = {"source": source, "arch": arch, "variant": variant, "protocol": protocol_dict(protocol), "seed": seed,
               "runs": list(runs), "stacked": stacked, "temperature": temperature}
     return kwargs if split == "test" else {**kwargs, "split": split}

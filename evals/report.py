@@ -119,8 +119,9 @@ FAIR = ("hlr", "ior", "lrs", "ars")
 
 def fair_table(rows: Sequence[dict], score_rows: Sequence[dict]) -> str:
     """The fair scores of every set, one line each ('' when none was computed)."""
-    head = ("set", "method", "IPC", "arch", "labels", "accuracy %", "HLR", "IOR", "LRS", "ARS", "label bytes")
-    lines = [head]
+    head = ("set", "method", "IPC", "arch", "labels", "random real labelled", "accuracy %", "HLR", "IOR", "LRS", "ARS",
+            "label bytes")
+    lines, notes = [head], []
     for r in rows:
         if r["baseline"] is not None or r["variant"] != "set":
             continue
@@ -129,7 +130,10 @@ def fair_table(rows: Sequence[dict], score_rows: Sequence[dict]) -> str:
         if not got:
             continue
         used, _ = label_cost(r.get("storage_bytes") or {})
+        if r.get("comparison"):
+            notes.append(f"  {os.path.basename(r['synset'])}: {r['comparison']}")
         lines.append((os.path.basename(r["synset"]), r["method"], str(r["ipc"]), r["arch"], r.get("labels", "-"),
+                      r.get("random_labels", "-") if r.get("labels") != "hard" else "hard",
                       f"{r['mean']:.2f} ± {r['std']:.2f}",
                       *(f"{got[k]['mean']:.2f} {_pm(got[k]['ci95'])}".rstrip() if k in got else "-" for k in FAIR),
                       "-" if used is None else f"{used:,}"))
@@ -138,6 +142,8 @@ def fair_table(rows: Sequence[dict], score_rows: Sequence[dict]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(wd) for c, wd in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * wd for wd in widths))
+    if notes:
+        text += ["random real labelled otherwise than the set:", *notes]
     return "fair scores (DD-Ranking; HLR, IOR in points, LRS, ARS in [0, 100]):\n" + "\n".join(text)
 
 

@@ -38,7 +38,8 @@ METHOD_FLAGS = {
            "--checkpoint-every", "3", "--device", "cpu"),
 }
 LABELS = ("--teacher", "store", "--views", "static", "--codec", "topk:k=2,bits=8", "--out", "tm_top2.h5")
-EVAL = ("dm.h5", "--runs", "2", "--epochs", "2", "--json", "eval/results.json")
+# 0.4.0 trained condense's schedule; the reference schedule (the default since 0.8) is another job
+EVAL = ("dm.h5", "--runs", "2", "--epochs", "2", "--json", "eval/results.json", "--schedule", "condense")
 ONE_TEST_IMAGE = 100.0 / 128  # toy's test split: an accuracy off by one prediction
 
 
@@ -220,6 +221,12 @@ def test_eval_job_log_resumes(files, capsys):
     0.4.0's numbers (the logged ones verbatim, the new one up to a test image)."""
     log = files / "eval" / "results.json.run" / "jobs.jsonl"
     logged = log.read_text().splitlines()
+    from evals.grid import EvalConfig, ResultLog, jobs_of, plan
+
+    # under the default (reference) schedule none of 0.4.0's jobs is reused: the schedule is in the job key
+    cfg = EvalConfig(runs=2, epochs=2, json="eval/results.json")
+    keys = {job.key for _, job in jobs_of(plan(cfg, ["dm.h5"]), cfg, note=lambda m: None)}
+    assert len(keys) == 4 and not keys & set(ResultLog(files / "eval" / "results.json.run").load())
     assert evaluate(*EVAL) == 0
     assert "resuming: 3 of 4 jobs already finished" in capsys.readouterr().out
     lines = log.read_text().splitlines()
@@ -236,8 +243,9 @@ def test_sets_evaluate(files):
     """A soft-label codec set with a learned lr (and its hard variant) and a hard-label set train
     and score as under 0.4.0 (README: 23.4375, 24.21875, 23.4375 %)."""
     assert evaluate("tm_top2.h5", "tm.h5", "--runs", "1", "--epochs", "1", "--no-random-baseline",
-                    "--json", "e2e/results.json") == 0
+                    "--json", "e2e/results.json", "--schedule", "condense") == 0
     rows = json.loads((files / "e2e" / "results.json").read_text())["results"]
     assert [(r["synset"], r["variant"], r["labels"], r["runs"]) for r in rows] == \
-           [("tm_top2.h5", "set", "own probabilities", 1), ("tm_top2.h5", "hard", "hard", 1), ("tm.h5", "set", "hard", 1)]
+           [("tm_top2.h5", "set", "store store expert 0, static > topk:k=2,bits=8", 1), ("tm_top2.h5", "hard", "hard", 1),
+            ("tm.h5", "set", "hard", 1)]
     assert [r["accs"][0] for r in rows] == pytest.approx([23.4375, 24.21875, 23.4375], abs=ONE_TEST_IMAGE)

@@ -41,7 +41,8 @@ def soft_set(toy, tmp_path):
 
 
 def cfg_for(tmp_path, **kw) -> EvalConfig:
-    return EvalConfig(**{"runs": 2, "epochs": 3, "json": str(tmp_path / "r.json"), **kw})
+    """Most tests compare rows with TrainProtocol(epochs=3): condense's schedule (the reference's is tested apart)."""
+    return EvalConfig(**{"runs": 2, "epochs": 3, "json": str(tmp_path / "r.json"), "schedule": "condense", **kw})
 
 
 def test_rows_equal_evaluate_run_by_run_and_the_random_baseline(toy, hard_set, tmp_path):
@@ -144,9 +145,35 @@ def test_full_data_baseline_row(tmp_path):
 def test_full_data_baseline_defaults_to_20_epochs_and_keeps_given_ones():
     from evals.grid import plan
 
-    base = {"baseline": "full", "dataset": "toy", "archs": [ARCH], "runs": 1}
+    base = {"baseline": "full", "dataset": "toy", "archs": [ARCH], "runs": 1, "schedule": "condense"}
     assert plan(EvalConfig(**base), [])[0].protocol.epochs == 20
     assert plan(EvalConfig(**base, epochs=300), [])[0].protocol.epochs == 300  # given explicitly: kept
+    # the reference's "20 epochs" are its loop's 21
+    assert plan(EvalConfig(**{**base, "schedule": "reference"}), [])[0].protocol.epochs == 21
+
+
+def test_reference_schedule_trains_as_evaluate_synset_does(toy, hard_set, tmp_path):
+    """The default schedule is the reference code's loop: E + 1 epochs, a fresh SGD (no momentum) at
+    lr x0.1 after epoch E // 2 + 1; its jobs never mix with condense's."""
+    path, s = hard_set
+    epochs = 4
+    doc = run_eval(cfg_for(tmp_path, epochs=epochs, schedule="reference", random_baseline=False), [path], **QUIET)
+    row = doc["results"][0]
+    assert row["epochs"] == epochs + 1 and doc["protocol"]["decay_restart"] is True
+    assert doc["protocol"]["decay_epoch"] == epochs // 2 + 2
+
+    # epochs 0 .. E // 2 + 1 at lr, then a new optimiser at 0.1 lr (the restart itself is checked against a
+    # rebuilt SGD in test_train)
+    want = []
+    for r in range(2):
+        proto = TrainProtocol(epochs=epochs + 1, decay_epoch=epochs // 2 + 2, decay_restart=True)
+        want.append(100 * evaluate(s.images, s.labels, ARCH, proto, 0, test=(toy.x_test, toy.y_test), num_classes=4,
+                                   run=r))
+    assert row["accs"] == pytest.approx(want, abs=1e-9)
+    condense_doc = run_eval(cfg_for(tmp_path, epochs=epochs, random_baseline=False,
+                                    json=str(tmp_path / "c.json")), [path], **QUIET)
+    assert condense_doc["results"][0]["epochs"] == epochs
+    assert condense_doc["results"][0]["accs"] != row["accs"]
 
 
 def test_a_failing_job_is_reported_and_the_others_finish(hard_set, tmp_path, monkeypatch):

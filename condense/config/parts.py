@@ -50,6 +50,21 @@ class Data:
                                         "classes are the set's)", metavar="FILE")
 
 
+@part("committee")
+class Committee:
+    """CV-DD's committee (Cui et al. 2025): teacher files of any architectures voting with --teacher, each
+    weighted by softmax(prior / temperature) (condense.labels.teachers)."""
+
+    committee_teacher: list[str] = setting(factory=list, help="another teacher file voting with --teacher "
+                                           "(repeat; any architecture)", repeat=True, flag="--committee-teacher",
+                                           metavar="FILE")
+    committee_temperature: float = setting(10.0, "committee weights softmax(prior / this) (CV-DD: 10 to relabel, "
+                                                 "5 to recover)", gt=0)
+    committee_prior: list[float] | None = setting(None, "each member's prior in percent, --teacher first (default: "
+                                                        "their measured accuracies: validation, else test)",
+                                                  repeat=True, flag="--committee-prior", metavar="PERCENT")
+
+
 @part("run")
 class Run:
     """Where the result goes, how it is seeded, where it runs."""
@@ -126,4 +141,4 @@ class Workers:
     shards: int | None = setting(None, "shards of the work (default: one per device; Ray: 2)", gt=0, le=4096)
 
 
-ALL = (Data, Run, Loop, Synthesis, Augmentation, Training, Evaluation, Workers)
+ALL = (Data, Committee, Run, Loop, Synthesis, Augmentation, Training, Evaluation, Workers)

@@ -14,7 +14,7 @@ from pathlib import Path
 from condense.augment import parse_strategy
 from condense.codecs import parse_codec
 from condense.config import configclass, setting
-from condense.config.parts import DSA_DEFAULT, Data, Run, Training, Workers
+from condense.config.parts import DSA_DEFAULT, Committee, Data, Run, Training, Workers
 from condense.runtime.errors import ConfigError, CondenseError
 from condense.synset import SynSet, file_sha256, load_synset
 
@@ -22,9 +22,10 @@ from .relabel import VIEW_MODES, label_images
 from condense.runtime.files import holding_lock
 
 SPREAD = ("devices", "executor", "address")  # where the work runs: not what the labels are
+COMMITTEE = ("committee_teacher", "committee_temperature", "committee_prior")
 
 
-@configclass(Data, Run, Training, Workers, part="labels",
+@configclass(Data, Committee, Run, Training, Workers, part="labels",
              drop=("dataset", "data_root", "limit_train", "val_size", "zca", "arch", "ipc", "trajectories", "seed",
                    "device", "epochs", "lr", "momentum", "weight_decay", "batch_size", "lr_decay_at", "shards"),
              defaults={"out": None, "temperature": 1.0},
@@ -83,14 +84,15 @@ def recorded_teacher(s: SynSet, path: str) -> str:
 @holding_lock(lambda cfg, *a, **k: cfg.out)
 def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSet:
     """Label (and/or compress) ``cfg.synset`` into ``cfg.out``; returns the written set."""
-    from . import compress, load_teacher, relabel
+    from . import compress, relabel
     from .projector import ProjectorFit
 
     cfg.validate()
     fit = ProjectorFit(steps=cfg.projector_steps, lr=cfg.projector_lr)
     if not os.path.exists(cfg.synset):
         raise ConfigError(f"no such synthetic-set file: {cfg.synset}")
-    record = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "synset", *SPREAD)},
+    unused = () if cfg.committee_teacher else COMMITTEE  # without a committee, 0.7's records still match
+    record = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "synset", *SPREAD, *unused)},
               "input_sha256": file_sha256(cfg.synset)}
     done = _already_done(cfg.out, record)
     if done is not None:
@@ -99,8 +101,7 @@ def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSe
     s = load_synset(cfg.synset)
     if cfg.teacher or cfg.views:
         cfg.teacher = cfg.teacher or recorded_teacher(s, cfg.synset)
-        teacher = load_teacher(cfg.teacher, s, expert=cfg.teacher_expert, epoch=cfg.teacher_epoch,
-                               committee=cfg.committee)
+        teacher = teacher_for(cfg, s)
         spread = (cfg.devices and len(cfg.devices) > 1) or cfg.executor == "ray"
         if spread and cfg.views == "per-epoch":
             labeller = partial(spread_labels, cfg, progress)
@@ -115,6 +116,15 @@ def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSe
     s.provenance = dict(s.provenance, labels_run=record)
     s.save(Path(cfg.out))
     return s
+
+
+def teacher_for(cfg: LabelsConfig, s: SynSet):
+    """The teacher ``cfg`` names, built for the images of ``s``."""
+    from . import load_teacher
+
+    return load_teacher(cfg.teacher, s, expert=cfg.teacher_expert, epoch=cfg.teacher_epoch, committee=cfg.committee,
+                        members=cfg.committee_teacher, committee_temperature=cfg.committee_temperature,
+                        committee_prior=cfg.committee_prior)
 
 
 def label_on(device: str, images, teacher, num_classes: int, **kw):
@@ -156,12 +166,10 @@ def spread_labels(cfg: LabelsConfig, note, images, teacher, num_classes, *, epoc
 
 def label_epochs(config: dict, first: int, stop: int, device: str = "cpu"):
     """A job: the per-view labels of epochs first..stop-1 of ``config``'s set and teacher."""
-    from . import load_teacher
 
     cfg = LabelsConfig(**config)
     s = load_synset(cfg.synset)
-    teacher = load_teacher(cfg.teacher, s, expert=cfg.teacher_expert, epoch=cfg.teacher_epoch,
-                           committee=cfg.committee).to(device)
+    teacher = teacher_for(cfg, s).to(device)
     labels, _ = label_images(s.images.to(device), teacher, s.num_classes, views="per-epoch", epochs=stop,
                              temperature=cfg.temperature, view_seed=cfg.view_seed, strategy=cfg.view_strategy,
                              first_epoch=first)

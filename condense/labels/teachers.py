@@ -1,12 +1,25 @@
 """Teachers: trained networks whose predictions become soft labels.
 
-A teacher is a teacher file written by ``condense teacher`` (:mod:`.teacher_file`), or one epoch of one or more experts in a trajectory store (the final epoch
-by default). With a committee of N experts (CV-DD's committee voting) the label is the
-average of their class probabilities at the labelling temperature, returned as logits
-T * log(mean p) so that softmax(. / T) gives that average back.
+A teacher is a teacher file written by ``condense teacher`` (:mod:`.teacher_file`), one epoch
+of one or more experts in a trajectory store (the final epoch by default), or a committee of
+teacher files. Two ways of voting:
+
+- experts of one store (``--committee N``): the average of their class probabilities at the
+  labelling temperature T, returned as logits T · log(mean p) so that softmax(· / T) gives
+  that average back;
+- teacher files of several architectures (CV-DD, Cui et al. 2025: ``--committee-teacher``):
+  the weighted sum of their logits Σ_i w_i z_i with w = softmax(prior / τ), the prior being
+  each member's measured accuracy in percent (its validation accuracy, else its test
+  accuracy) or one given per member, τ the committee temperature (CV-DD: 10 to relabel, 5 to
+  recover) (:func:`committee_weights`).
+
+Every teacher's ``source`` is plain data that names its files with their content hashes
+(store: its key), so :func:`teacher_of_source` builds the same teacher again, e.g. to label
+random real images as a set's labels were made (fair scores).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -27,6 +40,7 @@ class Teacher:
     nets: list[nn.Module]
     source: dict[str, Any] = field(default_factory=dict)
     amp: bool = True  # mixed precision when labelling on CUDA
+    weights: list[float] | None = None  # CV-DD's committee: the weighted sum of the members' logits
 
     def to(self, device: str | torch.device) -> "Teacher":
         self.nets = [net.to(device) for net in self.nets]
@@ -43,6 +57,8 @@ class Teacher:
                 z = [net(xb).float() for net in self.nets]
             if len(z) == 1:
                 out.append(z[0])
+            elif self.weights is not None:
+                out.append(sum(w * zi for w, zi in zip(self.weights, z)))
             else:
                 p = torch.stack([torch.softmax(zi / temperature, dim=-1) for zi in z]).mean(0)
                 out.append(temperature * torch.log(p.clamp_min(1e-12)))
@@ -109,22 +125,110 @@ def teacher_of_file(path: str, tf: TeacherFile) -> Teacher:
                                      "accuracy": tf.accuracy})
 
 
+def committee_weights(prior: Sequence[float], temperature: float) -> list[float]:
+    """CV-DD's vote weights: softmax(prior / temperature) over the members (prior in percent)."""
+    p = torch.tensor([float(v) for v in prior], dtype=torch.float64) / float(temperature)
+    return torch.softmax(p, 0).tolist()
+
+
+def member_prior(tf: TeacherFile) -> float:
+    """A committee member's measured accuracy (percent): validation if measured, else test."""
+    val = tf.val_accuracy
+    return float(val) if val is not None and val >= 0 else float(tf.accuracy)
+
+
+def load_committee(paths: Sequence[str], *, temperature: float, prior: Sequence[float] | None = None,
+                   fits=None) -> tuple[Teacher, list[TeacherFile]]:
+    """A CV-DD committee of the teacher files ``paths`` (two or more; the module doc) and the
+    loaded files. ``fits(tf, path)`` checks each member against the data it will see (one-line
+    ConfigError); members must agree on dataset, transform, image shape and classes."""
+    if len(paths) < 2:
+        raise ConfigError("a committee needs two or more teacher files")
+    if len(set(map(str, paths))) != len(paths):
+        raise ConfigError("a committee names each teacher file once")
+    if prior is not None and len(prior) != len(paths):
+        raise ConfigError(f"--committee-prior gives {len(prior)} values for {len(paths)} committee members")
+    if not temperature > 0:
+        raise ConfigError(f"--committee-temperature must be positive, got {temperature}")
+    files = [load_teacher_file(p) for p in paths]
+    first = files[0]
+    for path, tf in zip(paths, files):
+        if fits is not None:
+            fits(tf, path)
+        check_fits(tf, str(path), first.dataset, first.transform.describe(), first.image_shape, first.num_classes,
+                   first.class_names)
+    priors = [float(v) for v in prior] if prior is not None else [member_prior(tf) for tf in files]
+    if not all(v == v and abs(v) != float("inf") for v in priors):
+        raise ConfigError("a committee member has no measured accuracy: give --committee-prior (one per member)")
+    weights = committee_weights(priors, temperature)
+    members = [teacher_of_file(str(p), tf) for p, tf in zip(paths, files)]
+    source = {"committee": [m.source for m in members], "prior": priors, "temperature": float(temperature),
+              "weights": weights}
+    return Teacher([m.nets[0] for m in members], source, weights=weights), files
+
+
+def teacher_of_source(source: dict[str, Any], num_classes: int, image_shape: Sequence[int]) -> Teacher:
+    """The teacher a ``Teacher.source`` describes, rebuilt from its files; one-line ConfigError
+    when a file is missing or is not the one recorded (content hash; store: its key)."""
+    from condense.synset import file_sha256
+
+    if "committee" in source:
+        files = [m["file"] for m in source["committee"]]
+        for m in source["committee"]:
+            if not os.path.exists(m["file"]) or file_sha256(m["file"]) != m["sha256"]:
+                raise ConfigError(f"committee member {m['file']} is not there or not the file recorded (SHA-256)")
+        t, _ = load_committee(files, temperature=source["temperature"], prior=source["prior"])
+        return t
+    if "file" in source:
+        if not os.path.exists(source["file"]):
+            raise ConfigError(f"teacher {source['file']} is not there")
+        t = teacher_of_file(source["file"], load_teacher_file(source["file"]))
+        if t.source["sha256"] != source["sha256"]:
+            raise ConfigError(f"teacher {source['file']} changed since the labels were made (its SHA-256 differs)")
+        return t
+    from trajectories.store import open_store
+
+    store = open_store(source["store"])
+    if store.meta.get("store_key") != source.get("store_key"):
+        raise ConfigError(f"store {source['store']} is not the one recorded (its store key differs)")
+    experts = [int(e) for e in source["experts"]]
+    c, h, w = image_shape
+    nets = []
+    for i in experts:
+        net = build_net(store.meta["arch"], c, num_classes, (h, w))
+        store.layout.load_into(net, store.epoch(i, int(source["epoch"])))
+        check_finite_teacher(net, source["store"], f" (expert {i})")
+        nets.append(net.eval())
+    return Teacher(nets, dict(source))
+
+
 def load_teacher(folder: str, synset: SynSet, *, expert: int = 0, epoch: int | None = None,
-                 committee: int = 1) -> Teacher:
+                 committee: int = 1, members: Sequence[str] = (), committee_temperature: float = 10.0,
+                 committee_prior: Sequence[float] | None = None) -> Teacher:
     """The teacher in ``folder`` built for ``synset``'s images: a teacher file (``condense
-    teacher``), or experts ``expert .. expert + committee - 1`` of a trajectory store at
-    ``epoch`` (default: the last).
+    teacher``), with ``members`` the CV-DD committee of it and those teacher files (weights
+    softmax(prior / committee_temperature)), or experts ``expert .. expert + committee - 1`` of
+    a trajectory store at ``epoch`` (default: the last).
 
     Raises ConfigError (one line) when the teacher's dataset, normalisation/ZCA, image
     shape or class order differs from the set's, or the experts/epoch do not exist.
     """
+    def fits(tf: TeacherFile, path: str) -> None:
+        check_fits(tf, path, synset.dataset, synset.transform.describe(), synset.image_shape, synset.num_classes,
+                   class_order(synset.dataset, synset.data))
+
+    if members:
+        if not is_teacher_file(folder):
+            raise ConfigError(f"--committee-teacher: {folder} is not a teacher file (a committee votes across "
+                              "teacher files; --committee N averages the experts of one store)")
+        return load_committee([folder, *members], temperature=committee_temperature, prior=committee_prior,
+                              fits=fits)[0]
     if is_teacher_file(folder):
         if committee != 1 or expert != 0 or epoch is not None:
             raise ConfigError(f"{folder} is a teacher file: --committee, --teacher-expert and --teacher-epoch "
-                              "apply to trajectory stores only")
+                              "apply to trajectory stores only (--committee-teacher FILE adds teacher files)")
         tf = load_teacher_file(folder)
-        check_fits(tf, folder, synset.dataset, synset.transform.describe(), synset.image_shape, synset.num_classes,
-                   class_order(synset.dataset, synset.data))
+        fits(tf, folder)
         return teacher_of_file(folder, tf)
     from trajectories.store import open_store
 

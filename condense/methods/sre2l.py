@@ -10,6 +10,12 @@ with running mean/variance (μ_l, σ²_l):
 
     loss(B) = CE(teacher(aug(B)), y_B) + r_bn · Σ_l m_l (‖mean_B(x_l) − μ_l‖₂ + ‖var_B(x_l) − σ²_l‖₂)
 
+With a CV-DD committee (``--committee-teacher``, Cui et al. 2025) every member t sees the same
+views and the loss is Σ_t w_t (CE_t + r_bn · BN_t), each member's cross-entropy and BN term
+on its own statistics, w = softmax(prior / τ) (τ = 5, CV-DD's recovery temperature;
+:func:`condense.labels.teachers.committee_weights`). CV-DD draws two members per image slot;
+here every member votes on every batch.
+
 with per-channel mean and biased variance of layer l's input x_l over the batch and its
 pixels, plain (not squared) L2 norms, m_1 = ``first_bn_multiplier`` (10) and m_l = 1
 otherwise (:func:`bn_loss`). aug is one random-resized crop + flip shared by the batch,
@@ -43,9 +49,10 @@ from torch import nn
 
 from ..augment import DSAConfig, apply_dsa, cat_draws, sample_dsa
 from ..config import configclass, setting
-from ..config.parts import Augmentation, Data, Loop, Run, Synthesis, Training, Workers
+from ..config.parts import Augmentation, Committee, Data, Loop, Run, Synthesis, Training, Workers
 from ..runtime.errors import ConfigError
 from ..runtime.executors import shard_keys
+from ..labels.run import COMMITTEE
 from ..nets import parse_arch
 from ..runtime.rng import generator
 from ..synset import SynSet
@@ -57,10 +64,11 @@ INITS = ("noise", "real")
 STREAM_INIT, STREAM_AUG, STREAM_JITTER = 30, 31, 32
 
 
-@configclass(Data, Run, Loop, Synthesis, Augmentation, Training, Workers, part="sre2l",
+@configclass(Data, Committee, Run, Loop, Synthesis, Augmentation, Training, Workers, part="sre2l",
              drop=("dataset", "val_size", "zca", "trajectories", "batch_real", "dsa", "dsa_strategy", "dsa_share",
                    "epochs", "lr", "momentum", "weight_decay", "lr_decay_at", "temperature"),
-             defaults={"lr_img": 0.1, "init": "noise", "batch_size": 100, "out": "runs/sre2l.h5"},
+             defaults={"lr_img": 0.1, "init": "noise", "batch_size": 100, "out": "runs/sre2l.h5",
+                       "committee_temperature": 5.0},
              choices={"init": INITS},
              helps={"data_root": "folder holding the dataset files (only for --init real)",
                     "limit_train": "--init real: draw from a class-balanced subset of this size",
@@ -192,14 +200,26 @@ class SRe2L(ImageSynthesizer):
 
         cfg.validate()
         self.cfg, self.device, self.shard = cfg, device, shard
-        tf = load_teacher_file(cfg.teacher)
-        if not bn_layers(tf.net):
-            raise ConfigError(f"teacher {cfg.teacher} ({tf.arch}) has no BatchNorm layers: sre2l matches their "
-                              "statistics (train a teacher with norm=batch)")
+        if cfg.committee_teacher:
+            from ..labels.teachers import load_committee
+
+            committee, files = load_committee([cfg.teacher, *cfg.committee_teacher],
+                                              temperature=cfg.committee_temperature, prior=cfg.committee_prior)
+            self.committee = committee.source
+            paths, weights = [cfg.teacher, *cfg.committee_teacher], committee.weights
+        else:
+            files, self.committee, paths, weights = [load_teacher_file(cfg.teacher)], None, [cfg.teacher], [1.0]
+        for path, member in zip(paths, files):
+            if not bn_layers(member.net):
+                raise ConfigError(f"teacher {path} ({member.arch}) has no BatchNorm layers: sre2l matches their "
+                                  "statistics (train a teacher with norm=batch)")
+        tf = files[0]
         self.tf, self.arch = tf, str(parse_arch(cfg.arch))
         self.teacher = teacher_of_file(cfg.teacher, tf)
-        self.net = tf.net.to(device).eval()
-        self.running = [(m.running_mean.detach(), m.running_var.detach()) for m in bn_layers(self.net)]
+        # (network, its BN layers' running statistics, vote weight) per committee member; one without a committee
+        self.members = [(m.net.to(device).eval(), [(b.running_mean.detach(), b.running_var.detach())
+                                                   for b in bn_layers(m.net)], w) for m, w in zip(files, weights)]
+        self.net = self.members[0][0]  # the teacher (--teacher)
         k, (c, h, w) = tf.num_classes, tf.image_shape
         self.all_classes = torch.arange(k).repeat_interleave(cfg.ipc)
         groups = batches(k, cfg.ipc, cfg.batch_size, cfg.class_batches)
@@ -276,10 +296,14 @@ class SRe2L(ImageSynthesizer):
         x = self.augment(self.images[rows], it, part)
         y = self.classes[rows].to(self.device)
         amp = self.cfg.amp and self.device.type == "cuda"
-        with bn_inputs(self.net) as inputs, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            logits = self.net(x)
-        ce = torch.stack([F.cross_entropy(z.float(), t) for z, t in zip(torch.split(logits, sizes), torch.split(y, sizes))])
-        bn = bn_loss(inputs, self.running, sizes, self.cfg.first_bn_multiplier)
+        ce = bn = 0.0
+        for net, running, weight in self.members:
+            with bn_inputs(net) as inputs, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                logits = net(x)
+            ce_t = torch.stack([F.cross_entropy(z.float(), t)
+                                for z, t in zip(torch.split(logits, sizes), torch.split(y, sizes))])
+            bn_t = bn_loss(inputs, running, sizes, self.cfg.first_bn_multiplier)
+            ce, bn = ce + weight * ce_t, bn + weight * bn_t
         return (ce + self.cfg.r_bn * bn).sum(), ce, bn
 
     def compute_grads(self, it: int) -> dict[str, float]:
@@ -304,8 +328,11 @@ class SRe2L(ImageSynthesizer):
     def config(self) -> dict:
         """The run's identity and the set's config: the settings, the canonical student arch and
         the teacher file's content hash (a retrained teacher under the same path is another run)."""
-        config = {"method": self.method_name, **{k: v for k, v in asdict(self.cfg).items() if k not in SPREAD},
+        unused = SPREAD + (COMMITTEE if self.committee is None else ())  # runs of 0.7 resume
+        config = {"method": self.method_name, **{k: v for k, v in asdict(self.cfg).items() if k not in unused},
                   "arch": self.arch, "teacher_sha256": self.teacher.source["sha256"]}
+        if self.committee is not None:
+            config["committee_sha256"] = [m["sha256"] for m in self.committee["committee"]]
         return config if self.shard == (0, 1) else {**config, "shard": list(self.shard)}
 
     def synset(self, it: int) -> SynSet:
@@ -319,6 +346,7 @@ class SRe2L(ImageSynthesizer):
                            data={**tf.data, "class_names": list(tf.class_names)},
                            config=self.config(),
                            provenance={"seed": self.cfg.seed, "iteration": it, "teacher": self.teacher.source,
+                                       **({} if self.committee is None else {"committee": self.committee}),
                                        "init_indices": None if self.indices is None else self.indices.tolist(),
                                        **({} if self.shard == (0, 1) else {"shard": list(self.shard),
                                                                            "rows": self.index.tolist()})})

@@ -42,6 +42,7 @@ from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
 from .init import EXPERT_INITS, INITS, expert_logits, expert_selected_images, initial_images
 from .tm_math import Step, Target, balance_scale, match_constant_memory, match_exact, perturb_conv_weights
+from ..labels.recipe import expert_label_logits
 
 STREAM_PICK, STREAM_ORDER, STREAM_DSA = 0, 1, 2
 MEMORY_MODES = ("exact", "constant")
@@ -175,23 +176,11 @@ class TrajectoryMatching:
         self.ema = self.images.detach().clone() if cfg.ema else None
         self.dsa = DSAConfig(strategy=cfg.dsa_strategy, share=cfg.dsa_share) if cfg.dsa else None
 
-    @torch.no_grad()
     def _expert_label_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, K] logits: per image, the mean over the experts (final epoch) that classify it
-        correctly (DATM); the first expert's logits where none does."""
-        total = torch.zeros(images.shape[0], self.ds.info.num_classes, device=self.device)
-        count = torch.zeros(images.shape[0], 1, device=self.device)
-        classes = self.classes.to(self.device)
-        first = None
-        for i in range(len(self.store)):
-            logits = expert_logits(partial(functional_call, self.net,
-                                           expert_epoch(self.store, i, self.store.epochs).to(self.device)),
-                                   images)
-            first = logits if first is None else first
-            ok = (logits.argmax(1) == classes).unsqueeze(1).float()
-            total += logits * ok
-            count += ok
-        return torch.where(count > 0, total / count.clamp_min(1), first)
+        """[N, K] DATM's labels of ``images`` by the final-epoch experts (:func:`expert_label_logits`)."""
+        predicts = [partial(functional_call, self.net, expert_epoch(self.store, i, self.store.epochs).to(self.device))
+                    for i in range(len(self.store))]
+        return expert_label_logits(predicts, images, self.classes.to(self.device))
 
     # -- one iteration ---------------------------------------------------------------------------
     def compute_grads(self, it: int) -> dict[str, float]:

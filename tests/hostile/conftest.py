@@ -90,7 +90,7 @@ def toy_set(tmp_path_factory) -> Path:
     ds = load_dataset("toy")
     idx = torch.cat([torch.nonzero(ds.y_train == c).flatten()[:2] for c in range(ds.info.num_classes)])
     path = tmp_path_factory.mktemp("sets") / "toy.h5"
-    real_subset(ds, idx, "random").save(path)
+    real_subset(ds, idx, "random", config={"arch": "convnet"}).save(path)
     return path
 
 
