@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 
 def environment() -> dict[str, Any]:

@@ -115,7 +115,8 @@ def make_variants(cfg: CurveConfig, *, progress: Callable[[str], None] = print,
     timings = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     files: dict[str, Path] = {"hard": Path(cfg.synset)}
     progress(f"hard: {cfg.synset} (the input)")
-    shared = {k: getattr(cfg, k) for k in ("teacher_expert", "teacher_epoch", "committee", "view_epochs", "view_seed",
+    shared = {k: getattr(cfg, k) for k in ("teacher_expert", "teacher_epoch", "committee", "committee_teacher",
+                                           "committee_temperature", "committee_prior", "view_epochs", "view_seed",
                                            "view_strategy", "projector_steps", "projector_lr", "temperature",
                                            "devices", "executor", "address")}
 

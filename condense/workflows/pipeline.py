@@ -151,6 +151,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
                                       "step run before it")
                 step.synset = sets[step.synset]
                 step.teacher = teachers.get(step.teacher, step.teacher)
+                step.committee_teacher = [teachers.get(t, t) for t in step.committee_teacher]
                 step.out = _under(out, step.out, f"{Path(step.synset).stem}.{name.split('-', 1)[-1]}.h5")
                 run_labels(step, progress=note, bars=bars)
                 sets[name] = step.out
@@ -226,6 +227,8 @@ def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[
             step.teacher = list(teachers.values())[-1]
         elif step.teacher in teachers:
             step.teacher = teachers[step.teacher]
+    if hasattr(step, "committee_teacher"):  # sre2l: a CV-DD committee names teacher steps or files
+        step.committee_teacher = [teachers.get(t, t) for t in step.committee_teacher]
     s = runner(get_method(method))(step, device, progress=note, bars=bars)  # each method's default backend
     grid = save_set_grid(s, step.out)
     note(f"wrote {step.out} and {grid}")
