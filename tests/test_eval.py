@@ -298,3 +298,21 @@ def test_dsa_share_reaches_the_training_and_the_rows(toy, hard_set, tmp_path):
                            test=(toy.x_test, toy.y_test), num_classes=4, run=r) for r in range(2)]
     assert row["dsa_share"] == "batch" and row["accs"] == pytest.approx(want, abs=1e-9)
     assert doc["protocol"]["dsa_share"] == "batch"
+
+
+def test_the_schedule_benchmark_pairs_both_schedules_run_by_run(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("schedule_effect", "benchmarks/schedule_effect.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--out", str(tmp_path), "--dataset", "toy", "--arch", ARCH, "--ipc", "1", "--runs", "2",
+                       "--epochs", "3"]) == 0
+    accs = json.loads((tmp_path / "schedule_effect.json").read_text())
+    ref, own = accs["reference"]["1"], accs["condense"]["1"]
+    table = (tmp_path / "schedule_effect.md").read_text()
+    diff = sum(a - b for a, b in zip(ref, own)) / 2
+    assert f"| 1 | {sum(ref) / 2:.2f}" in table and f"{diff:+.2f} ±" in table
+    reports = {s: json.loads((tmp_path / f"{s}.json").read_text())["results"][0]["epochs"] for s in accs}
+    assert reports == {"reference": 4, "condense": 3}
