@@ -112,6 +112,12 @@ def test_datm_soft_labels_and_lr_import(tmp_path, capsys):
     s = load_synset(tmp_path / "s.h5")
     assert s.label_spec.kind == "logits" and torch.equal(s.labels, logits()) and s.lr == pytest.approx(0.03)
     assert torch.equal(s.classes, hard())
+    assert "arch" not in s.config  # the layout does not say: condense eval then asks for --arch
+    # --arch records the network the set was distilled with (canonical), evaluation's default
+    assert cli(capsys, "convert", d, tmp_path / "a.h5", "--dataset", "toy", "--arch", "convnet:width=8")[0] == 0
+    assert load_synset(tmp_path / "a.h5").config["arch"] == "convnet:act=relu,depth=3,norm=instance,pool=avg,width=8"
+    code, _, err = cli(capsys, "convert", d, tmp_path / "b.h5", "--dataset", "toy", "--arch", "convnet:nope=1")
+    assert code != 0 and "nope" in err and not (tmp_path / "b.h5").exists()
 
 
 def test_mtt_iteration_snapshot(tmp_path, capsys):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from ..data import load_dataset
 from ..layouts import FOLDER_LAYOUTS, LAYOUTS, build_set, read, write
+from ..nets import parse_arch
 from ..runtime.errors import ConfigError
 from ..synset import load_synset
 from .common import bounded_int, refuse_unused
 
-IMPORT_FLAGS = ("dataset", "data_root", "download", "zca", "layout_from", "iteration", "experiment")
+IMPORT_FLAGS = ("dataset", "data_root", "download", "zca", "layout_from", "iteration", "experiment", "arch")
 # At most this many experiments' worth of images in one file (DC/DSA/DM save one set per experiment).
 MAX_EXPERIMENTS = 100
 
@@ -43,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", dest="data_root", help="dataset folder, needed with --zca to refit the ZCA")
     p.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
     p.add_argument("--zca", action="store_true", help="the imported images are ZCA-whitened (MTT's --zca)")
+    p.add_argument("--arch", help="the network the imported set was distilled with, e.g. convnet:width=128 "
+                                  "(recorded: condense eval's default; the layouts do not say)")
     p.set_defaults(handler=handle)
 
 
@@ -77,6 +80,7 @@ def _import(args: argparse.Namespace, src: Path, dst: Path) -> int:
     refuse_unused(args, ("layout_to",), "--to names the layout of an export (use --from to name the input's)")
     if not args.dataset:
         raise ConfigError("importing a .pt set needs --dataset (the reference layouts do not record it)")
+    arch = str(parse_arch(args.arch)) if args.arch else None  # a bad spec is one line before anything is read
     ds = load_dataset(args.dataset, args.data_root, zca=args.zca, download=args.download)
     shape = (ds.info.channels, *ds.info.image_size)
     # No set is larger than its training split (or 1000 per class): bigger files are refused unread.
@@ -86,6 +90,8 @@ def _import(args: argparse.Namespace, src: Path, dst: Path) -> int:
                        max_bytes=max_bytes)
     s = build_set(raw, dataset=args.dataset, num_classes=ds.info.num_classes, image_shape=shape,
                   transform=ds.transform, data=dict(ds.meta))
+    if arch is not None:
+        s.config = {**s.config, "arch": arch}
     s.save(dst)
     lr = f", lr {s.lr:g}" if s.lr is not None else ""
     pixels = "ZCA-whitened" if args.zca else "normalised"
