@@ -69,6 +69,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from condense.runtime.errors import error_line
+
 PUBLISHED = {  # docs/REFERENCES.md: Fashion-MNIST, ConvNet-3 W128, IPC 1 / 10, from the methods' papers
     "DC": {1: 70.5, 10: 82.3},
     "DSA": {1: 70.6, 10: 84.6},
@@ -196,7 +198,7 @@ class Protocol:
                 summary = run()
             status = {"status": "ok"}
         except Exception as e:  # the report must still be written, and the later phases run
-            summary, status = f"failed: {one_line(e)}", {"status": "error", "error": one_line(e)}
+            summary, status = f"failed: {error_line(e, 300)}", {"status": "error", "error": error_line(e, 300)}
         seconds = time.perf_counter() - t
         self.results["phases"][name] = {**status, "seconds": round(seconds, 1)}
         self.write()
@@ -232,7 +234,7 @@ class Protocol:
                 fn()
                 r = {"status": "ok"}
             except Exception as e:
-                r = {"status": "error", "error": one_line(e)}
+                r = {"status": "error", "error": error_line(e, 300)}
             rows.append({"name": name, "device": where() if callable(where) else where, **r,
                          "seconds": round(time.perf_counter() - t, 2)})
             self.write()
@@ -385,13 +387,6 @@ def describe_device(device: str) -> str:
     if device.startswith("cuda"):
         return f"{device} ({torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda})"
     return f"{device} ({os.cpu_count()} cores, torch {torch.__version__})"
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message, clipped."""
-    text = str(e).strip().splitlines()
-    line = f"{type(e).__name__}: {text[0] if text else ''}"
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 # --- the report -----------------------------------------------------------------------------------------

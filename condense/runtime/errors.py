@@ -25,3 +25,11 @@ class FormatError(CondenseError):
 
 class ConfigError(CondenseError):
     """A preset or option value is unknown or out of range."""
+
+
+def error_line(e: BaseException, limit: int | None = None) -> str:
+    """An exception as one line: its type and the first non-blank line of its message (clipped to
+    ``limit`` characters when given), for job logs and reports."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
-from condense.runtime.errors import ConfigError
+from condense.runtime.errors import ConfigError, error_line
 from condense.runtime.extras import require_extra
 from condense.runtime.perf import tune_cpu_allocator
 from condense.jobs import Job, JobResult, parse_device, run_jobs, run_one
@@ -93,11 +93,6 @@ def _import_ray() -> Any:
     return ray
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-
-
 def _check_reachable(address: str | None) -> None:
     """Fail fast (one line) when a named cluster does not answer: ray.init would retry for minutes."""
     if address is None or address == "local":
@@ -143,7 +138,7 @@ def _run_ray(ray: Any, jobs: list[Job], address: str | None, threads: int) -> It
                 ray.init(address=address)
         except Exception as e:
             where = "start a local Ray instance" if address in (None, "local") else f"connect to Ray at {address}"
-            raise ConfigError(f"could not {where}: {_first_line(e)}") from None
+            raise ConfigError(f"could not {where}: {error_line(e)}") from None
         started = True
     pending: dict[Any, Job] = {}
     try:
@@ -164,7 +159,7 @@ def _run_ray(ray: Any, jobs: list[Job], address: str | None, threads: int) -> It
                 try:
                     result = ray.get(ref)
                 except Exception as e:  # the worker died, or the result did not come back
-                    result = JobResult(job.key, False, error=_first_line(e), device=device)
+                    result = JobResult(job.key, False, error=error_line(e), device=device)
                 yield result
     finally:
         for ref in pending:
