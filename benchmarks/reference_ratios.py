@@ -288,17 +288,14 @@ def write_stubs(folder: Path) -> Path:
 
 
 def find_idx(root: Path) -> dict[str, Path]:
-    """The four Fashion-MNIST IDX files (plain or .gz) in ``root`` or its torchvision layout."""
-    found = {}
-    for name in IDX_FILES:
-        for where in (root, root / "FashionMNIST" / "raw"):
-            hit = next((c for c in (where / name, where / f"{name}.gz") if c.is_file()), None)
-            if hit:
-                found[name] = hit
-                break
-        else:
-            raise SetupError(f"no Fashion-MNIST file {name}[.gz] in {root} (give --data-root)")
-    return found
+    """The four Fashion-MNIST IDX files (plain or .gz) in ``root`` or its torchvision layout
+    (condense's own lookup, :func:`condense.data.readers.find_idx`)."""
+    from condense.data import readers
+
+    folder = readers.find_idx(root, "FashionMNIST")
+    if folder is None:
+        raise SetupError(f"no Fashion-MNIST IDX files (plain or .gz) in {root} (give --data-root)")
+    return {name: next(p for p in (folder / name, folder / f"{name}.gz") if p.is_file()) for name in IDX_FILES}
 
 
 def torchvision_layout(files: dict[str, Path], folder: Path) -> Path:
