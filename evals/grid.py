@@ -91,6 +91,9 @@ class EvalConfig:
                                                 "trained (ImageNet-1k)", gt=0, le=100, unit="percent")
     full_epochs: int | None = setting(None, f"--scores: epochs of the full-data reference (default "
                                             f"{FULL_DATA_EPOCHS}; --epochs is the sets')", gt=0, unit="epochs")
+    random_labels: str = setting("set", "random real labelled as each set's labels were made (set: the fair "
+                                        "comparison) or on hard labels only (hard: cheaper, the report says so)",
+                                 choices=("set", "hard"))
     schedule: str = setting("reference", "training schedule: the reference code's (--epochs E trains E + 1 epochs "
                                          "and rebuilds SGD, momentum cleared, after epoch E // 2 + 1) or condense's "
                                          "(E epochs, lr x0.1 from epoch E // 2, momentum kept)", choices=SCHEDULES)
@@ -286,6 +289,8 @@ def random_recipe(s, path: str, cfg: EvalConfig) -> tuple[str | None, str | None
         raise FormatError(f"{path}: {e}") from None
     if recipe is None:
         return None, why
+    if cfg.random_labels == "hard":
+        return None, "random real on hard labels, as asked (--random-labels hard)"
     if cfg.teacher:  # the same teacher or store, moved: checked against the hash or key the set recorded
         if "committee" in recipe:
             raise ConfigError(f"{path}: --teacher cannot move a committee's members (they are where the set says)")

@@ -291,3 +291,14 @@ def test_the_fair_table_names_random_reals_labels_and_why_they_differ():
     text = fair_table([row], scores)
     assert "experts' logits (store)" in text and "datm.h5: its labels were learned with the images (DATM)" in text
     assert "otherwise than the set" not in fair_table([{**row, "comparison": None}], scores)
+
+
+def test_random_labels_hard_is_a_choice_the_report_names(toy, teachers, tmp_path):
+    from evals.grid import EvalConfig, plan
+
+    out = label(hard_set(toy, tmp_path), tmp_path / "t.h5", teacher=teachers[0], views="static")
+    fair = plan(EvalConfig(runs=1, epochs=1, json=str(tmp_path / "e.json")), [out])
+    assert {g.source.labels is None for g in fair if g.source.kind == "random"} == {False}
+    cheap = plan(EvalConfig(runs=1, epochs=1, random_labels="hard", json=str(tmp_path / "e.json")), [out])
+    assert all(g.source.labels is None for g in cheap if g.source.kind == "random")
+    assert "--random-labels hard" in next(g for g in cheap if g.source.kind == "synset").comparison

@@ -88,7 +88,10 @@ def label_curve(cfg: CurveConfig, *, progress: Callable[[str], None] = print, ba
         raise ConfigError(f"--out {out} is a symbolic link: refusing to write through it")
     with output_lock(out):
         files, timings = make_variants(cfg, progress=progress, bars=bars)
+        # random real on hard labels only: it is the curve's context, and under each codec's labels it would
+        # fit a projector per run
         evaluation = EvalConfig(runs=cfg.runs, epochs=cfg.view_epochs, hard_gap=False, dsa_share=cfg.dsa_share,
+                                random_labels="hard",
                                 dsa_strategy=cfg.view_strategy, json=str(out / "eval.json"),
                                 devices=list(cfg.devices or ["cpu"]), executor=cfg.executor, address=cfg.address)
         doc = run_eval(evaluation, [str(p) for p in files.values()], note=progress, bars=bars)
