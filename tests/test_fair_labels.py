@@ -302,3 +302,14 @@ def test_random_labels_hard_is_a_choice_the_report_names(toy, teachers, tmp_path
     cheap = plan(EvalConfig(runs=1, epochs=1, random_labels="hard", json=str(tmp_path / "e.json")), [out])
     assert all(g.source.labels is None for g in cheap if g.source.kind == "random")
     assert "--random-labels hard" in next(g for g in cheap if g.source.kind == "synset").comparison
+
+
+def test_labels_of_a_committee_set_default_to_its_committee(teachers, tmp_path):
+    from condense.methods.sre2l import SRe2LConfig, run_sre2l
+
+    a, b = teachers
+    s = run_sre2l(SRe2LConfig(teacher=a, committee_teacher=[b], ipc=1, arch=ARCH, iters=2, out=str(tmp_path / "s.h5")),
+                  CPU, **QUIET)
+    out = load_synset(label(s.config["out"], tmp_path / "l.h5", views="static"))
+    members = [m["file"] for m in out.provenance["labels"]["teacher"]["committee"]]
+    assert members == [a, b] and out.provenance["labels"]["teacher"]["temperature"] == 10.0

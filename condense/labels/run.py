@@ -81,6 +81,20 @@ def recorded_teacher(s: SynSet, path: str) -> str:
     return recorded
 
 
+def recorded_committee(s: SynSet, path: str) -> list[str]:
+    """The other members of the CV-DD committee a set was recovered with (none without one)."""
+    made = s.provenance.get("committee")
+    members = made.get("committee") if isinstance(made, dict) else None
+    if not isinstance(members, list):
+        return []
+    members = [str(m.get("file")) for m in members if isinstance(m, dict)][1:]
+    for m in members:
+        if not os.path.exists(m):
+            raise ConfigError(f"{path} was recovered with committee member {m}, which is not there: give --teacher "
+                              "FILE and --committee-teacher FILE ...")
+    return members
+
+
 @holding_lock(lambda cfg, *a, **k: cfg.out)
 def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSet:
     """Label (and/or compress) ``cfg.synset`` into ``cfg.out``; returns the written set."""
@@ -100,7 +114,9 @@ def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSe
         return done
     s = load_synset(cfg.synset)
     if cfg.teacher or cfg.views:
-        cfg.teacher = cfg.teacher or recorded_teacher(s, cfg.synset)
+        if not cfg.teacher:  # the set's own teacher, and the committee it was recovered with, if any
+            cfg.teacher = recorded_teacher(s, cfg.synset)
+            cfg.committee_teacher = cfg.committee_teacher or recorded_committee(s, cfg.synset)
         teacher = teacher_for(cfg, s)
         spread = (cfg.devices and len(cfg.devices) > 1) or cfg.executor == "ray"
         if spread and cfg.views == "per-epoch":
