@@ -313,3 +313,23 @@ def test_labels_of_a_committee_set_default_to_its_committee(teachers, tmp_path):
     out = load_synset(label(s.config["out"], tmp_path / "l.h5", views="static"))
     members = [m["file"] for m in out.provenance["labels"]["teacher"]["committee"]]
     assert members == [a, b] and out.provenance["labels"]["teacher"]["temperature"] == 10.0
+
+
+@pytest.mark.parametrize("change", [
+    {"label_codecs": [{"codec": "nope:k=1"}]},
+    {"label_codecs": [7]},
+    {"label_codecs": [{"codec": "projector:rank=2"}], "labels_run": {"projector_steps": "many"}},
+    {"labels": {"teacher": {"file": "t.h5", "sha256": "0"}, "views": "sideways", "temperature": 1.0}},
+    {"labels": {"teacher": {"store": "s"}, "views": "static", "temperature": 1.0}},
+])
+def test_a_malformed_label_recipe_is_one_line_at_plan_time(toy, teachers, tmp_path, change):
+    import h5py
+
+    from condense.runtime.errors import FormatError
+    from evals.grid import EvalConfig, plan
+
+    out = label(hard_set(toy, tmp_path), tmp_path / "t.h5", teacher=teachers[0], views="static")
+    with h5py.File(out, "r+") as f:
+        f.attrs["provenance"] = json.dumps({**json.loads(f.attrs["provenance"]), **change})
+    with pytest.raises(FormatError, match="provenance is malformed"):
+        plan(EvalConfig(runs=1, epochs=1, json=str(tmp_path / "e.json")), [out])

@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 import torch
 
-from condense.runtime.errors import FormatError
+from condense.codecs import parse_codec
+from condense.runtime.errors import ConfigError, FormatError
 from condense.synset import LabelSpec, SynSet
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
@@ -45,15 +46,19 @@ def recipe_of(s: SynSet) -> tuple[dict[str, Any] | None, str | None]:
         return None, None
     try:  # the provenance of a shared set may be anything: a malformed one is one line
         recipe, why = _recipe(s)
-    except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
-        raise FormatError("its labels' provenance is malformed (the teacher and views that made them)") from None
-    codecs = [str(c["codec"]) for c in s.provenance.get("label_codecs") or []]
-    if recipe is not None and codecs:
-        recipe["codecs"] = codecs
-        if any(c.startswith("projector") for c in codecs):
-            run = s.provenance.get("labels_run") or {}
-            recipe["projector"] = {"steps": int(run.get("projector_steps", 1500)),
-                                   "lr": float(run.get("projector_lr", 3e-3))}
+        codecs = [str(c["codec"]) for c in s.provenance.get("label_codecs") or []]
+        for c in codecs:
+            parse_codec(c)
+        if recipe is not None and codecs:
+            recipe["codecs"] = codecs
+            if any(c.startswith("projector") for c in codecs):  # fitted as the set's projector was
+                run = s.provenance.get("labels_run") or {}
+                recipe["projector"] = {"steps": int(run.get("projector_steps", 1500)),
+                                       "lr": float(run.get("projector_lr", 3e-3))}
+                if not (recipe["projector"]["steps"] > 0 and recipe["projector"]["lr"] > 0):
+                    raise ValueError("projector fit out of range")
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError, ConfigError):
+        raise FormatError("its labels' provenance is malformed (the teacher, views and codecs that made them)") from None
     return recipe, why
 
 
@@ -62,6 +67,8 @@ def _recipe(s: SynSet) -> tuple[dict[str, Any] | None, str | None]:
     if isinstance(made, dict) and isinstance(made.get("teacher"), dict):
         recipe = {**teacher_part(made["teacher"]), "views": str(made["views"]),
                   "temperature": float(made["temperature"])}
+        if recipe["views"] not in ("static", "per-epoch") or not 0 < recipe["temperature"] < float("inf"):
+            raise ValueError("views or temperature out of range")
         if made["views"] != "static":
             recipe.update(epochs=int(made["view_epochs"]), seed=int(made["view_seed"]),
                           strategy=str(made.get("strategy") or s.label_spec.view_strategy))
