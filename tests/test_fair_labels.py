@@ -333,3 +333,15 @@ def test_a_malformed_label_recipe_is_one_line_at_plan_time(toy, teachers, tmp_pa
         f.attrs["provenance"] = json.dumps({**json.loads(f.attrs["provenance"]), **change})
     with pytest.raises(FormatError, match="provenance is malformed"):
         plan(EvalConfig(runs=1, epochs=1, json=str(tmp_path / "e.json")), [out])
+
+
+def test_frepo_targets_are_compared_with_hard_random_real_and_say_why(toy, tmp_path):
+    from evals.grid import EvalConfig, plan
+
+    s = real_subset(toy, class_balanced_indices(toy.y_train, 2, 5), "frepo", config={"arch": ARCH})
+    targets = F.one_hot(s.labels, 4).float() - 0.25
+    s = s.with_labels(targets, LabelSpec(kind="regression", loss="mse"))
+    path = str(s.save(tmp_path / "frepo.h5"))
+    groups = plan(EvalConfig(runs=1, epochs=1, scores=True, full_runs=1, json=str(tmp_path / "e.json")), [path])
+    assert "learned with the images (FRePo)" in next(g for g in groups if g.source.kind == "synset").comparison
+    assert all(g.source.labels is None for g in groups if g.source.kind == "random")
