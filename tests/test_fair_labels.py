@@ -33,12 +33,18 @@ def toy():
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory) -> list[str]:
-    """Two toy BN teachers of different architectures (1 epoch: quality is irrelevant)."""
+    """Two toy BN teachers of different architectures (1 epoch: quality is irrelevant), their
+    recorded validation accuracies set to 60 and 70 % so that the vote weights differ."""
+    import h5py
+
     folder = tmp_path_factory.mktemp("teachers")
     out = []
-    for name, arch in (("a.h5", "convnet:norm=batch,width=8"), ("b.h5", "convnet:norm=batch,width=8,depth=2")):
+    for name, arch, val in (("a.h5", "convnet:norm=batch,width=8", 60.0),
+                            ("b.h5", "convnet:norm=batch,width=8,depth=2", 70.0)):
         train_teacher(TeacherConfig(dataset="toy", arch=arch, epochs=1, batch_size=64, out=str(folder / name)), CPU,
                       progress=False)
+        with h5py.File(folder / name, "r+") as f:
+            f.attrs["val_accuracy"] = val
         out.append(str(folder / name))
     return out
 
@@ -79,19 +85,14 @@ def test_committee_weights_are_a_softmax_of_the_priors_over_the_temperature():
 def test_committee_labels_are_the_weighted_sum_of_the_members_logits(toy, teachers, tmp_path):
     a, b = teachers
     path = hard_set(toy, tmp_path)
-    out = label(path, tmp_path / "c.h5", teacher=a, committee_teacher=[b], committee_prior=[60.0, 70.0],
-                committee_temperature=10.0, views="static", temperature=3.0)
+    out = label(path, tmp_path / "c.h5", teacher=a, committee_teacher=[b], committee_temperature=10.0, views="static", temperature=3.0)
     s = load_synset(out)
     w = torch.softmax(torch.tensor([6.0, 7.0], dtype=torch.float64), 0).tolist()
     with torch.no_grad():
         want = sum(wi * load_teacher_file(t).net.eval()(s.images) for wi, t in zip(w, teachers))
     torch.testing.assert_close(s.labels, want, rtol=1e-5, atol=1e-5)
     assert s.provenance["labels"]["teacher"]["weights"] == pytest.approx(w)
-    # default priors: the members' measured accuracies (validation, else test)
-    default = load_synset(label(path, tmp_path / "d.h5", teacher=a, committee_teacher=[b], views="static"))
-    prior = [f.val_accuracy if f.val_accuracy is not None and f.val_accuracy >= 0 else f.accuracy
-             for f in map(load_teacher_file, teachers)]
-    assert default.provenance["labels"]["teacher"]["prior"] == pytest.approx(prior)
+    assert s.provenance["labels"]["teacher"]["prior"] == [60.0, 70.0]  # the members' validation accuracies
     # random real: the same committee, the same weights, on its own images
     images, labels, spec = random_labels(out, run=1)
     with torch.no_grad():
@@ -101,10 +102,14 @@ def test_committee_labels_are_the_weighted_sum_of_the_members_logits(toy, teache
 
 
 def test_bad_committees_are_one_line_errors(toy, teachers, tmp_path, store_path):
+    from condense.labels.teachers import load_committee
+
     a, b = teachers
     path = hard_set(toy, tmp_path)
-    with pytest.raises(ConfigError, match="2 members|gives 1 values"):
-        label(path, tmp_path / "x.h5", teacher=a, committee_teacher=[b], committee_prior=[60.0])
+    with pytest.raises(ConfigError, match="1 priors for 2"):
+        load_committee([a, b], temperature=10.0, prior=[60.0])
+    with pytest.raises(ConfigError, match="positive"):
+        load_committee([a, b], temperature=0.0)
     with pytest.raises(ConfigError, match="once"):
         label(path, tmp_path / "x.h5", teacher=a, committee_teacher=[a])
     with pytest.raises(ConfigError, match="not a teacher file"):
@@ -115,10 +120,10 @@ def test_committee_recovery_loss_is_the_weighted_sum_of_each_members_loss(teache
     from condense.methods.sre2l import SRe2L, SRe2LConfig, bn_layers
 
     a, b = teachers
-    cfg = SRe2LConfig(teacher=a, committee_teacher=[b], committee_prior=[50.0, 65.0], ipc=2, arch=ARCH, iters=4,
+    cfg = SRe2LConfig(teacher=a, committee_teacher=[b], ipc=2, arch=ARCH, iters=4,
                       r_bn=0.05, out=str(tmp_path / "s.h5"))
     method = SRe2L(cfg, CPU)
-    w = torch.softmax(torch.tensor([10.0, 13.0], dtype=torch.float64), 0).tolist()  # τ = 5: CV-DD's recovery
+    w = torch.softmax(torch.tensor([12.0, 14.0], dtype=torch.float64), 0).tolist()  # τ = 5: CV-DD's recovery
     total, _, _ = method.loss(0)
     total.backward()
     got = method.images.grad.clone()

@@ -53,16 +53,14 @@ class Data:
 @part("committee")
 class Committee:
     """CV-DD's committee (Cui et al. 2025): teacher files of any architectures voting with --teacher, each
-    weighted by softmax(prior / temperature) (condense.labels.teachers)."""
+    weighted by softmax(prior / temperature), the prior being its measured accuracy: validation, else test
+    (condense.labels.teachers)."""
 
     committee_teacher: list[str] = setting(factory=list, help="another teacher file voting with --teacher "
                                            "(repeat; any architecture)", repeat=True, flag="--committee-teacher",
                                            metavar="FILE")
     committee_temperature: float = setting(10.0, "committee weights softmax(prior / this) (CV-DD: 10 to relabel, "
                                                  "5 to recover)", gt=0)
-    committee_prior: list[float] | None = setting(None, "each member's prior in percent, --teacher first (default: "
-                                                        "their measured accuracies: validation, else test)",
-                                                  repeat=True, flag="--committee-prior", metavar="PERCENT")
 
 
 @part("run")

@@ -22,7 +22,7 @@ from .relabel import VIEW_MODES, label_images
 from condense.runtime.files import holding_lock
 
 SPREAD = ("devices", "executor", "address")  # where the work runs: not what the labels are
-COMMITTEE = ("committee_teacher", "committee_temperature", "committee_prior")
+COMMITTEE = ("committee_teacher", "committee_temperature")
 
 
 @configclass(Data, Committee, Run, Training, Workers, part="labels",
@@ -139,8 +139,7 @@ def teacher_for(cfg: LabelsConfig, s: SynSet):
     from . import load_teacher
 
     return load_teacher(cfg.teacher, s, expert=cfg.teacher_expert, epoch=cfg.teacher_epoch, committee=cfg.committee,
-                        members=cfg.committee_teacher, committee_temperature=cfg.committee_temperature,
-                        committee_prior=cfg.committee_prior)
+                        members=cfg.committee_teacher, committee_temperature=cfg.committee_temperature)
 
 
 def label_on(device: str, images, teacher, num_classes: int, **kw):

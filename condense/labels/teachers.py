@@ -10,7 +10,8 @@ teacher files. Two ways of voting:
 - teacher files of several architectures (CV-DD, Cui et al. 2025: ``--committee-teacher``):
   the weighted sum of their logits Σ_i w_i z_i with w = softmax(prior / τ), the prior being
   each member's measured accuracy in percent (its validation accuracy, else its test
-  accuracy) or one given per member, τ the committee temperature (CV-DD: 10 to relabel, 5 to
+  accuracy; CV-DD reads its priors from a fixed per-dataset table of the same accuracies), τ
+  the committee temperature (CV-DD: 10 to relabel, 5 to
   recover) (:func:`committee_weights`).
 
 Every teacher's ``source`` is plain data that names its files with their content hashes
@@ -147,7 +148,7 @@ def load_committee(paths: Sequence[str], *, temperature: float, prior: Sequence[
     if len(set(map(str, paths))) != len(paths):
         raise ConfigError("a committee names each teacher file once")
     if prior is not None and len(prior) != len(paths):
-        raise ConfigError(f"--committee-prior gives {len(prior)} values for {len(paths)} committee members")
+        raise ConfigError(f"{len(prior)} priors for {len(paths)} committee members")
     if not temperature > 0:
         raise ConfigError(f"--committee-temperature must be positive, got {temperature}")
     files = [load_teacher_file(p) for p in paths]
@@ -159,7 +160,7 @@ def load_committee(paths: Sequence[str], *, temperature: float, prior: Sequence[
                    first.class_names)
     priors = [float(v) for v in prior] if prior is not None else [member_prior(tf) for tf in files]
     if not all(v == v and abs(v) != float("inf") for v in priors):
-        raise ConfigError("a committee member has no measured accuracy: give --committee-prior (one per member)")
+        raise ConfigError("a committee member records no finite accuracy (its prior)")
     weights = committee_weights(priors, temperature)
     members = [teacher_of_file(str(p), tf) for p, tf in zip(paths, files)]
     source = {"committee": [m.source for m in members], "prior": priors, "temperature": float(temperature),
@@ -203,8 +204,7 @@ def teacher_of_source(source: dict[str, Any], num_classes: int, image_shape: Seq
 
 
 def load_teacher(folder: str, synset: SynSet, *, expert: int = 0, epoch: int | None = None,
-                 committee: int = 1, members: Sequence[str] = (), committee_temperature: float = 10.0,
-                 committee_prior: Sequence[float] | None = None) -> Teacher:
+                 committee: int = 1, members: Sequence[str] = (), committee_temperature: float = 10.0) -> Teacher:
     """The teacher in ``folder`` built for ``synset``'s images: a teacher file (``condense
     teacher``), with ``members`` the CV-DD committee of it and those teacher files (weights
     softmax(prior / committee_temperature)), or experts ``expert .. expert + committee - 1`` of
@@ -221,8 +221,7 @@ def load_teacher(folder: str, synset: SynSet, *, expert: int = 0, epoch: int | N
         if not is_teacher_file(folder):
             raise ConfigError(f"--committee-teacher: {folder} is not a teacher file (a committee votes across "
                               "teacher files; --committee N averages the experts of one store)")
-        return load_committee([folder, *members], temperature=committee_temperature, prior=committee_prior,
-                              fits=fits)[0]
+        return load_committee([folder, *members], temperature=committee_temperature, fits=fits)[0]
     if is_teacher_file(folder):
         if committee != 1 or expert != 0 or epoch is not None:
             raise ConfigError(f"{folder} is a teacher file: --committee, --teacher-expert and --teacher-epoch "

@@ -204,7 +204,7 @@ class SRe2L(ImageSynthesizer):
             from ..labels.teachers import load_committee
 
             committee, files = load_committee([cfg.teacher, *cfg.committee_teacher],
-                                              temperature=cfg.committee_temperature, prior=cfg.committee_prior)
+                                              temperature=cfg.committee_temperature)
             self.committee = committee.source
             paths, weights = [cfg.teacher, *cfg.committee_teacher], committee.weights
         else:

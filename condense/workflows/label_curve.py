@@ -119,7 +119,7 @@ def make_variants(cfg: CurveConfig, *, progress: Callable[[str], None] = print,
     files: dict[str, Path] = {"hard": Path(cfg.synset)}
     progress(f"hard: {cfg.synset} (the input)")
     shared = {k: getattr(cfg, k) for k in ("teacher_expert", "teacher_epoch", "committee", "committee_teacher",
-                                           "committee_temperature", "committee_prior", "view_epochs", "view_seed",
+                                           "committee_temperature", "view_epochs", "view_seed",
                                            "view_strategy", "projector_steps", "projector_lr", "temperature",
                                            "devices", "executor", "address")}
 
