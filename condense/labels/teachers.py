@@ -11,8 +11,7 @@ teacher files. Two ways of voting:
   the weighted sum of their logits Σ_i w_i z_i with w = softmax(prior / τ), the prior being
   each member's measured accuracy in percent (its validation accuracy, else its test
   accuracy; CV-DD reads its priors from a fixed per-dataset table of the same accuracies), τ
-  the committee temperature (CV-DD: 10 to relabel, 5 to
-  recover) (:func:`committee_weights`).
+  the committee temperature (CV-DD: 10 to relabel, 5 to recover) (:func:`committee_weights`).
 
 Every teacher's ``source`` is plain data that names its files with their content hashes
 (store: its key), so :func:`teacher_of_source` builds the same teacher again, e.g. to label
