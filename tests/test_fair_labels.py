@@ -82,10 +82,21 @@ def test_committee_weights_are_a_softmax_of_the_priors_over_the_temperature():
     assert committee_weights([70.0, 70.0], 5.0) == [0.5, 0.5]
 
 
+def test_a_members_prior_is_its_validation_accuracy_else_its_test_accuracy(teachers):
+    import dataclasses
+
+    from condense.labels.teachers import member_prior
+
+    tf = load_teacher_file(teachers[0])
+    assert member_prior(tf) == 60.0
+    assert member_prior(dataclasses.replace(tf, val_accuracy=None)) == pytest.approx(tf.accuracy)
+
+
 def test_committee_labels_are_the_weighted_sum_of_the_members_logits(toy, teachers, tmp_path):
     a, b = teachers
     path = hard_set(toy, tmp_path)
-    out = label(path, tmp_path / "c.h5", teacher=a, committee_teacher=[b], committee_temperature=10.0, views="static", temperature=3.0)
+    out = label(path, tmp_path / "c.h5", teacher=a, committee_teacher=[b], committee_temperature=10.0,
+                views="static", temperature=3.0)
     s = load_synset(out)
     w = torch.softmax(torch.tensor([6.0, 7.0], dtype=torch.float64), 0).tolist()
     with torch.no_grad():

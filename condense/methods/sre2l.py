@@ -200,15 +200,14 @@ class SRe2L(ImageSynthesizer):
 
         cfg.validate()
         self.cfg, self.device, self.shard = cfg, device, shard
+        paths = [cfg.teacher, *cfg.committee_teacher]
         if cfg.committee_teacher:
             from ..labels.teachers import load_committee
 
-            committee, files = load_committee([cfg.teacher, *cfg.committee_teacher],
-                                              temperature=cfg.committee_temperature)
-            self.committee = committee.source
-            paths, weights = [cfg.teacher, *cfg.committee_teacher], committee.weights
+            committee, files = load_committee(paths, temperature=cfg.committee_temperature)
+            self.committee, weights = committee.source, committee.weights
         else:
-            files, self.committee, paths, weights = [load_teacher_file(cfg.teacher)], None, [cfg.teacher], [1.0]
+            files, self.committee, weights = [load_teacher_file(cfg.teacher)], None, [1.0]
         for path, member in zip(paths, files):
             if not bn_layers(member.net):
                 raise ConfigError(f"teacher {path} ({member.arch}) has no BatchNorm layers: sre2l matches their "
