@@ -15,6 +15,9 @@ learning rate, the full configuration and provenance. Layout (docs/FORMATS.md):
                  shape; datasets written by the codec (codec "none": data)
     /lr          float64 scalar   (only when a learning rate was learned)
     /indices     int64 [N]        (only for subsets of the real training set)
+    /compensated/ attrs: groups G, members M; datasets base [G, K, C, H, W], compensators
+                 [G, M, C, H, W]: INFER's stored form, written instead of /images (format
+                 version 2; :mod:`condense.compensators`), the instances expanded on load
     /transform/  attrs: kind ("normalize" | "zca" | "none"), mean, std, eps, key;
                  datasets zca_mean [D], zca_whiten [D, D], zca_unwhiten [D, D] for ZCA
 
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .compensators import Compensated
 from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, split_bytes
 from .data.transform import TRANSFORM_KINDS, PixelTransform
 from .data.zca import ZCA
@@ -44,7 +48,7 @@ from .runtime.files import attr, dataset, json_attr, read_h5, write_h5
 from .version import __version__
 
 FORMAT_NAME = "condense.synset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: /compensated (a set of plain images is still written as version 1)
 
 LABEL_KINDS = {"hard": "ce", "probabilities": "kl", "logits": "kl", "regression": "mse"}
 LABEL_LOSSES = ("ce", "kl", "mse")
@@ -116,6 +120,9 @@ class SynSet:
     # The codec's stored arrays when the labels came from a file or a lossy encoder: written
     # back verbatim, so saving never re-encodes (or re-trains) what is already encoded.
     label_payload: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    # INFER's stored form of ``images`` (base images + compensators); written instead of the
+    # images as long as it still expands to them exactly
+    compensated: Compensated | None = field(default=None, repr=False, compare=False)
 
     @property
     def ipc(self) -> int:
@@ -125,6 +132,27 @@ class SynSet:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def budget_ipc(self) -> int:
+        """Images per class of storage, rounded up: what a random-real baseline of the same storage
+        holds (the ipc, but INFER's G (M + 1) instances per class cost G (K + M) / K)."""
+        per_image = 4 * math.prod(self.image_shape)
+        return max(1, math.ceil(self.image_bytes() / (per_image * self.num_classes) - 1e-9))
+
+    def image_bytes(self) -> int:
+        """Bytes of the stored images (float32): the images, or INFER's base images + compensators."""
+        c = self.stored_compensated()
+        return 4 * (int(self.images.numel()) if c is None else c.stored_images * math.prod(self.image_shape))
+
+    def stored_compensated(self) -> Compensated | None:
+        """The compensated form to write, if it still expands exactly to the images."""
+        c = self.compensated
+        if c is None or tuple(c.base.shape[1:]) != (self.num_classes, *self.image_shape):
+            return None
+        images, classes = c.expand(self.transform)
+        same = images.shape == self.images.shape and torch.equal(images, self.images.float().cpu())
+        return c if same and torch.equal(classes, self.classes.cpu()) else None
 
     @classmethod
     def hard(cls, images: torch.Tensor, classes: torch.Tensor, **kw: Any) -> "SynSet":
@@ -199,7 +227,7 @@ class SynSet:
         """Bytes stored: ``images``, ``labels`` (as the codec stores them), ``label_generator``
         (a projector's weights), ``total``, and ``labels_uncompressed`` (the decoded labels
         as float32, int64 for hard labels: what the codec's fraction is measured against)."""
-        images = int(self.images.numel()) * 4
+        images = self.image_bytes()
         labels, gen = split_bytes(self.label_spec.codec, self.encoded_labels())
         plain = int(self.labels.numel()) * (8 if self.label_spec.kind == "hard" else 4)
         return {"images": images, "labels": labels, "label_generator": gen, "total": images + labels + gen,
@@ -285,14 +313,21 @@ def _json(obj: Any) -> str:
 
 
 def _write(s: SynSet, f: Any) -> None:
+    compensated = s.stored_compensated()
     f.attrs.update({
-        "format": FORMAT_NAME, "version": FORMAT_VERSION, "method": s.method,
+        "format": FORMAT_NAME, "version": 1 if compensated is None else 2, "method": s.method,
         "dataset": s.dataset, "ipc": s.ipc, "num_classes": s.num_classes,
         "image_shape": list(s.image_shape), "condense_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": _json(s.config), "provenance": _json(s.provenance), "data": _json(s.data),
     })
-    f.create_dataset("images", data=s.images.detach().cpu().float().numpy())
+    if compensated is None:
+        f.create_dataset("images", data=s.images.detach().cpu().float().numpy())
+    else:
+        g = f.create_group("compensated")
+        g.attrs.update({"groups": compensated.groups, "members": compensated.members})
+        g.create_dataset("base", data=compensated.base.detach().cpu().float().numpy())
+        g.create_dataset("compensators", data=compensated.compensators.detach().cpu().float().numpy())
     f.create_dataset("classes", data=s.classes.detach().cpu().numpy().astype(np.int64))
     g = f.create_group("labels")
     spec = s.label_spec
@@ -368,20 +403,41 @@ def _read(f: Any, path: Path) -> SynSet:
                      codec=attr(g, "codec", str), view_strategy=attr(g, "view_strategy", str, default="") or None)
     spec.validate()
     shape = tuple(int(v) for v in attr(g, "shape", list))
-    images = torch.from_numpy(dataset(f, "images", (n, *image_shape), "f", np.float32))
+    transform = read_transform(f["transform"], image_shape)
+    compensated = None
+    if "compensated" in f:
+        compensated = _read_compensated(f["compensated"], num_classes, ipc, image_shape)
+        images, _ = compensated.expand(transform)
+    else:
+        images = torch.from_numpy(dataset(f, "images", (n, *image_shape), "f", np.float32))
     payload = {k: dataset(g, k) for k in g.keys()}
     labels = decode_labels(spec.codec, payload, shape, LabelContext(images=images, spec=spec, num_classes=num_classes))
     s = SynSet(
         images=images, classes=torch.from_numpy(dataset(f, "classes", (n,), "iu", np.int64)),
         labels=labels, dataset=attr(f, "dataset", str), num_classes=num_classes,
-        method=attr(f, "method", str), label_spec=spec, transform=read_transform(f["transform"], image_shape),
+        method=attr(f, "method", str), label_spec=spec, transform=transform,
         lr=float(dataset(f, "lr", (), "f")) if "lr" in f else None,
         indices=torch.from_numpy(dataset(f, "indices", (n,), "iu", np.int64)) if "indices" in f else None,
         config=json_attr(f, "config", dict), provenance=json_attr(f, "provenance", dict),
-        data=json_attr(f, "data", dict), label_payload=payload,
+        data=json_attr(f, "data", dict), label_payload=payload, compensated=compensated,
     )
     s.validate()
+    if compensated is not None and not torch.equal(s.classes, compensated.expand(transform)[1]):
+        raise FormatError("the classes do not follow the compensated instances' class order")
     return s
+
+
+def _read_compensated(g: Any, num_classes: int, ipc: int, image_shape: tuple[int, ...]) -> Compensated:
+    """The /compensated group, its shapes checked against the header before anything is read."""
+    groups, members = attr(g, "groups", int), attr(g, "members", int)
+    if groups < 1 or members < 1 or groups * (members + 1) != ipc:
+        raise FormatError(f"compensated set of {groups} groups x {members} compensators does not give ipc {ipc}")
+    base = dataset(g, "base", (groups, num_classes, *image_shape), "f", np.float32)
+    comp = dataset(g, "compensators", (groups, members, *image_shape), "f", np.float32)
+    out = Compensated(torch.from_numpy(base), torch.from_numpy(comp))
+    if not (bool(torch.isfinite(out.base).all()) and bool(torch.isfinite(out.compensators).all())):
+        raise FormatError("the base images or compensators contain NaN or Inf")
+    return out
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

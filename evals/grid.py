@@ -97,6 +97,8 @@ class EvalConfig:
     schedule: str = setting("reference", "training schedule: the reference code's (--epochs E trains E + 1 epochs "
                                          "and rebuilds SGD, momentum cleared, after epoch E // 2 + 1) or condense's "
                                          "(E epochs, lr x0.1 from epoch E // 2, momentum kept)", choices=SCHEDULES)
+    mixup: float = setting(0.0, "mix every training batch with a permutation of itself, weight ~ Beta(a, a), "
+                                "the labels mixed alike (INFER's evaluation: 0.8; 0: off)", ge=0, le=100)
     lrs_weight: float = setting(0.5, "--scores: w of LRS (DD-Ranking's)", ge=0, le=1)
     ars_weight: float = setting(0.5, "--scores: gamma of ARS (DD-Ranking's)", ge=0, le=1)
 
@@ -115,6 +117,7 @@ class EvalConfig:
         :data:`SET_EPOCHS`) under --schedule."""
         e = epochs or self.epochs or default_epochs or SET_EPOCHS
         return TrainProtocol(lr=self.lr, batch_size=self.batch_size, dsa=self.dsa, dsa_share=self.dsa_share,
+                             mixup=self.mixup,
                              **({"dsa_strategy": self.dsa_strategy} if self.dsa_strategy else {}),
                              **schedule_of(self.schedule, e))
 
@@ -230,17 +233,18 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
             variants += ["fixed-lr"]
         p_set = set_protocol(proto, s, path, cfg)
         recipe, why = random_recipe(s, path, cfg)
+        ipc = s.budget_ipc  # random real of the same storage (INFER's instances outnumber its stored images)
         for arch in archs:
             _check_arch(arch, ds)
             for v in variants:
                 p = replace(p_set, lr=cfg.also_lr) if v == "fixed-lr" else p_set
-                groups.append(Group(src, arch, v, p, s.method, s.ipc, s.storage_bytes(), random_labels=recipe,
+                groups.append(Group(src, arch, v, p, s.method, ipc, s.storage_bytes(), random_labels=recipe,
                                     comparison=why))
             if cfg.random_baseline or cfg.scores:
                 rnd_variants = ["set"] + (["no-dsa"] if cfg.robustness or cfg.scores else [])
-                add_random(src, s.ipc, arch, p_set, recipe, rnd_variants)
+                add_random(src, ipc, arch, p_set, recipe, rnd_variants)
                 if recipe is not None and cfg.scores:  # the hard-label row beside the soft one, random too
-                    add_random(src, s.ipc, arch, p_set, None, ["set"])
+                    add_random(src, ipc, arch, p_set, None, ["set"])
             if cfg.scores:
                 add_full(src.full_data(), arch)
     if cfg.baseline is not None:
@@ -323,6 +327,8 @@ def stacking_plan(group: Group, cfg: EvalConfig) -> tuple[bool, str | None]:
         return False, None
     if group.source.kind != "synset":
         return False, f"{group.source.label}: every run trains on different images, so runs are not stacked"
+    if group.protocol.mixup:
+        return False, f"{group.source.label}: mixup trains one run at a time"
     from .vmap import stack_reason
 
     reason = stack_reason(group.arch)

@@ -168,6 +168,6 @@ def test_protocol_dict_keeps_old_keys_unless_the_ast_schedule_is_used():
 
     from condense.train import protocol_dict
     assert "decay_epoch" not in protocol_dict(TrainProtocol()) and "decay_restart" not in protocol_dict(TrainProtocol())
-    assert protocol_dict(TrainProtocol(decay_epoch=7, decay_restart=True)) == asdict(TrainProtocol(decay_epoch=7,
-                                                                                                   decay_restart=True))
+    ast = TrainProtocol(decay_epoch=7, decay_restart=True)
+    assert protocol_dict(ast) == {k: v for k, v in asdict(ast).items() if k != "mixup"}  # mixup only when on
     assert TrainProtocol(**protocol_dict(TrainProtocol())) == TrainProtocol()

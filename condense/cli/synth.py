@@ -88,7 +88,8 @@ def handle(args: argparse.Namespace) -> int:
                    progress=not args.no_progress, log=args.log, announce=print, **flags)
     out = Path(s.config["out"])
     iters = (s.provenance or {}).get("iteration")
-    print(f"wrote {out}: {s.images.shape[0]} images ({s.ipc} per class"
+    stored = "" if s.compensated is None else f", stored as {s.compensated.stored_images} images"
+    print(f"wrote {out}: {s.images.shape[0]} images ({s.ipc} per class{stored}"
           + (f", {iters} iterations)" if iters is not None else ")") + (f", learned lr {s.lr:.4g}" if s.lr else "")
           + f"; grid {out.with_suffix('.png')}")
     return 0

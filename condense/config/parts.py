@@ -139,4 +139,16 @@ class Workers:
     shards: int | None = setting(None, "shards of the work (default: one per device; Ray: 2)", gt=0, le=4096)
 
 
-ALL = (Data, Committee, Run, Loop, Synthesis, Augmentation, Training, Evaluation, Workers)
+@part("recovery")
+class Recovery:
+    """Optimising images against a frozen teacher's BatchNorm statistics and cross-entropy (sre2l, infer)."""
+
+    r_bn: float = setting(0.01, "weight of the BatchNorm-statistics loss", ge=0)
+    first_bn_multiplier: float = setting(10.0, "extra weight of the first BN layer's term", gt=0)
+    jitter: int = setting(4, "random roll of up to this many pixels", ge=0, le=1024, unit="pixels")
+    # larger forwards lose cache locality on a CPU (docs/BENCHMARKS.md)
+    chunk: int | None = setting(None, "images per teacher forward: whole batches grouped up to this many "
+                                      "(default: 128 on a CPU, all on a GPU)", gt=0, unit="images")
+
+
+ALL = (Data, Committee, Run, Loop, Synthesis, Augmentation, Training, Evaluation, Workers, Recovery)

@@ -121,8 +121,9 @@ def describe(recipe: dict[str, Any] | None) -> str:
     if "expert_logits" in recipe:
         text = f"experts' logits ({os.path.basename(recipe['expert_logits'].rstrip('/'))})"
     else:
-        if "committee" in recipe:
-            who = "committee " + "+".join(os.path.basename(m["file"]) for m in recipe["committee"])
+        if "committee" in recipe:  # equal priors vote with equal weights: INFER's mean of logits
+            who = ("mean of " if len(set(recipe["prior"])) == 1 else "committee ") + "+".join(
+                os.path.basename(m["file"]) for m in recipe["committee"])
         elif "teacher" in recipe:
             who = f"teacher {os.path.basename(recipe['teacher'])}"
         else:

@@ -83,6 +83,7 @@ def _register_builtins() -> None:
     from .dm import DMConfig, run_dm
     from .frepo import FRePoConfig, run_frepo_torch
     from .gm import GMConfig, run_gm
+    from .infer import InferConfig, run_infer
     from .rded import RDEDConfig, run_rded
     from .sre2l import SRe2LConfig, run_sre2l
     from .tm import TMConfig, run_tm
@@ -97,6 +98,8 @@ def _register_builtins() -> None:
     register_method(MethodEntry("gm", GMConfig, run_gm, "gradient matching with DSA (DC/DSA)"))
     register_method(MethodEntry("sre2l", SRe2LConfig, run_sre2l,
                                 "recover from a teacher's BatchNorm statistics (SRe2L; --curriculum cda: CDA)"))
+    register_method(MethodEntry("infer", InferConfig, run_infer,
+                                "real images plus inter-class feature compensators learnt from teachers (INFER)"))
     register_method(MethodEntry("rded", RDEDConfig, run_rded,
                                 "teacher-scored real crops stitched factor x factor (RDED)"))
     for name, summary in (("random", "class-balanced random real images"),

@@ -51,9 +51,8 @@ from ..data import dataset_info
 from ..config.parts import Loop
 from ..loggers import CsvLogger, Logger
 from ..runtime.errors import CondenseError
-from ..runtime.files import (attr, check_torch_file, clear_temporaries, dataset, json_attr, read_h5, regular_file, run_subfolder,
-                             write_text, write_torch)
-from ..synset import SynSet
+from ..runtime.files import check_torch_file, clear_temporaries, regular_file, run_subfolder, write_text, write_torch
+from ..synset import SynSet, load_synset
 from ..version import environment
 from ..plots import save_grid
 
@@ -377,19 +376,14 @@ def _holds(out: str | os.PathLike, s: SynSet) -> bool:
     the checkpoint restores did not)."""
     if not Path(out).is_file():
         return False
-
-    def read(f):
-        return (attr(f, "method", str), json_attr(f, "provenance", dict),
-                torch.from_numpy(dataset(f, "images", tuple(s.images.shape), "f")),
-                torch.from_numpy(dataset(f, "classes", tuple(s.classes.shape), "iu")))
-
     try:
-        method, prov, images, classes = read_h5(out, read, "synthetic set")
+        held = load_synset(out)
     except CondenseError:
         return False
-    return (method == s.method and prov.get("iteration") == s.provenance.get("iteration")
-            and prov.get("seed") == s.provenance.get("seed")
-            and torch.equal(images, s.images.float()) and torch.equal(classes.long(), s.classes.long()))
+    return (held.method == s.method and held.provenance.get("iteration") == s.provenance.get("iteration")
+            and held.provenance.get("seed") == s.provenance.get("seed")
+            and held.images.shape == s.images.shape and torch.equal(held.images, s.images.float())
+            and torch.equal(held.classes.long(), s.classes.long()))
 
 
 def _save(method: Synthesizer, run: Run, out: str | os.PathLike, it: int, accepted: int | None = None) -> Path:

@@ -49,7 +49,7 @@ from torch import nn
 
 from ..augment import DSAConfig, apply_dsa, cat_draws, sample_dsa
 from ..config import configclass, setting
-from ..config.parts import Augmentation, Committee, Data, Loop, Run, Synthesis, Training, Workers
+from ..config.parts import Augmentation, Committee, Data, Loop, Recovery, Run, Synthesis, Training, Workers
 from ..runtime.errors import ConfigError
 from ..runtime.executors import shard_keys
 from ..labels.run import COMMITTEE
@@ -64,7 +64,7 @@ INITS = ("noise", "real")
 STREAM_INIT, STREAM_AUG, STREAM_JITTER = 30, 31, 32
 
 
-@configclass(Data, Committee, Run, Loop, Synthesis, Augmentation, Training, Workers, part="sre2l",
+@configclass(Data, Committee, Run, Loop, Synthesis, Augmentation, Training, Workers, Recovery, part="sre2l",
              drop=("dataset", "val_size", "zca", "trajectories", "batch_real", "dsa", "dsa_strategy", "dsa_share",
                    "epochs", "lr", "momentum", "weight_decay", "lr_decay_at", "temperature"),
              defaults={"lr_img": 0.1, "init": "noise", "batch_size": 100, "out": "runs/sre2l.h5",
@@ -77,22 +77,16 @@ STREAM_INIT, STREAM_AUG, STREAM_JITTER = 30, 31, 32
                     "init": "initial images: noise (SRe2L) or real",
                     "batch_size": "classes per recovery batch, or images per class batch with --class-batches",
                     "flip": "flip the crops",
+                    "r_bn": "weight of the BatchNorm-statistics loss (SRe2L: ImageNet-1k 0.01, Tiny 1.0; CDA Tiny 0.05)",
+                    "jitter": "random roll of up to this many pixels (SRe2L Tiny: 4, ImageNet: 32)",
                     "devices": "spread the recovery batches over these devices: cuda:0,cuda:1 or cpu,cpu",
                     "shards": "shards of the recovery batches (default: one per device; Ray: 2)"})
 class SRe2LConfig:
-    r_bn: float = setting(0.01, "weight of the BatchNorm-statistics loss (SRe2L: ImageNet-1k 0.01, Tiny 1.0; "
-                                "CDA Tiny 0.05)", ge=0)
-    first_bn_multiplier: float = setting(10.0, "extra weight of the first BN layer's term", gt=0)
     class_batches: bool = setting(False, "every recovery batch is one class (LPLD)")
-    jitter: int = setting(4, "random roll of up to this many pixels (SRe2L Tiny: 4, ImageNet: 32)", ge=0, le=1024,
-                          unit="pixels")
     curriculum: str = setting("none", "none, or cda (CDA's easy-to-hard crop scale)", choices=CURRICULA)
     cda_mode: str = setting("cosine", "--curriculum cda: its schedule", choices=CDA_MODES)
     milestone: float = setting(1.0, "--curriculum cda: fraction of the iterations it runs over", ge=0, le=1)
     amp: bool = setting(True, "bfloat16 autocast of the teacher on CUDA (statistics stay float32; CPU: off)")
-    # larger forwards lose cache locality on a CPU (docs/BENCHMARKS.md)
-    chunk: int | None = setting(None, "images per teacher forward: whole batches grouped up to this many "
-                                      "(default: 128 on a CPU, all on a GPU)", gt=0, unit="images")
 
     def validate(self) -> None:
         """What the declarations cannot say: the teacher is required."""
@@ -186,6 +180,24 @@ def jitter_roll(x: torch.Tensor, sizes: Sequence[int], offsets: torch.Tensor) ->
     return torch.cat([torch.roll(p, shifts=(int(o[0]), int(o[1])), dims=(2, 3)) for p, o in zip(parts, offsets)])
 
 
+def recovery_views(x: torch.Tensor, ids: Sequence[int], sizes: Sequence[int], it: int, *, seed: int, crop: bool,
+                   flip: bool, min_scale: float, jitter: int) -> torch.Tensor:
+    """Iteration ``it``'s views of ``x``, consecutive batches of ``sizes`` rows numbered ``ids``: per
+    batch (``crop``) one random-resized crop (area >= ``min_scale``) + flip, then one roll by (dy, dx)
+    uniform in {-jitter..jitter}, all drawn from (seed, it, batch id): a batch's views do not
+    depend on which others are computed with it."""
+    if crop:
+        config = DSAConfig(strategy="rrc+flip" if flip else "rrc", share="batch", rrc_scale=(min_scale, 1.0))
+        shape = tuple(x.shape[1:])
+        draws = [sample_dsa(config, 1, shape, generator(seed, it, g, STREAM_AUG)) for g in ids]
+        x = apply_dsa(x, cat_draws(draws, sizes))
+    if jitter:
+        offsets = torch.stack([torch.randint(-jitter, jitter + 1, (2,), generator=generator(seed, it, g, STREAM_JITTER))
+                               for g in ids])
+        x = jitter_roll(x, sizes, offsets)
+    return x
+
+
 # --- the method ----------------------------------------------------------------------------------
 
 class SRe2L(ImageSynthesizer):
@@ -260,21 +272,10 @@ class SRe2L(ImageSynthesizer):
         return cfg.min_scale
 
     def augment(self, x: torch.Tensor, it: int, part: slice = slice(None)) -> torch.Tensor:
-        """Iteration ``it``'s views of ``x``, the rows of this worker's batches ``part``: per batch one
-        crop + flip, one roll by (dy, dx) uniform in {-jitter..jitter}, drawn from (seed, it, batch)."""
+        """Iteration ``it``'s views of ``x``, the rows of this worker's batches ``part`` (:func:`recovery_views`)."""
         cfg = self.cfg
-        ids, sizes = self.batch_ids[part], self.sizes[part]
-        strategy = "rrc+flip" if cfg.flip else "rrc"
-        config = DSAConfig(strategy=strategy, share="batch", rrc_scale=(self.min_scale(it), 1.0))
-        shape = tuple(x.shape[1:])
-        draws = [sample_dsa(config, 1, shape, generator(cfg.seed, it, g, STREAM_AUG)) for g in ids]
-        x = apply_dsa(x, cat_draws(draws, sizes))
-        if cfg.jitter:
-            j = cfg.jitter
-            offsets = torch.stack([torch.randint(-j, j + 1, (2,), generator=generator(cfg.seed, it, g, STREAM_JITTER))
-                                   for g in ids])
-            x = jitter_roll(x, sizes, offsets)
-        return x
+        return recovery_views(x, self.batch_ids[part], self.sizes[part], it, seed=cfg.seed, crop=True, flip=cfg.flip,
+                              min_scale=self.min_scale(it), jitter=cfg.jitter)
 
     def parts(self) -> list[slice]:
         """Consecutive batches grouped into teacher forwards of at most ``chunk`` images (whole batches)."""

@@ -229,6 +229,10 @@ def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[
             step.teacher = teachers[step.teacher]
     if hasattr(step, "committee_teacher"):  # sre2l: a CV-DD committee names teacher steps or files
         step.committee_teacher = [teachers.get(t, t) for t in step.committee_teacher]
+    if hasattr(step, "teachers"):  # infer: teacher steps or files; default every teacher step before it
+        if not step.teachers and not teachers:
+            raise ConfigError(f"the {method} step needs teachers: put teacher steps before it")
+        step.teachers = [teachers.get(t, t) for t in step.teachers] or list(teachers.values())
     s = runner(get_method(method))(step, device, progress=note, bars=bars)  # each method's default backend
     grid = save_set_grid(s, step.out)
     note(f"wrote {step.out} and {grid}")
