@@ -53,7 +53,7 @@ def save_set_grid(s, out: str | os.PathLike) -> Path:
     from .data import dataset_info
 
     return save_grid(s.to_pixels(), s.classes, Path(out).with_suffix(".png"),
-                     class_names=dataset_info(s.dataset).class_names, title=f"{s.method}, {s.dataset}, IPC {s.ipc}")
+                     class_names=dataset_info(s.dataset).class_names, title=f"{s.method}, {s.dataset}, {s.ipc_label}")
 
 
 def save_label_curve(rows: Sequence[dict], path: str | os.PathLike, *, random: dict | None = None,

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .compensators import Compensated
+from .texture import texture_of
 from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, split_bytes
 from .data.transform import TRANSFORM_KINDS, PixelTransform
 from .data.zca import ZCA
@@ -134,11 +135,28 @@ class SynSet:
         return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
 
     @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what a network trains on: the images, or a texture's crops."""
+        t = texture_of(self.data)
+        return self.image_shape if t is None else (self.image_shape[0], *t[0])
+
+    @property
     def budget_ipc(self) -> int:
         """Images per class of storage, rounded up: what a random-real baseline of the same storage
-        holds (the ipc, but INFER's G (M + 1) instances per class cost G (K + M) / K)."""
-        per_image = 4 * math.prod(self.image_shape)
+        holds (the ipc, but INFER's G (M + 1) instances per class cost G (K + M) / K, and a texture
+        canvas as many images as it holds crops' areas)."""
+        per_image = 4 * math.prod(self.sample_shape)
         return max(1, math.ceil(self.image_bytes() / (per_image * self.num_classes) - 1e-9))
+
+    @property
+    def ipc_label(self) -> str:
+        """How a title names the set's size: 'IPC 10', 'IPC 10 (24 instances per class)' (INFER),
+        'IPC 1 textures (4 images' storage per class)'."""
+        if self.data.get("texture"):
+            return f"IPC {self.ipc} textures ({self.budget_ipc} images' storage per class)"
+        if self.budget_ipc != self.ipc:
+            return f"IPC {self.budget_ipc} ({self.ipc} instances per class)"
+        return f"IPC {self.ipc}"
 
     def image_bytes(self) -> int:
         """Bytes of the stored images (float32): the images, or INFER's base images + compensators."""
@@ -191,6 +209,14 @@ class SynSet:
             raise FormatError(f"normalisation has {len(t.mean)} means and {len(t.std)} stds for {self.image_shape[0]} channels")
         if t.kind == "zca" and (t.zca is None or t.zca.dim != self.images[0].numel()):
             raise FormatError("the ZCA transform does not fit the images' size")
+        try:
+            texture = texture_of(self.data)
+        except (KeyError, TypeError, ValueError):
+            raise FormatError("its texture record is malformed (crop [h, w] and samples)") from None
+        if texture is not None:
+            (h, w), samples = texture
+            if not (0 < h <= self.image_shape[1] and 0 < w <= self.image_shape[2] and 0 < samples <= 1024):
+                raise FormatError(f"texture crops {h}x{w} x {samples} do not fit canvases of {self.image_shape[1:]}")
 
     def _validate_labels(self, n: int) -> None:
         spec, y = self.label_spec, self.labels

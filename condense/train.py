@@ -38,8 +38,9 @@ from .runtime.errors import ConfigError
 from .nets import build_net
 from .runtime.rng import generator
 from .synset import LabelSpec, SynSet
+from .texture import texture_batch, texture_of
 
-STREAM_INIT, STREAM_ORDER, STREAM_DSA, STREAM_MIXUP = 0, 1, 2, 3
+STREAM_INIT, STREAM_ORDER, STREAM_DSA, STREAM_MIXUP, STREAM_TEXTURE = 0, 1, 2, 3, 4
 DEFAULT_LR = 0.01
 
 
@@ -183,18 +184,23 @@ def train_model(
     label_spec: LabelSpec | None = None,
     on_epoch: Callable[[int, nn.Module, float], None] | None = None,
     step: StepRule = plain_step,
+    texture: tuple[tuple[int, int], int] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``images`` [N, C, H, W] / ``targets`` ([N] or [N, K]).
 
     Data and model must be on the same device. ``on_epoch(epoch, model, mean_loss)``
     is called after every epoch (the expert recorder snapshots parameters there).
     ``step`` takes each optimisation step (plain SGD by default; SAM, GSAM and the
-    smooth-expert regularisers plug in here). Returns the mean training loss per epoch.
+    smooth-expert regularisers plug in here). ``texture`` ((h, w), S): the images are
+    canvases and every step trains on S toroidal crops of each (:mod:`condense.texture`;
+    crops from ``(seed, run, e, t, TEXTURE)``). Returns the mean training loss per epoch.
     """
     protocol.validate()
     spec = label_spec or LabelSpec()
     dsa = protocol.dsa_config()
     per_view = spec.view_mode == "per-view"
+    if per_view and texture is not None:
+        raise ConfigError("per-view labels belong to views of whole images; a texture trains on crops of canvases")
     if per_view:
         check_per_view(spec, int(targets.shape[0]), protocol)
     loss_fn = partial(label_loss, spec=spec)
@@ -217,14 +223,18 @@ def train_model(
                 x, y = apply_dsa(x, select_draw(epoch_views, idx.cpu())), targets[epoch][idx]
             else:
                 y = targets[idx]
+                if texture is not None:
+                    (h, w), samples = texture
+                    x = x_clean = texture_batch(x, samples, (h, w), generator(seed, run, epoch, t, STREAM_TEXTURE))
+                    y = y.repeat(samples, *([1] * (y.ndim - 1)))
                 if dsa is not None:
                     draw = sample_dsa(dsa, x.shape[0], tuple(x.shape[1:]), generator(seed, run, epoch, t, STREAM_DSA))
                     x = apply_dsa(x, draw)
             if protocol.mixup:
                 x, y = mix(x, y, model.num_classes if spec.kind == "hard" else None, protocol.mixup,
                            generator(seed, run, epoch, t, STREAM_MIXUP))
-            total += step(model, Batch(x, y, x_clean), loss_fn, optimizer, epoch) * idx.numel()
-            count += idx.numel()
+            total += step(model, Batch(x, y, x_clean), loss_fn, optimizer, epoch) * y.shape[0]
+            count += y.shape[0]
         losses.append(total / count)
         if on_epoch is not None:
             on_epoch(epoch, model, losses[-1])
@@ -290,6 +300,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     history: list[float] | None = None,
     on_epoch: Callable[[int, nn.Module, float], None] | None = None,
+    texture: tuple[tuple[int, int], int] | None = None,
 ) -> float:
     """Train a fresh ``arch`` network on (images, labels) and return its test accuracy.
 
@@ -300,10 +311,12 @@ def evaluate(
     training loss of every epoch (learning curves); ``on_epoch`` is passed to :func:`train_model`.
     """
     c, h, w = (int(s) for s in images.shape[1:])
+    if texture is not None:  # the network sees the crops
+        h, w = texture[0]
     model = build_net(arch, c, num_classes, (h, w), generator=generator(seed, run, 0, 0, STREAM_INIT)).to(device)
     base_lr = protocol.lr or lr or DEFAULT_LR
     losses = train_model(model, images.to(device), labels.to(device), protocol, seed=seed, run=run, lr=base_lr,
-                         label_spec=label_spec, on_epoch=on_epoch)
+                         label_spec=label_spec, on_epoch=on_epoch, texture=texture)
     if history is not None:
         history.extend(losses)
     return accuracy(model, test[0], test[1], protocol.test_batch_size)
@@ -314,4 +327,4 @@ def evaluate_synset(s: SynSet, arch: str, protocol: TrainProtocol, seed: int, *,
                     device: str | torch.device = "cpu") -> float:
     """:func:`evaluate` with the images, labels, label meaning and learned lr a set carries."""
     return evaluate(s.images, s.labels, arch, protocol, seed, test=test, num_classes=s.num_classes, run=run,
-                    lr=s.lr, label_spec=s.label_spec, device=device)
+                    lr=s.lr, label_spec=s.label_spec, device=device, texture=texture_of(s.data))

@@ -216,8 +216,8 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
             ds = dataset_of(src)
         except CondenseError as e:
             raise ConfigError(f"{path}: its dataset {s.dataset!r} is not available here: {e}") from None
-        if tuple(ds.info.shape) != tuple(s.image_shape):
-            raise FormatError(f"{path}: images are {tuple(s.image_shape)} but {s.dataset} has {tuple(ds.info.shape)}")
+        if tuple(ds.info.shape) != tuple(s.sample_shape):
+            raise FormatError(f"{path}: images are {tuple(s.sample_shape)} but {s.dataset} has {tuple(ds.info.shape)}")
         _check_split(ds, cfg)
         if not cfg.archs and not s.config.get("arch"):
             raise ConfigError(f"{path} records no architecture (made outside condense?): give --arch ARCH")
@@ -329,6 +329,10 @@ def stacking_plan(group: Group, cfg: EvalConfig) -> tuple[bool, str | None]:
         return False, f"{group.source.label}: every run trains on different images, so runs are not stacked"
     if group.protocol.mixup:
         return False, f"{group.source.label}: mixup trains one run at a time"
+    from .protocol import _synset
+
+    if _synset(group.source.path, group.source.sha256).data.get("texture"):
+        return False, f"{group.source.label}: textures train on crops, one run at a time"
     from .vmap import stack_reason
 
     reason = stack_reason(group.arch)

@@ -178,6 +178,9 @@ def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, ru
         return {"accs": [100.0 * a for a in accs], "curves": []}
     accs, curves = [], []
     from condense.runtime.progress import bar as progress_bar
+    from condense.texture import texture_of
+
+    texture = texture_of(_synset(src.path, src.sha256).data) if src.kind == "synset" else None
 
     with progress_bar(total=proto.epochs * len(runs), desc=f"{arch} run {runs[0]}", unit="ep", leave=False,
                       disable=not EPOCH_BARS) as bar:
@@ -186,7 +189,7 @@ def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, ru
             history: list[float] = []
             accs.append(100.0 * evaluate(images, labels, arch, proto, seed, test=test, num_classes=k, run=r, lr=lr,
                                          label_spec=spec, device=device, history=history,
-                                         on_epoch=lambda *_: bar.update(1)))
+                                         on_epoch=lambda *_: bar.update(1), texture=texture))
             curves.append(history)
     return {"accs": accs, "curves": curves}
 

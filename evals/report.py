@@ -168,7 +168,7 @@ def label_summary(path: str) -> str:
     spec, sb = s.label_spec, s.storage_bytes()
     used, fraction = label_cost(sb)
     views = f" (seed {spec.view_seed}, {spec.view_strategy})" if spec.view_mode == "per-view" else ""
-    return "\n".join([f"{path}: {s.method}, {s.dataset}, IPC {s.ipc}, {s.images.shape[0]} images",
+    return "\n".join([f"{path}: {s.method}, {s.dataset}, {s.ipc_label}, {s.images.shape[0]} images",
                       f"  labels: {spec.kind} {tuple(s.labels.shape)}, loss {spec.loss}, temperature "
                       f"{spec.temperature:g}, views {spec.view_mode}{views}",
                       f"  codec: {spec.codec}",

@@ -223,7 +223,8 @@ class JaxTrajectoryMatching(TrajectoryMatching):
 
     def __init__(self, cfg: TMConfig, store, ds):
         unsupported = [flag for flag, on in (("--lr-param direct", cfg.lr_param == "direct"),
-                                             ("--student-momentum", bool(cfg.student_momentum)))
+                                             ("--student-momentum", bool(cfg.student_momentum)),
+                                             ("--texture", cfg.texture))
                        if on]
         if unsupported:
             raise ConfigError(f"{unsupported[0]} is not in the JAX backend of tm; use --backend torch")

@@ -392,7 +392,7 @@ def _save(method: Synthesizer, run: Run, out: str | os.PathLike, it: int, accept
     s.save(out)
     grid = save_grid(s.to_pixels(), s.classes, run.folder / f"grid_{it:06d}.png",
                      class_names=dataset_info(s.dataset).class_names,
-                     title=f"{s.method}, {s.dataset}, IPC {s.ipc}, iteration {it}")
+                     title=f"{s.method}, {s.dataset}, {s.ipc_label}, iteration {it}")
     run.save_checkpoint(method, it, accepted)
     return grid
 

@@ -40,6 +40,7 @@ from ..runtime.errors import ConfigError, FormatError
 from ..nets import FlatLayout, build_net, functional_call
 from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
+from ..texture import crop_offsets
 from .init import EXPERT_INITS, INITS, expert_logits, expert_selected_images, initial_images
 from .tm_math import Step, Target, balance_scale, match_constant_memory, match_exact, perturb_conv_weights
 from ..labels.recipe import expert_label_logits
@@ -49,7 +50,8 @@ MEMORY_MODES = ("exact", "constant")
 LABEL_MODES = ("hard", "expert", "expert-once", "learned")
 LR_PARAMS = ("exp", "direct")
 AST_TERMS = ("balance-loss", "middle-loss", "weight-perturb")
-STREAM_PERTURB = 3
+STREAM_PERTURB, STREAM_TEXTURE = 3, 4
+TEXTURE_SAMPLES = 1  # crops of every canvas per student step (MTT's --canvas_samples default)
 
 
 @configclass(Data, Run, Loop, Synthesis, Augmentation, part="tm",
@@ -89,6 +91,9 @@ class TMConfig:
     memory: str = setting("exact", "gradients: exact (unrolled graph) or constant (adjoint: exact, memory "
                                    "independent of --syn-steps)", choices=MEMORY_MODES)
     ema: float = setting(0.0, "decay of FTD's moving average of the images (0: off)", ge=0, lt=1)
+    texture: int | None = setting(None, "distil tileable textures (MTT's --texture --canvas_size N): each image "
+                                        "is a canvas of N x N images, and every student step trains on a random "
+                                        "crop of it that wraps around its edges", gt=0, le=64, metavar="N")
 
     def validate(self, epochs_stored: int | None = None) -> None:
         """What the declarations cannot say: relations between settings, and the store's length."""
@@ -100,6 +105,12 @@ class TMConfig:
         if epochs_stored is not None and self.max_start_epoch + self.expert_epochs > epochs_stored:
             raise ConfigError(f"--max-start-epoch ({self.max_start_epoch}) + --expert-epochs ({self.expert_epochs}) "
                               f"exceeds the {epochs_stored} epochs stored in {self.trajectories}")
+        if self.texture and self.init not in ("noise", "real"):
+            raise ConfigError(f"--texture starts from noise or from real images tiled over the canvas, not --init "
+                              f"{self.init}")
+        if self.texture and self.labels != "hard":
+            raise ConfigError("--texture trains on crops of canvases: the experts label images, not canvases "
+                              "(use --labels hard)")
         if self.window_growth is not None and not (
                 len(self.window_growth) == 2 and self.min_start_epoch < self.window_growth[0] <= self.max_start_epoch):
             raise ConfigError("--window-growth is START_MAX,END_ITER with --min-start-epoch < START_MAX <= "
@@ -150,7 +161,14 @@ class TrajectoryMatching:
         teacher = expert_epoch(store, 0, store.epochs).to(device)  # DATM/AST/TESLA's expert: expert 0, final epoch
         predict = partial(functional_call, self.net, teacher)
         k = ds.info.num_classes
-        if cfg.init in EXPERT_INITS:
+        self.crop = (h, w) if cfg.texture else None
+        if cfg.texture:
+            if ds.transform.kind == "zca":
+                raise ConfigError(f"--texture cannot use a ZCA store ({cfg.trajectories}): whitening is defined "
+                                  "on the dataset's image size, not on a canvas")
+            images, self.classes, self.indices = canvases(ds.x_train, ds.y_train, k, cfg.ipc, cfg.init, cfg.seed,
+                                                          cfg.texture)
+        elif cfg.init in EXPERT_INITS:
             images, self.classes, self.indices = expert_selected_images(ds.x_train, ds.y_train, k, cfg.ipc, cfg.init,
                                                                         cfg.seed, predict)
         else:
@@ -199,9 +217,13 @@ class TrajectoryMatching:
                 perm = torch.randperm(size, generator=generator(cfg.seed, it, t, STREAM_ORDER))
                 chunks = list(perm.split(cfg.batch_syn or size))
             idx = chunks.pop().to(dev)
-            draw = None if self.dsa is None else sample_dsa(self.dsa, len(idx), tuple(self.images.shape[1:]),
+            views, shape, crops = len(idx), tuple(self.images.shape[1:]), None
+            if self.crop is not None:  # textures: a crop of every canvas, wrapping at the edges (MTT's 1 sample)
+                views, shape = TEXTURE_SAMPLES * len(idx), (shape[0], *self.crop)
+                crops = crop_offsets(views, self.images.shape[2:], generator(cfg.seed, it, t, STREAM_TEXTURE))
+            draw = None if self.dsa is None else sample_dsa(self.dsa, views, shape,
                                                             generator(cfg.seed, it, t, STREAM_DSA))
-            steps.append(Step(idx, draw))
+            steps.append(Step(idx, draw, crops, self.crop))
         # 2. start θ_i(s) (AST: its conv weights perturbed); targets θ_i(s + M) after N steps (AST: and
         # θ_i(s + k) after k⌊N/M⌋)
         start = expert_epoch(store, expert, s).to(dev)
@@ -286,9 +308,11 @@ class TrajectoryMatching:
 
     def synset(self, it: int) -> SynSet:
         images = (self.ema if self.ema is not None else self.images).detach().cpu().clone()
+        data = dict(self.ds.meta)
+        if self.crop is not None:
+            data["texture"] = {"crop": list(self.crop), "samples": TEXTURE_SAMPLES}
         s = SynSet.hard(images, self.classes.clone(), dataset=self.ds.info.name, num_classes=self.ds.info.num_classes,
-                        method="tm", lr=self.learned_lr(), transform=self.ds.transform,
-                        data=dict(self.ds.meta), config={"method": "tm", **asdict(self.cfg), "arch": self.arch},
+                        method="tm", lr=self.learned_lr(), transform=self.ds.transform, data=data, config={"method": "tm", **asdict(self.cfg), "arch": self.arch},
                         provenance={"seed": self.cfg.seed, "iteration": it, "store": str(self.store.folder),
                                     "store_key": self.store.meta["store_key"],
                                     "store_dsa_share": self.store.dsa_share,
@@ -299,6 +323,18 @@ class TrajectoryMatching:
             labels = self._expert_label_logits(images.to(self.device)) if self.refreshes_labels else self.labels
             s = s.with_labels(labels.detach().cpu().clone(), LabelSpec(kind="logits", loss="kl", temperature=1.0))
         return s
+
+
+def canvases(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int, init: str, seed: int,
+             size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(canvases [K · ipc, C, size · H, size · W], classes, source indices or None): each canvas tiled
+    from size² images of its class drawn as :func:`~condense.methods.init.initial_images` draws
+    ipc · size² of them (real, or noise), tile (r, q) of canvas i being image i · size² + r · size + q."""
+    images, _, indices = initial_images(x_train, y_train, num_classes, ipc * size * size, init, seed)
+    c, h, w = images.shape[1:]
+    grid = images.view(num_classes * ipc, size, size, c, h, w).permute(0, 3, 1, 4, 2, 5)
+    classes = torch.arange(num_classes).repeat_interleave(ipc)
+    return grid.reshape(num_classes * ipc, c, size * h, size * w).contiguous(), classes, indices
 
 
 def expert_epoch(store, i: int, e: int) -> torch.Tensor:

@@ -55,26 +55,34 @@ from torch import nn
 
 from ..augment import DSADraw, apply_dsa
 from ..nets import functional_call
+from ..texture import toroidal_crops
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One inner step: which synthetic images (indices into X) and which DSA draw (or None)."""
+    """One inner step: which synthetic images (indices into X), which DSA draw (or None), and for
+    textures the offsets [S · n, 2] of S toroidal crops of size ``crop`` of each of the n canvases."""
 
     indices: torch.Tensor
     draw: DSADraw | None = None
+    crops: torch.Tensor | None = None
+    crop: tuple[int, int] | None = None
 
 
 def student_loss(net: nn.Module, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, step: Step,
                  loss_fn: LossFn) -> torch.Tensor:
     """L_t(θ): the student's loss with flat parameters θ [P] on step ``step``'s batch of images
-    [N, C, H, W] (augmented by its draw) against its labels ([N] or [N, K]): a scalar."""
-    x = images[step.indices]
+    [N, C, H, W] (textures: their crops; augmented by its draw) against its labels ([N] or [N, K]): a scalar."""
+    x, y = images[step.indices], labels[step.indices]
+    if step.crops is not None:
+        samples = step.crops.shape[0] // x.shape[0]
+        x = toroidal_crops(x.repeat(samples, 1, 1, 1), step.crops, step.crop)
+        y = y.repeat(samples, *([1] * (y.ndim - 1)))
     if step.draw is not None:
         x = apply_dsa(x, step.draw)
-    return loss_fn(functional_call(net, theta, x), labels[step.indices])
+    return loss_fn(functional_call(net, theta, x), y)
 
 
 def sgd_step(theta: torch.Tensor, buf: torch.Tensor, g: torch.Tensor, lr: float | torch.Tensor,

@@ -6,7 +6,7 @@
     layout = nets.FlatLayout.of(net)            # MTT buffer order for the ConvNet
     logits = nets.functional_call(net, layout.flatten(net), x)
 
-Built-in architectures: ``convnet``, ``resnet18`` (``resnet18-imagenet``: torchvision's stem), ``vgg11``, ``alexnet``, ``mlp``
+Built-in architectures: ``convnet`` (``convnet-circular``: circular padding), ``resnet18`` (``resnet18-imagenet``: torchvision's stem), ``vgg11``, ``alexnet``, ``mlp``
 (see their modules for options and the choices made); add your own with
 :func:`register_arch`.
 """
@@ -25,6 +25,7 @@ __all__ = [
 # overwrite=True: re-importing this package (e.g. importlib.reload) must not fail
 for _name, _module, _factory in (
     ("convnet", convnet, convnet.build_convnet),
+    ("convnet-circular", convnet, convnet.build_convnet_circular),
     ("resnet18", resnet, resnet.build_resnet18),
     ("resnet18-imagenet", resnet, resnet.build_resnet18_imagenet),
     ("vgg11", vgg, vgg.build_vgg11),

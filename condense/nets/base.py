@@ -84,12 +84,13 @@ class SequentialConvNet(Net):
     _stage_ends: list[int]
 
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], stages: Sequence[Stage], *,
-                 norm: str, act: str, arch: str, stage_word: str, hint: str) -> None:
+                 norm: str, act: str, arch: str, stage_word: str, hint: str, padding_mode: str = "zeros") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.input_shape = (channels, image_size[0], image_size[1])
         self.features, self._stage_ends, out_ch, (h, w) = conv_stack(
-            channels, image_size, stages, norm=norm, act=act, arch=arch, stage_word=stage_word, hint=hint)
+            channels, image_size, stages, norm=norm, act=act, arch=arch, stage_word=stage_word, hint=hint,
+            padding_mode=padding_mode)
         self.embed_dim = out_ch * h * w
         setattr(self, self.head_name, nn.Linear(self.embed_dim, num_classes))  # registered after the body: MTT's order
 
@@ -118,13 +119,15 @@ class Stage:
 
 
 def conv_stack(channels: int, image_size: tuple[int, int], stages: Sequence[Stage], *, norm: str, act: str,
-               arch: str, stage_word: str, hint: str) -> tuple[nn.Sequential, list[int], int, tuple[int, int]]:
+               arch: str, stage_word: str, hint: str, padding_mode: str = "zeros"
+               ) -> tuple[nn.Sequential, list[int], int, tuple[int, int]]:
     """(layers, indices of the stage outputs in them, last channel count, last map size) of ``stages``
     on ``[B, channels, *image_size]`` inputs.
 
     Layers are numbered as the reference code numbers them (every conv, norm, activation and pool
     counts), so parameter names are ``features.{i}.weight`` in the MTT buffer order. For 1-channel
-    inputs the first convolution pads 2 more, as the references do (28x28 images give 32x32 maps).
+    inputs the first convolution pads 2 more, as the references do (28x28 images give 32x32 maps),
+    except with ``padding_mode="circular"``, where that padding would wrap the image onto itself.
     A stage after which the maps vanish raises ArchError naming it (``{stage_word} {k}``).
     """
     layers: list[nn.Module] = []
@@ -135,8 +138,9 @@ def conv_stack(channels: int, image_size: tuple[int, int], stages: Sequence[Stag
     for k, stage in enumerate(stages, start=1):
         for out_ch, kernel, pad in stage.convs:
             first = not layers
-            block, (h, w) = conv_norm_act(in_ch, out_ch, kernel, pad + 2 if first and channels == 1 else pad,
-                                          norm, act, (h, w))
+            widen = first and channels == 1 and padding_mode == "zeros"
+            block, (h, w) = conv_norm_act(in_ch, out_ch, kernel, pad + 2 if widen else pad, norm, act, (h, w),
+                                          padding_mode)
             layers += block
             in_ch = out_ch
         if stage.pool != "none":
@@ -211,10 +215,10 @@ def make_norm(kind: str, channels: int, hw: tuple[int, int]) -> nn.Module | None
 
 
 def conv_norm_act(in_ch: int, out_ch: int, kernel: int, pad: int, norm: str, act: str,
-                  hw: tuple[int, int]) -> tuple[list[nn.Module], tuple[int, int]]:
-    """The layers conv -> norm (if any) -> activation, and the map size after the conv."""
+                  hw: tuple[int, int], padding_mode: str = "zeros") -> tuple[list[nn.Module], tuple[int, int]]:
+    """The layers conv (zero or circular padding) -> norm (if any) -> activation, and the map size after the conv."""
     h, w = conv_out(hw[0], kernel, pad), conv_out(hw[1], kernel, pad)
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel_size=kernel, padding=pad)]
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel_size=kernel, padding=pad, padding_mode=padding_mode)]
     norm_layer = make_norm(norm, out_ch, (h, w))
     if norm_layer is not None:
         layers.append(norm_layer)

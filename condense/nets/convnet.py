@@ -17,6 +17,11 @@ Compatibility with the reference code, kept on purpose:
   weight, norm bias, then classifier weight and bias: the order of MTT replay buffers,
   and reference state dicts load as they are.
 
+``convnet-circular`` is the same network with circular padding in every convolution (and no
+extra padding for 1-channel inputs, which would wrap an image onto itself): its feature maps of
+a canvas shifted with wrap-around by a multiple of 2^depth are the shifted maps, so it sees a
+tileable texture without seams (``condense synth tm --texture``).
+
 Unlike the reference, the map sizes are computed from the real input shape (the
 reference assumes 32x32 unless the height is 28), and a depth at which the maps vanish
 raises ArchError. Average pooling is :class:`~condense.nets.pool.AvgPool2x2` (same
@@ -33,16 +38,22 @@ class ConvNet(SequentialConvNet):
 
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], *,
                  width: int = 128, depth: int = 3, norm: str = "instance",
-                 pool: str = "avg", act: str = "relu") -> None:
+                 pool: str = "avg", act: str = "relu", padding_mode: str = "zeros") -> None:
         super().__init__(channels, num_classes, image_size, [Stage(((width, 3, 1),), pool)] * depth,
                          norm=norm, act=act, arch=f"convnet depth {depth}", stage_word="block",
-                         hint="use a smaller depth or larger images")
+                         hint="use a smaller depth or larger images", padding_mode=padding_mode)
 
 
 def build_convnet(channels: int, num_classes: int, image_size: tuple[int, int],
                   **options) -> ConvNet:
     """Registry factory for ``convnet``."""
     return ConvNet(channels, num_classes, image_size, **options)
+
+
+def build_convnet_circular(channels: int, num_classes: int, image_size: tuple[int, int],
+                           **options) -> ConvNet:
+    """Registry factory for ``convnet-circular``."""
+    return ConvNet(channels, num_classes, image_size, padding_mode="circular", **options)
 
 
 DEFAULTS = {"width": 128, "depth": 3, "norm": "instance", "pool": "avg", "act": "relu"}
