@@ -12,7 +12,8 @@ from .runtime.files import write_figure
 
 def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLike, *,
               class_names: Sequence[str] | None = None, max_per_class: int = 10, title: str = "") -> Path:
-    """Save a PNG with one row per class and up to ``max_per_class`` images per row.
+    """Save a PNG with one row per class and up to ``max_per_class`` images per row (one image per
+    class: the classes side by side, five to a row, each titled).
 
     pixels: [N, C, H, W] in [0, 1] (C = 1 or 3); classes: int64 [N].
     """
@@ -21,6 +22,8 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
     num_classes = int(classes.max()) + 1 if classes.numel() else 0
     rows = [torch.nonzero(classes == c).flatten()[:max_per_class] for c in range(num_classes)]
     cols = max((len(r) for r in rows), default=1)
+    if cols == 1 and num_classes > 1:
+        return _save_one_per_class(pixels, [int(r[0]) for r in rows], path, class_names, title)
     h, w = pixels.shape[-2:]
     scale = 0.9 * max(1.0, 28 / max(h, w))
     title_in = 0.35 if title else 0.0  # room for the title, so it never covers the first row
@@ -44,6 +47,28 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - title_in / height))
+    return write_figure(path, fig, dpi=100)
+
+
+def _save_one_per_class(pixels: torch.Tensor, first: list[int], path, class_names, title: str) -> Path:
+    from matplotlib.figure import Figure
+
+    n, h, w = len(first), *pixels.shape[-2:]
+    cols = min(n, 5)
+    rows = -(-n // cols)
+    side = min(2.4, 0.9 * max(1.0, max(h, w) / 28))  # inches per image: a tiled canvas stays on a page
+    height = 0.2 + (0.35 if title else 0.0) + rows * (side * h / max(h, w) + 0.3)
+    fig = Figure(figsize=(0.4 + cols * side * w / max(h, w), height), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(ax for row in axes for ax in row):
+        ax.set_axis_off()
+        if k < n:
+            img = pixels[first[k]].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                      vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(class_names[k] if class_names and k < len(class_names) else str(k), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return write_figure(path, fig, dpi=100)
 
 

@@ -286,7 +286,8 @@ def test_spec_is_canonical_and_typed():
 
 @pytest.mark.parametrize("text,pattern", [
     ("", r"empty architecture spec; available: .*convnet"),
-    ("convnot", r"unknown architecture 'convnot'; available: alexnet, convnet, .*mlp, resnet18, resnet18-imagenet, vgg11"),
+    ("convnot", r"unknown architecture 'convnot'; available: alexnet, convnet, convnet-circular, .*efficientnet-b0, mlp, "
+                r"mobilenetv2, resnet18, resnet18-imagenet, vgg11"),
     ("convnet:widht=3", r"convnet has no option 'widht'; valid options: act, depth, norm, pool, width"),
     ("convnet:width=abc", r"width='abc' is not a valid int"),
     ("convnet:width=0", r"width=0 must be an integer from 1"),
@@ -505,3 +506,24 @@ def test_functional_call_batched_over_models():
     per_model = torch.stack([_input((1, 28, 28, 10), batch=4, seed=s) for s in range(3)])
     out = functional_call(nets[0], flats, per_model, x_per_model=True)
     assert torch.allclose(out[2], nets[2](per_model[2]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, tv", [("mobilenetv2", "mobilenet_v2"), ("efficientnet-b0", "efficientnet_b0")])
+def test_torchvision_teachers_are_torchvisions_networks_and_import_their_weights(name, tv, tmp_path):
+    import torchvision
+
+    from condense.labels.squeeze import TeacherConfig, train_teacher
+    from condense.labels.teacher_file import load_teacher_file
+
+    ref = getattr(torchvision.models, tv)(num_classes=4).eval()
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    train_teacher(TeacherConfig(dataset="toy", arch=name, weights=str(tmp_path / "w.pth"), out=str(tmp_path / "t.h5")),
+                  torch.device("cpu"), progress=False)
+    net = load_teacher_file(tmp_path / "t.h5").net.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), ref(x))
+    assert not any(getattr(m, "inplace", False) for m in net.modules())  # BN inputs stay readable by hooks
+    small = build_net(f"{name}:stem=cifar", 1, 10, (32, 32))
+    assert small(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    assert small.feature_maps(torch.randn(1, 1, 32, 32))[-1].shape[-1] == (4 if name == "mobilenetv2" else 2)

@@ -6,13 +6,13 @@
     layout = nets.FlatLayout.of(net)            # MTT buffer order for the ConvNet
     logits = nets.functional_call(net, layout.flatten(net), x)
 
-Built-in architectures: ``convnet`` (``convnet-circular``: circular padding), ``resnet18`` (``resnet18-imagenet``: torchvision's stem), ``vgg11``, ``alexnet``, ``mlp``
+Built-in architectures: ``convnet`` (``convnet-circular``: circular padding), ``resnet18`` (``resnet18-imagenet``: torchvision's stem), ``vgg11``, ``alexnet``, ``mlp``, ``mobilenetv2``, ``efficientnet-b0`` (torchvision's)
 (see their modules for options and the choices made); add your own with
 :func:`register_arch`.
 """
 from __future__ import annotations
 
-from condense.nets import alexnet, convnet, mlp, resnet, vgg
+from condense.nets import alexnet, convnet, mlp, mobile, resnet, vgg
 from condense.nets.base import Net
 from condense.nets.flat import FlatLayout, functional_call
 from condense.nets.specs import ArchSpec, available_archs, build_net, parse_arch, parse_arch_flag, register_arch
@@ -31,6 +31,8 @@ for _name, _module, _factory in (
     ("vgg11", vgg, vgg.build_vgg11),
     ("alexnet", alexnet, alexnet.build_alexnet),
     ("mlp", mlp, mlp.build_mlp),
+    ("mobilenetv2", mobile, mobile.build_mobilenetv2),
+    ("efficientnet-b0", mobile, mobile.build_efficientnet_b0),
 ):
     register_arch(_name, _factory, _module.DEFAULTS, choices=_module.CHOICES, overwrite=True)
 del _name, _module, _factory
