@@ -146,6 +146,7 @@ class Recovery:
     r_bn: float = setting(0.01, "weight of the BatchNorm-statistics loss", ge=0)
     first_bn_multiplier: float = setting(10.0, "extra weight of the first BN layer's term", gt=0)
     jitter: int = setting(4, "random roll of up to this many pixels", ge=0, le=1024, unit="pixels")
+    amp: bool = setting(True, "bfloat16 autocast of the teacher on CUDA (statistics stay float32; CPU: off)")
     # larger forwards lose cache locality on a CPU (docs/BENCHMARKS.md)
     chunk: int | None = setting(None, "images per teacher forward: whole batches grouped up to this many "
                                       "(default: 128 on a CPU, all on a GPU)", gt=0, unit="images")

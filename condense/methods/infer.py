@@ -15,8 +15,8 @@ Compensator u_{g,m} is optimised against teacher m alone, as SRe2L recovers imag
     loss(g, m) = CE(t_m(aug(x_g ⊕ u)), y_g) + r_bn · Σ_l m_l (‖mean(a_l) − μ_l‖₂ + ‖var(a_l) − σ²_l‖₂)
 
 with x_g ⊕ u = clip(x_g + u) the group's K instances (clip: the valid pixel range), the BN terms
-of teacher m's layers on that batch of K (:func:`~condense.methods.sre2l.bn_loss`, the first
-layer's weighted by ``first_bn_multiplier``), aug a roll by up to ``jitter`` pixels (INFER's
+of teacher m's layers on that batch of K (:func:`~condense.methods.sre2l.recovery_terms`, the
+first layer's weighted by ``first_bn_multiplier``), aug a roll by up to ``jitter`` pixels (INFER's
 CIFAR recovery) and with ``crop`` a random-resized crop + flip before it (its ImageNet one).
 u starts at 0 and moves by Adam (β = 0.5, 0.9) with a cosine learning rate. The reference
 optimises the unclipped sum and saves it clipped; here the teachers see exactly the
@@ -35,7 +35,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
-import torch.nn.functional as F
 
 from ..compensators import Compensated, compose, pixel_box
 from ..config import configclass, setting
@@ -45,7 +44,7 @@ from ..runtime.executors import shard_keys
 from ..nets import parse_arch
 from ..synset import SynSet
 from .loop import ImageSynthesizer
-from .sre2l import SPREAD, bn_inputs, bn_layers, bn_loss, cosine_lr, recovery_views
+from .sre2l import SPREAD, bn_layers, cosine_lr, recovery_terms, recovery_views
 
 
 @configclass(Data, Run, Loop, Synthesis, Augmentation, Training, Workers, Recovery, part="infer",
@@ -87,16 +86,6 @@ class InferConfig:
 def groups_for(ipc: int, num_classes: int, members: int) -> int:
     """INFER's number of real groups G = ⌊ipc / (M / K + 1)⌋ = ⌊ipc K / (K + M)⌋: G (K + M) <= ipc K images."""
     return ipc * num_classes // (num_classes + members)
-
-
-def compensator_loss(net: torch.nn.Module, running, views: torch.Tensor, y: torch.Tensor, sizes: list[int],
-                     r_bn: float, first_multiplier: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CE per group [G'], BN term per group [G']) of teacher ``net`` (eval mode, BN running
-    statistics ``running``) on ``views`` [Σ sizes, C, H, W], consecutive groups of ``sizes``."""
-    with bn_inputs(net) as inputs:
-        logits = net(views)
-    ce = torch.stack([F.cross_entropy(z, t) for z, t in zip(torch.split(logits, sizes), torch.split(y, sizes))])
-    return ce, bn_loss(inputs, running, sizes, first_multiplier)
 
 
 class Infer(ImageSynthesizer):
@@ -175,8 +164,8 @@ class Infer(ImageSynthesizer):
         views = recovery_views(instances.flatten(0, 1), keys, sizes, it, seed=cfg.seed, crop=cfg.crop, flip=cfg.flip,
                                min_scale=cfg.min_scale, jitter=cfg.jitter)
         net, running = self.members[teacher]
-        ce, bn = compensator_loss(net, running, views, self.y.repeat(len(ids)), sizes, cfg.r_bn,
-                                  cfg.first_bn_multiplier)
+        ce, bn = recovery_terms(net, running, views, self.y.repeat(len(ids)), sizes, cfg.first_bn_multiplier,
+                                cfg.amp and self.device.type == "cuda")
         return (ce + cfg.r_bn * bn).sum(), ce, bn
 
     def compute_grads(self, it: int) -> dict[str, float]:

@@ -86,7 +86,6 @@ class SRe2LConfig:
     curriculum: str = setting("none", "none, or cda (CDA's easy-to-hard crop scale)", choices=CURRICULA)
     cda_mode: str = setting("cosine", "--curriculum cda: its schedule", choices=CDA_MODES)
     milestone: float = setting(1.0, "--curriculum cda: fraction of the iterations it runs over", ge=0, le=1)
-    amp: bool = setting(True, "bfloat16 autocast of the teacher on CUDA (statistics stay float32; CPU: off)")
 
     def validate(self) -> None:
         """What the declarations cannot say: the teacher is required."""
@@ -157,6 +156,18 @@ def bn_inputs(net: nn.Module) -> Iterator[list[torch.Tensor]]:
     finally:
         for h in handles:
             h.remove()
+
+
+def recovery_terms(net: nn.Module, running: Sequence[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
+                   y: torch.Tensor, sizes: Sequence[int], first_multiplier: float, amp: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE per batch [G], BN term per batch [G]) of the frozen ``net`` (BN running statistics
+    ``running``) on ``x`` [Σ sizes, C, H, W] with classes ``y``, consecutive batches of ``sizes``;
+    ``amp``: a bfloat16 forward on CUDA (the statistics and losses stay float32)."""
+    with bn_inputs(net) as inputs, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        logits = net(x)
+    ce = torch.stack([F.cross_entropy(z.float(), t) for z, t in zip(torch.split(logits, sizes), torch.split(y, sizes))])
+    return ce, bn_loss(inputs, running, sizes, first_multiplier)
 
 
 def batches(num_classes: int, ipc: int, batch_size: int, class_batches: bool) -> list[torch.Tensor]:
@@ -298,11 +309,7 @@ class SRe2L(ImageSynthesizer):
         amp = self.cfg.amp and self.device.type == "cuda"
         ce = bn = 0.0
         for net, running, weight in self.members:
-            with bn_inputs(net) as inputs, torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                logits = net(x)
-            ce_t = torch.stack([F.cross_entropy(z.float(), t)
-                                for z, t in zip(torch.split(logits, sizes), torch.split(y, sizes))])
-            bn_t = bn_loss(inputs, running, sizes, self.cfg.first_bn_multiplier)
+            ce_t, bn_t = recovery_terms(net, running, x, y, sizes, self.cfg.first_bn_multiplier, amp)
             ce, bn = ce + weight * ce_t, bn + weight * bn_t
         return (ce + self.cfg.r_bn * bn).sum(), ce, bn
 
