@@ -8,7 +8,7 @@ Three phases, each through the public API (``condense.record_experts``, ``synthe
 
 1. **paths**: every method of the registry (``condense.methods.method_names()``) once at a
    tiny budget on the device (2 iterations, IPC 1, ConvNet D3 W32 on 2,000 training images),
-   after a tiny expert store (for tm) and a tiny ConvNet-BN teacher (for sre2l and rded);
+   after a tiny expert store (for tm) and a tiny ConvNet-BN teacher (for sre2l, rded and infer);
    then tm and dm with ``--backend jax`` (frepo is JAX only), soft-label relabelling
    (``condense labels`` with per-epoch views, its labelling jobs on the device) and one
    evaluation of the relabelled set with seeds stacked. JAX runs on its default device: a
@@ -244,7 +244,8 @@ class Protocol:
         row("teacher", dev, lambda: condense.train_teacher(**{**common, "arch": b.teacher_arch}, epochs=1,
                                                            device=dev, out=teacher))
         tiny = {**common, "ipc": 1, "iters": b.path_iters, "checkpoint_every": b.path_iters,
-                "batch_real": b.path_batch_real, "trajectories": store, "teacher": teacher, "syn_steps": 2,
+                "batch_real": b.path_batch_real, "trajectories": store, "teacher": teacher, "teachers": [teacher],
+                "syn_steps": 2,
                 "expert_epochs": 1, "max_start_epoch": 1, "embed_epochs": 1, "candidates": 8, "num_crop": 2,
                 "pool_size": 2, "device": dev}
         runs = [(name, None) for name in method_names()]
@@ -257,6 +258,8 @@ class Protocol:
             out = str(work / f"{name}{'-jax' if backend else ''}.h5")
             accepted = {f.name for f in fields(entry.config)}
             kwargs = {k: v for k, v in tiny.items() if k in accepted and v is not None}
+            if name == "infer":  # its budget holds a group: K real images and a compensator
+                kwargs["ipc"] = 2
             row(label, jax_device if jax else dev,
                 lambda: condense.synthesize(name, backend=backend, **kwargs, out=out))
             sets[label] = out
