@@ -144,9 +144,9 @@ class Infer(ImageSynthesizer):
         k = ds.info.num_classes
         return images.view(k, groups, *images.shape[1:]).transpose(0, 1).contiguous(), indices
 
-    def work(self) -> list[tuple[int, int]]:
-        """This worker's (group row, teacher) items in chunks of whole groups, per teacher:
-        [(teacher, rows)] with rows a slice of this worker's groups."""
+    def work(self) -> list[tuple[int, slice]]:
+        """This worker's items as teacher forwards: [(teacher, rows)], rows a slice of this worker's
+        groups holding at most ``chunk`` images (whole groups)."""
         limit = self.cfg.chunk or (128 if self.device.type == "cpu" else 1 << 30)
         per = max(1, limit // self.tf.num_classes)
         n = len(self.group_ids)
