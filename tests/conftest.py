@@ -38,3 +38,18 @@ def iteration_inputs(method, it: int) -> tuple[dict, dict]:
         return method.compute_grads(it), seen
     finally:
         del method.match
+
+
+class Killed(Exception):
+    """Stands for a run killed from outside (:func:`kill_after`)."""
+
+
+def kill_after(iteration: int):
+    """An ``evaluate`` callback (a run with ``eval_every=1`` calls it after every iteration) that
+    raises :class:`Killed` after ``iteration``: a kill between two checkpoints."""
+    def evaluate(s):
+        if s.provenance["iteration"] == iteration:
+            raise Killed
+        return 0.0
+
+    return evaluate

@@ -23,6 +23,7 @@ from condense.methods.rded import RDEDConfig, pad_center, run_rded, stitch
 from condense.methods.sre2l import SRe2L, SRe2LConfig, batches, bn_layers, bn_loss, cda_min_scale, run_sre2l
 from condense.runtime.rng import generator
 from condense.synset import load_synset
+from conftest import Killed, kill_after
 
 CPU = torch.device("cpu")
 QUIET = dict(progress=lambda s: None, bars=False)
@@ -244,19 +245,11 @@ def test_recovery_lowers_the_loss_and_a_killed_run_resumes_exactly(teacher, tmp_
     method.images.data.copy_(whole.images)
     assert method.loss(0)[0].item() < 0.85 * before  # measured 4.26 -> 3.29
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_4(s):  # called after iteration 4, one past the checkpoint at 3
-        if s.provenance["iteration"] == 4:
-            raise Killed
-        return 0.0
-
     cfg = sre2l_cfg(teacher, tmp_path / "b", curriculum="cda")
     a = run_sre2l(sre2l_cfg(teacher, tmp_path / "c", curriculum="cda"), CPU, **QUIET)
     with pytest.raises(Killed):
         run_sre2l(sre2l_cfg(teacher, tmp_path / "b", curriculum="cda", eval_every=1), CPU, **QUIET,
-                  evaluate=kill_at_4)
+                  evaluate=kill_after(4))
     resumed = run_sre2l(cfg, CPU, **QUIET)
     assert torch.equal(a.images, resumed.images)
     saved = load_synset(cfg.out)

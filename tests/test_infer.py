@@ -19,6 +19,7 @@ from condense.methods.infer import Infer, InferConfig, groups_for, run_infer
 from condense.runtime.errors import ConfigError, FormatError
 from condense.synset import SynSet, load_synset
 from condense.train import mix
+from conftest import Killed, kill_after
 
 CPU = torch.device("cpu")
 QUIET = {"progress": lambda m: None, "bars": False}
@@ -164,17 +165,9 @@ def test_infer_lowers_its_loss_and_a_killed_run_resumes_exactly(teachers, tmp_pa
     probe.images.data.copy_(whole.compensated.compensators)
     assert sum(probe.loss(0, t, r)[0].item() for t, r in probe.work()) < 0.8 * before
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_4(s):  # called after iteration 4, one past the checkpoint at 3
-        if s.provenance["iteration"] == 4:
-            raise Killed
-        return 0.0
-
     a = run_infer(infer_cfg(teachers, tmp_path / "c"), CPU, **QUIET)
     with pytest.raises(Killed):
-        run_infer(infer_cfg(teachers, tmp_path / "b", eval_every=1), CPU, **QUIET, evaluate=kill_at_4)
+        run_infer(infer_cfg(teachers, tmp_path / "b", eval_every=1), CPU, **QUIET, evaluate=kill_after(4))
     resumed = run_infer(infer_cfg(teachers, tmp_path / "b"), CPU, **QUIET)
     assert torch.equal(a.compensated.compensators, resumed.compensated.compensators)
     saved = load_synset(tmp_path / "b" / "infer.h5")

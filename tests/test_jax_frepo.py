@@ -18,6 +18,7 @@ from condense.methods.loop import synthesize  # noqa: E402
 from condense.nets import FlatLayout, build_net  # noqa: E402
 from condense.runtime.rng import generator  # noqa: E402
 from condense.synset import load_synset  # noqa: E402
+from conftest import Killed, kill_after  # noqa: E402
 
 torch.set_num_threads(1)
 ARCH = "convnet:width=8,depth=2"
@@ -112,16 +113,8 @@ def test_iterations_lower_the_loss_on_toy_data(toy, tmp_path):
 def test_kill_and_resume_equals_an_uninterrupted_run(toy, tmp_path):
     whole = run_frepo(cfg(tmp_path / "a"), **QUIET)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_3(s):  # the evaluation callback runs after iteration 3, one past the checkpoint at 2
-        if s.provenance["iteration"] == 3:
-            raise Killed
-        return 0.0
-
     with pytest.raises(Killed):
-        run_frepo(cfg(tmp_path / "b", eval_every=1), **QUIET, evaluate=kill_at_3)
+        run_frepo(cfg(tmp_path / "b", eval_every=1), **QUIET, evaluate=kill_after(3))
     resumed = run_frepo(cfg(tmp_path / "b"), **QUIET)
     assert torch.equal(whole.images, resumed.images) and torch.equal(whole.labels, resumed.labels)
     initial = (torch.nn.functional.one_hot(whole.classes, 4).float() - 0.25) / 0.4 ** 0.5  # centred, / sqrt(K/10)
