@@ -40,9 +40,25 @@ class Compensated:
         """Images' worth of storage: G · K base images plus G · M compensators."""
         return int(self.base.shape[0] * self.base.shape[1] + self.compensators.shape[0] * self.compensators.shape[1])
 
+    def classes(self) -> torch.Tensor:
+        """The class of every instance [K · G (M + 1)], in class order."""
+        return torch.arange(int(self.base.shape[1])).repeat_interleave(self.groups * (self.members + 1))
+
     def expand(self, transform: PixelTransform) -> tuple[torch.Tensor, torch.Tensor]:
         """(instances [K · G (M + 1), C, H, W], their classes [K · G (M + 1)]) in class order."""
         return expand(self.base, self.compensators, pixel_box(transform, int(self.base.shape[2])))
+
+    def expands_to(self, images: torch.Tensor, classes: torch.Tensor, transform: PixelTransform) -> bool:
+        """Whether ``images`` and ``classes`` are exactly this form's instances: checked one group at a
+        time, so no second copy of the set is made (an ImageNet-scale set is tens of GB expanded)."""
+        g, k, m = self.groups, int(self.base.shape[1]), self.members
+        if tuple(images.shape) != (k * g * (m + 1), *self.base.shape[2:]) or not torch.equal(classes.cpu(),
+                                                                                           self.classes()):
+            return False
+        box = pixel_box(transform, int(self.base.shape[2]))
+        rows = images.view(k, g, m + 1, *images.shape[1:])
+        return all(torch.equal(compose(self.base[i:i + 1], self.compensators[i:i + 1], box)[0].transpose(0, 1),
+                               rows[:, i].float().cpu()) for i in range(g))
 
 
 def pixel_box(transform: PixelTransform, channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -68,5 +84,4 @@ def expand(base: torch.Tensor, compensators: torch.Tensor, box) -> tuple[torch.T
     g, k = int(base.shape[0]), int(base.shape[1])
     m = int(compensators.shape[1])
     rows = compose(base, compensators, box).permute(2, 0, 1, 3, 4, 5)  # [K, G, M + 1, C, H, W]
-    classes = torch.arange(k).repeat_interleave(g * (m + 1))
-    return rows.reshape(k * g * (m + 1), *base.shape[2:]).contiguous(), classes
+    return rows.reshape(k * g * (m + 1), *base.shape[2:]).contiguous(), torch.arange(k).repeat_interleave(g * (m + 1))

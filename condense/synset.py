@@ -135,9 +135,14 @@ class SynSet:
         return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
 
     @property
+    def texture(self) -> tuple[tuple[int, int], int] | None:
+        """((h, w), crops per canvas per step) of a set of textures (:mod:`condense.texture`); None otherwise."""
+        return texture_of(self.data)
+
+    @property
     def sample_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of what a network trains on: the images, or a texture's crops."""
-        t = texture_of(self.data)
+        t = self.texture
         return self.image_shape if t is None else (self.image_shape[0], *t[0])
 
     @property
@@ -152,10 +157,11 @@ class SynSet:
     def ipc_label(self) -> str:
         """How a title names the set's size: 'IPC 10', 'IPC 10 (24 instances per class)' (INFER),
         'IPC 1 textures (4 images' storage per class)'."""
-        if self.data.get("texture"):
-            return f"IPC {self.ipc} textures ({self.budget_ipc} images' storage per class)"
-        if self.budget_ipc != self.ipc:
-            return f"IPC {self.budget_ipc} ({self.ipc} instances per class)"
+        budget = self.budget_ipc
+        if self.texture is not None:
+            return f"IPC {self.ipc} textures ({budget} images' storage per class)"
+        if budget != self.ipc:
+            return f"IPC {budget} ({self.ipc} instances per class)"
         return f"IPC {self.ipc}"
 
     def image_bytes(self) -> int:
@@ -168,9 +174,7 @@ class SynSet:
         c = self.compensated
         if c is None or tuple(c.base.shape[1:]) != (self.num_classes, *self.image_shape):
             return None
-        images, classes = c.expand(self.transform)
-        same = images.shape == self.images.shape and torch.equal(images, self.images.float().cpu())
-        return c if same and torch.equal(classes, self.classes.cpu()) else None
+        return c if c.expands_to(self.images, self.classes, self.transform) else None
 
     @classmethod
     def hard(cls, images: torch.Tensor, classes: torch.Tensor, **kw: Any) -> "SynSet":
@@ -210,7 +214,7 @@ class SynSet:
         if t.kind == "zca" and (t.zca is None or t.zca.dim != self.images[0].numel()):
             raise FormatError("the ZCA transform does not fit the images' size")
         try:
-            texture = texture_of(self.data)
+            texture = self.texture
         except (KeyError, TypeError, ValueError):
             raise FormatError("its texture record is malformed (crop [h, w] and samples)") from None
         if texture is not None:
@@ -448,7 +452,7 @@ def _read(f: Any, path: Path) -> SynSet:
         data=json_attr(f, "data", dict), label_payload=payload, compensated=compensated,
     )
     s.validate()
-    if compensated is not None and not torch.equal(s.classes, compensated.expand(transform)[1]):
+    if compensated is not None and not torch.equal(s.classes, compensated.classes()):
         raise FormatError("the classes do not follow the compensated instances' class order")
     return s
 

@@ -38,7 +38,7 @@ from .runtime.errors import ConfigError
 from .nets import build_net
 from .runtime.rng import generator
 from .synset import LabelSpec, SynSet
-from .texture import texture_batch, texture_of
+from .texture import texture_batch
 
 STREAM_INIT, STREAM_ORDER, STREAM_DSA, STREAM_MIXUP, STREAM_TEXTURE = 0, 1, 2, 3, 4
 DEFAULT_LR = 0.01
@@ -327,4 +327,4 @@ def evaluate_synset(s: SynSet, arch: str, protocol: TrainProtocol, seed: int, *,
                     device: str | torch.device = "cpu") -> float:
     """:func:`evaluate` with the images, labels, label meaning and learned lr a set carries."""
     return evaluate(s.images, s.labels, arch, protocol, seed, test=test, num_classes=s.num_classes, run=run,
-                    lr=s.lr, label_spec=s.label_spec, device=device, texture=texture_of(s.data))
+                    lr=s.lr, label_spec=s.label_spec, device=device, texture=s.texture)

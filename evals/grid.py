@@ -331,7 +331,7 @@ def stacking_plan(group: Group, cfg: EvalConfig) -> tuple[bool, str | None]:
         return False, f"{group.source.label}: mixup trains one run at a time"
     from .protocol import _synset
 
-    if _synset(group.source.path, group.source.sha256).data.get("texture"):
+    if _synset(group.source.path, group.source.sha256).texture is not None:
         return False, f"{group.source.label}: textures train on crops, one run at a time"
     from .vmap import stack_reason
 

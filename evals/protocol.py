@@ -178,10 +178,8 @@ def run_job(source: dict, arch: str, variant: str, protocol: dict, seed: int, ru
         return {"accs": [100.0 * a for a in accs], "curves": []}
     accs, curves = [], []
     from condense.runtime.progress import bar as progress_bar
-    from condense.texture import texture_of
 
-    texture = texture_of(_synset(src.path, src.sha256).data) if src.kind == "synset" else None
-
+    texture = _synset(src.path, src.sha256).texture if src.kind == "synset" else None
     with progress_bar(total=proto.epochs * len(runs), desc=f"{arch} run {runs[0]}", unit="ep", leave=False,
                       disable=not EPOCH_BARS) as bar:
         for r in runs:

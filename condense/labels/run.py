@@ -113,7 +113,7 @@ def run_labels(cfg: LabelsConfig, *, progress=print, bars: bool = True) -> SynSe
         progress(f"{cfg.out}: already labelled with these settings")
         return done
     s = load_synset(cfg.synset)
-    if s.data.get("texture"):
+    if s.texture is not None:
         raise ConfigError(f"{cfg.synset} holds textures: networks train on crops of its canvases, which a label "
                           "per canvas does not describe")
     if cfg.teacher or cfg.views:

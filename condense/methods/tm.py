@@ -312,7 +312,8 @@ class TrajectoryMatching:
         if self.crop is not None:
             data["texture"] = {"crop": list(self.crop), "samples": TEXTURE_SAMPLES}
         s = SynSet.hard(images, self.classes.clone(), dataset=self.ds.info.name, num_classes=self.ds.info.num_classes,
-                        method="tm", lr=self.learned_lr(), transform=self.ds.transform, data=data, config={"method": "tm", **asdict(self.cfg), "arch": self.arch},
+                        method="tm", lr=self.learned_lr(), transform=self.ds.transform, data=data,
+                        config={"method": "tm", **asdict(self.cfg), "arch": self.arch},
                         provenance={"seed": self.cfg.seed, "iteration": it, "store": str(self.store.folder),
                                     "store_key": self.store.meta["store_key"],
                                     "store_dsa_share": self.store.dsa_share,
