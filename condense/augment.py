@@ -69,6 +69,11 @@ Random-resized crop (``rrc``, not a DSA group)
     the crop, then the flip, to every image: a ``'+'``-joined strategy applies all its
     groups in order, an ``'_'``-joined one (DSA's) picks one per draw in mode 'S'.
 
+Clips
+    A batch of clips [B, T, C, H, W] takes a draw made for its B clips: each clip's frames share
+    its parameters, so a crop, flip or rotation moves every frame alike and the motion survives
+    (colour's per-image means are taken per frame).
+
 Random numbers are consumed in a fixed order whatever the strategy and mode:
 group choice, flip, sx, sy, angle, dy, dx, cy, cx, brightness, saturation,
 contrast (each a vector of n = 1 or batch_size values; the group choice is one value
@@ -219,19 +224,20 @@ class DSADraw:
 
 def sample_dsa(config: DSAConfig, batch_size: int, image_shape: Sequence[int],
                generator: torch.Generator) -> DSADraw:
-    """Draw DSA parameters for a batch of ``batch_size`` images of shape (C, H, W).
+    """Draw DSA parameters for a batch of ``batch_size`` images of shape (C, H, W), or clips of
+    shape (T, C, H, W) (per-image parameters are then per clip, shared by its frames).
 
     What the batch shares follows ``config.share`` (module docstring). All randomness
     comes from ``generator``; tensors live on its device.
     """
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if len(image_shape) != 3 or min(int(s) for s in image_shape) < 1:
-        raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
+    if len(image_shape) not in (3, 4) or min(int(s) for s in image_shape) < 1:
+        raise ValueError(f"image_shape must be (C, H, W) or (T, C, H, W) with positive sizes, got {tuple(image_shape)}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     groups = config.groups
-    H, W = int(image_shape[1]), int(image_shape[2])
+    H, W = int(image_shape[-2]), int(image_shape[-1])
     per_image = config.share != "batch"
     n = int(batch_size) if per_image else 1
     dev = generator.device
@@ -391,9 +397,19 @@ _APPLY = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip,
 
 
 def apply_dsa(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
-    """Apply ``draw`` to ``x`` [B, C, H, W]; differentiable w.r.t. ``x``."""
+    """Apply ``draw`` to ``x`` [B, C, H, W]; differentiable w.r.t. ``x``.
+
+    Clips ``x`` [B, T, C, H, W] are augmented consistently: every frame of clip i gets clip i's
+    parameters (the same flip, crop, rotation, colour change ...), so motion is left as it was.
+    """
+    if x.dim() == 5:
+        b, t = x.shape[:2]
+        if draw.per_image and draw.n != b:
+            raise ValueError(f"per-clip DSA draw holds {draw.n} clips, batch has {b}")
+        frames = select_draw(draw, torch.arange(b).repeat_interleave(t)) if draw.per_image else draw
+        return apply_dsa(x.reshape(b * t, *x.shape[2:]), frames).view(x.shape)
     if x.dim() != 4:
-        raise ValueError(f"apply_dsa expects a [B, C, H, W] batch, got shape {tuple(x.shape)}")
+        raise ValueError(f"apply_dsa expects a [B, C, H, W] batch or [B, T, C, H, W] clips, got shape {tuple(x.shape)}")
     if tuple(x.shape[2:]) != tuple(draw.image_size):
         raise ValueError(f"DSA draw was sampled for images of size {draw.image_size}, "
                          f"got {tuple(x.shape[2:])}")

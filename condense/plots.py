@@ -15,9 +15,13 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
     """Save a PNG with one row per class and up to ``max_per_class`` images per row (one image per
     class: the classes side by side, five to a row, each titled).
 
-    pixels: [N, C, H, W] in [0, 1] (C = 1 or 3); classes: int64 [N].
+    pixels: [N, C, H, W] in [0, 1] (C = 1 or 3), or clips [N, T, C, H, W], each shown as a filmstrip
+    (its frames left to right); classes: int64 [N].
     """
     from matplotlib.figure import Figure
+
+    if pixels.ndim == 5:
+        pixels = filmstrips(pixels)
 
     num_classes = int(classes.max()) + 1 if classes.numel() else 0
     rows = [torch.nonzero(classes == c).flatten()[:max_per_class] for c in range(num_classes)]
@@ -48,6 +52,16 @@ def save_grid(pixels: torch.Tensor, classes: torch.Tensor, path: str | os.PathLi
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - title_in / height))
     return write_figure(path, fig, dpi=100)
+
+
+def filmstrips(clips: torch.Tensor, gap: int = 1) -> torch.Tensor:
+    """Clips [N, T, C, H, W] -> images [N, C, H, T (W + gap) - gap]: the frames side by side, ``gap``
+    white columns between them."""
+    n, t, c, h, w = clips.shape
+    strip = torch.ones(n, c, h, t * (w + gap) - gap, dtype=clips.dtype, device=clips.device)
+    for k in range(t):
+        strip[..., k * (w + gap):k * (w + gap) + w] = clips[:, k]
+    return strip
 
 
 def _save_one_per_class(pixels: torch.Tensor, first: list[int], path, class_names, title: str) -> Path:

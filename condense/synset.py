@@ -18,6 +18,12 @@ learning rate, the full configuration and provenance. Layout (docs/FORMATS.md):
     /compensated/ attrs: groups G, members M; datasets base [G, K, C, H, W], compensators
                  [G, M, C, H, W]: INFER's stored form, written instead of /images (format
                  version 2; :mod:`condense.compensators`), the instances expanded on load
+    /memory/     attrs: group g, frames T; datasets statics [K, S, C, H, W] and, unless the set
+                 is static-only, dynamics [K, S, T, 1, H, W], weight [C, C + 1, 3, 3, 3], bias [C]:
+                 a video set's stills, dynamic memories and integrator, written instead of
+                 /images (format version 3; :mod:`condense.video_memory`), the clips expanded on load
+
+A video set's images are clips: /images is [N, T, C, H, W] and image_shape [T, C, H, W].
     /transform/  attrs: kind ("normalize" | "zca" | "none"), mean, std, eps, key;
                  datasets zca_mean [D], zca_whiten [D, D], zca_unwhiten [D, D] for ZCA
 
@@ -40,6 +46,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .compensators import Compensated
+from .video_memory import VideoMemory
 from .texture import texture_of
 from .codecs import LabelContext, decode_labels, encode_labels, parse_codec, split_bytes
 from .data.transform import TRANSFORM_KINDS, PixelTransform
@@ -49,7 +56,7 @@ from .runtime.files import attr, dataset, json_attr, read_h5, write_h5
 from .version import __version__
 
 FORMAT_NAME = "condense.synset"
-FORMAT_VERSION = 2  # 2: /compensated (a set of plain images is still written as version 1)
+FORMAT_VERSION = 3  # 2: /compensated; 3: /memory (a set of plain images is still written as version 1)
 
 LABEL_KINDS = {"hard": "ce", "probabilities": "kl", "logits": "kl", "regression": "mse"}
 LABEL_LOSSES = ("ce", "kl", "mse")
@@ -124,6 +131,8 @@ class SynSet:
     # INFER's stored form of ``images`` (base images + compensators); written instead of the
     # images as long as it still expands to them exactly
     compensated: Compensated | None = field(default=None, repr=False, compare=False)
+    # a video set's stored form (stills + dynamic memories + integrator), written likewise
+    memory: VideoMemory | None = field(default=None, repr=False, compare=False)
 
     @property
     def ipc(self) -> int:
@@ -131,8 +140,13 @@ class SynSet:
         return int(self.images.shape[0]) // int(self.num_classes)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of an image, (T, C, H, W) of a video set's clip."""
+        return tuple(int(s) for s in self.images.shape[1:])
+
+    @property
+    def is_video(self) -> bool:
+        return self.images.ndim == 5
 
     @property
     def texture(self) -> tuple[tuple[int, int], int] | None:
@@ -140,8 +154,8 @@ class SynSet:
         return texture_of(self.data)
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of what a network trains on: the images, or a texture's crops."""
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) (clips: (T, C, H, W)) of what a network trains on: the images, or a texture's crops."""
         t = self.texture
         return self.image_shape if t is None else (self.image_shape[0], *t[0])
 
@@ -158,6 +172,8 @@ class SynSet:
         """How a title names the set's size: 'IPC 10', 'IPC 10 (24 instances per class)' (INFER),
         'IPC 1 textures (4 images' storage per class)'."""
         budget = self.budget_ipc
+        if self.is_video:
+            return f"VPC {budget}" + ("" if budget == self.ipc else f" ({self.ipc} clips per class)")
         if self.texture is not None:
             return f"IPC {self.ipc} textures ({budget} images' storage per class)"
         if budget != self.ipc:
@@ -165,7 +181,11 @@ class SynSet:
         return f"IPC {self.ipc}"
 
     def image_bytes(self) -> int:
-        """Bytes of the stored images (float32): the images, or INFER's base images + compensators."""
+        """Bytes of the stored images (float32): the images, INFER's base images + compensators, or a
+        video set's stills + dynamic memories + integrator."""
+        m = self.stored_memory()
+        if m is not None:
+            return 4 * m.stored_numbers
         c = self.stored_compensated()
         return 4 * (int(self.images.numel()) if c is None else c.stored_images * math.prod(self.image_shape))
 
@@ -176,6 +196,11 @@ class SynSet:
             return None
         return c if c.expands_to(self.images, self.classes, self.transform) else None
 
+    def stored_memory(self) -> VideoMemory | None:
+        """The video memory to write, if it still expands exactly to the clips."""
+        m = self.memory
+        return m if m is not None and m.expands_to(self.images, self.classes) else None
+
     @classmethod
     def hard(cls, images: torch.Tensor, classes: torch.Tensor, **kw: Any) -> "SynSet":
         """A set whose labels are its classes (hard labels)."""
@@ -185,8 +210,8 @@ class SynSet:
     def validate(self) -> None:
         """Raise FormatError unless shapes, classes and labels are mutually consistent."""
         self.label_spec.validate()
-        if self.images.ndim != 4:
-            raise FormatError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
+        if self.images.ndim not in (4, 5):
+            raise FormatError(f"images must be [N, C, H, W] (clips [N, T, C, H, W]), got shape {tuple(self.images.shape)}")
         n = int(self.images.shape[0])
         if n == 0:
             raise FormatError("the set holds no images")
@@ -209,14 +234,17 @@ class SynSet:
         t = self.transform
         if t.kind not in TRANSFORM_KINDS:
             raise FormatError(f"unknown pixel transform {t.kind!r}")
-        if t.kind == "normalize" and not (len(t.mean) == len(t.std) == self.image_shape[0]):
-            raise FormatError(f"normalisation has {len(t.mean)} means and {len(t.std)} stds for {self.image_shape[0]} channels")
+        channels = self.image_shape[-3]
+        if t.kind == "normalize" and not (len(t.mean) == len(t.std) == channels):
+            raise FormatError(f"normalisation has {len(t.mean)} means and {len(t.std)} stds for {channels} channels")
         if t.kind == "zca" and (t.zca is None or t.zca.dim != self.images[0].numel()):
             raise FormatError("the ZCA transform does not fit the images' size")
         try:
             texture = self.texture
         except (KeyError, TypeError, ValueError):
             raise FormatError("its texture record is malformed (crop [h, w] and samples)") from None
+        if texture is not None and self.is_video:
+            raise FormatError("a texture record on a set of clips (textures are images)")
         if texture is not None:
             (h, w), samples = texture
             if not (0 < h <= self.image_shape[1] and 0 < w <= self.image_shape[2] and 0 < samples <= 1024):
@@ -343,15 +371,22 @@ def _json(obj: Any) -> str:
 
 
 def _write(s: SynSet, f: Any) -> None:
-    compensated = s.stored_compensated()
+    compensated, memory = s.stored_compensated(), s.stored_memory()
     f.attrs.update({
-        "format": FORMAT_NAME, "version": 1 if compensated is None else 2, "method": s.method,
+        "format": FORMAT_NAME, "version": 3 if memory is not None else 1 if compensated is None else 2,
+        "method": s.method,
         "dataset": s.dataset, "ipc": s.ipc, "num_classes": s.num_classes,
         "image_shape": list(s.image_shape), "condense_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": _json(s.config), "provenance": _json(s.provenance), "data": _json(s.data),
     })
-    if compensated is None:
+    if memory is not None:
+        g = f.create_group("memory")
+        g.attrs.update({"group": memory.group, "frames": memory.frames})
+        for name in ("statics", "dynamics", "weight", "bias"):
+            if getattr(memory, name) is not None:
+                g.create_dataset(name, data=getattr(memory, name).detach().cpu().float().numpy())
+    elif compensated is None:
         f.create_dataset("images", data=s.images.detach().cpu().float().numpy())
     else:
         g = f.create_group("compensated")
@@ -420,7 +455,7 @@ def _read(f: Any, path: Path) -> SynSet:
     # The header fixes every array's shape; each is checked against it before it is read.
     num_classes, ipc = attr(f, "num_classes", int), attr(f, "ipc", int)
     image_shape = tuple(attr(f, "image_shape", list))
-    if num_classes < 1 or ipc < 1 or len(image_shape) != 3 or min(image_shape) < 1:
+    if num_classes < 1 or ipc < 1 or len(image_shape) not in (3, 4) or min(image_shape) < 1:
         raise FormatError(f"header declares {num_classes} classes, ipc {ipc}, images {list(image_shape)}")
     n = num_classes * ipc
     for name in ("labels", "transform"):
@@ -434,8 +469,11 @@ def _read(f: Any, path: Path) -> SynSet:
     spec.validate()
     shape = tuple(int(v) for v in attr(g, "shape", list))
     transform = read_transform(f["transform"], image_shape)
-    compensated = None
-    if "compensated" in f:
+    compensated = memory = None
+    if "memory" in f:
+        memory = _read_memory(f["memory"], num_classes, ipc, image_shape)
+        images, _ = memory.expand()
+    elif "compensated" in f:
         compensated = _read_compensated(f["compensated"], num_classes, ipc, image_shape)
         images, _ = compensated.expand(transform)
     else:
@@ -449,12 +487,37 @@ def _read(f: Any, path: Path) -> SynSet:
         lr=float(dataset(f, "lr", (), "f")) if "lr" in f else None,
         indices=torch.from_numpy(dataset(f, "indices", (n,), "iu", np.int64)) if "indices" in f else None,
         config=json_attr(f, "config", dict), provenance=json_attr(f, "provenance", dict),
-        data=json_attr(f, "data", dict), label_payload=payload, compensated=compensated,
+        data=json_attr(f, "data", dict), label_payload=payload, compensated=compensated, memory=memory,
     )
     s.validate()
     if compensated is not None and not torch.equal(s.classes, compensated.classes()):
         raise FormatError("the classes do not follow the compensated instances' class order")
+    if memory is not None and not torch.equal(s.classes, memory.classes()):
+        raise FormatError("the classes do not follow the video memory's class order")
     return s
+
+
+def _read_memory(g: Any, num_classes: int, ipc: int, image_shape: tuple[int, ...]) -> VideoMemory:
+    """The /memory group, its shapes checked against the header before anything is read."""
+    if len(image_shape) != 4:
+        raise FormatError(f"a video memory needs clips [T, C, H, W], the header declares {list(image_shape)}")
+    group, frames = attr(g, "group", int), attr(g, "frames", int)
+    t, c, h, w = image_shape
+    if group < 1 or frames != t:
+        raise FormatError(f"video memory of group {group} and {frames} frames for clips of {t} frames")
+    dynamic = "dynamics" in g
+    if dynamic and ipc % (group * group):
+        raise FormatError(f"{ipc} clips per class are not slots of {group} x {group} pairings")
+    stills = ipc // group if dynamic else ipc
+    read = lambda name, shape: torch.from_numpy(dataset(g, name, shape, "f", np.float32))  # noqa: E731
+    memory = VideoMemory(read("statics", (num_classes, stills, c, h, w)),
+                         read("dynamics", (num_classes, stills, t, 1, h, w)) if dynamic else None,
+                         read("weight", (c, c + 1, 3, 3, 3)) if dynamic else None,
+                         read("bias", (c,)) if dynamic else None, group, frames)
+    if not all(bool(torch.isfinite(x).all()) for x in (memory.statics, memory.dynamics, memory.weight, memory.bias)
+               if x is not None):
+        raise FormatError("the video memory contains NaN or Inf")
+    return memory
 
 
 def _read_compensated(g: Any, num_classes: int, ipc: int, image_shape: tuple[int, ...]) -> Compensated:

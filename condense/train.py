@@ -310,7 +310,7 @@ def evaluate(
     (seed, run) at a fixed thread count. ``history``, if given, receives the mean
     training loss of every epoch (learning curves); ``on_epoch`` is passed to :func:`train_model`.
     """
-    c, h, w = (int(s) for s in images.shape[1:])
+    c, h, w = (int(s) for s in images.shape[-3:])
     if texture is not None:  # the network sees the crops
         h, w = texture[0]
     model = build_net(arch, c, num_classes, (h, w), generator=generator(seed, run, 0, 0, STREAM_INIT)).to(device)

@@ -96,6 +96,20 @@ class Synthesis:
     batch_real: int = setting(256, "real images per class and iteration", gt=0, le=MAX_BATCH, unit="images")
 
 
+@part("matching")
+class Matching:
+    """Trajectory matching's student and expert window (tm; s2d --finetune tm)."""
+
+    syn_steps: int = setting(20, "student steps per iteration", gt=0, le=10_000)
+    expert_epochs: int = setting(2, "expert epochs matched, M", gt=0, le=10_000, unit="epochs")
+    min_start_epoch: int = setting(0, "lowest start epoch", ge=0)
+    max_start_epoch: int = setting(5, "start epochs are below this", gt=0)
+    batch_syn: int | None = setting(None, "synthetic images per student step (default: all, as MTT)", gt=0)
+    lr_lr: float = setting(1e-5, "learning rate of the learned step size (MTT's meaning; with --lr-param exp "
+                                 "the step of rho is lr_lr / lr_init^2)", gt=0)
+    lr_init: float | None = setting(None, "initial learned step size (default: the experts' lr)", gt=0)
+
+
 @part("augmentation")
 class Augmentation:
     """Differentiable siamese augmentation (condense.augment) and crops."""
@@ -152,4 +166,4 @@ class Recovery:
                                       "(default: 128 on a CPU, all on a GPU)", gt=0, unit="images")
 
 
-ALL = (Data, Committee, Run, Loop, Synthesis, Augmentation, Training, Evaluation, Workers, Recovery)
+ALL = (Data, Committee, Run, Loop, Synthesis, Matching, Augmentation, Training, Evaluation, Workers, Recovery)

@@ -43,7 +43,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from condense.data import lazy, readers
+from condense.data import lazy, readers, video
 from condense.data.cache import cache_dir
 from condense.data.subset import balanced_subset, stratified_split
 from condense.data.toy import make_toy
@@ -76,6 +76,7 @@ class DatasetInfo:
     source: str = ""
     train_size: int | None = None
     test_size: int | None = None
+    frames: int = 0  # T of a video dataset's clips [T, C, H, W]; 0: images
 
     def __post_init__(self) -> None:
         # Accept lists from user code but store tuples, so the info stays hashable and immutable.
@@ -92,18 +93,22 @@ class DatasetInfo:
             bad = f"class_names has {len(self.class_names)} names for {self.num_classes} classes"
         elif self.val_size < 0:
             bad = "val_size must be >= 0"
+        elif self.frames < 0:
+            bad = "frames must be >= 0 (0: an image dataset)"
         if bad:
             raise DataError(f"invalid DatasetInfo for {self.name!r}: {bad}")
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        return (self.channels, *self.image_size)
+    def shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image, (T, C, H, W) of one clip of a video dataset."""
+        frame = (self.channels, *self.image_size)
+        return (self.frames, *frame) if self.frames else frame
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A processed dataset: float32 images [N, C, H, W] in network space, int64 labels [N].
+    """A processed dataset: float32 images [N, C, H, W] (clips [N, T, C, H, W] for a video dataset)
+    in network space, int64 labels [N].
 
     ``transform`` maps network space to and from [0, 1] pixels; ``meta`` records everything needed
     to redo it (see the module docstring); ``zca`` is the fitted ZCA when ``zca=True``.
@@ -290,7 +295,7 @@ def _as_images(a: Any, what: str, info: DatasetInfo) -> torch.Tensor:
             raise DataError(f"{info.name}: {what} gives images {tuple(a.shape[1:])}, expected {info.shape}")
         return a
     t = torch.as_tensor(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else torch.as_tensor(a)
-    if tuple(t.shape[1:]) != info.shape or t.ndim != 4:
+    if tuple(t.shape[1:]) != info.shape or t.ndim != 1 + len(info.shape):
         raise DataError(f"{info.name}: {what} has shape {tuple(t.shape)}, expected [N, {', '.join(map(str, info.shape))}]")
     if t.dtype == torch.uint8:
         return t.to(torch.float32).div_(255.0)
@@ -375,6 +380,8 @@ def load_dataset(
     x_test, y_test = raw.x_test, raw.y_test
 
     fitted: ZCA | None = None
+    if zca and info.frames:
+        raise DataError(f"{info.name} holds clips; ZCA whitening is fitted on images only (use mean/std normalisation)")
     if zca and is_lazy:
         raise DataError(f"{info.name} is read from its files as needed; ZCA needs every training image in memory")
     if zca:
@@ -551,6 +558,84 @@ def _register_builtins() -> None:
         ),
         lambda root: make_toy(0), needs_files=False, locate=lambda root: True,
     )
+    _register_videos()
+
+
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+FRAMES_SUFFIX = "-frames"
+
+
+def register_frames(name: str) -> None:
+    """Register ``<name>-frames``: one frame of every clip of the video dataset ``name`` (same splits,
+    classes and normalisation), the image dataset a video set's static memory is learned on."""
+    entry = _lookup(name)
+    info = entry.info
+
+    def load(root: Path) -> tuple:
+        out = list(entry.loader(root))
+        out[0], out[2] = video.single_frames(out[0], 0), video.single_frames(out[2], 1)
+        return tuple(out)
+
+    register_dataset(name + FRAMES_SUFFIX, replace(info, name=name + FRAMES_SUFFIX, frames=0,
+                                                   source=f"one frame of every clip of {name}"),
+                     load, default_root=entry.default_root, locate=entry.locate, downloader=entry.downloader,
+                     needs_files=entry.needs_files, expects=entry.expects, replace_existing=True)
+
+
+def _register_videos() -> None:
+    load_fashion, locate_fashion = _idx_loader("FashionMNIST")
+    register_dataset(
+        "moving-fashion",
+        DatasetInfo("moving-fashion", 10, 3, (16, 16), (0.0829, 0.0822, 0.0814), (0.1731, 0.1716, 0.1701),
+                    video.moving_names(video.FASHION_NAMES), 500,
+                    "generated from Fashion-MNIST: 5 garments x 2 directions of motion, 8 frames of 16 x 16 "
+                    "(condense.data.video)", 5000, 1000, frames=video.MOVING_FRAMES),
+        lambda root: video.make_moving_fashion(*load_fashion(root)[:4]), default_root=FASHION_MNIST_ROOT,
+        locate=locate_fashion, downloader=_torchvision_idx_download("FashionMNIST"), expects=_IDX_EXPECTS,
+    )
+    register_dataset(
+        "moving-toy",
+        DatasetInfo("moving-toy", 4, 3, (12, 12), (0.1526, 0.0689, 0.1339), (0.1975, 0.0894, 0.1877),
+                    video.moving_names(("pattern-0", "pattern-1")), 8,
+                    "generated from toy's patterns: 2 patterns x 2 directions, 8 frames of 12 x 12", 96, 48,
+                    frames=video.MOVING_FRAMES),
+        lambda root: video.make_moving_toy(0), needs_files=False, locate=lambda root: True,
+    )
+    for name, classes, csv_name, source, sizes in (
+        ("miniucf101", 50, "ucf50_splits1.csv", "miniUCF101: 50 UCF101 classes of split 1", (4662, 1861)),
+        ("hmdb51", 51, "hmdb51_splits.csv", "HMDB51, every clip (test: 30 per class)", (5236, 1530)),
+    ):
+        register_dataset(
+            name,
+            DatasetInfo(name, classes, 3, (112, 112), *_IMAGENET_STATS, (), 250,
+                        f"{source}, frame folders jpegs_112/<video>/frame%06d.jpg, 16 frames (stride 4)", *sizes,
+                        frames=16),
+            (lambda c, n: lambda root: video.read_split_csv(root, c, "jpegs_112", n, frames=16, stride=4, size=112))(
+                csv_name, name),
+            locate=(lambda c: lambda root: video.find_file(root, c) and (root / "jpegs_112").is_dir())(csv_name),
+            expects=f"{csv_name} and jpegs_112/<folder_name>/frame000001.jpg, ...",
+        )
+    register_dataset(
+        "kinetics-400",
+        DatasetInfo("kinetics-400", 400, 3, (64, 64), *_IMAGENET_STATS, (), 5000,
+                    "Kinetics-400 frame folders, 8 frames of 64 x 64; the val split serves as the test set",
+                    frames=8),
+        lambda root: video.read_kinetics(root), locate=lambda root: video.find_file(root, "train.csv", "validate.csv"),
+        expects="train.csv, validate.csv, train/<youtube_id>_<start>_<end>/ and val/... with 8 frames each",
+    )
+    register_dataset(
+        "ssv2",
+        DatasetInfo("ssv2", 174, 3, (64, 64), *_IMAGENET_STATS, (), 5000,
+                    "Something-Something V2 frame folders, 8 frames of 64 x 64; the val split serves as the test set",
+                    168913, 24777, frames=8),
+        lambda root: video.read_ssv2(root),
+        locate=lambda root: video.find_file(root, "annot_train.json", "annot_val.json", "class_list.json"),
+        expects="annot_train.json, annot_val.json, class_list.json and frame/<id>/ with 8 frames each",
+    )
+    for name in ("moving-fashion", "moving-toy", "miniucf101", "hmdb51", "kinetics-400", "ssv2"):
+        register_frames(name)
 
 
 _register_builtins()

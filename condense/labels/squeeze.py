@@ -60,7 +60,7 @@ def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, pro
         print(f"{cfg.out}: already trained with these settings")
         return done
     ds = load_dataset(cfg.dataset, cfg.data_root, zca=cfg.zca, limit_train=cfg.limit_train)
-    c, h, w = ds.info.shape
+    c, (h, w) = ds.info.channels, ds.info.image_size
     try:
         net = build_net(arch, c, ds.info.num_classes, (h, w), generator=generator(cfg.seed, 0, 0, 0, STREAM_INIT))
     except CondenseError as e:

@@ -85,6 +85,7 @@ def _register_builtins() -> None:
     from .gm import GMConfig, run_gm
     from .infer import InferConfig, run_infer
     from .rded import RDEDConfig, run_rded
+    from .s2d import S2DConfig, run_s2d
     from .sre2l import SRe2LConfig, run_sre2l
     from .tm import TMConfig, run_tm
 
@@ -102,6 +103,9 @@ def _register_builtins() -> None:
                                 "real images plus inter-class feature compensators learnt from teachers (INFER)"))
     register_method(MethodEntry("rded", RDEDConfig, run_rded,
                                 "teacher-scored real crops stitched factor x factor (RDED)"))
+    register_method(MethodEntry("s2d", S2DConfig, run_s2d,
+                                "video: stills + learned dynamic memory and integrator (static/dynamic "
+                                "disentanglement; --finetune dm|tm|none)"))
     for name, summary in (("random", "class-balanced random real images"),
                           ("herding", "herding in a briefly trained network's embedding space"),
                           ("kcenter", "greedy k-center in the same space")):

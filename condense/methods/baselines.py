@@ -84,7 +84,7 @@ def select(selection: str, ds, cfg: BaselineConfig, device: torch.device) -> tor
     counts = torch.bincount(ds.y_train, minlength=ds.info.num_classes)
     if int(counts.min()) < cfg.ipc:
         raise ConfigError(f"--ipc {cfg.ipc} exceeds the smallest class ({int(counts.min())} images)")
-    c, h, w = ds.info.shape
+    c, (h, w) = ds.info.channels, ds.info.image_size
     model = build_net(cfg.arch, c, ds.info.num_classes, (h, w),
                       generator=generator(cfg.seed, 0, 0, 0, STREAM_INIT)).to(device)
     if cfg.embed_epochs:

@@ -125,7 +125,7 @@ class MatchingBase(ImageSynthesizer):
 
     def network(self, it: int):
         """The randomly initialised, frozen network of iteration ``it`` (train mode, as the reference)."""
-        c, h, w = self.ds.info.shape
+        c, (h, w) = self.ds.info.channels, self.ds.info.image_size
         net = build_net(self.arch, c, self.ds.info.num_classes, (h, w),
                         generator=generator(self.cfg.seed, it, STREAM_NET)).to(self.device)
         for p in net.parameters():
@@ -142,14 +142,16 @@ class MatchingBase(ImageSynthesizer):
         """The DSA draw class ``c`` shares between its real and synthetic batch at iteration ``it``."""
         if self.dsa is None:
             return None
-        return sample_dsa(self.dsa, 1, tuple(self.images.shape[1:]), generator(self.cfg.seed, it, c, STREAM_DSA))
+        return sample_dsa(self.dsa, 1, tuple(self.ds.info.shape), generator(self.cfg.seed, it, c, STREAM_DSA))
 
-    def batches(self, it: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per class: (augmented real batch, augmented synthetic images), one DSA draw for both."""
-        cfg, reals, syns = self.cfg, [], []
+    def batches(self, it: int, images: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per class: (augmented real batch, augmented synthetic images), one DSA draw for both.
+        ``images``: the synthetic set in class order (default: ``self.images``)."""
+        images = self.images if images is None else images
+        reals, syns, per = [], [], len(images) // len(self.members)
         for c in range(len(self.members)):
             real = self.x_train[self.real_indices(it, c).to(self.device)]
-            syn = self.images[c * cfg.ipc:(c + 1) * cfg.ipc]
+            syn = images[c * per:(c + 1) * per]
             draw = self.draw(it, c)
             if draw is not None:
                 real, syn = apply_dsa(real, draw), apply_dsa(syn, draw)

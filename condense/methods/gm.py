@@ -95,7 +95,7 @@ class GradientMatching(ImageSynthesizer):
         """All outer rounds of iteration ``it``: earlier rounds step the images here (DC takes
         one image step per round); the last round's gradient is left for the loop's guarded
         step. A non-finite round ends the iteration with loss nan, so the loop skips it."""
-        cfg, k, (c_, h, w) = self.cfg, self.ds.info.num_classes, self.ds.info.shape
+        cfg, k, c_, (h, w) = self.cfg, self.ds.info.num_classes, self.ds.info.channels, self.ds.info.image_size
         net = build_net(cfg.arch, c_, k, (h, w), generator=generator(cfg.seed, it, 0, 0, STREAM_INIT)).to(self.device)
         params = list(net.parameters())
         total = 0.0

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..augment import DSAConfig, sample_dsa
 from ..config import configclass, setting
-from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
+from ..config.parts import Augmentation, Data, Loop, Matching, Run, Synthesis
 from ..data import load_dataset
 from ..runtime.errors import ConfigError, FormatError
 from ..nets import FlatLayout, build_net, functional_call
@@ -54,7 +54,7 @@ STREAM_PERTURB, STREAM_TEXTURE = 3, 4
 TEXTURE_SAMPLES = 1  # crops of every canvas per student step (MTT's --canvas_samples default)
 
 
-@configclass(Data, Run, Loop, Synthesis, Augmentation, part="tm",
+@configclass(Data, Run, Loop, Synthesis, Matching, Augmentation, part="tm",
              # dataset, arch, normalisation and ZCA are the experts': the store says them
              drop=("dataset", "arch", "val_size", "zca", "teacher", "batch_real", "min_scale", "flip"),
              defaults={"iters": 500, "lr_img": 100.0, "out": "runs/tm.h5"},
@@ -65,14 +65,6 @@ TEXTURE_SAMPLES = 1  # crops of every canvas per student step (MTT's --canvas_sa
                             "(the expert's most confident) or kmeans (AST's representative init)"},
              choices={"init": INITS})
 class TMConfig:
-    syn_steps: int = setting(20, "student steps per iteration", gt=0, le=10_000)
-    expert_epochs: int = setting(2, "expert epochs matched, M", gt=0, le=10_000, unit="epochs")
-    min_start_epoch: int = setting(0, "lowest start epoch", ge=0)
-    max_start_epoch: int = setting(5, "start epochs are below this", gt=0)
-    batch_syn: int | None = setting(None, "synthetic images per student step (default: all, as MTT)", gt=0)
-    lr_lr: float = setting(1e-5, "learning rate of the learned step size (MTT's meaning; with --lr-param exp "
-                                 "the step of rho is lr_lr / lr_init^2)", gt=0)
-    lr_init: float | None = setting(None, "initial learned step size (default: the experts' lr)", gt=0)
     lr_param: str | None = setting(None, "the learned step size as exp(rho) (default: exp, positive by "
                                          "construction) or itself (direct: MTT)", choices=LR_PARAMS)
     student_momentum: float | None = setting(None, "SGD momentum of the student's steps (default 0: MTT; AST: 0.9)",
@@ -153,7 +145,7 @@ class TrajectoryMatching:
     def __init__(self, cfg: TMConfig, store, ds, device: torch.device):
         self.cfg, self.store, self.ds, self.device = cfg, store, ds, device
         self.arch = arch = store.meta["arch"]
-        c, h, w = ds.info.shape
+        c, (h, w) = ds.info.channels, ds.info.image_size
         self.net = build_net(arch, c, ds.info.num_classes, (h, w), generator=generator(cfg.seed, 0)).to(device)
         FlatLayout.of(self.net).check_compatible(store.layout)
         self.conv_slices = [(o, o + math.prod(sh)) for o, sh in zip(store.layout.offsets, store.layout.shapes)
@@ -211,12 +203,9 @@ class TrajectoryMatching:
         pick = generator(cfg.seed, it, 0, STREAM_PICK)
         expert = int(torch.randint(len(store), (1,), generator=pick))
         s = int(torch.randint(cfg.min_start_epoch, self.window(it), (1,), generator=pick))
-        steps, chunks = [], []
-        for t in range(n):
-            if not chunks:
-                perm = torch.randperm(size, generator=generator(cfg.seed, it, t, STREAM_ORDER))
-                chunks = list(perm.split(cfg.batch_syn or size))
-            idx = chunks.pop().to(dev)
+        steps = []
+        for t, idx in enumerate(student_batches(cfg.seed, it, n, size, cfg.batch_syn)):
+            idx = idx.to(dev)
             views, shape, crops = len(idx), tuple(self.images.shape[1:]), None
             if self.crop is not None:  # textures: a crop of every canvas, wrapping at the edges (MTT's 1 sample)
                 views, shape = TEXTURE_SAMPLES * len(idx), (shape[0], *self.crop)
@@ -324,6 +313,17 @@ class TrajectoryMatching:
             labels = self._expert_label_logits(images.to(self.device)) if self.refreshes_labels else self.labels
             s = s.with_labels(labels.detach().cpu().clone(), LabelSpec(kind="logits", loss="kl", temperature=1.0))
         return s
+
+
+def student_batches(seed: int, it: int, steps: int, size: int, batch: int | None) -> list[torch.Tensor]:
+    """The indices into a set of ``size`` of each of ``steps`` student steps at iteration ``it``: MTT's
+    batches of ``batch`` (None: all), a fresh permutation whenever the last is used up, popped from its end."""
+    out, chunks = [], []
+    for t in range(steps):
+        if not chunks:
+            chunks = list(torch.randperm(size, generator=generator(seed, it, t, STREAM_ORDER)).split(batch or size))
+        out.append(chunks.pop())
+    return out
 
 
 def canvases(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int, init: str, seed: int,

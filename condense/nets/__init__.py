@@ -6,13 +6,14 @@
     layout = nets.FlatLayout.of(net)            # MTT buffer order for the ConvNet
     logits = nets.functional_call(net, layout.flatten(net), x)
 
-Built-in architectures: ``convnet`` (``convnet-circular``: circular padding), ``resnet18`` (``resnet18-imagenet``: torchvision's stem), ``vgg11``, ``alexnet``, ``mlp``, ``mobilenetv2``, ``efficientnet-b0`` (torchvision's)
+Built-in architectures: ``convnet`` (``convnet-circular``: circular padding), ``resnet18`` (``resnet18-imagenet``: torchvision's stem), ``vgg11``, ``alexnet``, ``mlp``, ``mobilenetv2``, ``efficientnet-b0`` (torchvision's);
+for clips [B, T, C, H, W]: ``convnet3d`` and ``convnet-frames``
 (see their modules for options and the choices made); add your own with
 :func:`register_arch`.
 """
 from __future__ import annotations
 
-from condense.nets import alexnet, convnet, mlp, mobile, resnet, vgg
+from condense.nets import alexnet, convnet, mlp, mobile, resnet, vgg, video
 from condense.nets.base import Net
 from condense.nets.flat import FlatLayout, functional_call
 from condense.nets.specs import ArchSpec, available_archs, build_net, parse_arch, parse_arch_flag, register_arch
@@ -36,3 +37,6 @@ for _name, _module, _factory in (
 ):
     register_arch(_name, _factory, _module.DEFAULTS, choices=_module.CHOICES, overwrite=True)
 del _name, _module, _factory
+register_arch("convnet3d", video.build_convnet3d, video.CONVNET3D_DEFAULTS, choices=video.CONVNET3D_CHOICES,
+              overwrite=True)
+register_arch("convnet-frames", video.build_convnet_frames, convnet.DEFAULTS, choices=convnet.CHOICES, overwrite=True)
