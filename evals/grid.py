@@ -168,7 +168,7 @@ def _check_split(ds, cfg: EvalConfig) -> None:
 
 def _check_arch(arch: str, ds) -> None:
     """ArchError -> one-line ConfigError now, not a failure in every job later."""
-    c, h, w = ds.info.shape
+    c, (h, w) = ds.info.channels, ds.info.image_size
     try:
         build_net(arch, c, ds.info.num_classes, (h, w))
     except CondenseError as e:

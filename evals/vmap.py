@@ -372,7 +372,7 @@ def train_stacked(images: torch.Tensor, labels: torch.Tensor, arch: str, protoco
     if label_spec is not None and label_spec.view_mode == "per-view":
         per = 1  # the stacked loop draws per-model DSA; per-view labels train one run at a time
     eval_per = len(runs) if max_stack is None else max(1, min(len(runs), int(max_stack)))
-    c, h, w = (int(s) for s in images.shape[1:])
+    c, h, w = (int(s) for s in images.shape[-3:])
     base_lr = protocol.lr or lr or DEFAULT_LR
     x, y = images.to(device), labels.to(device)
     accs: list[float] = []

@@ -142,7 +142,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
                 train_teacher(step, device, progress=bars)
                 teachers[name] = step.out
             elif kind == "synth":
-                sets[name] = _synth(method, step, out, stores, teachers, device, note, bars)
+                sets[name] = _synth(method, step, out, stores, teachers, sets, device, note, bars)
             elif kind == "labels":
                 from condense.labels.run import run_labels
 
@@ -203,14 +203,16 @@ def _log_step(out: Path, name: str, seconds: float, cpu_seconds: float, peak: Pe
     append_line(out / "steps.jsonl", json.dumps(row))
 
 
-def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[str, str], device: torch.device,
-           note, bars) -> str:
+def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[str, str], sets: dict[str, str],
+           device: torch.device, note, bars) -> str:
     """Run one synthesis step; returns the set's path (and writes its PNG grid beside it)."""
     from condense.methods import get_method, runner
     from condense.plots import save_set_grid
 
     step.out = _under(out, None if step.out == _default(step, "out") else step.out, f"{method}_ipc{step.ipc}.h5")
-    if hasattr(step, "trajectories"):
+    if hasattr(step, "static"):  # s2d: its static memory is a synth step run before it, or a file
+        step.static = sets.get(step.static, step.static)
+    if hasattr(step, "trajectories") and getattr(step, "finetune", "tm") == "tm":  # s2d reads experts only for tm
         if step.trajectories is None or step.trajectories == _default(step, "trajectories"):
             if not stores:
                 raise ConfigError(f"the {method} step needs trajectories: put a buffer step before it")
