@@ -86,7 +86,7 @@ def presets_block(names: list[str]) -> str:
         sections = set(data) - {"description", "source"}
         if "run" in sections:
             kind = "run"
-        elif sections == {"synth"}:
+        elif sections in ({"synth"}, {"synth", "eval"}):  # a method's preset, with its evaluation or without
             kind = data["synth"].get("method")
         else:
             kind = next(iter(sections)) if len(sections) == 1 else None
