@@ -336,3 +336,22 @@ def test_video_sets_are_evaluated_through_the_harness(static, tmp_path):
     assert {r["method"] for r in rows} == {"s2d", "random"} and rows[0]["storage_bytes"]["images"] == \
         s.storage_bytes()["images"]
     assert main(["eval", str(tmp_path / "s2d.h5"), "--arch", "convnet:width=8", "--epochs", "1", "--runs", "1"]) != 0
+
+
+def test_a_pipeline_names_an_s2d_steps_static_memory(tmp_path):
+    from condense.workflows.pipeline import RunConfig, run_pipeline
+
+    preset = tmp_path / "video.yaml"
+    preset.write_text(f"""
+description: tiny video pipeline
+source: tests
+run: {{steps: [synth-stills, synth-s2d, eval], out: {tmp_path / 'run'}}}
+synth-stills: {{method: dm, dataset: moving-toy-frames, arch: "convnet:width=8,depth=2", ipc: 2, iters: 2, batch_real: 4}}
+synth-s2d: {{method: s2d, static: synth-stills, dataset: moving-toy, arch: "{NET3D}", ipc: 1, iters: 2, batch_real: 4}}
+eval: {{sets: [synth-s2d], archs: ["{NET3D}"], runs: 1, epochs: 1, dsa: false}}
+""")
+    doc = run_pipeline(str(preset), RunConfig(steps=["synth-stills", "synth-s2d", "eval"], out=str(tmp_path / "run")),
+                       note=lambda m: None, bars=False)
+    s = load_synset(tmp_path / "run" / "s2d_ipc1.h5")
+    assert s.memory is not None and s.provenance["static"] == str(tmp_path / "run" / "dm_ipc2.h5")
+    assert {r["method"] for r in doc["results"]} == {"s2d", "random"}

@@ -24,7 +24,7 @@ def handle(args: argparse.Namespace) -> int:
         info = dataset_info(name)
         root = f"{args.data_root}/{name}" if args.data_root else None
         ok, where = available(name, root)
-        shape = f"{info.channels}x{info.image_size[0]}x{info.image_size[1]}"
+        shape = "x".join(str(s) for s in info.shape)  # T x C x H x W for clips
         sizes = f"{info.train_size}/{info.test_size}"
         rows.append((name, str(info.num_classes), shape, sizes, "yes" if ok else "no", where))
     header = ("dataset", "classes", "shape", "train/test", "found", "where / why not")

@@ -89,7 +89,10 @@ def handle(args: argparse.Namespace) -> int:
     out = Path(s.config["out"])
     iters = (s.provenance or {}).get("iteration")
     stored = "" if s.compensated is None else f", stored as {s.compensated.stored_images} images"
-    print(f"wrote {out}: {s.images.shape[0]} images ({s.ipc} per class{stored}"
+    if s.memory is not None:
+        stored = (f", stored as {s.memory.statics.shape[1]} stills" + ("" if s.memory.dynamics is None else
+                  f" + {s.memory.dynamics.shape[1]} dynamic memories") + " per class")
+    print(f"wrote {out}: {s.images.shape[0]} {'clips' if s.is_video else 'images'} ({s.ipc} per class{stored}"
           + (f", {iters} iterations)" if iters is not None else ")") + (f", learned lr {s.lr:.4g}" if s.lr else "")
           + f"; grid {out.with_suffix('.png')}")
     return 0

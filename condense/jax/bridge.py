@@ -19,6 +19,15 @@ def to_jax(t: torch.Tensor, dtype=None) -> jax.Array:
     return jnp.asarray(t.detach().cpu().numpy(), dtype=dtype)
 
 
+def image_shape(ds) -> tuple[int, int, int]:
+    """(C, H, W) of an image dataset; one ConfigError line for clips, which the JAX backend does not take."""
+    from ..runtime.errors import ConfigError
+
+    if ds.info.frames:
+        raise ConfigError(f"the JAX backend distils images; {ds.info.name} holds clips (use --backend torch)")
+    return tuple(ds.info.shape)
+
+
 def versions() -> str:
     """What a JAX-made set records as its backend in provenance."""
     import optax

@@ -26,7 +26,7 @@ from ..methods.dm import DMConfig, MatchingBase, load_for
 from ..nets import FlatLayout
 from ..synset import SynSet
 from .augment import Draw, apply_dsa, from_torch
-from .bridge import mark_jax, to_jax, to_torch
+from .bridge import image_shape, mark_jax, to_jax, to_torch
 from .nets import JaxNet, build_jax_net
 from .optim import sgd
 
@@ -83,7 +83,7 @@ class JaxDistributionMatching(MatchingBase):
 
     def __init__(self, cfg: DMConfig, ds):
         super().__init__(cfg, ds, torch.device("cpu"))  # the torch side only samples and holds state
-        c, h, w = ds.info.shape
+        c, h, w = image_shape(ds)
         self.twin = build_jax_net(self.arch, c, ds.info.num_classes, (h, w))
         self.opts = {"images": sgd([self.images], cfg.lr_img, momentum=0.5)}
         self.x_train_jax = to_jax(ds.x_train)

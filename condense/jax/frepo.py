@@ -75,7 +75,7 @@ from ..methods.loop import ImageSynthesizer
 from ..nets import FlatLayout, build_net, parse_arch
 from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
-from .bridge import mark_jax, to_jax, to_torch
+from .bridge import image_shape, mark_jax, to_jax, to_torch
 from .nets import JaxNet, build_jax_net
 from .optim import OptaxOptimizer
 
@@ -182,7 +182,7 @@ class FRePo(ImageSynthesizer):
         cfg.validate()
         self.cfg, self.ds = cfg, ds
         self.arch = str(parse_arch(cfg.arch))
-        k, (c, h, w) = ds.info.num_classes, ds.info.shape
+        k, (c, h, w) = ds.info.num_classes, image_shape(ds)
         sizes = [int((ds.y_train == i).sum()) for i in range(k)]
         if cfg.ipc > min(sizes):
             raise ConfigError(f"--ipc {cfg.ipc} exceeds the smallest class of {cfg.dataset} ({min(sizes)} images)")
@@ -209,7 +209,7 @@ class FRePo(ImageSynthesizer):
 
     def fresh_network(self, *keys: int) -> jax.Array:
         """A flat parameter vector [D] initialised by torch's initialiser from generator(*keys)."""
-        c, h, w = self.ds.info.shape
+        c, h, w = image_shape(self.ds)
         net = build_net(self.arch, c, self.ds.info.num_classes, (h, w), generator=generator(*keys))
         layout = FlatLayout.of(net)
         self.twin.layout.check_compatible(layout)

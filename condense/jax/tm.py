@@ -46,7 +46,7 @@ from ..methods.tm import TMConfig, TrajectoryMatching, open_store_for
 from ..methods.tm_math import Step, Target
 from ..synset import SynSet
 from .augment import Draw, apply_dsa, from_torch, stack
-from .bridge import mark_jax, to_jax, to_torch
+from .bridge import image_shape, mark_jax, to_jax, to_torch
 from .nets import JaxNet, build_jax_net
 from .optim import sgd
 
@@ -229,7 +229,7 @@ class JaxTrajectoryMatching(TrajectoryMatching):
         if unsupported:
             raise ConfigError(f"{unsupported[0]} is not in the JAX backend of tm; use --backend torch")
         super().__init__(cfg, store, ds, torch.device("cpu"))  # the torch side plans and holds state
-        c, h, w = ds.info.shape
+        c, h, w = image_shape(ds)
         self.twin = build_jax_net(self.arch, c, ds.info.num_classes, (h, w))
         self.twin.layout.check_compatible(store.layout)
         learned = cfg.labels == "learned"
