@@ -109,7 +109,6 @@ def pairing(slots: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
 def compose(statics: torch.Tensor, dynamics: torch.Tensor | None, weight: torch.Tensor | None,
             bias: torch.Tensor | None, group: int, frames: int) -> torch.Tensor:
     """All clips of a memory [K · per_class, T, C, H, W] (differentiable in every argument)."""
-    k = statics.shape[0]
     if dynamics is None:
         return statics.flatten(0, 1).unsqueeze(1).expand(-1, frames, -1, -1, -1).contiguous()
     si, di = pairing(statics.shape[1] // group, group)

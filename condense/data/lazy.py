@@ -86,7 +86,7 @@ class LazyImages:
 
     @property
     def ndim(self) -> int:
-        return 4
+        return len(self.shape)
 
     dtype = torch.float32
 
@@ -102,6 +102,10 @@ class LazyImages:
         """These images in ``transform``'s network space."""
         return LazyImages(self.files, self.size, self.resize, self.name, transform, self.threads)
 
+    def read_item(self, i: int) -> np.ndarray:
+        """Item i as uint8 ``shape[1:]``: here an image, decoded, resized and centre-cropped."""
+        return decode_resized(self.files[i], self.size, self.resize)
+
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, slice):
             idx = list(range(*key.indices(len(self.files))))
@@ -109,9 +113,9 @@ class LazyImages:
             return self[[key]][0]
         else:
             idx = torch.as_tensor(key, dtype=torch.int64).cpu().reshape(-1).tolist()
-        out = np.empty((len(idx), 3, self.size, self.size), dtype=np.uint8)
+        out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8)
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            for k, a in enumerate(pool.map(lambda i: decode_resized(self.files[i], self.size, self.resize), idx)):
+            for k, a in enumerate(pool.map(self.read_item, idx)):
                 out[k] = a
         return self.transform.from_pixels(torch.from_numpy(out).float().div_(255.0))
 

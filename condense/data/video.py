@@ -43,7 +43,6 @@ from __future__ import annotations
 import colorsys
 import csv
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -177,10 +176,6 @@ class LazyClips(LazyImages):
     def shape(self) -> tuple[int, int, int, int, int]:
         return (len(self.files), self.frames, 3, self.size, self.size)
 
-    @property
-    def ndim(self) -> int:
-        return 5
-
     def _like(self, files, keys, transform) -> "LazyClips":
         return LazyClips(files, self.frames, self.stride, self.size, self.name, seed=self.seed, split=self.split,
                          keys=keys, transform=transform, threads=self.threads)
@@ -192,23 +187,12 @@ class LazyClips(LazyImages):
     def normalized(self, transform: PixelTransform) -> "LazyClips":
         return self._like(self.files, self.keys, transform)
 
-    def read_clip(self, i: int) -> np.ndarray:
+    def read_item(self, i: int) -> np.ndarray:
         """Video i's clip as uint8 [T, 3, size, size]."""
         files = sorted_frames(self.files[i])
         g = None if self.seed is None else generator(self.seed, _TAG, self.split, self.keys[i])
         return np.stack([decode_resized(files[k], self.size, self.size)
                          for k in clip_frames(len(files), self.frames, self.stride, g)])
-
-    def __getitem__(self, key) -> torch.Tensor:
-        if isinstance(key, int):
-            return self[[key]][0]
-        idx = list(range(*key.indices(len(self.files)))) if isinstance(key, slice) else \
-            torch.as_tensor(key, dtype=torch.int64).cpu().reshape(-1).tolist()
-        out = np.empty((len(idx), self.frames, 3, self.size, self.size), dtype=np.uint8)
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            for k, a in enumerate(pool.map(self.read_clip, idx)):
-                out[k] = a
-        return self.transform.from_pixels(torch.from_numpy(out).float().div_(255.0))
 
 
 class LazyFrames(LazyClips):
@@ -220,26 +204,12 @@ class LazyFrames(LazyClips):
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self.files), 3, self.size, self.size)
 
-    @property
-    def ndim(self) -> int:
-        return 4
-
     def _like(self, files, keys, transform) -> "LazyFrames":
         return LazyFrames(files, 1, 1, self.size, self.name, seed=self.seed, split=self.split, keys=keys,
                           transform=transform, threads=self.threads)
 
-    def read_clip(self, i: int) -> np.ndarray:
-        return super().read_clip(i)[0]
-
-    def __getitem__(self, key) -> torch.Tensor:
-        if isinstance(key, int):
-            return self[[key]][0]
-        idx = list(range(*key.indices(len(self.files)))) if isinstance(key, slice) else \
-            torch.as_tensor(key, dtype=torch.int64).cpu().reshape(-1).tolist()
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            out = np.stack(list(pool.map(self.read_clip, idx))) if idx else \
-                np.empty((0, 3, self.size, self.size), np.uint8)
-        return self.transform.from_pixels(torch.from_numpy(out).float().div_(255.0))
+    def read_item(self, i: int) -> np.ndarray:
+        return super().read_item(i)[0]
 
 
 def single_frames(clips, split: int):
@@ -267,17 +237,23 @@ def _class_index(values: Sequence[str], names: Sequence[str] | None) -> tuple[np
         return np.asarray([lookup[v] for v in values], dtype=np.int64), tuple(known)
 
 
+def read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header naming at least ``columns``; one DataError line otherwise."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read {path} ({e})") from None
+    if not rows or not set(columns) <= set(rows[0]):
+        raise DataError(f"{path} needs the columns {', '.join(columns)}")
+    return rows
+
+
 def read_split_csv(root: Path, csv_name: str, frames_dir: str, name: str, *, frames: int, stride: int, size: int):
     """UCF101/HMDB51 as the paper's code reads them: ``root/csv_name`` (``folder_name,label,split``)
     and one folder of frames per video under ``root/frames_dir``."""
     path = root / csv_name
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise DataError(f"cannot read {path} ({e})") from None
-    if not rows or not {"folder_name", "label", "split"} <= set(rows[0]):
-        raise DataError(f"{path} needs the columns folder_name, label, split")
+    rows = read_csv(path, ("folder_name", "label", "split"))
     labels, names = _class_index([r["label"] for r in rows], None)
     out = []
     for k, split in enumerate(("train", "test")):
@@ -293,18 +269,15 @@ def read_kinetics(root: Path, *, frames: int = 8, size: int = 64, name: str = "k
     """Kinetics-400 frame folders as the paper's code reads them (module docstring)."""
     out, names = [], None
     for k, (csv_name, split) in enumerate((("train.csv", "train"), ("validate.csv", "val"))):
-        path = root / csv_name
-        try:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-        except OSError as e:
-            raise DataError(f"cannot read {path} ({e})") from None
-        if not rows or not {"label", "youtube_id", "time_start", "time_end"} <= set(rows[0]):
-            raise DataError(f"{path} needs the columns label, youtube_id, time_start, time_end")
+        rows = read_csv(root / csv_name, ("label", "youtube_id", "time_start", "time_end"))
         names = names or tuple(sorted({r["label"] for r in rows}))
         videos, labels = [], []
         for r in rows:
-            folder = root / split / f"{r['youtube_id']}_{int(r['time_start']):06d}_{int(r['time_end']):06d}"
+            try:
+                folder = root / split / f"{r['youtube_id']}_{int(r['time_start']):06d}_{int(r['time_end']):06d}"
+            except ValueError:
+                raise DataError(f"{root / csv_name}: time_start and time_end must be integers, got "
+                                f"{r['time_start']!r}, {r['time_end']!r}") from None
             if folder.is_dir() and len(sorted_frames(folder)) == frames:
                 videos.append(folder)
                 labels.append(r["label"])
