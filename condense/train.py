@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.lazy import to_device
 from .augment import DSAConfig, apply_dsa, check_share, sample_dsa, select_draw, view_draw
 from .runtime.errors import ConfigError
 from .nets import build_net
@@ -207,7 +208,7 @@ def train_model(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum,
                                 weight_decay=protocol.weight_decay)
     n = images.shape[0]
-    device = images.device
+    device = targets.device
     losses = []
     model.train()
     for epoch in range(protocol.epochs):
@@ -217,7 +218,7 @@ def train_model(
         total, count = 0.0, 0
         for t, start in enumerate(range(0, n, protocol.batch_size)):
             idx = order[start:start + protocol.batch_size]
-            x_clean = images[idx]
+            x_clean = images[idx].to(device)  # a no-op for images on the device; a lazy video split's batch moves
             x = x_clean
             if epoch_views is not None:  # image i's view of this epoch and the teacher's label of exactly it
                 x, y = apply_dsa(x, select_draw(epoch_views, idx.cpu())), targets[epoch][idx]
@@ -315,7 +316,7 @@ def evaluate(
         h, w = texture[0]
     model = build_net(arch, c, num_classes, (h, w), generator=generator(seed, run, 0, 0, STREAM_INIT)).to(device)
     base_lr = protocol.lr or lr or DEFAULT_LR
-    losses = train_model(model, images.to(device), labels.to(device), protocol, seed=seed, run=run, lr=base_lr,
+    losses = train_model(model, to_device(images, device), labels.to(device), protocol, seed=seed, run=run, lr=base_lr,
                          label_spec=label_spec, on_epoch=on_epoch, texture=texture)
     if history is not None:
         history.extend(losses)

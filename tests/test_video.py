@@ -64,18 +64,25 @@ def test_ucf_style_folders_are_read_lazily_in_frame_order(tmp_path):
         for name, label, split, n in rows:
             w.writerow([name, label, split])
             write_frames(tmp_path / "jpegs_112" / name, n)
-    x, y, xt, yt = read_split_csv(tmp_path, "splits.csv", "jpegs_112", "ucf", frames=4, stride=4, size=8)
-    assert x.shape == (2, 4, 3, 8, 8) and xt.shape == (2, 4, 3, 8, 8) and y.tolist() == [0, 1]
+    x, y, xt, yt = read_split_csv(tmp_path, "splits.csv", "jpegs_112", "ucf", frames=8, stride=4, size=8)
+    assert x.shape == (2, 8, 3, 8, 8) and xt.shape == (2, 8, 3, 8, 8) and y.tolist() == [0, 1]
     clips = x[[0, 1]]
     for clip, n in zip(clips, (70, 40)):
         numbers = frame_numbers(clip)
-        assert np.diff(numbers).tolist() == [4, 4, 4] and 0 <= numbers[0] <= n - 13  # stride 4, in order
+        assert np.diff(numbers).tolist() == [4] * 7 and 0 <= numbers[0] <= n - 29  # stride 4, in order
+    assert np.diff(frame_numbers(xt[[0]][0])).tolist() == [2] * 7  # 20 frames: too short for stride 4
     assert torch.equal(x[[1]][0], clips[1])  # the same clip on every read
     assert torch.equal(x.subset([1])[[0]], clips[1:])
+    # a lazy video split trains batch by batch (experts, evaluation) without being held in memory
+    from condense.train import TrainProtocol, evaluate
+
+    acc = evaluate(x, torch.as_tensor(y), "convnet3d:width=4,stride=1,dropout=0", TrainProtocol(epochs=1, dsa=False),
+                   0, test=(xt, torch.as_tensor(yt)), num_classes=2)
+    assert 0.0 <= acc <= 1.0
     with open(tmp_path / "bad.csv", "w") as f:
         f.write("video,label\nv_a_1,0\n")
     with pytest.raises(DataError, match="folder_name, label, split"):
-        read_split_csv(tmp_path, "bad.csv", "jpegs_112", "ucf", frames=4, stride=4, size=8)
+        read_split_csv(tmp_path, "bad.csv", "jpegs_112", "ucf", frames=8, stride=4, size=8)
 
 
 def test_the_registry_reads_miniucf101_from_its_layout(tmp_path):

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from condense.data import load_dataset
+from condense.data.lazy import to_device
 from condense.runtime.errors import CondenseError, ConfigError
 from condense.jobs import Job, parse_device, run_jobs
 from condense.config import configclass, setting
@@ -125,7 +126,7 @@ def record_expert(cfg: dict[str, Any], index: int, folder: str, device: str = "c
     net = build_net(config.arch, c, ds.info.num_classes, (h, w),
                     generator=generator(config.seed, index, 0, 0, STREAM_INIT)).to(dev)
     layout = FlatLayout.of(net)
-    x_test, y_test = ds.x_test.to(dev), ds.y_test.to(dev)
+    x_test, y_test = to_device(ds.x_test, dev), ds.y_test.to(dev)
     writer = ExpertWriter(folder, index, attrs={"seed": config.seed, "run": index, "device": device})
     t0 = time.perf_counter()
     try:
@@ -139,7 +140,7 @@ def record_expert(cfg: dict[str, Any], index: int, folder: str, device: str = "c
             if on_epoch is not None:
                 on_epoch(epoch + 1, acc, loss)
 
-        train_model(net, ds.x_train.to(dev), ds.y_train.to(dev), config.protocol(), seed=config.seed, run=index,
+        train_model(net, to_device(ds.x_train, dev), ds.y_train.to(dev), config.protocol(), seed=config.seed, run=index,
                     lr=config.lr, on_epoch=snapshot, step=config.regularizer().step_rule())
         seconds = time.perf_counter() - t0
         path = writer.finish(seconds=seconds)

@@ -119,13 +119,20 @@ class LazyImages:
                 out[k] = a
         return self.transform.from_pixels(torch.from_numpy(out).float().div_(255.0))
 
-    def to(self, *args, **kwargs):
+    def to(self, *args, **kwargs):  # clips: see to_device
         raise DataError(f"{self.name} is read from its files as needed ({len(self.files):,} images); this step "
                         "needs the whole split in memory (full-data training, matching on real batches), which "
                         "condense does not do for it (sre2l, rded, condense labels and condense eval do not need it)")
 
     def clone(self) -> "LazyImages":
         return self
+
+
+def to_device(x, device):
+    """``x.to(device)``, except for clips read from their files (a video split of thousands of clips, tens of
+    GB as floats): those stay lazy, and whoever indexes them gets each batch decoded on the CPU, which it moves.
+    Images read from their files (ImageNet-1k) are refused by ``.to`` as before."""
+    return x if isinstance(x, LazyImages) and x.ndim == 5 else x.to(device)
 
 
 def image_folder(root: Path, wnids: Sequence[str]) -> tuple[list[Path], np.ndarray]:

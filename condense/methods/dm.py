@@ -32,6 +32,7 @@ from ..augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
 from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
 from ..data import load_dataset
+from ..data.lazy import to_device
 from ..runtime.errors import ConfigError
 from ..nets import build_net, parse_arch
 from ..nets.base import batch_independent
@@ -113,7 +114,7 @@ class MatchingBase(ImageSynthesizer):
 
         images, self.classes, self.indices = initial_images(ds.x_train, ds.y_train, k, cfg.ipc, cfg.init, cfg.seed)
         self.images = images.to(device).requires_grad_(True)
-        self.x_train = ds.x_train.to(device)
+        self.x_train = to_device(ds.x_train, device)
         self.opts = {"images": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)}
         # siamese: the real and the synthetic batch share one draw, as the reference's seeded DiffAugment
         self.dsa = DSAConfig(strategy=cfg.dsa_strategy, share="batch") if cfg.dsa else None
@@ -150,7 +151,7 @@ class MatchingBase(ImageSynthesizer):
         images = self.images if images is None else images
         reals, syns, per = [], [], len(images) // len(self.members)
         for c in range(len(self.members)):
-            real = self.x_train[self.real_indices(it, c).to(self.device)]
+            real = self.x_train[self.real_indices(it, c).to(self.device)].to(self.device)
             syn = images[c * per:(c + 1) * per]
             draw = self.draw(it, c)
             if draw is not None:

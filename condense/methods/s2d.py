@@ -39,6 +39,7 @@ from ..config import configclass, setting
 from ..config.parts import Augmentation, Data, Loop, Matching, Run, Synthesis
 from ..data import load_dataset
 from ..data.datasets import FRAMES_SUFFIX
+from ..data.lazy import to_device
 from ..nets import FlatLayout, build_net, parse_arch
 from ..nets.init import init_parameters
 from ..runtime.errors import ConfigError
@@ -104,6 +105,8 @@ def load_static(cfg: S2DConfig, ds) -> tuple[torch.Tensor, SynSet]:
     if s.ipc != stills:
         raise ConfigError(f"{cfg.static} holds {s.ipc} stills per class; --ipc {cfg.ipc} with --group {cfg.group} "
                           f"needs {stills}")
+    if not torch.equal(s.classes, torch.arange(s.num_classes).repeat_interleave(s.ipc)):
+        raise ConfigError(f"{cfg.static} does not hold its stills class by class")
     return s.images.view(s.num_classes, s.ipc, *s.image_shape), s
 
 
@@ -128,7 +131,7 @@ class StaticDynamic(MatchingBase):
         self.members = [torch.nonzero(ds.y_train == c).flatten() for c in range(k)]
         if cfg.finetune == "dm":
             self.arch = str(parse_arch(cfg.arch))
-            self.x_train = ds.x_train.to(device)
+            self.x_train = to_device(ds.x_train, device)
             self.dsa = DSAConfig(strategy=cfg.dsa_strategy, share="batch") if cfg.dsa else None
             self.chunk = 32 if device.type == "cpu" else 0
         else:
@@ -198,7 +201,7 @@ class StaticDynamic(MatchingBase):
 
     def synset(self, it: int) -> SynSet:
         return memory_set(self.memory(), self.cfg, self.ds, self.static_set, it, self.arch, self.learned_lr(),
-                          None if self.store is None else self.store)
+                          self.store)
 
 
 def memory_set(memory: VideoMemory, cfg: S2DConfig, ds, static_set: SynSet, it: int, arch: str | None,

@@ -16,7 +16,7 @@ matching compares: 256 numbers for 8 x 64 x 64 clips at width 128, 2048 for 16 x
 Options: ``width`` (128), ``stride`` (2, the reference's; 1 lets 32 x 32 clips through the
 three pools), ``dropout`` (0.5, the reference's; dropout draws from torch's global generator,
 so runs that must be reproduced bit for bit use ``dropout=0``). A net takes any number of frames
-from 4 on (two temporal pools); the parameter count does not depend on it.
+from 8 on (two temporal pools, then an average over 2); the parameter count does not depend on it.
 
 ``convnet-frames`` is the per-frame baseline network (the reference's ``VideoConvNetMean``): the
 image ConvNet (instance norm, average pooling; options as ``convnet``) applied to every frame,
@@ -35,7 +35,7 @@ from condense.nets.base import conv_out, shape_str
 from condense.nets.convnet import ConvNet
 from condense.runtime.errors import ArchError
 
-MIN_FRAMES = 4
+MIN_FRAMES = 8  # two temporal pools, then a temporal average over 2
 
 
 def check_clips(net: nn.Module, x: torch.Tensor) -> None:
