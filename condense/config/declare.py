@@ -114,18 +114,18 @@ def default_of(f: dataclasses.Field) -> Any:
 
 def configclass(*parts: type, part: str, drop: Sequence[str] = (), defaults: Mapping[str, Any] | None = None,
                 helps: Mapping[str, str] | None = None, choices: Mapping[str, Sequence[Any]] | None = None,
-                many: Sequence[str] = ()):
+                many: Sequence[str] = (), units: Mapping[str, str] | None = None):
     """Class decorator: a flat dataclass made of ``parts``' fields and the class's own.
 
     ``part`` names the group of the class's own fields (its method or command). ``drop``
     leaves out part fields the command does not use (an option appears only where it has
-    an effect); ``defaults``, ``helps`` and ``choices`` change a part field's default, help or
-    allowed values for this command only — the field is still declared once, in its part.
+    an effect); ``defaults``, ``helps``, ``choices`` and ``units`` change a part field's default, help,
+    allowed values or unit for this command only — the field is still declared once, in its part.
     ``many`` names part fields this command takes several values of (a list, its flag repeated:
     ``condense eval --baseline random --ipc 1 --ipc 10``), each checked as the part declares.
     """
-    defaults, helps, choices = dict(defaults or {}), dict(helps or {}), dict(choices or {})
-    changed = set(defaults) | set(helps) | set(choices) | set(many)
+    defaults, helps, choices, units = dict(defaults or {}), dict(helps or {}), dict(choices or {}), dict(units or {})
+    changed = set(defaults) | set(helps) | set(choices) | set(many) | set(units)
 
     def wrap(cls: type[C]) -> type[C]:
         own = dict(cls.__dict__.get("__annotations__", {}))
@@ -146,6 +146,8 @@ def configclass(*parts: type, part: str, drop: Sequence[str] = (), defaults: Map
                     meta = dataclasses.replace(meta, help=helps[f.name])
                 if f.name in choices:
                     meta = dataclasses.replace(meta, choices=tuple(choices[f.name]))
+                if f.name in units:
+                    meta = dataclasses.replace(meta, unit=units[f.name])
                 default, factory, hint = f.default, f.default_factory, f.type
                 if f.name in many:
                     item = str(f.type).replace("| None", "").strip()
