@@ -64,7 +64,9 @@ STREAM_DYNAMIC, STREAM_INTEGRATOR = 21, 22
                     "arch": "--finetune dm: the embedding network (random, frozen), a video net such as "
                             "convnet3d:width=128",
                     "trajectories": "--finetune tm: experts of a video network on DATASET (`condense buffer`)",
-                    "dsa": "DSA augmentation, one draw for all frames of a clip (the reference uses none)"},
+                    "dsa": "DSA augmentation, one draw for all frames of a clip (the reference uses none)",
+                    "batch_real": "--finetune dm: real clips per class and iteration",
+                    "batch_syn": "--finetune tm: clips per student step (default: all)"},
              units={"ipc": "slots", "batch_real": "clips", "batch_syn": "clips"})
 class S2DConfig:
     static: str = setting("", "the static memory: a set distilled on DATASET-frames by an image method "
