@@ -48,7 +48,7 @@ from ..synset import SynSet, file_sha256, load_synset
 from ..video_memory import VideoMemory, compose
 from ..augment import DSAConfig, sample_dsa
 from .dm import MatchingBase, dm_loss
-from .tm import STREAM_DSA as TM_STREAM_DSA, STREAM_PICK, dataset_of_store, expert_epoch, student_batches
+from .tm import STREAM_DSA as TM_STREAM_DSA, STREAM_PICK, check_window, expert_epoch, open_store_for, student_batches
 from .tm_math import Step, Target, match_exact
 
 FINETUNES = ("dm", "tm", "none")
@@ -78,8 +78,9 @@ class S2DConfig:
     lr_dynamic: float = setting(1e-4, "learning rate of the dynamic memory (SGD, momentum 0.95)", gt=0)
     lr_integrator: float = setting(1e-5, "learning rate of the integrator (SGD, momentum 0.95)", gt=0)
 
-    def validate(self) -> None:
-        """What the declarations cannot say: the inputs each --finetune needs."""
+    def validate(self, epochs_stored: int | None = None) -> None:
+        """What the declarations cannot say: the inputs each --finetune needs (and the expert window against
+        the ``epochs_stored`` of the store)."""
         if not self.static:
             raise ConfigError(f"s2d needs --static SET: distil {self.dataset}{FRAMES_SUFFIX} with an image method "
                               f"first (e.g. condense synth dm --dataset {self.dataset}{FRAMES_SUFFIX} --ipc "
@@ -87,9 +88,8 @@ class S2DConfig:
         if self.finetune == "tm" and not self.trajectories:
             raise ConfigError("s2d --finetune tm needs --trajectories STORE: experts of a video network on "
                               f"{self.dataset} (condense buffer --dataset {self.dataset} --arch convnet3d)")
-        if self.finetune == "tm" and not self.min_start_epoch < self.max_start_epoch:
-            raise ConfigError(f"need --min-start-epoch < --max-start-epoch, got {self.min_start_epoch} and "
-                              f"{self.max_start_epoch}")
+        if self.finetune == "tm":
+            check_window(self, epochs_stored)
 
 
 def load_static(cfg: S2DConfig, ds) -> tuple[torch.Tensor, SynSet]:
@@ -228,17 +228,9 @@ def run_s2d(cfg: S2DConfig, device: torch.device, *, progress=print, bars: bool 
     cfg.validate()
     store = None
     if cfg.finetune == "tm":
-        from trajectories import open_store
-
-        store = open_store(cfg.trajectories)
-        if len(store) == 0:
-            raise ConfigError(f"{cfg.trajectories} holds no finished expert yet")
-        if cfg.max_start_epoch + cfg.expert_epochs > store.epochs:
-            raise ConfigError(f"--max-start-epoch ({cfg.max_start_epoch}) + --expert-epochs ({cfg.expert_epochs}) "
-                              f"exceeds the {store.epochs} epochs stored in {cfg.trajectories}")
-        if store.meta["dataset"] != cfg.dataset:
-            raise ConfigError(f"{cfg.trajectories} holds experts of {store.meta['dataset']}, not {cfg.dataset}")
-        ds = dataset_of_store(store, cfg)
+        store, ds = open_store_for(cfg)
+        if ds.info.name != cfg.dataset:
+            raise ConfigError(f"{cfg.trajectories} holds experts of {ds.info.name}, not {cfg.dataset}")
     else:
         ds = load_dataset(cfg.dataset, cfg.data_root, limit_train=cfg.limit_train)
     if not ds.info.frames:

@@ -91,12 +91,7 @@ class TMConfig:
         """What the declarations cannot say: relations between settings, and the store's length."""
         if not self.trajectories:
             raise ConfigError("tm needs --trajectories STORE (record one with `condense buffer`)")
-        if not self.min_start_epoch < self.max_start_epoch:
-            raise ConfigError(f"need --min-start-epoch < --max-start-epoch, got {self.min_start_epoch} and "
-                              f"{self.max_start_epoch}")
-        if epochs_stored is not None and self.max_start_epoch + self.expert_epochs > epochs_stored:
-            raise ConfigError(f"--max-start-epoch ({self.max_start_epoch}) + --expert-epochs ({self.expert_epochs}) "
-                              f"exceeds the {epochs_stored} epochs stored in {self.trajectories}")
+        check_window(self, epochs_stored)
         if self.texture and self.init not in ("noise", "real"):
             raise ConfigError(f"--texture starts from noise or from real images tiled over the canvas, not --init "
                               f"{self.init}")
@@ -124,6 +119,17 @@ class TMConfig:
                                                 "window_start_max", "window_end_iter", "label_refresh")})
         d["labels"] = "expert" if self.labels == "expert-once" else self.labels
         return d
+
+
+def check_window(cfg, epochs_stored: int | None = None) -> None:
+    """The expert window of a config with the :class:`~condense.config.parts.Matching` part, against itself
+    and the epochs a store holds (tm; s2d --finetune tm)."""
+    if not cfg.min_start_epoch < cfg.max_start_epoch:
+        raise ConfigError(f"need --min-start-epoch < --max-start-epoch, got {cfg.min_start_epoch} and "
+                          f"{cfg.max_start_epoch}")
+    if epochs_stored is not None and cfg.max_start_epoch + cfg.expert_epochs > epochs_stored:
+        raise ConfigError(f"--max-start-epoch ({cfg.max_start_epoch}) + --expert-epochs ({cfg.expert_epochs}) "
+                          f"exceeds the {epochs_stored} epochs stored in {cfg.trajectories}")
 
 
 def dataset_of_store(store, cfg: TMConfig):
