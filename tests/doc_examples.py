@@ -332,6 +332,7 @@ class ShrinkTable:
         self.substitutions = [(re.compile(s["pattern"]), s["replace"]) for s in data["substitutions"]]
         self.force: dict[str, dict[str, Any]] = {k: dict(v or {}) for k, v in data["force"].items()}
         self.run_presets: dict[str, str] = dict(data["run_presets"])
+        self.keep: dict[str, set[str]] = {k: set(v) for k, v in (data.get("keep") or {}).items()}
         self.as_typed: list[str] = list(data["as_typed"])
 
     def shrink_text(self, text: str) -> str:
@@ -340,21 +341,23 @@ class ShrinkTable:
             text = pattern.sub(replace, text)
         return text
 
-    def forced(self, command: str, given: set[str]) -> dict[str, Any]:
+    def forced(self, command: str, given: set[str], values: dict[str, Any] | None = None) -> dict[str, Any]:
         """The keywords forced onto ``command`` (``synth tm``, ``eval``, ...) when the flags ``given``
-        were typed: its own entry, then each entry ``COMMAND --flag ...`` whose flags are all given."""
+        were typed: its own entry, then each entry ``COMMAND --flag ...`` whose flags are all given;
+        none whose typed value (``values``, by keyword) the table keeps."""
         out: dict[str, Any] = {}
-        for key, values in self.force.items():
+        for key, forced in self.force.items():
             words = key.split()
             name = " ".join(w for w in words if not w.startswith("-"))
             if name == command and {w for w in words if w.startswith("-")} <= given:
-                out.update(values)
-        return out
+                out.update(forced)
+        return {k: v for k, v in out.items() if str((values or {}).get(k)) not in self.keep.get(k, ())}
 
-    def forced_flags(self, command: str, given: set[str] = frozenset()) -> list[str]:
+    def forced_flags(self, command: str, given: set[str] = frozenset(), values: dict[str, Any] | None = None
+                     ) -> list[str]:
         """:meth:`forced` as flags, spelled as the command's parser spells them (``archs`` is
         ``--arch``; booleans ``--x`` or ``--no-x``)."""
-        forced = self.forced(command, set(given))
+        forced = self.forced(command, set(given), values)
         if not forced:
             return []
         parser = _parsers().get(f"condense {command}")
@@ -411,7 +414,8 @@ def shrink_condense(argv: list[str], table: ShrinkTable) -> list[str]:
     if command == "run":
         argv = _run_twin(argv, table)
     given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
-    return [*argv, *table.forced_flags(key or "", given), "--no-progress"]
+    values = {a[2:].replace("-", "_"): b for a, b in zip(argv, argv[1:]) if a.startswith("--")}
+    return [*argv, *table.forced_flags(key or "", given, values), "--no-progress"]
 
 
 def _run_twin(argv: list[str], table: ShrinkTable) -> list[str]:
@@ -658,7 +662,7 @@ def forced_api(table: ShrinkTable) -> Iterator[None]:
 
     def config(cls, section, preset, fields):
         given = {"--" + k.replace("_", "-") for k, v in fields.items() if v not in (None, False)}
-        return original(cls, section, preset, {**fields, **table.forced(keys.get(cls, ""), given)})
+        return original(cls, section, preset, {**fields, **table.forced(keys.get(cls, ""), given, fields)})
 
     api._config = config
     try:
