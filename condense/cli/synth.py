@@ -14,6 +14,9 @@ EXAMPLES = """examples:
   condense synth tm --preset fashion-mnist/tm-ipc1-cpu      the CPU-protocol preset
   condense synth dm --dataset fashion-mnist --ipc 10 --out runs/fmnist/dm_ipc10.h5
   condense synth sre2l --teacher runs/fmnist/teacher.h5 --ipc 10 --out runs/fmnist/sre2l_ipc10.h5
+  condense synth infer --teachers runs/fmnist/t1.h5,runs/fmnist/t2.h5 --ipc 10 --out runs/fmnist/infer_ipc10.h5
+  condense synth s2d --static runs/video/stills_ipc2.h5 --dataset moving-fashion --ipc 1 --arch convnet3d:width=16,stride=1,dropout=0
+  condense synth s2d --static runs/video/stills_ipc2.h5 --finetune tm --trajectories runs/video/experts --ipc 1
   condense synth --preset cifar10/datm-ipc10                a preset names its method
 
 `condense synth METHOD --help` lists that method's options, grouped by part. Rerunning the
