@@ -1,6 +1,6 @@
 """What one frame of moving-fashion can and cannot tell: a single-frame classifier against a video classifier.
 
-Usage:  python benchmarks/motion_matters.py [--epochs 20] [--seeds 3] [--json PATH]
+Usage:  python benchmarks/motion_matters.py [--epochs 20] [--seeds 3] [--rows frame,frames-mean,video] [--json PATH]
 
 Trains on the whole training split (4,500 clips; 500 held out for validation) and reports test accuracy
 (mean ± std over seeds) of
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--rows", default="frame,frames-mean,video", help="which classifiers, comma-separated")
     args = ap.parse_args()
 
     from condense.data import load_dataset
@@ -41,6 +42,8 @@ def main() -> None:
     for name, dataset, arch in (("frame", "moving-fashion-frames", "convnet:width=32"),
                                 ("frames-mean", "moving-fashion", "convnet-frames:width=32"),
                                 ("video", "moving-fashion", "convnet3d:width=16,stride=1,dropout=0")):
+        if name not in args.rows.split(","):
+            continue
         ds = load_dataset(dataset)
         accs, garment, seconds = [], [], []
         for seed in range(args.seeds):
