@@ -240,8 +240,6 @@ def run_s2d(cfg: S2DConfig, device: torch.device, *, progress=print, bars: bool 
         s = memory_set(VideoMemory(statics.clone(), None, None, None, 1, ds.info.frames), cfg, ds, static_set, 0,
                        None, None)
         s.save(cfg.out)
-        progress(f"wrote {cfg.out}: {s.ipc} static clips per class ({static_set.method} stills repeated over "
-                 f"{ds.info.frames} frames)")
         return s
     method = StaticDynamic(cfg, ds, device, store)
     return synthesize(method, cfg, cfg.out, {"method": "s2d", **asdict(cfg), "arch": method.arch},
