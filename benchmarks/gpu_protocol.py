@@ -8,7 +8,8 @@ Three phases, each through the public API (``condense.record_experts``, ``synthe
 
 1. **paths**: every method of the registry (``condense.methods.method_names()``) once at a
    tiny budget on the device (2 iterations, IPC 1, ConvNet D3 W32 on 2,000 training images),
-   after a tiny expert store (for tm) and a tiny ConvNet-BN teacher (for sre2l, rded and infer);
+   after a tiny expert store (for tm) and a tiny ConvNet-BN teacher (for sre2l, rded and infer); s2d
+   on moving-toy's clips (ConvNet3D W8) after stills by dm on its frames;
    then tm and dm with ``--backend jax`` (frepo is JAX only), soft-label relabelling
    (``condense labels`` with per-epoch views, its labelling jobs on the device) and one
    evaluation of the relabelled set with seeds stacked. JAX runs on its default device: a
@@ -260,8 +261,18 @@ class Protocol:
             kwargs = {k: v for k, v in tiny.items() if k in accepted and v is not None}
             if name == "infer":  # its budget holds a group: K real images and a compensator
                 kwargs["ipc"] = 2
-            row(label, jax_device if jax else dev,
-                lambda: condense.synthesize(name, backend=backend, **kwargs, out=out))
+            stills = None
+            if name == "s2d":  # clips: stills of moving-toy's frames, then the dynamic memory and integrator
+                stills = str(work / "stills.h5")
+                kwargs = {**{k: v for k, v in kwargs.items() if k != "limit_train"}, "dataset": "moving-toy",
+                          "arch": "convnet3d:width=8,stride=1,dropout=0", "static": stills}
+
+            def run() -> None:  # row() calls it at once
+                if stills is not None:
+                    condense.synthesize("dm", dataset="moving-toy-frames", arch="convnet:width=8,depth=2", ipc=2,
+                                        iters=b.path_iters, batch_real=b.path_batch_real, device=dev, out=stills)
+                condense.synthesize(name, backend=backend, **kwargs, out=out)
+            row(label, jax_device if jax else dev, run)
             sets[label] = out
         soft = str(work / "random.soft.h5")
         # one device labels in this process; two name worker processes (spawned, each with its own CUDA context)
