@@ -107,7 +107,7 @@ def test_iterations_lower_the_loss_on_toy_data(toy, tmp_path):
     synthesize(method, cfg(tmp_path, iters=10), tmp_path / "x.h5", {"method": "frepo"}, **QUIET)
     after = held_out_loss()
     assert after < 0.85 * before, (before, after)  # measured: 0.157 -> 0.123
-    assert int(method.pool["steps"].max()) <= 3  # every member was re-initialised after max_online_steps
+    assert int(method.pool.steps.max()) <= 3  # every member was re-initialised after max_online_steps
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(toy, tmp_path):

@@ -23,8 +23,9 @@ The model pool. ``pool_size`` networks are kept, the i-th starting at online ste
 ``(max_online_steps // pool_size) · i`` so their ages are spread. Iteration ``it`` picks one
 network at random, takes one step of the images and labels on its loss, then trains that
 network one Adam step (lr ``lr_online``) on the synthetic set and the current learned labels
-with the reference's ½‖·‖² regression loss (:func:`pool_loss`, :func:`pool_step`), or, once
-it has taken more than ``max_online_steps`` steps, re-initialises it. Images and labels move
+with the reference's ½‖·‖² regression loss (:func:`pool_loss`), or, once it has taken more than
+``max_online_steps`` steps, re-initialises it (the pool is :class:`~condense.jax.pool.ModelPool`,
+shared with KRR-ST). Images and labels move
 together by LAMB (``--optimizer lamb``, the reference's; ``adam`` offered) with a cosine decay
 of ``lr_img`` to 0.1× over ``iters``, without weight decay (optax's default, as the reference).
 (The horizon is ``--iters``: continuing a finished run with a larger ``--iters`` resumes on the
@@ -76,10 +77,12 @@ from ..nets import FlatLayout, build_net, parse_arch
 from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
 from .bridge import image_shape, mark_jax, to_jax, to_torch
+from .krr import krr_solve
 from .nets import JaxNet, build_jax_net
 from .optim import OptaxOptimizer
+from .pool import ModelPool, compiled_step
 
-STREAM_PICK, STREAM_REAL, STREAM_ONLINE, STREAM_RESET, STREAM_POOL = 31, 32, 33, 34, 35
+STREAM_REAL = 32
 
 Tree = Any
 
@@ -96,10 +99,7 @@ def krr_predict(f_s: jax.Array, f_t: jax.Array, y_s: jax.Array, reg: float) -> j
     y_s [n, K] -> predictions [m, K] = K_ts (K_ss + reg·tr(K_ss)/n · I)⁻¹ y_s. The ridge scales
     with the kernel's mean diagonal, so ``reg`` means the same for any feature magnitude."""
     k_ss = f_s @ f_s.T
-    k_ts = f_t @ f_s.T
-    n = k_ss.shape[0]
-    ridge = abs(reg) * jnp.trace(k_ss) / n
-    return k_ts @ jax.scipy.linalg.solve(k_ss + ridge * jnp.eye(n, dtype=k_ss.dtype), y_s, assume_a="pos")
+    return krr_solve(k_ss, f_t @ f_s.T, y_s, abs(reg) * jnp.trace(k_ss) / k_ss.shape[0])
 
 
 def krr_loss(f_s: jax.Array, f_t: jax.Array, y_s: jax.Array, y_t: jax.Array, reg: float) -> jax.Array:
@@ -132,24 +132,14 @@ def pool_loss(net: JaxNet, flat: jax.Array, images: jax.Array, labels: jax.Array
     return 0.5 * ((net.apply(net.params(flat), images) - labels) ** 2).sum(-1).mean()
 
 
-def pool_step(net: JaxNet, tx: optax.GradientTransformation, flat: jax.Array, state: Tree, images: jax.Array,
-              labels: jax.Array) -> tuple[jax.Array, Tree, jax.Array]:
-    """One online step of a pool network on (images, labels), which carry no gradient here:
-    (new flat [D], new optimiser state, loss before the step). Adam is elementwise, so stepping
-    the flat vector equals stepping the flax tree."""
-    loss, grad = jax.value_and_grad(pool_loss, argnums=1)(net, flat, jax.lax.stop_gradient(images),
-                                                         jax.lax.stop_gradient(labels))
-    updates, state = tx.update(grad, state, flat)
-    return optax.apply_updates(flat, updates), state, loss
-
-
 @lru_cache(maxsize=None)
 def compiled(net: JaxNet, flip: bool, reg: float, lr_online: float):
-    """(jit(value_and_grad(frepo_loss)) w.r.t. images and labels, jit(pool_step), the pool's
-    optax transformation); cached, so method instances of one setting share their compilations."""
+    """(jit(value_and_grad(frepo_loss)) w.r.t. images and labels, the pool's jitted online step
+    (:func:`~condense.jax.pool.pool_step` of :func:`pool_loss`), its optax transformation); cached,
+    so method instances of one setting share their compilations."""
     tx = optax.adam(lr_online)
     loss = jax.jit(jax.value_and_grad(partial(frepo_loss, net, flip, reg), argnums=(0, 1), has_aux=True))
-    return loss, jax.jit(partial(pool_step, net, tx)), tx
+    return loss, compiled_step(pool_loss, net, tx), tx
 
 
 def data_parallel(batch: int) -> tuple[NamedSharding, NamedSharding] | None:
@@ -196,11 +186,10 @@ class FRePo(ImageSynthesizer):
         self.labels = (labels / (k / 10) ** 0.5).requires_grad_(cfg.learn_labels)
         self.opts = {"synset": synthesis_optimizer(list(self.learnables().values()), cfg)}
         self.x_train, self.y_train = to_jax(ds.x_train), to_jax(ds.y_train, jnp.int32)
-        self._loss, self._pool_step, self._tx = compiled(self.twin, cfg.flip, cfg.reg, cfg.lr_online)
+        self._loss, step, tx = compiled(self.twin, cfg.flip, cfg.reg, cfg.lr_online)
         self.shardings = data_parallel(min(cfg.batch_real, ds.x_train.shape[0]))
-        flats = jnp.stack([self.fresh_network(cfg.seed, i, STREAM_POOL) for i in range(cfg.pool_size)])
-        self.pool = {"params": flats, "opt": jax.vmap(self._tx.init)(flats),
-                     "steps": jnp.asarray([(cfg.max_online_steps // cfg.pool_size) * i for i in range(cfg.pool_size)])}
+        self.pool = ModelPool(cfg.pool_size, cfg.max_online_steps, cfg.online_batch, cfg.seed, tx, step,
+                              self.fresh_network)
 
     # -- the loop's interface --
 
@@ -215,10 +204,6 @@ class FRePo(ImageSynthesizer):
         self.twin.layout.check_compatible(layout)
         return to_jax(layout.flatten(net), jnp.float32)
 
-    def pick(self, it: int) -> int:
-        """The pool member of iteration ``it``."""
-        return int(torch.randint(self.cfg.pool_size, (1,), generator=generator(self.cfg.seed, it, STREAM_PICK)))
-
     def real_batch(self, it: int) -> tuple[jax.Array, jax.Array]:
         """Iteration ``it``'s real images [m, C, H, W] and centred one-hot targets [m, K]."""
         n = self.ds.x_train.shape[0]
@@ -227,9 +212,9 @@ class FRePo(ImageSynthesizer):
         return self.x_train[idx], centred_one_hot(self.y_train[idx], self.ds.info.num_classes)
 
     def compute_grads(self, it: int) -> dict[str, float]:
-        i = self.pick(it)
+        i = self.pool.pick(it)
         x_real, y_real = self.real_batch(it)
-        args = (to_jax(self.images), to_jax(self.labels), self.pool["params"][i], x_real, y_real)
+        args = (to_jax(self.images), to_jax(self.labels), self.pool.params[i], x_real, y_real)
         if self.shardings is not None:  # the real batch split over the local devices, the rest replicated
             rep, split = self.shardings
             args = tuple(jax.device_put(a, s) for a, s in zip(args, (rep, rep, rep, split, split)))
@@ -238,49 +223,17 @@ class FRePo(ImageSynthesizer):
         if self.cfg.learn_labels:
             self.labels.grad = to_torch(grads[1], like=self.labels)
         return {"loss": float(loss), "kernel_loss": float(kernel), "pool_member": i,
-                "member_step": int(self.pool["steps"][i])}
+                "member_step": int(self.pool.steps[i])}
 
     def after_step(self, it: int) -> None:
-        """Advance the pool member of iteration ``it``: one online step on the updated set, or a
-        fresh network once it has taken more than ``max_online_steps`` steps (the reference's order)."""
-        cfg, i = self.cfg, self.pick(it)
-        if int(self.pool["steps"][i]) > cfg.max_online_steps:
-            self._reset(i, it)
-            return
-        images, labels = to_jax(self.images), to_jax(self.labels)
-        n = images.shape[0]
-        if n > cfg.online_batch:
-            idx = to_jax(torch.randperm(n, generator=generator(cfg.seed, it, STREAM_ONLINE))[:cfg.online_batch],
-                         jnp.int32)
-            images, labels = images[idx], labels[idx]
-        member = jax.tree.map(lambda a: a[i], self.pool["opt"])
-        flat, opt, _ = self._pool_step(self.pool["params"][i], member, images, labels)
-        if not bool(jnp.isfinite(flat).all()):  # a diverged pool network would poison later iterations
-            self._reset(i, it)
-            return
-        self._put(i, flat, opt, self.pool["steps"][i] + 1)
-
-    def _reset(self, i: int, it: int) -> None:
-        flat = self.fresh_network(self.cfg.seed, it, STREAM_RESET)
-        self._put(i, flat, self._tx.init(flat), 0)
-
-    def _put(self, i: int, flat: jax.Array, opt: Tree, steps) -> None:
-        """Pool member ``i`` becomes (flat parameters [D], Adam state, online step count)."""
-        self.pool = {"params": self.pool["params"].at[i].set(flat),
-                     "opt": jax.tree.map(lambda a, b: a.at[i].set(b), self.pool["opt"], opt),
-                     "steps": self.pool["steps"].at[i].set(steps)}
+        """Advance the pool member of iteration ``it`` on the updated set (the reference's order)."""
+        self.pool.advance(it, to_jax(self.images), to_jax(self.labels))
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        """The pool as tensors: parameters [P, D], online steps [P], Adam's leaves (stacked over P)."""
-        leaves = jax.tree.leaves(self.pool["opt"])
-        return {"pool_params": to_torch(self.pool["params"]), "pool_steps": to_torch(self.pool["steps"]),
-                **{f"pool_opt_{j}": to_torch(leaf) for j, leaf in enumerate(leaves)}}
+        return self.pool.state()
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        treedef = jax.tree.structure(self.pool["opt"])
-        leaves = [to_jax(state[f"pool_opt_{j}"]) for j in range(treedef.num_leaves)]
-        self.pool = {"params": to_jax(state["pool_params"]), "opt": jax.tree.unflatten(treedef, leaves),
-                     "steps": to_jax(state["pool_steps"])}
+        self.pool.load_state(state)
 
     def synset(self, it: int) -> SynSet:
         return mark_jax(super().synset(it)).with_labels(self.labels.detach().cpu().clone(),
