@@ -58,7 +58,7 @@ from .version import __version__
 FORMAT_NAME = "condense.synset"
 FORMAT_VERSION = 3  # 2: /compensated; 3: /memory (a set of plain images is still written as version 1)
 
-LABEL_KINDS = {"hard": "ce", "probabilities": "kl", "logits": "kl", "regression": "mse"}
+LABEL_KINDS = {"hard": "ce", "probabilities": "kl", "logits": "kl", "regression": "mse", "representation": "mse"}
 LABEL_LOSSES = ("ce", "kl", "mse")
 VIEW_MODES = ("static", "per-view")
 
@@ -68,7 +68,9 @@ class LabelSpec:
     """What a set's labels mean and how they are stored.
 
     kind: ``hard`` (int64 [N]), ``probabilities`` or ``logits`` ([N, K], or [V, N, K] with
-    per-view labels), ``regression`` (targets of any trailing shape). ``loss`` is the
+    per-view labels), ``regression`` (targets of any trailing shape), ``representation`` (a
+    self-supervised teacher's features [N, D] of an unlabelled set: :mod:`condense.jax.krr_st`;
+    such a set has no classes and is stored as one group, ``num_classes`` 1). ``loss`` is the
     training loss they need (ce | kl | mse); ``temperature`` divides logits before the
     softmax; ``view_mode`` is ``static`` (one label per image) or ``per-view`` (one per
     augmented view: labels [V, N, K], row e holding the labels of the views of epoch e,
@@ -91,6 +93,8 @@ class LabelSpec:
             raise FormatError(f"unknown label loss {self.loss!r}; known: {', '.join(LABEL_LOSSES)}")
         if self.kind == "hard" and self.loss != "ce":
             raise FormatError(f"hard labels train with loss 'ce', not {self.loss!r}")
+        if self.kind == "representation" and (self.loss != "mse" or self.view_mode != "static"):
+            raise FormatError("representation targets are static and train with loss 'mse'")
         if self.view_mode not in VIEW_MODES:
             raise FormatError(f"unknown view mode {self.view_mode!r}; known: {', '.join(VIEW_MODES)}")
         if self.view_mode == "per-view" and (self.view_seed is None or not self.view_strategy):
@@ -263,6 +267,9 @@ class SynSet:
         image_axis = 1 if spec.view_mode == "per-view" else 0
         if y.ndim <= image_axis or int(y.shape[image_axis]) != n:
             raise FormatError(f"{spec.kind} labels of shape {tuple(y.shape)} do not match {n} images ({spec.view_mode} views)")
+        if spec.kind == "representation" and (y.ndim != 2 or self.num_classes != 1):
+            raise FormatError(f"representation targets are [N, D] of a set without classes (num_classes 1), got "
+                              f"{tuple(y.shape)} with {self.num_classes} classes")
         if spec.kind in ("probabilities", "logits") and int(y.shape[-1]) != self.num_classes:
             raise FormatError(f"{spec.kind} labels have {int(y.shape[-1])} entries per image, expected {self.num_classes}")
         if not bool(torch.isfinite(y).all()):
@@ -331,6 +338,8 @@ def training_targets(s: SynSet, *, hard: bool = False, mean_views: bool = False)
     indices, float32 [N, K] probabilities, or regression targets [N, ...]."""
     spec, labels = s.label_spec, s.labels
     if hard:
+        if spec.kind == "representation":
+            raise ConfigError("a self-supervised set's representation targets have no classes to take as hard labels")
         return s.classes.clone() if spec.kind == "regression" else hard_labels(labels, spec)
     if spec.view_mode == "per-view":
         if not mean_views:
@@ -348,8 +357,8 @@ def hard_labels(labels: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
     [V, N, K]: their mean over views) as their argmax."""
     if spec.kind == "hard":
         return labels
-    if spec.kind == "regression":
-        raise ConfigError("regression targets have no hard-label version (the 'hard' variant needs class scores)")
+    if spec.kind in ("regression", "representation"):
+        raise ConfigError(f"{spec.kind} targets have no hard-label version (the 'hard' variant needs class scores)")
     y = labels.mean(0) if spec.view_mode == "per-view" else labels
     return y.argmax(-1).to(torch.int64)
 

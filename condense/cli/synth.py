@@ -95,7 +95,9 @@ def handle(args: argparse.Namespace) -> int:
     if s.memory is not None:
         stored = (f", stored as {s.memory.statics.shape[1]} stills" + ("" if s.memory.dynamics is None else
                   f" + {s.memory.dynamics.shape[1]} dynamic memories") + " per class")
-    print(f"wrote {out}: {s.images.shape[0]} {'clips' if s.is_video else 'images'} ({s.ipc} per class{stored}"
+    size = f"{s.ipc} per class" if s.label_spec.kind != "representation" else \
+        f"no classes, {s.labels.shape[1]}-d target representations"
+    print(f"wrote {out}: {s.images.shape[0]} {'clips' if s.is_video else 'images'} ({size}{stored}"
           + (f", {iters} iterations)" if iters is not None else ")") + (f", learned lr {s.lr:.4g}" if s.lr else "")
           + f"; grid {out.with_suffix('.png')}")
     return 0

@@ -10,6 +10,7 @@ trained again from its start (as an interrupted expert is).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import torch
@@ -23,15 +24,17 @@ from condense.runtime.progress import bar
 from condense.runtime.rng import generator
 from condense.train import STREAM_INIT, TrainProtocol, accuracy, protocol_dict, train_model
 
+from .ssl import SSL_METHODS
 from .teacher_file import TeacherFile
 from condense.runtime.files import check_torch_file, holding_lock
 
 @configclass(Data, Run, Training, Augmentation, part="teacher",
-             drop=("val_size", "ipc", "trajectories", "teacher", "temperature", "min_scale", "flip"),
+             drop=("val_size", "ipc", "trajectories", "teacher", "temperature", "flip"),
              defaults={"arch": "convnet:norm=batch", "epochs": 20, "momentum": 0.9, "weight_decay": 5e-4,
-                       "lr_decay_at": 0.5, "out": "runs/teacher.h5"},
+                       "lr_decay_at": 0.5, "out": "runs/teacher.h5", "min_scale": 0.2},
              helps={"arch": "network spec (convnet:norm=batch is ConvNet BN, resnet18 is ResNet-18 BN)",
                     "out": "teacher file to write (.h5)",
+                    "min_scale": "--ssl: smallest crop area fraction of the two views' random-resized crop",
                     "dsa_strategy": "augmentation: DSA transforms joined by _, or rrc+flip (random-resized crop "
                                     "and flip)"})
 class TeacherConfig:
@@ -43,6 +46,13 @@ class TeacherConfig:
     weights: str | None = setting(None, "import a state_dict file instead of training (torchvision's resnet18: "
                                         "--arch resnet18-imagenet)", metavar="FILE")
     measure: bool = setting(True, "--weights: measure the test accuracy")
+    ssl: str | None = setting(None, "train self-supervised, labels unused (barlow-twins: Barlow Twins, KRR-ST's "
+                                    "teacher); the labels only fit a linear probe afterwards", choices=SSL_METHODS)
+    projector: list[int] = setting(factory=lambda: [512, 512, 512], help="--ssl: the projector's hidden and output "
+                                   "sizes (Barlow Twins: 8192,8192,8192)", gt=0, le=65536, metavar="SIZES")
+    bt_lambda: float = setting(0.0051, "--ssl: weight of Barlow Twins' off-diagonal terms", ge=0)
+    probe_epochs: int = setting(100, "--ssl: epochs of the linear probe on the frozen representation", gt=0,
+                                unit="epochs")
 
     def protocol(self) -> TrainProtocol:
         return TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
@@ -74,6 +84,8 @@ def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, pro
         test = 100.0 * accuracy(net, ds.x_test, ds.y_test, protocol.test_batch_size) if cfg.measure else float("nan")
         return _save(cfg, arch, ds, net, test, None, {"weights_sha256": file_sha256(cfg.weights)})
     net = net.to(device)
+    if cfg.ssl:
+        return _train_ssl(cfg, arch, ds, net, device, progress)
     with bar(total=protocol.epochs, desc=f"teacher {arch}", unit="ep", disable=not progress) as b:
         def on_epoch(epoch, model, loss):
             b.update(1)
@@ -86,13 +98,41 @@ def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, pro
     return _save(cfg, arch, ds, net, test, val, {"protocol": protocol_dict(protocol)})
 
 
+def _train_ssl(cfg: TeacherConfig, arch: str, ds, net: torch.nn.Module, device, progress: bool) -> TeacherFile:
+    """Barlow Twins on the training images (labels unused), then a linear probe measures it."""
+    from .ssl import linear_probe, probe_accuracy, projector, train_barlow_twins
+
+    if cfg.weights:
+        raise ConfigError("--ssl trains a network; --weights imports one: give one of them")
+    head = projector(net.embed_dim, cfg.projector).to(device)
+    with bar(total=cfg.epochs, desc=f"teacher {arch} ({cfg.ssl})", unit="ep", disable=not progress) as b:
+        def on_epoch(epoch, loss):
+            b.update(1)
+            b.set_postfix({"loss": f"{loss:.2f}"})
+
+        losses = train_barlow_twins(net, head, ds.x_train.to(device), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                    lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    decay_at=cfg.lr_decay_at, lambd=cfg.bt_lambda, min_scale=cfg.min_scale,
+                                    seed=cfg.seed, on_epoch=on_epoch)
+    if not all(map(math.isfinite, losses)):
+        raise CondenseError(f"Barlow Twins diverged (loss {losses[-1]}): lower --lr")
+    linear_probe(net, ds.x_train, ds.y_train, epochs=cfg.probe_epochs, seed=cfg.seed)
+    test = probe_accuracy(net, ds.x_test, ds.y_test)
+    val = probe_accuracy(net, ds.x_val, ds.y_val) if len(ds.y_val) else None
+    ssl = {"method": cfg.ssl, "representation_dim": int(net.embed_dim), "projector": list(cfg.projector),
+           "bt_lambda": cfg.bt_lambda, "accuracy": "linear probe", "losses": [round(v, 4) for v in losses]}
+    record = {"protocol": {"ssl": cfg.ssl, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                           "final_loss": round(losses[-1], 4), "probe_epochs": cfg.probe_epochs}}
+    return _save(cfg, arch, ds, net, test, val, record, ssl=ssl, projector=head)
+
+
 def _save(cfg: TeacherConfig, arch: str, ds, net: torch.nn.Module, test: float, val: float | None,
-          record: dict) -> TeacherFile:
+          record: dict, ssl: dict | None = None, projector: torch.nn.Module | None = None) -> TeacherFile:
     """Write the teacher file of ``net`` (trained or imported) on ``ds``; ``record`` joins its config."""
     t = TeacherFile(net=net.cpu().eval(), arch=arch, dataset=ds.info.name, num_classes=ds.info.num_classes,
                     image_shape=tuple(ds.info.shape), class_names=tuple(ds.info.class_names), transform=ds.transform,
                     accuracy=test, val_accuracy=val, config={**asdict(cfg), "arch": arch, **record},
-                    data=dict(ds.meta))
+                    data=dict(ds.meta), ssl=ssl, projector=None if projector is None else projector.cpu().eval())
     t.save(cfg.out)
     return t
 

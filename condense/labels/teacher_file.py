@@ -13,6 +13,11 @@ is HDF5 (docs/FORMATS.md), read without unpickling anything:
              ``names`` order
     /transform/  the pixel transform (same layout as a synthetic-set file)
 
+A self-supervised teacher (``condense teacher --ssl``) adds the attr ``ssl`` (JSON: method,
+representation_dim, projector sizes, ...) and ``/projector/`` (its state, as ``/state/``). Its
+representation is the network's ``embed``; its head is the linear probe that measured it, so
+``accuracy`` is the probe's and the file is still an ordinary classifier.
+
 Writers go through a temporary file and an atomic rename.
 """
 from __future__ import annotations
@@ -52,6 +57,13 @@ class TeacherFile:
     val_accuracy: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    ssl: dict[str, Any] | None = None  # a self-supervised teacher's record (module docstring)
+    projector: nn.Module | None = None  # its projector (Barlow Twins')
+
+    @property
+    def representation_dim(self) -> int:
+        """D of the representation ``net.embed`` gives: [B, C, H, W] -> [B, D]."""
+        return int(self.net.embed_dim)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically to ``path`` (a kill never leaves a half-written teacher)."""
@@ -70,11 +82,11 @@ class TeacherFile:
             "data": json.dumps(self.data, sort_keys=True, default=str), "condense_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
-        g = f.create_group("state")
-        g.attrs["names"] = json.dumps(list(state))
-        for i, (name, t) in enumerate(state.items()):
-            g.create_dataset(str(i), data=t.detach().cpu().numpy())
+        _write_state(f.create_group("state"), state)
         write_transform(f.create_group("transform"), self.transform)
+        if self.ssl is not None:
+            f.attrs["ssl"] = json.dumps(self.ssl, sort_keys=True)
+            _write_state(f.create_group("projector"), self.projector.state_dict())
 
     def summary(self, path: str | os.PathLike) -> str:
         """What the file at ``path`` records, in four lines (``condense teacher --info``)."""
@@ -84,8 +96,11 @@ class TeacherFile:
         val = "-" if self.val_accuracy is None else f"{self.val_accuracy:.2f} %"
         test = "not measured" if self.accuracy != self.accuracy else f"{self.accuracy:.2f} %"
         params = sum(p.numel() for p in self.net.parameters())
-        return "\n".join([f"{path}: teacher {self.arch} ({params:,} parameters) on {self.dataset}",
-                          f"  accuracy: test {test}, validation {val}",
+        kind = "" if self.ssl is None else f" (self-supervised, {self.ssl.get('method')}: representation " \
+                                                 f"{self.representation_dim}-d, projector {self.ssl.get('projector')})"
+        probe = "" if self.ssl is None else "linear-probe "
+        return "\n".join([f"{path}: teacher {self.arch} ({params:,} parameters) on {self.dataset}{kind}",
+                          f"  {probe}accuracy: test {test}, validation {val}",
                           f"  images {list(self.image_shape)}, transform {self.transform.kind}, "
                           f"{self.num_classes} classes: {names}",
                           f"  trained: {self.config.get('protocol', {})}"])
@@ -121,28 +136,54 @@ def _read(f: Any) -> TeacherFile:
     # stored weights are checked against it (their bytes are in the file: see open_h5).
     with torch.device("meta"):
         expected = build_net(arch, c, k, (h, w)).state_dict()
-    if "state" not in f:
-        raise FormatError("missing 'state': the file is corrupt or truncated")
-    g = f["state"]
+    net = build_net(arch, c, k, (h, w))
+    net.load_state_dict(_read_state(f, "state", expected, f"a {arch} network"))
+    ssl, head = None, None
+    if "ssl" in f.attrs:
+        from .ssl import SSL_METHODS, projector
+
+        ssl = json_attr(f, "ssl", dict)
+        sizes = ssl.get("projector")
+        if ssl.get("method") not in SSL_METHODS or not isinstance(sizes, list) or not 1 <= len(sizes) <= 8 or \
+                not all(isinstance(v, int) and 1 <= v <= 65536 for v in sizes):
+            raise FormatError(f"its self-supervised record is malformed (method {ssl.get('method')!r}, "
+                              f"projector {str(sizes)[:40]})")
+        with torch.device("meta"):
+            want = projector(net.embed_dim, sizes).state_dict()
+        head = projector(net.embed_dim, sizes)
+        head.load_state_dict(_read_state(f, "projector", want, f"a projector {sizes}"))
+        head.eval()
+    val = attr(f, "val_accuracy", float)
+    return TeacherFile(net=net.eval(), arch=arch, dataset=attr(f, "dataset", str), num_classes=k, image_shape=(c, h, w),
+                       class_names=tuple(str(n) for n in json_attr(f, "class_names", list)),
+                       transform=read_transform(f["transform"], (c, h, w)),
+                       accuracy=attr(f, "accuracy", float), val_accuracy=None if val < 0 else val,
+                       config=json_attr(f, "config", dict), data=json_attr(f, "data", dict), ssl=ssl, projector=head)
+
+
+def _write_state(g: Any, state: dict[str, torch.Tensor]) -> None:
+    g.attrs["names"] = json.dumps(list(state))
+    for i, (name, t) in enumerate(state.items()):
+        g.create_dataset(str(i), data=t.detach().cpu().numpy())
+
+
+def _read_state(f: Any, group: str, expected: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """The state dict stored in ``f[group]``, each entry checked against ``expected``'s shapes."""
+    if group not in f:
+        raise FormatError(f"missing {group!r}: the file is corrupt or truncated")
+    g = f[group]
     names = json_attr(g, "names", list)
     if sorted(map(str, names)) != sorted(expected) or len(names) != len(expected):
-        raise FormatError(f"its weights do not fit a {arch} network (entries differ)")
+        raise FormatError(f"its weights do not fit {what} (entries differ)")
     state = {}
     for i, name in enumerate(names):
         want = tuple(expected[name].shape)
         ds = g.get(str(i))
         if ds is None or tuple(getattr(ds, "shape", ())) != want:
             got = None if ds is None else tuple(getattr(ds, "shape", ()))
-            raise FormatError(f"weight {name} has shape {got}, a {arch} network needs {want}")
+            raise FormatError(f"weight {name} has shape {got}, {what} needs {want}")
         state[name] = torch.from_numpy(dataset(g, str(i), want))
-    net = build_net(arch, c, k, (h, w))
-    net.load_state_dict(state)
-    val = attr(f, "val_accuracy", float)
-    return TeacherFile(net=net.eval(), arch=arch, dataset=attr(f, "dataset", str), num_classes=k, image_shape=(c, h, w),
-                       class_names=tuple(str(n) for n in json_attr(f, "class_names", list)),
-                       transform=read_transform(f["transform"], (c, h, w)),
-                       accuracy=attr(f, "accuracy", float), val_accuracy=None if val < 0 else val,
-                       config=json_attr(f, "config", dict), data=json_attr(f, "data", dict))
+    return state
 
 
 def is_teacher_file(path: str | os.PathLike) -> bool:

@@ -84,6 +84,7 @@ def _register_builtins() -> None:
     from .frepo import FRePoConfig, run_frepo_torch
     from .gm import GMConfig, run_gm
     from .infer import InferConfig, run_infer
+    from .krr_st import KRRSTConfig, run_krr_st_torch
     from .rded import RDEDConfig, run_rded
     from .s2d import S2DConfig, run_s2d
     from .sre2l import SRe2LConfig, run_sre2l
@@ -96,6 +97,10 @@ def _register_builtins() -> None:
     register_method(MethodEntry("frepo", FRePoConfig, run_frepo_torch,
                                 "neural feature regression with a model pool (FRePo; JAX only)",
                                 jax="condense.jax.frepo:run_frepo", jax_only=True))
+    register_method(MethodEntry("krr-st", KRRSTConfig, run_krr_st_torch,
+                                "self-supervised: images + target representations of an unlabelled dataset by "
+                                "kernel ridge regression on a model pool (KRR-ST; JAX only)",
+                                jax="condense.jax.krr_st:run_krr_st", jax_only=True))
     register_method(MethodEntry("gm", GMConfig, run_gm, "gradient matching with DSA (DC/DSA)"))
     register_method(MethodEntry("sre2l", SRe2LConfig, run_sre2l,
                                 "recover from a teacher's BatchNorm statistics (SRe2L; --curriculum cda: CDA)"))
