@@ -91,6 +91,11 @@ def save_set_grid(s, out: str | os.PathLike) -> Path:
     method, dataset and IPC: what `condense synth` and every pipeline synthesis step write."""
     from .data import dataset_info
 
+    if s.label_spec.kind == "representation":  # no classes: the first 100 images, ten to a row
+        n = min(100, int(s.images.shape[0]))
+        return save_grid(s.to_pixels()[:n], torch.arange(n) // 10, Path(out).with_suffix(".png"),
+                         class_names=[f"{10 * r}-{10 * r + 9}" for r in range(10)],
+                         title=f"{s.method}, {s.dataset}, {s.ipc_label}" + (f" (first {n})" if n < s.images.shape[0] else ""))
     return save_grid(s.to_pixels(), s.classes, Path(out).with_suffix(".png"),
                      class_names=dataset_info(s.dataset).class_names, title=f"{s.method}, {s.dataset}, {s.ipc_label}")
 

@@ -176,6 +176,8 @@ class SynSet:
         """How a title names the set's size: 'IPC 10', 'IPC 10 (24 instances per class)' (INFER),
         'IPC 1 textures (4 images' storage per class)'."""
         budget = self.budget_ipc
+        if self.label_spec.kind == "representation":
+            return f"{self.images.shape[0]} images, no classes"
         if self.is_video:
             return f"VPC {budget}" + ("" if budget == self.ipc else f" ({self.ipc} clips per class)")
         if self.texture is not None:

@@ -262,8 +262,9 @@ def plan_sources(cfg, paths: Sequence[str]) -> list[tuple[str, str, dict[str, An
         teacher = _set_teacher(cfg, s, path) if rep else None
         random = f"random real, {s.images.shape[0]} images, teacher targets" if rep else \
             f"random real, IPC {s.ipc}, hard labels"
+        label = f"{s.method}, {s.ipc_label} ({Path(path).name})"
         for arch in archs:
-            add(path, arch, {"kind": "set", "path": path, "sha256": file_sha256(path), "shape": shape,
+            add(label, arch, {"kind": "set", "path": path, "sha256": file_sha256(path), "shape": shape,
                              "outputs": s.num_classes}, random if "random" in cfg.transfer_baselines else None)
             base = {"dataset": s.dataset, "data_root": cfg.data_root, "shape": shape,
                     "outputs": s.num_classes if not rep else 0, "limit_train": s.data.get("limit_train")}
@@ -351,6 +352,8 @@ def run_transfer(cfg, paths: Sequence[str], *, note: Callable[[str], None] = pri
     write_text(Path(cfg.json), json.dumps(doc, indent=1))
     if rows:
         note(transfer_table(rows))
+        if cfg.plots:
+            note(f"plot: {plot_transfer(rows, Path(cfg.plots) / 'transfer.png')}")
     note(f"results: {cfg.json} (run folder {folder}/)")
     if errors:
         raise CondenseError(f"{len(errors)} transfer job(s) failed (the others are in {cfg.json}); first: {errors[0]}")
@@ -403,3 +406,31 @@ def transfer_table(rows: Sequence[dict]) -> str:
             cells.append(f"{r['mean']:.2f}{ci}{vs}")
         lines.append(" | ".join(cells))
     return "\n".join(lines)
+
+
+def plot_transfer(rows: Sequence[dict], path: Path) -> Path:
+    """A PNG: one panel per downstream set and mode, a bar per source (mean, 95 % interval)."""
+    from matplotlib.figure import Figure
+
+    from condense.runtime.files import write_figure
+
+    panels = list(dict.fromkeys((r["downstream"], r["mode"]) for r in rows))
+    sources = list(dict.fromkeys(r["source"] for r in rows))
+    fig = Figure(figsize=(4 + 2.2 * len(panels), 0.9 + 0.32 * len(sources)))
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (ds, mode) in zip(axes, panels):
+        got = {r["source"]: r for r in rows if r["downstream"] == ds and r["mode"] == mode}
+        ys = range(len(sources))
+        means = [got[s]["mean"] if s in got else 0.0 for s in sources]
+        errs = [0.0 if s not in got or got[s]["ci95"] != got[s]["ci95"] else got[s]["ci95"] for s in sources]
+        ax.barh(list(ys), means, xerr=errs, color=["C0" if got.get(s, {}).get("kind") == "set" else "0.6"
+                                                   for s in sources], capsize=2)
+        lo = min((m for m in means if m), default=0.0)
+        ax.set_xlim(max(0.0, lo - 10), 100)
+        ax.set_title(f"{ds}, {mode}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(list(range(len(sources))), [s[:60] for s in sources])
+    axes[0].invert_yaxis()
+    fig.supxlabel("test accuracy % (mean, 95 % interval)", fontsize=8)
+    fig.tight_layout()
+    return write_figure(path, fig, dpi=120)

@@ -343,15 +343,17 @@ class ShrinkTable:
 
     def forced(self, command: str, given: set[str], values: dict[str, Any] | None = None) -> dict[str, Any]:
         """The keywords forced onto ``command`` (``synth tm``, ``eval``, ...) when the flags ``given``
-        were typed: its own entry, then each entry ``COMMAND --flag ...`` whose flags are all given;
-        none whose typed value (``values``, by keyword) the table keeps."""
+        were typed: its own entry, then each entry ``COMMAND --flag ...`` whose flags are all given (a
+        null there drops what an earlier entry forced); none whose typed value (``values``, by
+        keyword) the table keeps."""
         out: dict[str, Any] = {}
         for key, forced in self.force.items():
             words = key.split()
             name = " ".join(w for w in words if not w.startswith("-"))
             if name == command and {w for w in words if w.startswith("-")} <= given:
                 out.update(forced)
-        return {k: v for k, v in out.items() if str((values or {}).get(k)) not in self.keep.get(k, ())}
+        return {k: v for k, v in out.items()
+                if v is not None and str((values or {}).get(k)) not in self.keep.get(k, ())}
 
     def forced_flags(self, command: str, given: set[str] = frozenset(), values: dict[str, Any] | None = None
                      ) -> list[str]:

@@ -93,9 +93,10 @@ def test_condense_eval_transfer_end_to_end_and_resumes(krr_set, tmp_path, capsys
     assert main(argv) == 0
     rows = json.loads(report.read_text())["results"]
     sources = {r["source"] for r in rows}
-    assert {path, str(labelled), "no pre-training", "random real, 8 images, teacher targets",
-            "random real, IPC 2, hard labels", "full data, barlow-twins teacher"} <= sources
-    krr = next(r for r in rows if r["source"] == path and r["mode"] == "finetune")
+    assert {"krr-st, 8 images, no classes (krr.h5)", "random, IPC 2 (random.h5)", "no pre-training",
+            "random real, 8 images, teacher targets", "random real, IPC 2, hard labels",
+            "full data, barlow-twins teacher"} == sources
+    krr = next(r for r in rows if r["synset"] == path and r["mode"] == "finetune")
     rnd = next(r for r in rows if r["source"] == "random real, 8 images, teacher targets" and r["mode"] == "finetune")
     assert len(krr["accs"]) == 2 and all(0 <= a <= 100 for a in krr["accs"])
     assert krr["vs_random"]["mean"] == pytest.approx(np.mean(np.subtract(krr["accs"], rnd["accs"])))

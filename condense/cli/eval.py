@@ -45,7 +45,7 @@ def handle(args: argparse.Namespace) -> int:
     transfer_only = [f for f in TRANSFER_FIELDS if f != "transfer"]
     if cfg.transfer:
         refuse_unused(args, ("baseline", "scores", "robustness", "also_lr", "vmap_seeds", "epochs", "lr", "mixup",
-                             "hard_gap", "random_baseline", "random_labels", "schedule", "plots", "split", "ipc",
+                             "hard_gap", "random_baseline", "random_labels", "schedule", "split", "ipc",
                              "dataset", "dsa", "dsa_strategy", "temperature", "batch_size"),
                       "--transfer pre-trains, fine-tunes and probes by its own protocol (its options are "
                       "--pretrain-*, --finetune-*, --probe-epochs, --transfer-baselines)")

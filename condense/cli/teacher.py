@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   condense teacher --dataset fashion-mnist --arch resnet18 --out runs/fmnist/teacher-r18.h5
   condense teacher --preset fashion-mnist/teacher-cpu
   condense teacher --info runs/fmnist/teacher.h5
+  condense teacher --ssl barlow-twins --dataset fashion-mnist --arch convnet:width=32 --out runs/fmnist/bt.h5
+                                       self-supervised (labels only measure a linear probe): krr-st's teacher
   condense teacher --dataset imagenet-1k --arch resnet18-imagenet --weights resnet18-f37072fd.pth \\
       --out runs/in1k/teacher.h5          torchvision's pretrained ResNet-18 as a teacher file
 
@@ -52,5 +54,7 @@ def handle(args: argparse.Namespace) -> int:
     t = train_teacher(cfg, resolve_device(cfg.device), progress=not args.no_progress)
     val = "" if t.val_accuracy is None else f", validation {t.val_accuracy:.2f} %"
     acc = "not measured" if t.accuracy != t.accuracy else f"{t.accuracy:.2f} %"
-    print(f"wrote {cfg.out}: {t.arch} on {t.dataset}, test accuracy {acc}{val}")
+    kind = "" if t.ssl is None else f"self-supervised ({t.ssl['method']}, {t.representation_dim}-d representation), " \
+                                    "linear-probe "
+    print(f"wrote {cfg.out}: {t.arch} on {t.dataset}, {kind}test accuracy {acc}{val}")
     return 0

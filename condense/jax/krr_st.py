@@ -9,7 +9,7 @@ Y_t = g(X_t) [m, D]. With the feature extractor f of a pool network (its penulti
 fixed), each feature row extended by a constant 1 (a bias column):
 
     F_s = [f(X_s), 1] [n, d+1],  F_t = [f(X_t), 1] [m, d+1],  K_ss = F_s F_sᵀ,  K_ts = F_t F_sᵀ
-    Ŷ_t = K_ts (K_ss + λ I)⁻¹ Y_s,      λ = reg · tr(K_ss), held fixed in the gradient (reg = 1e-6)
+    Ŷ_t = K_ts (K_ss + λ I)⁻¹ Y_s,      λ = ridge · tr(K_ss), held fixed in the gradient (ridge = 1e-6)
     loss = mean over [m, D] of (Ŷ_t − Y_t)²
 
 (:func:`krr_st_predict`, :func:`krr_st_loss`). Ŷ_t is what a linear head fitted in closed form on
@@ -21,8 +21,8 @@ The model pool (:class:`~condense.jax.pool.ModelPool`, FRePo's): ``pool_size`` n
 regress the targets (D outputs); after each step of the set, the network used takes one SGD step
 (lr 0.1, momentum 0.9, weight decay 1e-3: the reference's) on mean (net(X_s) − Y_s)² over the whole
 set (:func:`pool_loss`), or is re-initialised after ``max_online_steps`` steps. Images and targets
-move by one Adam with lr decayed linearly to 0 over ``iters`` (the reference's AdamW without weight
-decay). Initial images are random training images (seeded, not class-balanced: no labels are
+move by one Adam with lr decayed linearly to a thousandth over ``iters`` (the reference's AdamW
+without weight decay and its LinearLR). Initial images are random training images (seeded, not class-balanced: no labels are
 read) and their initial targets the teacher's representations of them.
 
 Deviations from the reference, and why. The reference's step counter of a pool network is never
@@ -67,23 +67,23 @@ def with_bias(f: jax.Array) -> jax.Array:
     return jnp.concatenate([f, jnp.ones((f.shape[0], 1), f.dtype)], axis=1)
 
 
-def krr_st_predict(f_s: jax.Array, f_t: jax.Array, y_s: jax.Array, reg: float) -> jax.Array:
+def krr_st_predict(f_s: jax.Array, f_t: jax.Array, y_s: jax.Array, ridge: float) -> jax.Array:
     """KRR-ST's kernel regression: features f_s [n, d] and f_t [m, d] (a bias column is added),
-    targets y_s [n, D] -> predictions [m, D] = K_ts (K_ss + λ I)⁻¹ y_s with λ = reg · tr(K_ss),
+    targets y_s [n, D] -> predictions [m, D] = K_ts (K_ss + λ I)⁻¹ y_s with λ = ridge · tr(K_ss),
     the ridge held fixed (no gradient flows through λ, as in the reference)."""
     f_s, f_t = with_bias(f_s), with_bias(f_t)
     k_ss = f_s @ f_s.T
-    return krr_solve(k_ss, f_t @ f_s.T, y_s, jax.lax.stop_gradient(reg * jnp.trace(k_ss)))
+    return krr_solve(k_ss, f_t @ f_s.T, y_s, jax.lax.stop_gradient(ridge * jnp.trace(k_ss)))
 
 
-def krr_st_loss(net: JaxNet, reg: float, images: jax.Array, targets: jax.Array, flat: jax.Array,
+def krr_st_loss(net: JaxNet, ridge: float, images: jax.Array, targets: jax.Array, flat: jax.Array,
                 x_real: jax.Array, y_real: jax.Array) -> jax.Array:
     """One iteration's loss: mean (Ŷ_t − Y_t)² for images [n, C, H, W] with targets [n, D], pool
     network ``flat`` [P] (torch layout; no gradient), real batch x_real [m, C, H, W] with the
     teacher's targets y_real [m, D]."""
     params = jax.lax.stop_gradient(net.params(flat))
     f_t = jax.lax.stop_gradient(net.embed(params, x_real))
-    return jnp.mean((krr_st_predict(net.embed(params, images), f_t, targets, reg) - y_real) ** 2)
+    return jnp.mean((krr_st_predict(net.embed(params, images), f_t, targets, ridge) - y_real) ** 2)
 
 
 def pool_loss(net: JaxNet, flat: jax.Array, images: jax.Array, targets: jax.Array) -> jax.Array:
@@ -97,17 +97,18 @@ def pool_optimizer(lr: float, momentum: float, weight_decay: float) -> optax.Gra
 
 
 @lru_cache(maxsize=None)
-def compiled(net: JaxNet, reg: float, lr: float, momentum: float, weight_decay: float):
+def compiled(net: JaxNet, ridge: float, lr: float, momentum: float, weight_decay: float):
     """(jit(value_and_grad(krr_st_loss)) w.r.t. images and targets, the pool's jitted online step,
     its optax transformation); cached, so method instances of one setting share their compilations."""
     tx = pool_optimizer(lr, momentum, weight_decay)
-    loss = jax.jit(jax.value_and_grad(partial(krr_st_loss, net, reg), argnums=(0, 1)))
+    loss = jax.jit(jax.value_and_grad(partial(krr_st_loss, net, ridge), argnums=(0, 1)))
     return loss, compiled_step(pool_loss, net, tx), tx
 
 
 def synthesis_optimizer(params, cfg: KRRSTConfig) -> OptaxOptimizer:
-    """Adam with lr_img decayed linearly to 0 over the run (the reference's AdamW, weight decay 0)."""
-    return OptaxOptimizer(params, optax.adam(optax.linear_schedule(cfg.lr_img, 0.0, cfg.iters)))
+    """Adam with lr_img decayed linearly to lr_img / 1000 over the run (the reference's AdamW with
+    weight decay 0 and LinearLR from 1 to 1e-3)."""
+    return OptaxOptimizer(params, optax.adam(optax.linear_schedule(cfg.lr_img, cfg.lr_img * 1e-3, cfg.iters)))
 
 
 # --- the method -----------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ class KRRST(ImageSynthesizer):
         self.targets = self.represent(images).requires_grad_(cfg.learn_targets)
         self.classes = torch.zeros(cfg.images, dtype=torch.int64)
         self.opts = {"synset": synthesis_optimizer(list(self.learnables().values()), cfg)}
-        self._loss, step, tx = compiled(self.twin, cfg.reg, cfg.lr_online, cfg.momentum_online,
+        self._loss, step, tx = compiled(self.twin, cfg.ridge, cfg.lr_online, cfg.momentum_online,
                                         cfg.weight_decay_online)
         self.pool = ModelPool(cfg.pool_size, cfg.max_online_steps, cfg.online_batch or cfg.images, cfg.seed, tx,
                               step, self.fresh_network)

@@ -100,11 +100,11 @@ def train_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", *, pro
 
 def _train_ssl(cfg: TeacherConfig, arch: str, ds, net: torch.nn.Module, device, progress: bool) -> TeacherFile:
     """Barlow Twins on the training images (labels unused), then a linear probe measures it."""
-    from .ssl import linear_probe, probe_accuracy, projector, train_barlow_twins
+    from .ssl import STREAM_PROJECTOR, linear_probe, probe_accuracy, projector, train_barlow_twins
 
     if cfg.weights:
         raise ConfigError("--ssl trains a network; --weights imports one: give one of them")
-    head = projector(net.embed_dim, cfg.projector).to(device)
+    head = projector(net.embed_dim, cfg.projector, generator(cfg.seed, 0, 0, 0, STREAM_PROJECTOR)).to(device)
     with bar(total=cfg.epochs, desc=f"teacher {arch} ({cfg.ssl})", unit="ep", disable=not progress) as b:
         def on_epoch(epoch, loss):
             b.update(1)
@@ -116,11 +116,18 @@ def _train_ssl(cfg: TeacherConfig, arch: str, ds, net: torch.nn.Module, device, 
                                     seed=cfg.seed, on_epoch=on_epoch)
     if not all(map(math.isfinite, losses)):
         raise CondenseError(f"Barlow Twins diverged (loss {losses[-1]}): lower --lr")
-    linear_probe(net, ds.x_train, ds.y_train, epochs=cfg.probe_epochs, seed=cfg.seed)
-    test = probe_accuracy(net, ds.x_test, ds.y_test)
-    val = probe_accuracy(net, ds.x_val, ds.y_val) if len(ds.y_val) else None
+    def probed(network):  # (test, validation) accuracy of a linear probe on network's representation
+        linear_probe(network, ds.x_train, ds.y_train, epochs=cfg.probe_epochs, seed=cfg.seed)
+        return (probe_accuracy(network, ds.x_test, ds.y_test),
+                probe_accuracy(network, ds.x_val, ds.y_val) if len(ds.y_val) else None)
+
+    test, val = probed(net)
+    # the same probe on the untrained network (the same init): what training added to the representation
+    untrained = probed(build_net(arch, ds.info.channels, ds.info.num_classes, ds.info.image_size,
+                                 generator=generator(cfg.seed, 0, 0, 0, STREAM_INIT)))
     ssl = {"method": cfg.ssl, "representation_dim": int(net.embed_dim), "projector": list(cfg.projector),
-           "bt_lambda": cfg.bt_lambda, "accuracy": "linear probe", "losses": [round(v, 4) for v in losses]}
+           "bt_lambda": cfg.bt_lambda, "accuracy": "linear probe", "losses": [round(v, 4) for v in losses],
+           "untrained_probe": {"test": untrained[0], "val": untrained[1]}}
     record = {"protocol": {"ssl": cfg.ssl, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
                            "final_loss": round(losses[-1], 4), "probe_epochs": cfg.probe_epochs}}
     return _save(cfg, arch, ds, net, test, val, record, ssl=ssl, projector=head)

@@ -31,7 +31,7 @@ from condense.runtime.rng import generator
 from condense.train import STREAM_ORDER, accuracy
 
 SSL_METHODS = ("barlow-twins",)
-STREAM_VIEW_1, STREAM_VIEW_2, STREAM_PROBE = 61, 62, 63
+STREAM_VIEW_1, STREAM_VIEW_2, STREAM_PROBE, STREAM_PROJECTOR = 61, 62, 63, 64
 
 
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float, eps: float = 1e-5) -> torch.Tensor:
@@ -45,14 +45,21 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float, eps: flo
     return ((diag - 1) ** 2).sum() + lambd * ((c ** 2).sum() - (diag ** 2).sum())
 
 
-def projector(dim: int, sizes: Sequence[int]) -> nn.Sequential:
+def projector(dim: int, sizes: Sequence[int], generator: torch.Generator | None = None) -> nn.Sequential:
     """Barlow Twins' projector from features [B, dim]: per hidden size Linear -> BN -> ReLU, then a
-    last Linear to ``sizes[-1]`` (no biases)."""
+    last Linear to ``sizes[-1]`` (no biases). Weights ~ U(±1/sqrt(fan_in)) (torch's default for a
+    Linear) drawn from ``generator``, so a teacher is reproduced by its seed."""
     layers: list[nn.Module] = []
     for h in sizes[:-1]:
         layers += [nn.Linear(dim, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
         dim = h
     layers.append(nn.Linear(dim, sizes[-1], bias=False))
+    if generator is not None:
+        with torch.no_grad():
+            for m in layers:
+                if isinstance(m, nn.Linear):
+                    bound = m.in_features ** -0.5
+                    m.weight.uniform_(-bound, bound, generator=generator)
     return nn.Sequential(*layers)
 
 
@@ -116,6 +123,8 @@ def linear_probe(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: in
     mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
     f = (f - mean) / std
     head = nn.Linear(f.shape[1], int(net.head.out_features))
+    nn.init.zeros_(head.weight)  # softmax regression is convex: start from zero, nothing drawn
+    nn.init.zeros_(head.bias)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps = epochs * -(-f.shape[0] // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)

@@ -99,6 +99,9 @@ class TeacherFile:
         kind = "" if self.ssl is None else f" (self-supervised, {self.ssl.get('method')}: representation " \
                                                  f"{self.representation_dim}-d, projector {self.ssl.get('projector')})"
         probe = "" if self.ssl is None else "linear-probe "
+        if self.ssl is not None and isinstance(self.ssl.get("untrained_probe"), dict):
+            u = self.ssl["untrained_probe"]
+            val += f" (the untrained network: test {u.get('test', float('nan')):.2f} %)"
         return "\n".join([f"{path}: teacher {self.arch} ({params:,} parameters) on {self.dataset}{kind}",
                           f"  {probe}accuracy: test {test}, validation {val}",
                           f"  images {list(self.image_shape)}, transform {self.transform.kind}, "

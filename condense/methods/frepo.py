@@ -9,13 +9,13 @@ from typing import Any
 
 from ..runtime.errors import ConfigError
 from ..config import configclass, setting
-from ..config.parts import Augmentation, Data, Loop, Run, Synthesis
+from ..config.parts import Augmentation, Data, Loop, Pool, Run, Synthesis
 
 INITS = ("real", "noise")
 OPTIMIZERS = ("lamb", "adam")
 
 
-@configclass(Data, Run, Loop, Synthesis, Augmentation, part="frepo",
+@configclass(Data, Run, Loop, Synthesis, Pool, Augmentation, part="frepo",
              drop=("val_size", "trajectories", "teacher", "dsa", "dsa_strategy", "dsa_share", "min_scale"),
              defaults={"lr_img": 3e-4, "batch_real": 1024, "flip": False, "out": "runs/frepo.h5"},
              choices={"init": INITS},
@@ -23,14 +23,10 @@ OPTIMIZERS = ("lamb", "adam")
                     "iters": "synthesis iterations (also the horizon of the cosine lr decay)",
                     "lr_img": "learning rate of images and labels (one optimiser; cosine decay to 0.1x)",
                     "batch_real": "real images per iteration (the reference's kernel batch)",
+                    "lr_online": "Adam learning rate of the pool networks",
                     "flip": "mirrored copies of the images in the kernel (the reference: colour datasets)"})
 class FRePoConfig:
     optimizer: str = setting("lamb", "optimiser of images and labels: lamb (reference) or adam", choices=OPTIMIZERS)
-    pool_size: int = setting(10, "networks in the model pool", gt=0, le=1000)
-    max_online_steps: int = setting(100, "a pool network is re-initialised after N online steps", gt=0)
-    lr_online: float = setting(3e-4, "Adam learning rate of the pool networks", gt=0)
-    online_batch: int = setting(1000, "synthetic images per online step of a pool network (all when fewer)", gt=0, le=100_000,
-                                unit="images")
     learn_labels: bool = setting(True, "learn the labels with the images")
     reg: float = setting(1e-6, "ridge = reg * trace(K_ss) / n", ge=0)
 

@@ -167,6 +167,7 @@ def run_pipeline(preset: str, cfg: RunConfig, *, note: Callable[[str], None] = p
                     step.epochs = cfg.epochs
                 if cfg.device is not None and step.devices == ["cpu"]:
                     step.devices = [cfg.device]
+                step.teacher = teachers.get(step.teacher, step.teacher)  # --transfer's random real and full rows
                 doc = run_eval(step, _chosen_sets(data[name], sets, name), note=note, bars=bars)
         seconds = time.perf_counter() - started
         _log_step(out, name, seconds, _cpu_seconds() - cpu_started, peak)
@@ -209,7 +210,8 @@ def _synth(method: str, step, out: Path, stores: dict[str, str], teachers: dict[
     from condense.methods import get_method, runner
     from condense.plots import save_set_grid
 
-    step.out = _under(out, None if step.out == _default(step, "out") else step.out, f"{method}_ipc{step.ipc}.h5")
+    size = f"ipc{step.ipc}" if hasattr(step, "ipc") else f"{step.images}img"  # krr-st: images, no classes
+    step.out = _under(out, None if step.out == _default(step, "out") else step.out, f"{method}_{size}.h5")
     if hasattr(step, "static"):  # s2d: its static memory is a synth step run before it, or a file
         step.static = sets.get(step.static, step.static)
     if hasattr(step, "trajectories") and getattr(step, "finetune", "tm") == "tm":  # s2d reads experts only for tm
