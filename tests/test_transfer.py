@@ -150,3 +150,37 @@ def test_few_label_fashion_mnist_is_a_balanced_fraction():
     one = load_dataset("fashion-mnist-1pct")
     assert one.x_train.shape[0] == 600 and torch.bincount(one.y_train).tolist() == [60] * 10
     assert one.x_test.shape[0] == 10000
+
+
+class Payload:  # an object only a full unpickler would rebuild
+    pass
+
+
+def test_the_reference_prepared_tensors_load_and_hostile_ones_are_one_line(tmp_path):
+    from condense.runtime.errors import CondenseError
+
+    d = tmp_path / "flowers"
+    d.mkdir()
+
+    def write(x_tr, y_tr=None):
+        torch.save(x_tr, d / "X_tr_32.pth")
+        torch.save(torch.randint(0, 102, (6,)) if y_tr is None else y_tr, d / "Y_tr_32.pth")
+        torch.save(torch.rand(4, 3, 32, 32), d / "X_te_32.pth")
+        torch.save(torch.randint(0, 102, (4,)), d / "Y_te_32.pth")
+
+    write(torch.rand(6, 3, 32, 32))
+    ds = load_dataset("flowers", tmp_path / "flowers")
+    assert ds.x_train.shape == (6, 3, 32, 32) and ds.info.num_classes == 102
+    for bad, message in ((torch.rand(6, 3, 28, 28), "expected"),
+                         ({"x": torch.rand(6, 3, 32, 32)}, "one tensor"),
+                         (torch.rand(6, 3, 32, 32) * 3, r"outside \[0, 1\]")):
+        write(bad)
+        with pytest.raises(CondenseError, match=message):
+            load_dataset("flowers", tmp_path / "flowers")
+    write(torch.rand(6, 3, 32, 32), torch.full((6,), 500))
+    with pytest.raises(DataError, match="labels outside"):
+        load_dataset("flowers", tmp_path / "flowers")
+
+    torch.save(Payload(), d / "X_tr_32.pth")
+    with pytest.raises(DataError, match="not weights-only"):
+        load_dataset("flowers", tmp_path / "flowers")
