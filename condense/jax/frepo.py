@@ -72,7 +72,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ..data import load_dataset
 from ..runtime.errors import ConfigError
 from ..methods.frepo import FRePoConfig
-from ..methods.loop import ImageSynthesizer
 from ..nets import FlatLayout, build_net, parse_arch
 from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
@@ -80,7 +79,7 @@ from .bridge import image_shape, mark_jax, to_jax, to_torch
 from .krr import krr_solve
 from .nets import JaxNet, build_jax_net
 from .optim import OptaxOptimizer
-from .pool import ModelPool, compiled_step
+from .pool import ModelPool, PooledSynthesizer, compiled_step
 
 STREAM_REAL = 32
 
@@ -163,7 +162,7 @@ def synthesis_optimizer(params: Sequence[torch.Tensor], cfg: FRePoConfig) -> Opt
 
 # --- the method -----------------------------------------------------------------------------------
 
-class FRePo(ImageSynthesizer):
+class FRePo(PooledSynthesizer):
     """FRePo as a :class:`~condense.methods.loop.Synthesizer` (see the module docstring)."""
 
     method_name = "frepo"
@@ -228,12 +227,6 @@ class FRePo(ImageSynthesizer):
     def after_step(self, it: int) -> None:
         """Advance the pool member of iteration ``it`` on the updated set (the reference's order)."""
         self.pool.advance(it, to_jax(self.images), to_jax(self.labels))
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return self.pool.state()
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.pool.load_state(state)
 
     def synset(self, it: int) -> SynSet:
         return mark_jax(super().synset(it)).with_labels(self.labels.detach().cpu().clone(),

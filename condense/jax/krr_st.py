@@ -46,7 +46,6 @@ import torch
 from ..augment import DSAConfig, apply_dsa, sample_dsa
 from ..data import load_dataset
 from ..methods.krr_st import KRRSTConfig
-from ..methods.loop import ImageSynthesizer
 from ..nets import FlatLayout, build_net, parse_arch
 from ..runtime.errors import ConfigError
 from ..runtime.rng import generator
@@ -55,7 +54,7 @@ from .bridge import image_shape, mark_jax, to_jax, to_torch
 from .krr import krr_solve
 from .nets import JaxNet, build_jax_net
 from .optim import OptaxOptimizer
-from .pool import ModelPool, compiled_step
+from .pool import ModelPool, PooledSynthesizer, compiled_step
 
 STREAM_INIT, STREAM_REAL, STREAM_AUG, STREAM_NOISE = 41, 42, 43, 44
 
@@ -113,7 +112,7 @@ def synthesis_optimizer(params, cfg: KRRSTConfig) -> OptaxOptimizer:
 
 # --- the method -----------------------------------------------------------------------------------
 
-class KRRST(ImageSynthesizer):
+class KRRST(PooledSynthesizer):
     """KRR-ST as a :class:`~condense.methods.loop.Synthesizer` (see the module docstring)."""
 
     method_name = "krr-st"
@@ -183,12 +182,6 @@ class KRRST(ImageSynthesizer):
 
     def after_step(self, it: int) -> None:
         self.pool.advance(it, to_jax(self.images), to_jax(self.targets))
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return self.pool.state()
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.pool.load_state(state)
 
     def synset(self, it: int) -> SynSet:
         """The images with their target representations: a set without classes (one group)."""

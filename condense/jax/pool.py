@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 import torch
 
+from ..methods.loop import ImageSynthesizer
 from ..runtime.rng import generator
 from .bridge import to_jax, to_torch
 from .nets import JaxNet
@@ -97,6 +98,19 @@ class ModelPool:
         treedef = jax.tree.structure(self.opt)
         self.opt = jax.tree.unflatten(treedef, [to_jax(state[f"pool_opt_{j}"]) for j in range(treedef.num_leaves)])
         self.params, self.steps = to_jax(state["pool_params"]), to_jax(state["pool_steps"])
+
+
+class PooledSynthesizer(ImageSynthesizer):
+    """A synthesis method with a :class:`ModelPool` (``self.pool``): the pool is its checkpoint's
+    extra state, so a resumed run continues the same pool."""
+
+    pool: ModelPool
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return self.pool.state()
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.pool.load_state(state)
 
 
 def compiled_step(loss: PoolLoss, net: JaxNet, tx: optax.GradientTransformation):
