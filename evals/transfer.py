@@ -8,7 +8,8 @@ The protocol is KRR-ST's (Lee et al., ICLR 2024; db-Lee/selfsup_dd ``test.py``,
    momentum 0.9 at a constant lr, in the loss the set's labels need: MSE to representation targets
    (a KRR-ST set: the network's head has D outputs; lr 0.1, weight decay 1e-3, no augmentation,
    as the reference), the set's own loss otherwise (hard labels: cross-entropy with DSA; lr 0.01,
-   weight decay 5e-4, as the reference pre-trains DC/DSA/DM/MTT sets).
+   x0.1 at half, weight decay 5e-4, as the reference pre-trains DC/DSA/DM/MTT sets; FRePo's
+   regression targets too, where the reference pre-trains them with Adam 3e-4).
 2. **Fine-tune** on each downstream training split: the pre-trained network with a new head (all
    layers trained), ``finetune_iters`` iterations of ``finetune_batch`` images (random crop with
    1/8 padding + flip, drawn per image), SGD momentum 0.9, lr 0.01 with a cosine decay, weight
@@ -158,7 +159,7 @@ def pretrain_protocol(kind: str, cfg: dict[str, Any]) -> tuple[TrainProtocol, fl
     lr = cfg["pretrain_lr"] or (0.1 if rep else 0.01)
     wd = cfg["pretrain_weight_decay"] if cfg["pretrain_weight_decay"] is not None else (1e-3 if rep else 5e-4)
     return TrainProtocol(epochs=cfg["pretrain_epochs"], lr=lr, momentum=0.9, weight_decay=wd, batch_size=256,
-                         decay_at=1.0, dsa=not rep), lr
+                         decay_at=1.0 if rep else 0.5, dsa=not rep), lr
 
 
 @functools.lru_cache(maxsize=4)
@@ -254,6 +255,9 @@ def plan_sources(cfg, paths: Sequence[str]) -> list[tuple[str, str, dict[str, An
         s = load_synset(path)
         if s.is_video or s.texture is not None:
             raise ConfigError(f"{path}: transfer evaluation pre-trains on images (not clips or textures)")
+        if s.label_spec.view_mode == "per-view":
+            raise ConfigError(f"{path} has per-view labels (one per view of {s.labels.shape[0]} epochs); pre-training "
+                              "runs longer: relabel it with static labels first (condense labels SET --views static)")
         if not cfg.archs and not s.config.get("arch"):
             raise ConfigError(f"{path} records no architecture: give --arch")
         archs = [str(parse_arch(a)) for a in (cfg.archs or [s.config["arch"]])]
