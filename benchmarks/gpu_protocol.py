@@ -261,13 +261,19 @@ class Protocol:
             kwargs = {k: v for k, v in tiny.items() if k in accepted and v is not None}
             if name == "infer":  # its budget holds a group: K real images and a compensator
                 kwargs["ipc"] = 2
-            stills = None
+            stills, ssl_teacher = None, None
+            if name == "krr-st":  # a self-supervised teacher's targets
+                ssl_teacher = str(work / "teacher-ssl.h5")
+                kwargs = {**kwargs, "teacher": ssl_teacher, "images": 8}
             if name == "s2d":  # clips: stills of moving-toy's frames, then the dynamic memory and integrator
                 stills = str(work / "stills.h5")
                 kwargs = {**{k: v for k, v in kwargs.items() if k != "limit_train"}, "dataset": "moving-toy",
                           "arch": "convnet3d:width=8,stride=1,dropout=0", "static": stills}
 
             def run() -> None:  # row() calls it at once
+                if ssl_teacher is not None:
+                    condense.train_teacher(**common, ssl="barlow-twins", projector=[32, 32], probe_epochs=2,
+                                           epochs=1, device=dev, out=ssl_teacher)
                 if stills is not None:
                     condense.synthesize("dm", dataset="moving-toy-frames", arch="convnet:width=8,depth=2", ipc=2,
                                         iters=b.path_iters, batch_real=b.path_batch_real, device=dev, out=stills)
@@ -283,6 +289,9 @@ class Protocol:
                 "devices": labellers, "out": out}), bars=False))
         row("eval", dev, lambda: condense.evaluate_sets([soft], archs=[b.path_arch], runs=2, epochs=2,
                                                         vmap_seeds=True, devices=[dev], json=str(work / "eval.json")))
+        row("eval --transfer", dev, lambda: condense.evaluate_sets(
+            [sets.get("krr-st")], transfer=[b.dataset], runs=2, pretrain_epochs=2, finetune_iters=5, probe_epochs=2,
+            devices=[dev], json=str(work / "transfer.json")))
         bad = [r["name"] for r in rows if r["status"] != "ok"]
         return f"{len(rows) - len(bad)} of {len(rows)} ok" + (f"; failed: {', '.join(bad)}" if bad else "")
 

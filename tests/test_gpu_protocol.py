@@ -42,7 +42,8 @@ def test_smoke_run_writes_every_section(smoke):
     assert r["total_seconds"] == pytest.approx(sum(p["seconds"] for p in r["phases"].values()), abs=0.2)
 
     paths = {row["name"]: row for row in r["paths"]}
-    for name in [*method_names(), "tm --backend jax", "dm --backend jax", "buffer", "teacher", "labels", "eval"]:
+    for name in [*method_names(), "tm --backend jax", "dm --backend jax", "buffer", "teacher", "labels", "eval",
+                 "eval --transfer"]:
         assert paths[name]["status"] == "ok" and paths[name]["seconds"] >= 0, paths.get(name)
     assert paths["frepo"]["device"] == paths["tm --backend jax"]["device"] == "jax on cpu"
     assert paths["dm"]["device"] == "cpu"
