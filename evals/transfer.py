@@ -162,7 +162,7 @@ def pretrain_protocol(kind: str, cfg: dict[str, Any]) -> tuple[TrainProtocol, fl
                          decay_at=1.0 if rep else 0.5, dsa=not rep), lr
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)  # the source and a handful of downstream sets, loaded once per worker
 def _dataset(name: str, data_root: str | None, limit_train: int | None = None):
     return load_dataset(name, data_root, limit_train=limit_train)
 
@@ -311,6 +311,7 @@ def run_transfer(cfg, paths: Sequence[str], *, note: Callable[[str], None] = pri
 
     from .grid import ResultLog, _bar
 
+    cfg.validate()
     check_transfer(cfg)
     if not paths:
         raise ConfigError("--transfer evaluates sets: give at least one set file")
@@ -376,7 +377,7 @@ def aggregate(sources, jobs, where, done, runs: int) -> list[dict[str, Any]]:
             for name, a in zip(row.get("names", []), row["accs"]):
                 accs.setdefault((where[job.key][0], name), []).append(a)
     out, by = [], {}
-    for (i, name), values in sorted(accs.items()):
+    for (i, name), values in sorted(accs.items(), key=lambda kv: kv[0][0]):  # downstream sets in the asked order
         label, arch, src, random = sources[i]
         ds, mode = name.rsplit("/", 1)
         r = {"synset": src.get("path"), "source": label, "kind": src["kind"], "arch": arch, "downstream": ds,
@@ -393,7 +394,7 @@ def aggregate(sources, jobs, where, done, runs: int) -> list[dict[str, Any]]:
 
 def transfer_table(rows: Sequence[dict]) -> str:
     """The report as a text table: a line per source, a column per downstream set and mode."""
-    cols = sorted({(r["downstream"], r["mode"]) for r in rows}, key=lambda c: (c[0], c[1] != "finetune"))
+    cols = list(dict.fromkeys((r["downstream"], r["mode"]) for r in rows))
     sources = list(dict.fromkeys((r["source"], r["arch"]) for r in rows))
     by = {(r["source"], r["arch"], r["downstream"], r["mode"]): r for r in rows}
     head = ["source"] + [f"{d} {m}" for d, m in cols]
