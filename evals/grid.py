@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from condense.config import configclass, setting
-from condense.config.parts import Augmentation, Data, Evaluation, Run, Training, Workers
+from condense.config.parts import Augmentation, Data, Evaluation, Probe, Run, Training, Transfer, Workers
 from condense.runtime.errors import CondenseError, ConfigError, FormatError
 from condense.runtime.files import append_line, attr, read_h5, regular_file, run_subfolder, write_text
 from condense.jobs import Job, JobResult, parse_device
@@ -31,7 +31,6 @@ from condense.train import TrainProtocol
 from condense.version import environment
 
 from .protocol import SPLITS, Source, dataset_of, job_kwargs, labels_tag
-from .transfer import Transfer
 
 JOB_FN = "evals.protocol:run_job"
 BASELINES = ("random", "full")
@@ -42,7 +41,7 @@ SET_EPOCHS = 300  # the CPU protocol's evaluation epochs (docs/BENCHMARKS.md)
 FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (docs/BENCHMARKS.md)
 
 
-@configclass(Data, Run, Training, Augmentation, Evaluation, Workers, Transfer, part="eval",
+@configclass(Data, Run, Training, Augmentation, Evaluation, Workers, Transfer, Probe, part="eval",
              drop=("limit_train", "val_size", "zca", "arch", "trajectories", "out", "device", "momentum",
                    "weight_decay", "lr_decay_at", "min_scale", "flip", "shards"),
              defaults={"dataset": None, "epochs": None, "lr": None, "temperature": None, "dsa_strategy": None,
@@ -56,7 +55,8 @@ FULL_DATA_EPOCHS = 20  # the labelled full-data reference on a CPU (docs/BENCHMA
                     "lr": "training lr (default: the set's learned lr, else 0.01)",
                     "temperature": "soft labels: distillation temperature (default: the set's)",
                     "dsa_strategy": "augmentation (default: a per-view set's own views, else DSA's groups; "
-                                    "rrc+flip: random-resized crop + flip)"})
+                                    "rrc+flip: random-resized crop + flip)",
+                    "probe_epochs": "--transfer: epochs of the linear probe (0: no probe)"})
 class EvalConfig:
     """An evaluation: fresh networks trained on synthetic sets with the standard protocol, accuracy reported
     (mean ± std, 95% interval) beside the random-real baseline.

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.augment import DSAConfig, apply_dsa, sample_dsa
-from condense.config.declare import part, setting
+from condense.config.parts import TRANSFER_BASELINES
 from condense.data import class_balanced_indices, load_dataset
 from condense.jobs import Job
 from condense.nets import build_net, parse_arch
@@ -57,38 +57,14 @@ from condense.version import environment
 from .stats import summarize
 
 JOB_FN = "evals.transfer:transfer_job"
-BASELINES = ("none", "random", "full")
 STREAM_RANDOM, STREAM_HEAD, STREAM_FT_ORDER, STREAM_FT_AUG = 71, 72, 73, 74
-
-
-@part("transfer")
-class Transfer:
-    """Transfer evaluation (evals.transfer): pre-train on each set, then fine-tune and linear-probe on downstream data."""
-
-    transfer: list[str] = setting(factory=list, help="downstream datasets: pre-train on each set, then fine-tune "
-                                  "and linear-probe on these (e.g. fashion-mnist-1pct,sklearn-digits)", metavar="LIST")
-    transfer_baselines: list[str] = setting(factory=lambda: list(BASELINES), help="--transfer: rows beside the "
-                                            "sets: none (no pre-training), random (random real, same targets), full "
-                                            "(the self-supervised teacher)", metavar="LIST")
-    pretrain_epochs: int = setting(1000, "--transfer: pre-training epochs on a set (the reference's 1,000)", gt=0,
-                                   unit="epochs")
-    pretrain_lr: float | None = setting(None, "--transfer: pre-training lr (default 0.1 for representation "
-                                              "targets, else 0.01: the reference's)", gt=0)
-    pretrain_weight_decay: float | None = setting(None, "--transfer: pre-training weight decay (default 1e-3 for "
-                                                        "representation targets, else 5e-4)", ge=0)
-    finetune_iters: int = setting(5000, "--transfer: fine-tuning iterations per downstream set (the reference's "
-                                        "5,000; 10,000 for CIFAR and Tiny-ImageNet)", gt=0, unit="iterations")
-    finetune_batch: int = setting(128, "--transfer: fine-tuning batch size", gt=0, le=100_000, unit="images")
-    finetune_lr: float = setting(0.01, "--transfer: fine-tuning lr (cosine decay to 0)", gt=0)
-    finetune_weight_decay: float = setting(5e-4, "--transfer: fine-tuning weight decay", ge=0)
-    probe_epochs: int = setting(100, "--transfer: epochs of the linear probe (0: no probe)", ge=0, unit="epochs")
 
 
 def check_transfer(cfg) -> None:
     """What the declarations cannot say: baselines by name."""
-    bad = [b for b in cfg.transfer_baselines if b not in BASELINES]
+    bad = [b for b in cfg.transfer_baselines if b not in TRANSFER_BASELINES]
     if bad:
-        raise ConfigError(f"--transfer-baselines {bad[0]!r} is not one of: {', '.join(BASELINES)}")
+        raise ConfigError(f"--transfer-baselines {bad[0]!r} is not one of: {', '.join(TRANSFER_BASELINES)}")
 
 
 # --- the computations -----------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_cli_synth_backend_jax(store_path, tmp_path, capsys, monkeypatch):
     assert "--backend jax" in capsys.readouterr().out
     assert main(["synth", "gm", "--backend", "jax", "--dataset", "toy", "--out", str(tmp_path / "g.h5")]) == 2
     err = capsys.readouterr().err
-    assert "method 'gm' has no JAX version; --backend jax runs: dm, frepo, tm" in err and len(err.strip().splitlines()) == 1
+    assert "method 'gm' has no JAX version; --backend jax runs: dm, frepo, krr-st, tm" in err and len(err.strip().splitlines()) == 1
     monkeypatch.setitem(__import__("sys").modules, "optax", None)  # as if optax were not installed
     assert main(argv) == 2
     err = capsys.readouterr().err

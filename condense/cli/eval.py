@@ -37,9 +37,9 @@ def handle(args: argparse.Namespace) -> int:
     import dataclasses
 
     from evals import EvalConfig, run_eval
-    from evals.transfer import Transfer
+    from ..config.parts import Transfer
 
-    TRANSFER_FIELDS = [f.name for f in dataclasses.fields(Transfer)]
+    TRANSFER_FIELDS = [f.name for f in dataclasses.fields(Transfer)] + ["probe_epochs"]
 
     cfg = config_from_args(EvalConfig, args, "eval")
     transfer_only = [f for f in TRANSFER_FIELDS if f != "transfer"]

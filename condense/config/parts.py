@@ -11,6 +11,7 @@ from .declare import part, setting
 
 DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 EXECUTORS = ("local", "ray")
+TRANSFER_BASELINES = ("none", "random", "full")  # evals.transfer's rows beside the sets
 # Upper bounds where a larger value would only exhaust memory or never finish: far above every
 # published protocol (IPC 50 on ImageNet-1k, batch 1024, 10 runs), far below what allocates terabytes.
 MAX_IPC = 10_000
@@ -155,6 +156,37 @@ class Evaluation:
     runs: int | None = setting(5, "runs (seeds) per set and arch", gt=0, le=MAX_RUNS)
 
 
+@part("transfer")
+class Transfer:
+    """Transfer evaluation (``condense eval --transfer``, evals.transfer): pre-train on each set, then fine-tune and
+    linear-probe on downstream data."""
+
+    transfer: list[str] = setting(factory=list, help="downstream datasets: pre-train on each set, then fine-tune "
+                                  "and linear-probe on these (e.g. fashion-mnist-1pct,sklearn-digits)", metavar="LIST")
+    transfer_baselines: list[str] = setting(factory=lambda: list(TRANSFER_BASELINES), help="--transfer: rows beside the "
+                                            "sets: none (no pre-training), random (random real, same targets), full "
+                                            "(the self-supervised teacher)", metavar="LIST")
+    pretrain_epochs: int = setting(1000, "--transfer: pre-training epochs on a set (the reference's 1,000)", gt=0,
+                                   unit="epochs")
+    pretrain_lr: float | None = setting(None, "--transfer: pre-training lr (default 0.1 for representation "
+                                              "targets, else 0.01: the reference's)", gt=0)
+    pretrain_weight_decay: float | None = setting(None, "--transfer: pre-training weight decay (default 1e-3 for "
+                                                        "representation targets, else 5e-4)", ge=0)
+    finetune_iters: int = setting(5000, "--transfer: fine-tuning iterations per downstream set (the reference's "
+                                        "5,000; 10,000 for CIFAR and Tiny-ImageNet)", gt=0, unit="iterations")
+    finetune_batch: int = setting(128, "--transfer: fine-tuning batch size", gt=0, le=100_000, unit="images")
+    finetune_lr: float = setting(0.01, "--transfer: fine-tuning lr (cosine decay to 0)", gt=0)
+    finetune_weight_decay: float = setting(5e-4, "--transfer: fine-tuning weight decay", ge=0)
+
+
+@part("probe")
+class Probe:
+    """A linear probe: a new head fitted on a network's frozen, standardised features (condense.labels.ssl)."""
+
+    probe_epochs: int = setting(100, "epochs of the linear probe on a frozen representation (0: no probe)", ge=0,
+                                unit="epochs")
+
+
 @part("workers")
 class Workers:
     """Spreading independent work over devices, processes or a Ray cluster (condense.runtime.executors)."""
@@ -178,4 +210,4 @@ class Recovery:
                                       "(default: 128 on a CPU, all on a GPU)", gt=0, unit="images")
 
 
-ALL = (Data, Committee, Run, Loop, Synthesis, Matching, Pool, Augmentation, Training, Evaluation, Workers, Recovery)
+ALL = (Data, Committee, Run, Loop, Synthesis, Matching, Pool, Augmentation, Training, Evaluation, Transfer, Probe, Workers, Recovery)

@@ -16,7 +16,7 @@ from dataclasses import asdict
 import torch
 
 from condense.config import configclass, setting
-from condense.config.parts import Augmentation, Data, Run, Training
+from condense.config.parts import Augmentation, Data, Probe, Run, Training
 from condense.data import load_dataset
 from condense.runtime.errors import CondenseError, ConfigError, FormatError
 from condense.nets import build_net, parse_arch
@@ -28,13 +28,14 @@ from .ssl import SSL_METHODS
 from .teacher_file import TeacherFile
 from condense.runtime.files import check_torch_file, holding_lock
 
-@configclass(Data, Run, Training, Augmentation, part="teacher",
+@configclass(Data, Run, Training, Augmentation, Probe, part="teacher",
              drop=("val_size", "ipc", "trajectories", "teacher", "temperature", "flip"),
              defaults={"arch": "convnet:norm=batch", "epochs": 20, "momentum": 0.9, "weight_decay": 5e-4,
                        "lr_decay_at": 0.5, "out": "runs/teacher.h5", "min_scale": 0.2},
              helps={"arch": "network spec (convnet:norm=batch is ConvNet BN, resnet18 is ResNet-18 BN)",
                     "out": "teacher file to write (.h5)",
                     "min_scale": "--ssl: smallest crop area fraction of the two views' random-resized crop",
+                    "probe_epochs": "--ssl: epochs of the linear probe on the frozen representation (0: not measured)",
                     "dsa_strategy": "augmentation: DSA transforms joined by _, or rrc+flip (random-resized crop "
                                     "and flip)"})
 class TeacherConfig:
@@ -51,8 +52,6 @@ class TeacherConfig:
     projector: list[int] = setting(factory=lambda: [512, 512, 512], help="--ssl: the projector's hidden and output "
                                    "sizes (Barlow Twins: 8192,8192,8192)", gt=0, le=65536, metavar="SIZES")
     bt_lambda: float = setting(0.0051, "--ssl: weight of Barlow Twins' off-diagonal terms", ge=0)
-    probe_epochs: int = setting(100, "--ssl: epochs of the linear probe on the frozen representation", gt=0,
-                                unit="epochs")
 
     def protocol(self) -> TrainProtocol:
         return TrainProtocol(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
@@ -117,6 +116,8 @@ def _train_ssl(cfg: TeacherConfig, arch: str, ds, net: torch.nn.Module, device, 
     if not all(map(math.isfinite, losses)):
         raise CondenseError(f"Barlow Twins diverged (loss {losses[-1]}): lower --lr")
     def probed(network):  # (test, validation) accuracy of a linear probe on network's representation
+        if not cfg.probe_epochs:
+            return float("nan"), None
         linear_probe(network, ds.x_train, ds.y_train, epochs=cfg.probe_epochs, seed=cfg.seed)
         return (probe_accuracy(network, ds.x_test, ds.y_test),
                 probe_accuracy(network, ds.x_val, ds.y_val) if len(ds.y_val) else None)
