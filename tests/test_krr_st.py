@@ -239,3 +239,13 @@ def test_cli_errors_are_one_line(ssl_teacher, tmp_path, capsys):
         assert main(base + extra) != 0
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
+
+
+def test_teacher_flags_of_the_other_mode_are_refused_in_one_line(tmp_path, capsys):
+    from condense.cli.main import main
+
+    for argv, message in ((["--projector", "8,8"], "it is an --ssl option"),
+                          (["--ssl", "barlow-twins", "--dsa-strategy", "rrc+flip"], "--ssl trains on its own two views")):
+        assert main(["teacher", "--dataset", "toy", "--out", str(tmp_path / "t.h5"), *argv]) != 0
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err

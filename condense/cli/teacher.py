@@ -50,6 +50,11 @@ def handle(args: argparse.Namespace) -> int:
     from ..labels.squeeze import TeacherConfig, train_teacher
 
     cfg = config_from_args(TeacherConfig, args, "teacher")
+    if cfg.ssl:
+        refuse_unused(args, ("dsa", "dsa_strategy", "dsa_share", "weights", "measure"),
+                      "--ssl trains on its own two views (--min-scale) and is measured by a linear probe")
+    else:
+        refuse_unused(args, ("projector", "bt_lambda", "min_scale", "probe_epochs"), "it is an --ssl option")
     print(f"condense teacher: {describe(cfg)}")
     t = train_teacher(cfg, resolve_device(cfg.device), progress=not args.no_progress)
     val = "" if t.val_accuracy is None else f", validation {t.val_accuracy:.2f} %"

@@ -115,6 +115,7 @@ def _train_ssl(cfg: TeacherConfig, arch: str, ds, net: torch.nn.Module, device, 
                                     seed=cfg.seed, on_epoch=on_epoch)
     if not all(map(math.isfinite, losses)):
         raise CondenseError(f"Barlow Twins diverged (loss {losses[-1]}): lower --lr")
+
     def probed(network):  # (test, validation) accuracy of a linear probe on network's representation
         if not cfg.probe_epochs:
             return float("nan"), None
