@@ -5,9 +5,9 @@ The protocol is KRR-ST's (Lee et al., ICLR 2024; db-Lee/selfsup_dd ``test.py``,
 ``algorithms/pretrain_*.py``, ``finetune.py``), run r with seed (seed, r):
 
 1. **Pre-train** a fresh network on the set for ``pretrain_epochs`` epochs, batch 256, SGD
-   momentum 0.9 at a constant lr, in the loss the set's labels need: MSE to representation targets
-   (a KRR-ST set: the network's head has D outputs; lr 0.1, weight decay 1e-3, no augmentation,
-   as the reference), the set's own loss otherwise (hard labels: cross-entropy with DSA; lr 0.01,
+   momentum 0.9, in the loss the set's labels need: MSE to representation targets (a KRR-ST set:
+   the network's head has D outputs; constant lr 0.1, weight decay 1e-3, no augmentation, as the
+   reference), the set's own loss otherwise (hard labels: cross-entropy with DSA; lr 0.01,
    x0.1 at half, weight decay 5e-4, as the reference pre-trains DC/DSA/DM/MTT sets; FRePo's
    regression targets too, where the reference pre-trains them with Adam 3e-4).
 2. **Fine-tune** on each downstream training split: the pre-trained network with a new head (all
