@@ -53,17 +53,18 @@ def main() -> None:
               f"{r['mean']:.2f} ± {r['ci95']:.2f} | {hard_acc} | {rnd_acc} | " +
               " | ".join(fmt(score(r, k)) for k in FAIR) + f" | {'—' if label_bytes is None else f'{label_bytes:,}'} |")
     print()
-    print("| reference row | trained on | augmentation | accuracy % | runs |")
-    print("|---|---|---|---|---|")
+    print("| reference row | drawn from | trained on | augmentation | accuracy % | runs |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         if r["baseline"] is None:
             continue
         name = "full data" if r["baseline"] == "full" else f"random real, IPC {r['ipc']}"
         aug = "none" if r["variant"] == "no-dsa" else (r.get("dsa_strategy") or "none")
-        print(f"| {name} | {r['labels']} | {aug} | {r['mean']:.2f} ± {r['ci95'] if not math.isnan(r['ci95']) else 0:.2f}"
-              f" | {r['runs']} |")
+        pool = "the whole training split" if r.get("limit_train") is None else f"{r['limit_train']:,} images"
+        print(f"| {name} | {pool} | {r['labels']} | {aug} | "
+              f"{r['mean']:.2f} ± {r['ci95'] if not math.isnan(r['ci95']) else 0:.2f} | {r['runs']} |")
     if "full_accuracy_given" in doc["protocol"]:
-        print(f"| full data (given) | hard | — | {doc['protocol']['full_accuracy_given']:.2f} | — |")
+        print(f"| full data (given) | — | hard | — | {doc['protocol']['full_accuracy_given']:.2f} | — |")
     if args.steps:
         print()
         print("| step | wall min | CPU min | peak RSS MiB |")

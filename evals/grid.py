@@ -484,7 +484,9 @@ def aggregate(groups: Sequence[Group], cfg: EvalConfig, done: dict[str, dict[str
                "seed": cfg.seed, "runs": len(accs), "split": cfg.split,
                "baseline": None if g.source.kind == "synset" else g.source.kind, "curves": curves,
                "dsa_strategy": g.protocol.dsa_strategy if g.protocol.dsa and g.variant != "no-dsa" else None,
-               "labels": _labels_of(g), "random_labels": labels_tag(g.random_labels), "comparison": g.comparison}
+               "labels": _labels_of(g), "random_labels": labels_tag(g.random_labels), "comparison": g.comparison,
+               # the training pool (--limit-train) a set was made from: its random-real and full-data rows share it
+               "limit_train": g.source.limit_train}
         if g.source.kind != "synset":
             row["dataset"] = g.source.dataset
         rows.append(row)

@@ -41,7 +41,8 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
 
 def random_row_of(rows: Sequence[dict], r: dict, variant: str = "set") -> dict | None:
     """The random-real row trained as set row ``r`` is: same IPC, arch, labels (and protocol)."""
-    want = {"baseline": "random", "ipc": r["ipc"], "arch": r["arch"], "variant": variant}
+    want = {"baseline": "random", "ipc": r["ipc"], "arch": r["arch"], "variant": variant,
+            "limit_train": r.get("limit_train")}
     if "random_labels" in r:
         want.update(labels=r["random_labels"], dsa_strategy=r.get("dsa_strategy") if variant != "no-dsa" else None)
     return _find(rows, **want)
@@ -92,7 +93,8 @@ def fair_scores(rows: Sequence[dict], r: dict, w: float = 0.5, gamma: float = 0.
     """
     out = []
     hard = hard_row_of(rows, r)
-    full = {"accs": [full_accuracy]} if full_accuracy is not None else _find(rows, baseline="full", arch=r["arch"])
+    full = {"accs": [full_accuracy]} if full_accuracy is not None else \
+        _find(rows, baseline="full", arch=r["arch"], limit_train=r.get("limit_train"))
     rnd = random_row_of(rows, r)
 
     def emit(name: str, values: list[float]) -> None:

@@ -361,3 +361,20 @@ def test_frepo_targets_are_compared_with_hard_random_real_and_say_why(toy, tmp_p
     groups = plan(EvalConfig(runs=1, epochs=1, scores=True, full_runs=1, json=str(tmp_path / "e.json")), [path])
     assert "learned with the images (FRePo)" in next(g for g in groups if g.source.kind == "synset").comparison
     assert all(g.source.labels is None for g in groups if g.source.kind == "random")
+
+
+def test_a_set_is_scored_against_the_random_and_full_rows_of_its_own_training_pool():
+    """Sets made from a --limit-train subset and from the whole split get their own random-real and full-data
+    rows (trained apart); the report pairs each set with the rows of its pool, not the first it meets."""
+    from evals.report import random_row_of, scores
+
+    def row(baseline, limit, mean, synset=None):
+        return {"baseline": baseline, "synset": synset, "ipc": 10, "arch": "a", "variant": "set", "labels": "hard",
+                "limit_train": limit, "accs": [mean] * 3, "mean": mean, "dsa_strategy": "x", "storage_bytes": {},
+                "method": "m"}
+
+    rows = [row("random", 100, 60.0), row("full", 100, 80.0), row("random", None, 70.0), row("full", None, 90.0),
+            row(None, None, 75.0, "whole.h5"), row(None, 100, 65.0, "part.h5")]
+    assert random_row_of(rows, rows[4])["mean"] == 70.0 and random_row_of(rows, rows[5])["mean"] == 60.0
+    hlr = {s["synset"]: s["mean"] for s in scores(rows) if s["score"] == "hlr"}
+    assert hlr == {"whole.h5": 15.0, "part.h5": 15.0}  # 90 - 75 and 80 - 65
