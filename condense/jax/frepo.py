@@ -72,7 +72,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ..data import load_dataset
 from ..runtime.errors import ConfigError
 from ..methods.frepo import FRePoConfig
-from ..nets import FlatLayout, build_net, parse_arch
+from ..nets import parse_arch
 from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
 from .bridge import image_shape, mark_jax, to_jax, to_torch
@@ -175,6 +175,7 @@ class FRePo(PooledSynthesizer):
         sizes = [int((ds.y_train == i).sum()) for i in range(k)]
         if cfg.ipc > min(sizes):
             raise ConfigError(f"--ipc {cfg.ipc} exceeds the smallest class of {cfg.dataset} ({min(sizes)} images)")
+        self.outputs = k
         self.twin = build_jax_net(self.arch, c, k, (h, w))
         from ..methods.init import initial_images
 
@@ -194,14 +195,6 @@ class FRePo(PooledSynthesizer):
 
     def learnables(self) -> dict[str, torch.Tensor]:
         return {"images": self.images, **({"labels": self.labels} if self.cfg.learn_labels else {})}
-
-    def fresh_network(self, *keys: int) -> jax.Array:
-        """A flat parameter vector [D] initialised by torch's initialiser from generator(*keys)."""
-        c, h, w = image_shape(self.ds)
-        net = build_net(self.arch, c, self.ds.info.num_classes, (h, w), generator=generator(*keys))
-        layout = FlatLayout.of(net)
-        self.twin.layout.check_compatible(layout)
-        return to_jax(layout.flatten(net), jnp.float32)
 
     def real_batch(self, it: int) -> tuple[jax.Array, jax.Array]:
         """Iteration ``it``'s real images [m, C, H, W] and centred one-hot targets [m, K]."""

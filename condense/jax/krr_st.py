@@ -46,7 +46,7 @@ import torch
 from ..augment import DSAConfig, apply_dsa, sample_dsa
 from ..data import load_dataset
 from ..methods.krr_st import KRRSTConfig
-from ..nets import FlatLayout, build_net, parse_arch
+from ..nets import parse_arch
 from ..runtime.errors import ConfigError
 from ..runtime.rng import generator
 from ..synset import LabelSpec, SynSet
@@ -126,6 +126,7 @@ class KRRST(PooledSynthesizer):
             raise ConfigError(f"--images {cfg.images} exceeds the {n_train} training images of {cfg.dataset}")
         self.dim = int(teacher.embed_dim)
         c, h, w = image_shape(ds)
+        self.outputs = self.dim
         self.twin = build_jax_net(self.arch, c, self.dim, (h, w))
         self.indices = None
         if cfg.init == "real":
@@ -152,14 +153,6 @@ class KRRST(PooledSynthesizer):
 
     def learnables(self) -> dict[str, torch.Tensor]:
         return {"images": self.images, **({"targets": self.targets} if self.cfg.learn_targets else {})}
-
-    def fresh_network(self, *keys: int) -> jax.Array:
-        """A flat parameter vector [P] initialised by torch's initialiser from generator(*keys)."""
-        c, h, w = image_shape(self.ds)
-        net = build_net(self.arch, c, self.dim, (h, w), generator=generator(*keys))
-        layout = FlatLayout.of(net)
-        self.twin.layout.check_compatible(layout)
-        return to_jax(layout.flatten(net), jnp.float32)
 
     def real_batch(self, it: int) -> tuple[jax.Array, jax.Array]:
         """Iteration ``it``'s real images [m, C, H, W] (augmented) and the teacher's targets [m, D]."""

@@ -22,8 +22,9 @@ import optax
 import torch
 
 from ..methods.loop import ImageSynthesizer
+from ..nets import FlatLayout, build_net
 from ..runtime.rng import generator
-from .bridge import to_jax, to_torch
+from .bridge import image_shape, to_jax, to_torch
 from .nets import JaxNet
 
 STREAM_PICK, STREAM_ONLINE, STREAM_RESET, STREAM_POOL = 31, 33, 34, 35
@@ -101,10 +102,21 @@ class ModelPool:
 
 
 class PooledSynthesizer(ImageSynthesizer):
-    """A synthesis method with a :class:`ModelPool` (``self.pool``): the pool is its checkpoint's
-    extra state, so a resumed run continues the same pool."""
+    """A synthesis method with a :class:`ModelPool` (``self.pool``) of ``self.arch`` networks with
+    ``self.outputs`` outputs (flax twin ``self.twin``) on images of ``self.ds``: the pool is its
+    checkpoint's extra state, so a resumed run continues the same pool."""
 
     pool: ModelPool
+    outputs: int
+
+    def fresh_network(self, *keys: int) -> jax.Array:
+        """A flat parameter vector [P] initialised by torch's initialiser (the evaluation networks')
+        from generator(*keys), in the canonical layout the flax twin reads."""
+        c, h, w = image_shape(self.ds)
+        net = build_net(self.arch, c, self.outputs, (h, w), generator=generator(*keys))
+        layout = FlatLayout.of(net)
+        self.twin.layout.check_compatible(layout)
+        return to_jax(layout.flatten(net), jnp.float32)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return self.pool.state()
