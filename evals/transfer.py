@@ -46,6 +46,7 @@ from condense.augment import DSAConfig, apply_dsa, sample_dsa
 from condense.config.parts import TRANSFER_BASELINES
 from condense.data import class_balanced_indices, load_dataset
 from condense.jobs import Job
+from condense.labels.ssl import features, linear_probe
 from condense.nets import build_net, parse_arch
 from condense.runtime.errors import CondenseError, ConfigError
 from condense.runtime.files import write_text
@@ -161,10 +162,7 @@ def training_data(src: dict[str, Any], seed: int, run: int) -> tuple[torch.Tenso
     if src["labels"] == "representation":
         idx = torch.randperm(ds.x_train.shape[0], generator=generator(seed, run, STREAM_RANDOM))[:src["images"]]
         x = ds.x_train[idx]
-        net = _teacher(src["teacher"], src["teacher_sha256"]).net
-        with torch.no_grad():
-            y = torch.cat([net.embed(x[i:i + 512]) for i in range(0, x.shape[0], 512)])
-        return x, y, LabelSpec(kind="representation", loss="mse")
+        return x, features(_teacher(src["teacher"], src["teacher_sha256"]).net, x), LabelSpec(kind="representation", loss="mse")
     idx = class_balanced_indices(ds.y_train, src["ipc"], seed + run)
     return ds.x_train[idx], ds.y_train[idx], LabelSpec()
 
@@ -188,8 +186,6 @@ def transfer_job(source: dict[str, Any], arch: str, run: int, seed: int, downstr
                  cfg: dict[str, Any], data_root: str | None = None, device: str = "cpu") -> dict[str, Any]:
     """One run of one source: pre-train, then per downstream set fine-tune and probe. Returns
     ``{"accs": [fine-tune %, probe % (if any), ... per downstream set], "names": [...]}``."""
-    from condense.labels.ssl import linear_probe
-
     pre = pretrained(source, arch, cfg, seed, run, device)
     accs, names = [], []
     for name in downstream:

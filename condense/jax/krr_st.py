@@ -45,6 +45,7 @@ import torch
 
 from ..augment import DSAConfig, apply_dsa, sample_dsa
 from ..data import load_dataset
+from ..labels.ssl import features
 from ..methods.krr_st import KRRSTConfig
 from ..nets import parse_arch
 from ..runtime.errors import ConfigError
@@ -144,10 +145,9 @@ class KRRST(PooledSynthesizer):
                               step, self.fresh_network)
         self.real_aug = DSAConfig(strategy="crop+flip", share="view") if cfg.real_aug else None
 
-    @torch.no_grad()
-    def represent(self, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    def represent(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's representation of images x [N, C, H, W]: [N, D] float32."""
-        return torch.cat([self.teacher.embed(x[i:i + batch].float()) for i in range(0, x.shape[0], batch)])
+        return features(self.teacher, x)
 
     # -- the loop's interface --
 
