@@ -236,8 +236,7 @@ def plan_sources(cfg, paths: Sequence[str]) -> list[tuple[str, str, dict[str, An
         shape = list(s.image_shape)
         rep = s.label_spec.kind == "representation"
         teacher = _set_teacher(cfg, s, path) if rep else None
-        random = f"random real, {s.images.shape[0]} images, teacher targets" if rep else \
-            f"random real, IPC {s.ipc}, hard labels"
+        random = random_row_name(s)
         label = f"{s.method}, {s.ipc_label} ({Path(path).name})"
         for arch in archs:
             add(label, arch, {"kind": "set", "path": path, "sha256": file_sha256(path), "shape": shape,
@@ -260,6 +259,13 @@ def plan_sources(cfg, paths: Sequence[str]) -> list[tuple[str, str, dict[str, An
                                       "--transfer-baselines or evaluate with the teacher's --arch")
                 add(f"full data, {tf.ssl['method']} teacher", arch, {"kind": "full", "shape": shape, **teacher})
     return rows
+
+
+def random_row_name(s) -> str:
+    """The name of the random-real row paired with set ``s``: as many images, targets made alike."""
+    if s.label_spec.kind == "representation":
+        return f"random real, {s.images.shape[0]} images, teacher targets"
+    return f"random real, IPC {s.ipc}, hard labels"
 
 
 def _set_teacher(cfg, s, path: str) -> dict[str, str]:

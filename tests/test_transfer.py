@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +108,16 @@ def test_condense_eval_transfer_end_to_end_and_resumes(krr_set, tmp_path, capsys
     assert main(argv) == 0  # a rerun trains nothing: every job is in jobs.jsonl
     assert "resuming: 12 of 12 jobs already finished" in capsys.readouterr().out
     assert json.loads(report.read_text())["results"] == rows
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer_table.py"
+    table = subprocess.run([sys.executable, str(script), str(report)], capture_output=True, text=True,
+                           check=True).stdout
+    line = {cells[1].strip(): cells[2:-1] for cells in (x.split("|") for x in table.splitlines() if x.startswith("| "))
+            if cells[1].strip() in ("krr-st 8 images", "random real, 8 images, teacher targets")}
+    assert line["krr-st 8 images"][0].strip() == f"{krr['mean']:.2f} ± {krr['ci95']:.2f}"
+    diff = table.split("KRR-ST (8 images) minus")[1]
+    assert f"{krr['vs_random']['mean']:+.2f} ± {krr['vs_random']['ci95']:.2f}" in diff
+    assert "| random 8 images (IPC 2, hard labels) |" in diff  # the labelled set of the same storage, paired
 
 
 def test_transfer_errors_are_one_line(krr_set, tmp_path, capsys):
