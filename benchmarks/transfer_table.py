@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from condense import load_synset
-from evals.stats import summarize
+from evals.report import paired
 from evals.transfer import random_row_name
 
 
@@ -31,7 +31,7 @@ def cell(r: dict | None) -> str:
 
 
 def diff_cell(a: list[float], b: list[float]) -> str:
-    d = summarize([x - y for x, y in zip(a, b)])
+    d = paired(a, b)
     verdict = "above" if d["mean"] - d["ci95"] > 0 else "below" if d["mean"] + d["ci95"] < 0 else "tied"
     return f"{d['mean']:+.2f} ± {d['ci95']:.2f} ({verdict})"
 
