@@ -162,7 +162,8 @@ def training_data(src: dict[str, Any], seed: int, run: int) -> tuple[torch.Tenso
     if src["labels"] == "representation":
         idx = torch.randperm(ds.x_train.shape[0], generator=generator(seed, run, STREAM_RANDOM))[:src["images"]]
         x = ds.x_train[idx]
-        return x, features(_teacher(src["teacher"], src["teacher_sha256"]).net, x), LabelSpec(kind="representation", loss="mse")
+        teacher = _teacher(src["teacher"], src["teacher_sha256"]).net
+        return x, features(teacher, x), LabelSpec(kind="representation", loss="mse")
     idx = class_balanced_indices(ds.y_train, src["ipc"], seed + run)
     return ds.x_train[idx], ds.y_train[idx], LabelSpec()
 
